@@ -235,7 +235,11 @@ impl CertificateAuthority {
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
         dn.push(DnType::OrganizationName, "Genesis Mesh");
-        dn.push(DnType::CommonName, format!("Genesis Mesh CA {trust_domain}"));
+        // NB: the subject must differ between roots of one trust domain: during rotation both
+        // are trusted at once, and chain building and CRL matching go by issuer name.
+        let root_id = serials.next()?;
+        let short_id = &root_id.to_string()[16..24];
+        dn.push(DnType::CommonName, format!("Genesis Mesh CA {trust_domain} {short_id}"));
         params.distinguished_name = dn;
         // NB: path length 0 — the root signs leaves only; no intermediate can be minted.
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
@@ -246,7 +250,7 @@ impl CertificateAuthority {
         ];
         params.not_before = (now - CLOCK_SKEW_ALLOWANCE).into();
         params.not_after = (now + validity).into();
-        params.serial_number = Some(SerialNumber::from_slice(serials.next()?.as_bytes()));
+        params.serial_number = Some(SerialNumber::from_slice(root_id.as_bytes()));
         let cert = params
             .self_signed(&key)
             .map_err(|source| Error::Signing { action: "self-sign the CA", source })?;

@@ -12,7 +12,11 @@ pub mod control;
 pub mod crl;
 pub mod error;
 pub mod identity;
+pub mod tls;
 pub mod verify;
+
+#[cfg(test)]
+mod fixtures;
 
 pub use audit::{verify_audit, verify_audit_file, AuditBreak, AuditLog, AuditRecord, BreakKind};
 pub use authority::{
