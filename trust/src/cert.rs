@@ -74,6 +74,8 @@ pub struct CertInfo {
     /// The Genesis Mesh identity, when the certificate carries exactly one valid identity URI.
     pub identity: Option<Identity>,
     pub fingerprint: String,
+    /// Raw DER of the issuer name (matches the issuing root's subject).
+    pub issuer: Vec<u8>,
 }
 
 impl CertInfo {
@@ -93,6 +95,7 @@ impl CertInfo {
             is_ca: cert.is_ca(),
             identity: identity_of(&cert).ok(),
             fingerprint: fingerprint(der),
+            issuer: cert.issuer().as_raw().to_vec(),
         })
     }
 
