@@ -11,6 +11,7 @@
 
 pub mod certificate;
 pub mod common;
+mod convert;
 pub mod mesh_network;
 pub mod network_authority;
 

@@ -298,33 +298,9 @@ pub struct RbacRule {
 }
 
 impl Default for Rbac {
-    /// Admins and the operator may send every verb anywhere; members may drain themselves.
+    /// The trust core's default policy (docs/TRUST.md): one definition for both.
     fn default() -> Self {
-        use Verb::*;
-        let all = vec![PolicyUpdate, Revoke, Drain, Shutdown, RouteReset, LogLevel];
-        let every = vec![ScopeKind::Network, ScopeKind::Node, ScopeKind::Role];
-        Rbac {
-            rules: vec![
-                RbacRule {
-                    name: "admins-manage-the-network".into(),
-                    roles: vec![MemberRole::Admin],
-                    verbs: all.clone(),
-                    scopes: every.clone(),
-                },
-                RbacRule {
-                    name: "operator-manages-the-network".into(),
-                    roles: vec![MemberRole::Operator],
-                    verbs: all,
-                    scopes: every,
-                },
-                RbacRule {
-                    name: "members-drain-themselves".into(),
-                    roles: vec![MemberRole::Anchor, MemberRole::Client],
-                    verbs: vec![Drain],
-                    scopes: vec![ScopeKind::OwnNode],
-                },
-            ],
-        }
+        Rbac::from(&genesis_trust::RbacPolicy::default())
     }
 }
 
