@@ -141,49 +141,52 @@ pub struct AuditSummary {
 }
 
 /// Verifies a whole log, returning its length and head, or the first broken record.
+///
+/// Streams: memory holds one record at a time, plus the `seq` numbers of the rest of the file
+/// when a gap must be told apart (deleted records, or records moved further down).
 pub fn verify_audit(reader: impl BufRead) -> std::result::Result<AuditSummary, AuditBreak> {
-    let mut records = Vec::new();
-    for (i, line) in reader.lines().enumerate() {
-        let line = line.map_err(|e| AuditBreak {
-            line: i + 1,
-            seq: None,
-            kind: BreakKind::Unreadable { reason: e.to_string() },
-        })?;
-        records.push((i + 1, line));
-    }
-    // First pass: parse everything, so a missing seq can be told apart from a moved one.
-    let mut parsed = Vec::with_capacity(records.len());
-    for (line, text) in &records {
-        let rec = AuditRecord::parse_line(text).map_err(|reason| AuditBreak {
-            line: *line,
-            seq: None,
-            kind: BreakKind::Unreadable { reason },
-        })?;
-        parsed.push((*line, rec));
-    }
-    let all_seqs: HashSet<u64> = parsed.iter().map(|(_, r)| r.seq).collect();
+    let unreadable = |line: usize, reason: String| AuditBreak {
+        line,
+        seq: None,
+        kind: BreakKind::Unreadable { reason },
+    };
+    let mut lines = reader.lines().enumerate();
     let mut prev = GENESIS_HASH.to_owned();
-    for (expected, (line, rec)) in (0u64..).zip(&parsed) {
-        let broken = |kind| AuditBreak { line: *line, seq: Some(rec.seq), kind };
+    let mut expected = 0u64;
+    while let Some((i, text)) = lines.next() {
+        let line = i + 1;
+        let text = text.map_err(|e| unreadable(line, e.to_string()))?;
+        let rec = AuditRecord::parse_line(&text).map_err(|reason| unreadable(line, reason))?;
+        let broken = |kind| AuditBreak { line, seq: Some(rec.seq), kind };
         if rec.compute_hash() != rec.hash {
             return Err(broken(BreakKind::Edited));
         }
         if rec.seq != expected {
-            if rec.seq > expected && !all_seqs.contains(&expected) {
-                let mut missing_to = expected;
-                while missing_to + 1 < rec.seq && !all_seqs.contains(&(missing_to + 1)) {
-                    missing_to += 1;
-                }
-                return Err(broken(BreakKind::Deleted { missing_from: expected, missing_to }));
+            if rec.seq < expected {
+                return Err(broken(BreakKind::Reordered { expected_seq: expected }));
             }
-            return Err(broken(BreakKind::Reordered { expected_seq: expected }));
+            // A gap: deleted if the missing records appear nowhere further down, else moved.
+            let later: HashSet<u64> = lines
+                .by_ref()
+                .filter_map(|(_, l)| l.ok())
+                .filter_map(|l| AuditRecord::parse_line(&l).ok().map(|r| r.seq))
+                .collect();
+            if later.contains(&expected) {
+                return Err(broken(BreakKind::Reordered { expected_seq: expected }));
+            }
+            let mut missing_to = expected;
+            while missing_to + 1 < rec.seq && !later.contains(&(missing_to + 1)) {
+                missing_to += 1;
+            }
+            return Err(broken(BreakKind::Deleted { missing_from: expected, missing_to }));
         }
         if rec.prev != prev {
             return Err(broken(BreakKind::ChainMismatch));
         }
-        prev = rec.hash.clone();
+        prev = rec.hash;
+        expected += 1;
     }
-    Ok(AuditSummary { records: parsed.len() as u64, head: prev })
+    Ok(AuditSummary { records: expected, head: prev })
 }
 
 /// Verifies the log at `path`.

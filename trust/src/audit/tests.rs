@@ -68,6 +68,12 @@ fn deleted_record_is_detected_where_it_is_missing() {
         }
     );
     assert!(err.to_string().contains("record 3 was deleted"), "{err}");
+    // A run of deleted records is reported as a range.
+    let mut l = lines(&dir.path().join("audit.jsonl"));
+    l.drain(1..3);
+    let err = verify_lines(&l).unwrap_err();
+    assert_eq!(err.kind, BreakKind::Deleted { missing_from: 1, missing_to: 2 });
+    assert!(err.to_string().contains("records 1 to 2 were deleted"), "{err}");
     // Deleting the last records cannot be seen in the file alone: the exported head shows it.
     let mut tail = lines(&dir.path().join("audit.jsonl"));
     let full_head = verify_lines(&tail).unwrap().head;
