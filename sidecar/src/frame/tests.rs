@@ -1,0 +1,188 @@
+use super::*;
+
+fn samples() -> Vec<Frame> {
+    vec![
+        Frame::Hello {
+            identity: "spiffe://td/mesh/n/client/a".into(),
+            listen: "127.0.0.2:7000".into(),
+        },
+        Frame::Ping { nonce: 7 },
+        Frame::Pong { nonce: u64::MAX },
+        Frame::RouteUpdate {
+            adverts: vec![RouteAdvert {
+                dest: "node-3".into(),
+                seqno: 42,
+                metric: 300,
+                hops: 3,
+                proof: vec![1; 70],
+                cert: vec![2; 500],
+            }],
+        },
+        Frame::RouteUpdate { adverts: vec![] },
+        Frame::SeqnoRequest { dest: "node-3".into(), seqno: 43, hops_left: 15 },
+        Frame::PeerExchange {
+            peers: vec![PeerAddr { node: "b".into(), addr: "127.0.0.3:7000".into() }],
+        },
+        Frame::CrlAnnounce { number: 9 },
+        Frame::CrlRequest { number: 10 },
+        Frame::CrlData { der: vec![0x30; 100_000] },
+        Frame::Control { envelope: vec![9; 1000] },
+        Frame::Data(Data {
+            src: "a".into(),
+            dst: "b.ns".into(),
+            ttl: 16,
+            kind: DataKind::StreamData,
+            flow: 99,
+            payload: vec![5; MAX_DATA_PAYLOAD],
+        }),
+        Frame::Broadcast(Broadcast {
+            src: "a".into(),
+            id: 1,
+            ttl: 8,
+            topic: "orders".into(),
+            payload: b"hi".to_vec(),
+        }),
+        Frame::Close { reason: "draining".into() },
+    ]
+}
+
+#[test]
+fn every_frame_type_round_trips_through_any_chunking() {
+    let frames = samples();
+    let stream: Vec<u8> = frames.iter().flat_map(Frame::encode).collect();
+    for chunk in [1, 5, 6, 7, 1000, stream.len()] {
+        let mut dec = FrameDecoder::new();
+        let mut out = Vec::new();
+        for piece in stream.chunks(chunk) {
+            dec.push(piece);
+            while let Some(f) = dec.next_frame().unwrap() {
+                out.push(f);
+            }
+        }
+        assert_eq!(out, frames, "chunk size {chunk}");
+        assert_eq!(dec.buffered(), 0);
+    }
+    let types: std::collections::HashSet<_> = frames.iter().map(|f| f.frame_type() as u8).collect();
+    assert_eq!(types.len(), FrameType::ALL.len(), "samples cover every frame type");
+}
+
+#[test]
+fn oversized_frame_is_refused_from_its_header_before_the_body_arrives() {
+    let mut dec = FrameDecoder::new();
+    let mut header = ((MAX_BODY + 3) as u32).to_be_bytes().to_vec();
+    header.extend_from_slice(&[PROTOCOL_VERSION, FrameType::Data as u8]);
+    dec.push(&header);
+    assert_eq!(
+        dec.next_frame(),
+        Err(FrameError::TooLarge { kind: "data", len: MAX_BODY + 1, max: MAX_BODY })
+    );
+    // CRL data may be larger than other frames, but not unbounded.
+    let mut dec = FrameDecoder::new();
+    let mut header = (u32::MAX).to_be_bytes().to_vec();
+    header.extend_from_slice(&[PROTOCOL_VERSION, FrameType::CrlData as u8]);
+    dec.push(&header);
+    assert!(matches!(dec.next_frame(), Err(FrameError::TooLarge { kind: "crl_data", .. })));
+}
+
+#[test]
+fn wrong_version_unknown_type_and_short_length_are_refused() {
+    let good = Frame::Ping { nonce: 1 }.encode();
+    let mut v = good.clone();
+    v[4] = 2;
+    assert_eq!(decode_one(&v), Err(FrameError::Version(2)));
+    let mut t = good.clone();
+    t[5] = 200;
+    assert_eq!(decode_one(&t), Err(FrameError::UnknownType(200)));
+    let mut short = good.clone();
+    short[..4].copy_from_slice(&1u32.to_be_bytes());
+    assert_eq!(decode_one(&short), Err(FrameError::TooShort(1)));
+}
+
+fn decode_one(bytes: &[u8]) -> Result<Option<Frame>, FrameError> {
+    let mut dec = FrameDecoder::new();
+    dec.push(bytes);
+    dec.next_frame()
+}
+
+#[test]
+fn malformed_bodies_are_refused_with_the_frame_kind_and_reason() {
+    // Trailing bytes inside the declared body.
+    let mut ping = Frame::Ping { nonce: 1 }.encode();
+    ping.push(0);
+    let len = (ping.len() - 4) as u32;
+    ping[..4].copy_from_slice(&len.to_be_bytes());
+    assert!(
+        matches!(decode_one(&ping), Err(FrameError::Malformed { kind: "ping", reason }) if reason.contains("trailing"))
+    );
+    // A truncated field.
+    let mut body = vec![PROTOCOL_VERSION, FrameType::Hello as u8, 0, 50, b'x'];
+    let mut framed = (body.len() as u32).to_be_bytes().to_vec();
+    framed.append(&mut body);
+    assert!(
+        matches!(decode_one(&framed), Err(FrameError::Malformed { kind: "hello", reason }) if reason.contains("truncated"))
+    );
+    // An invalid node name in a data frame.
+    let mut d = Frame::Data(Data {
+        src: "a".into(),
+        dst: "b".into(),
+        ttl: 1,
+        kind: DataKind::Message,
+        flow: 0,
+        payload: vec![],
+    })
+    .encode();
+    let pos = HEADER_LEN + 2; // first byte of src
+    d[pos] = b'A';
+    assert!(
+        matches!(decode_one(&d), Err(FrameError::Malformed { kind: "data", reason }) if reason.contains("invalid node name"))
+    );
+    // An unknown data kind.
+    let mut d = Frame::Data(Data {
+        src: "a".into(),
+        dst: "b".into(),
+        ttl: 1,
+        kind: DataKind::Message,
+        flow: 0,
+        payload: vec![],
+    })
+    .encode();
+    d[HEADER_LEN + 3 + 3 + 1] = 77;
+    assert!(
+        matches!(decode_one(&d), Err(FrameError::Malformed { reason, .. }) if reason.contains("unknown data kind 77"))
+    );
+    // Too many adverts.
+    let mut body = vec![PROTOCOL_VERSION, FrameType::RouteUpdate as u8, (MAX_ADVERTS + 1) as u8];
+    let mut framed = (body.len() as u32).to_be_bytes().to_vec();
+    framed.append(&mut body);
+    assert!(
+        matches!(decode_one(&framed), Err(FrameError::Malformed { reason, .. }) if reason.contains("adverts"))
+    );
+}
+
+#[test]
+fn garbage_never_panics_the_decoder() {
+    let mut state = 0x1234_5678_9abc_def0u64;
+    let mut next = || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let seeds: Vec<Vec<u8>> = samples().iter().map(Frame::encode).collect();
+    for i in 0..20_000 {
+        let mut bytes = seeds[i % seeds.len()].clone();
+        bytes.truncate(bytes.len().min(4096));
+        for _ in 0..(next() % 4 + 1) {
+            let n = bytes.len().max(1);
+            let pos = (next() as usize) % n;
+            if let Some(b) = bytes.get_mut(pos) {
+                *b = next() as u8;
+            }
+        }
+        let mut dec = FrameDecoder::new();
+        dec.push(&bytes);
+        while let Ok(Some(f)) = dec.next_frame() {
+            let _ = f.encode();
+        }
+    }
+}

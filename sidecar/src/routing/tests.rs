@@ -1,0 +1,337 @@
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use super::*;
+
+enum Msg {
+    Adverts(Vec<Advert>),
+    Request { dest: String, seqno: u32, hops_left: u8 },
+}
+
+/// A deterministic network of route tables: messages are delivered one at a time in order,
+/// and after every delivery the next-hop graph is checked for loops.
+struct Sim {
+    nodes: BTreeMap<String, RouteTable>,
+    links: BTreeSet<(String, String)>,
+    queue: VecDeque<(String, String, Msg)>,
+    now: Time,
+    delivered: usize,
+}
+
+const COST: u16 = 100;
+
+impl Sim {
+    fn new(names: &[&str]) -> Self {
+        let config = RoutingConfig { max_hops: 16, ..Default::default() };
+        let nodes = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                (n.to_string(), RouteTable::new(n, 1000 + i as u32, config.clone(), Time::ZERO))
+            })
+            .collect();
+        Sim { nodes, links: BTreeSet::new(), queue: VecDeque::new(), now: Time::ZERO, delivered: 0 }
+    }
+
+    fn apply(&mut self, node: &str, actions: Vec<RouteAction>) {
+        for action in actions {
+            match action {
+                RouteAction::Send { to, adverts } => {
+                    if self.links.contains(&(node.to_owned(), to.clone())) {
+                        self.queue.push_back((node.to_owned(), to, Msg::Adverts(adverts)));
+                    }
+                }
+                RouteAction::RequestSeqno { dest, seqno, hops_left } => {
+                    let neighbours: Vec<String> =
+                        self.nodes[node].neighbours().map(str::to_owned).collect();
+                    for n in neighbours {
+                        self.queue.push_back((
+                            node.to_owned(),
+                            n,
+                            Msg::Request { dest: dest.clone(), seqno, hops_left },
+                        ));
+                    }
+                }
+                RouteAction::OwnSeqnoChanged { .. } | RouteAction::Changed { .. } => {}
+            }
+        }
+    }
+
+    fn link(&mut self, a: &str, b: &str) {
+        self.links.insert((a.into(), b.into()));
+        self.links.insert((b.into(), a.into()));
+        let actions = self.nodes.get_mut(a).unwrap().neighbour_up(b, COST);
+        self.apply(a, actions);
+        let actions = self.nodes.get_mut(b).unwrap().neighbour_up(a, COST);
+        self.apply(b, actions);
+    }
+
+    fn cut(&mut self, a: &str, b: &str) {
+        self.links.remove(&(a.to_owned(), b.to_owned()));
+        self.links.remove(&(b.to_owned(), a.to_owned()));
+        let actions = self.nodes.get_mut(a).unwrap().neighbour_down(b);
+        self.apply(a, actions);
+        let actions = self.nodes.get_mut(b).unwrap().neighbour_down(a);
+        self.apply(b, actions);
+    }
+
+    /// Takes a node off the network (all its links cut).
+    fn kill(&mut self, dead: &str) {
+        let peers: Vec<String> =
+            self.links.iter().filter(|(a, _)| a == dead).map(|(_, b)| b.clone()).collect();
+        for p in peers {
+            self.cut(dead, &p);
+        }
+    }
+
+    /// Delivers until quiet; panics on a loop or if it never settles.
+    fn run(&mut self) {
+        let mut steps = 0;
+        while let Some((from, to, msg)) = self.queue.pop_front() {
+            steps += 1;
+            assert!(steps < 200_000, "routing never settled");
+            if !self.links.contains(&(from.clone(), to.clone())) {
+                continue; // in flight when the link went down
+            }
+            let now = self.now;
+            let table = self.nodes.get_mut(&to).unwrap();
+            let actions = match msg {
+                Msg::Adverts(adverts) => {
+                    adverts.into_iter().flat_map(|a| table.on_advert(&from, a, now)).collect()
+                }
+                Msg::Request { dest, seqno, hops_left } => {
+                    table.on_seqno_request(&dest, seqno, hops_left)
+                }
+            };
+            self.apply(&to, actions);
+            self.delivered += 1;
+            self.assert_loop_free();
+        }
+    }
+
+    fn tick(&mut self, by: Duration) {
+        self.now += by;
+        let now = self.now;
+        let names: Vec<String> = self.nodes.keys().cloned().collect();
+        for n in names {
+            let actions = self.nodes.get_mut(&n).unwrap().on_tick(now);
+            self.apply(&n, actions);
+        }
+        self.run();
+    }
+
+    fn assert_loop_free(&self) {
+        for dest in self.nodes.keys() {
+            for start in self.nodes.keys() {
+                let mut at = start.as_str();
+                let mut seen = BTreeSet::new();
+                while at != dest {
+                    assert!(seen.insert(at), "routing loop towards {dest} through {seen:?}");
+                    match self.nodes[at].next_hop(dest) {
+                        Some(next) => at = next,
+                        None => break,
+                    }
+                }
+            }
+        }
+    }
+
+    fn path(&self, from: &str, to: &str) -> Option<Vec<String>> {
+        let mut path = vec![from.to_owned()];
+        let mut at = from;
+        while at != to {
+            at = self.nodes[at].next_hop(to)?;
+            path.push(at.to_owned());
+        }
+        Some(path)
+    }
+}
+
+fn names(n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("n{i}")).collect()
+}
+
+#[test]
+fn line_of_five_converges_to_shortest_paths() {
+    let n = names(5);
+    let refs: Vec<&str> = n.iter().map(String::as_str).collect();
+    let mut sim = Sim::new(&refs);
+    for w in refs.windows(2) {
+        sim.link(w[0], w[1]);
+    }
+    sim.run();
+    assert_eq!(sim.path("n0", "n4").unwrap(), ["n0", "n1", "n2", "n3", "n4"]);
+    assert_eq!(sim.path("n4", "n0").unwrap(), ["n4", "n3", "n2", "n1", "n0"]);
+    let r = sim.nodes["n0"].routes().into_iter().find(|r| r.dest == "n4").unwrap();
+    assert_eq!((r.hops, r.metric), (4, 4 * COST));
+    assert_eq!(sim.nodes["n2"].route_count(), 4);
+}
+
+#[test]
+fn ring_of_eight_reroutes_around_a_dead_node_without_waiting_for_a_periodic_update() {
+    let n = names(8);
+    let refs: Vec<&str> = n.iter().map(String::as_str).collect();
+    let mut sim = Sim::new(&refs);
+    for i in 0..8 {
+        sim.link(refs[i], refs[(i + 1) % 8]);
+    }
+    sim.run();
+    assert_eq!(sim.path("n0", "n2").unwrap(), ["n0", "n1", "n2"]);
+    sim.kill("n1");
+    sim.run(); // no tick: seqno requests alone must restore the routes
+    assert_eq!(sim.path("n0", "n2").unwrap(), ["n0", "n7", "n6", "n5", "n4", "n3", "n2"]);
+    for a in &refs {
+        for b in &refs {
+            if a != b && *a != "n1" && *b != "n1" {
+                assert!(sim.path(a, b).is_some(), "{a} lost its route to {b}");
+            }
+        }
+    }
+    assert!(sim.path("n0", "n1").is_none());
+}
+
+#[test]
+fn losing_the_only_path_never_counts_to_infinity() {
+    // A triangle a-b-c with d behind c: classic distance vector would have a and b bounce the
+    // route to d between them with growing metrics once c-d fails.
+    let mut sim = Sim::new(&["a", "b", "c", "d"]);
+    sim.link("a", "b");
+    sim.link("b", "c");
+    sim.link("a", "c");
+    sim.link("c", "d");
+    sim.run();
+    assert!(sim.path("a", "d").is_some());
+    let before = sim.delivered;
+    sim.cut("c", "d");
+    sim.run();
+    for n in ["a", "b", "c"] {
+        assert!(sim.nodes[n].next_hop("d").is_none(), "{n} still routes to d");
+    }
+    assert!(
+        sim.delivered - before < 100,
+        "{} messages to withdraw one route",
+        sim.delivered - before
+    );
+    // Periodic updates afterwards do not resurrect it either.
+    sim.tick(Duration::from_secs(11));
+    sim.tick(Duration::from_secs(11));
+    assert!(sim.path("a", "d").is_none());
+}
+
+#[test]
+fn unreachable_destination_is_forgotten_after_route_expiry() {
+    let mut sim = Sim::new(&["a", "b"]);
+    sim.link("a", "b");
+    sim.run();
+    assert_eq!(sim.nodes["a"].route_count(), 1);
+    // b goes silent without the link being torn down: no refresh arrives.
+    sim.links.clear();
+    sim.tick(Duration::from_secs(20));
+    assert_eq!(sim.nodes["a"].route_count(), 1, "still within the expiry");
+    sim.tick(Duration::from_secs(20));
+    assert_eq!(sim.nodes["a"].route_count(), 0, "expired after 35s without refresh");
+}
+
+#[test]
+fn restarted_node_with_an_older_seqno_rejoins_through_a_seqno_request() {
+    let mut sim = Sim::new(&["a", "b", "c"]);
+    sim.link("a", "b");
+    sim.link("b", "c");
+    sim.run();
+    let old = sim.nodes["c"].seqno();
+    sim.kill("c");
+    sim.run();
+    // c restarts with a smaller seqno than the network remembers.
+    sim.nodes.insert(
+        "c".into(),
+        RouteTable::new("c", old.wrapping_sub(500), RoutingConfig::default(), sim.now),
+    );
+    sim.link("b", "c");
+    sim.run();
+    assert_eq!(sim.path("a", "c").unwrap(), ["a", "b", "c"]);
+    assert!(seqno_newer(sim.nodes["c"].seqno(), old), "c raised its seqno on request");
+}
+
+#[test]
+fn feasibility_rejects_older_seqnos_and_worse_metrics_but_takes_newer_seqnos() {
+    let mut t = RouteTable::new("me", 1, RoutingConfig::default(), Time::ZERO);
+    t.neighbour_up("x", 100);
+    t.neighbour_up("y", 100);
+    let advert = |seqno, metric| Advert { dest: "d".into(), seqno, metric, hops: 1 };
+    t.on_advert("x", advert(10, 100), Time::ZERO);
+    assert_eq!(t.next_hop("d"), Some("x"));
+    // Older seqno through y, even with a better metric: not feasible.
+    t.on_advert("y", advert(9, 10), Time::ZERO);
+    assert_eq!(t.next_hop("d"), Some("x"));
+    // Same seqno and a metric not below the feasibility distance (200): not feasible.
+    t.on_advert("y", advert(10, 250), Time::ZERO);
+    assert_eq!(t.next_hop("d"), Some("x"));
+    // Same seqno, strictly better: feasible and better.
+    t.on_advert("y", advert(10, 50), Time::ZERO);
+    assert_eq!(t.next_hop("d"), Some("y"));
+    // x withdraws; y stays. y withdraws: unreachable, and a seqno request goes out.
+    t.on_advert("x", advert(10, METRIC_INFINITY), Time::ZERO);
+    assert_eq!(t.next_hop("d"), Some("y"));
+    let actions = t.on_advert("y", advert(10, METRIC_INFINITY), Time::ZERO);
+    assert_eq!(t.next_hop("d"), None);
+    assert!(actions.contains(&RouteAction::RequestSeqno {
+        dest: "d".into(),
+        seqno: 11,
+        hops_left: 16
+    }));
+    // A newer seqno is feasible whatever its metric.
+    t.on_advert("x", advert(11, 5000), Time::ZERO);
+    assert_eq!(t.next_hop("d"), Some("x"));
+    assert!(seqno_newer(0, u32::MAX) && !seqno_newer(u32::MAX, 0), "wrapping comparison");
+}
+
+#[test]
+fn routes_beyond_the_hop_limit_are_ignored() {
+    let config = RoutingConfig { max_hops: 4, ..Default::default() };
+    let mut t = RouteTable::new("me", 1, config, Time::ZERO);
+    t.neighbour_up("x", 100);
+    t.on_advert("x", Advert { dest: "far".into(), seqno: 1, metric: 400, hops: 4 }, Time::ZERO);
+    assert_eq!(t.next_hop("far"), None);
+    t.on_advert("x", Advert { dest: "near".into(), seqno: 1, metric: 300, hops: 3 }, Time::ZERO);
+    assert_eq!(t.next_hop("near"), Some("x"));
+}
+
+#[test]
+fn adverts_from_strangers_and_about_ourselves_are_ignored() {
+    let mut t = RouteTable::new("me", 1, RoutingConfig::default(), Time::ZERO);
+    assert!(t
+        .on_advert(
+            "stranger",
+            Advert { dest: "d".into(), seqno: 1, metric: 1, hops: 1 },
+            Time::ZERO
+        )
+        .is_empty());
+    t.neighbour_up("x", 100);
+    t.on_advert("x", Advert { dest: "me".into(), seqno: 99, metric: 1, hops: 1 }, Time::ZERO);
+    assert_eq!(t.route_count(), 0);
+}
+
+#[test]
+fn split_horizon_does_not_advertise_a_route_back_to_its_next_hop() {
+    let mut t = RouteTable::new("me", 1, RoutingConfig::default(), Time::ZERO);
+    t.neighbour_up("x", 100);
+    t.on_advert("x", Advert { dest: "d".into(), seqno: 1, metric: 100, hops: 1 }, Time::ZERO);
+    let actions = t.neighbour_up("y", 100);
+    let to_y = actions.iter().find_map(|a| match a {
+        RouteAction::Send { to, adverts } if to == "y" => Some(adverts.clone()),
+        _ => None,
+    });
+    assert!(to_y.unwrap().iter().any(|a| a.dest == "d"));
+    let full = t.on_tick(Duration::from_secs(10));
+    let to_x = full.iter().find_map(|a| match a {
+        RouteAction::Send { to, adverts } if to == "x" => Some(adverts.clone()),
+        _ => None,
+    });
+    assert!(!to_x.unwrap().iter().any(|a| a.dest == "d"), "route to d sent back to its next hop");
+}
+
+#[test]
+fn link_cost_grows_with_rtt_and_is_capped() {
+    assert_eq!(link_cost(Duration::ZERO), 100);
+    assert_eq!(link_cost(Duration::from_micros(250)), 102);
+    assert_eq!(link_cost(Duration::from_secs(5)), 1000);
+}
