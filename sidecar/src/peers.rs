@@ -1,0 +1,445 @@
+//! `PeerSet`: who to connect to, how much to trust them, and whom to ban (sans-IO).
+//!
+//! Members bootstrap from anchor addresses, learn more addresses by peer exchange, and keep
+//! between `min_peers` and `max_peers` links. Each peer has a 0–100 reputation built from RTT,
+//! uptime (answered pings), failures and invalid frames; below the ban threshold it is banned,
+//! for a duration that doubles with every repeated ban. Non-data frames pass a per-peer token
+//! bucket, so one noisy peer cannot starve the others.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use crate::frame::PeerAddr;
+use crate::routing::Time;
+
+/// Discovery and reputation parameters (MeshNetwork `spec.discovery` and `spec.reputation`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerConfig {
+    pub min_peers: usize,
+    pub max_peers: usize,
+    pub exchange_interval: Duration,
+    /// Below this score a peer is banned.
+    pub ban_threshold: u8,
+    /// First ban length; doubles per repeated ban, capped at [`MAX_BAN`].
+    pub ban_duration: Duration,
+    /// Sustained non-data frames per second allowed from one peer.
+    pub frame_rate: u32,
+    /// Burst of non-data frames allowed above the rate.
+    pub frame_burst: u32,
+}
+
+impl Default for PeerConfig {
+    fn default() -> Self {
+        PeerConfig {
+            min_peers: 3,
+            max_peers: 8,
+            exchange_interval: Duration::from_secs(10),
+            ban_threshold: 20,
+            ban_duration: Duration::from_secs(300),
+            frame_rate: 200,
+            frame_burst: 1000,
+        }
+    }
+}
+
+/// Longest ban, however often a peer misbehaves.
+pub const MAX_BAN: Duration = Duration::from_secs(3600);
+/// Addresses remembered at most: bounds state however large the mesh is.
+pub const MAX_KNOWN: usize = 512;
+/// Longest pause between dial attempts to one address.
+const MAX_DIAL_BACKOFF: Duration = Duration::from_secs(30);
+/// Score of a peer we know nothing about yet.
+const INITIAL_SCORE: u8 = 50;
+/// At or above this a peer is trusted.
+const TRUSTED_SCORE: u8 = 70;
+/// Below this a peer is suspicious.
+const SUSPICIOUS_SCORE: u8 = 40;
+
+/// Named reputation levels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Level {
+    New,
+    Trusted,
+    Suspicious,
+    Banned,
+}
+
+impl Level {
+    /// Label for metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Level::New => "new",
+            Level::Trusted => "trusted",
+            Level::Suspicious => "suspicious",
+            Level::Banned => "banned",
+        }
+    }
+}
+
+/// Things a peer did that change its reputation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Conduct {
+    /// Answered a ping in this RTT.
+    Pong(Duration),
+    /// A dial failed or the link dropped without a goodbye.
+    Failure,
+    /// Sent a frame that does not decode, or breaks the protocol.
+    InvalidFrame,
+    /// Exceeded its frame rate.
+    RateLimited,
+    /// Presented a certificate we refuse (revoked, foreign CA, expired) or a hello that does
+    /// not match it: banned at once.
+    BadIdentity,
+}
+
+impl Conduct {
+    fn delta(self) -> i32 {
+        match self {
+            Conduct::Pong(rtt) if rtt < Duration::from_millis(50) => 2,
+            Conduct::Pong(rtt) if rtt < Duration::from_millis(250) => 1,
+            Conduct::Pong(rtt) if rtt < Duration::from_secs(1) => 0,
+            Conduct::Pong(_) => -1,
+            Conduct::Failure => -5,
+            Conduct::InvalidFrame => -25,
+            Conduct::RateLimited => -10,
+            Conduct::BadIdentity => -100,
+        }
+    }
+}
+
+/// What the driver should do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerAction {
+    /// Open a link to this address.
+    Dial { addr: String },
+    /// Close the link to this peer.
+    Disconnect { node: String, reason: String },
+    /// Send a peer exchange to every connected peer.
+    Exchange,
+    /// The peer was banned (for metrics and the audit log).
+    Banned { node: String, until: Time, reason: String },
+}
+
+#[derive(Debug, Clone)]
+struct Peer {
+    addr: String,
+    score: u8,
+    connected_since: Option<Time>,
+    banned_until: Option<Time>,
+    bans: u32,
+    rtt: Option<Duration>,
+    tokens: f64,
+    refilled: Time,
+    /// When the rate limit last cost reputation (at most once a second).
+    last_penalty: Option<Time>,
+}
+
+#[derive(Debug, Clone)]
+struct Dial {
+    failures: u32,
+    next: Time,
+    anchor: bool,
+    /// Dialled and not yet reported connected or failed (until `next`, a safety timeout).
+    in_flight: bool,
+}
+
+/// A peer as shown on the admin API.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct PeerView {
+    pub node: String,
+    pub addr: String,
+    pub score: u8,
+    pub level: Level,
+    pub connected: bool,
+    pub rtt_ms: Option<f64>,
+}
+
+/// Whether a frame may pass the rate limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admit {
+    Pass,
+    /// Dropped; the driver counts it.
+    Drop,
+}
+
+/// The peer state of one member.
+#[derive(Debug)]
+pub struct PeerSet {
+    me: String,
+    config: PeerConfig,
+    peers: BTreeMap<String, Peer>,
+    dials: BTreeMap<String, Dial>,
+    next_exchange: Time,
+}
+
+impl PeerSet {
+    /// A peer set for `me`, bootstrapping from `anchors` (addresses).
+    pub fn new(me: &str, config: PeerConfig, anchors: &[String], now: Time) -> Self {
+        let dials = anchors
+            .iter()
+            .map(|a| (a.clone(), Dial { failures: 0, next: now, anchor: true, in_flight: false }))
+            .collect();
+        PeerSet {
+            me: me.to_owned(),
+            next_exchange: now + config.exchange_interval,
+            config,
+            peers: BTreeMap::new(),
+            dials,
+        }
+    }
+
+    /// Connected peers.
+    pub fn connected(&self) -> usize {
+        self.peers.values().filter(|p| p.connected_since.is_some()).count()
+    }
+
+    /// Whether `node` is banned at `now`.
+    pub fn is_banned(&self, node: &str, now: Time) -> bool {
+        self.peers.get(node).and_then(|p| p.banned_until).is_some_and(|t| now < t)
+    }
+
+    /// A peer's level.
+    pub fn level(&self, node: &str, now: Time) -> Option<Level> {
+        self.peers.get(node).map(|p| level_of(p, now))
+    }
+
+    /// A link to `node` (dialled at or accepted from `addr`) completed its handshake and hello.
+    /// Refused while the peer is banned; when over `max_peers`, the worst other peer is dropped.
+    pub fn on_connected(
+        &mut self,
+        node: &str,
+        addr: &str,
+        now: Time,
+    ) -> Result<Vec<PeerAction>, String> {
+        if node == self.me {
+            return Err("a link to ourselves".into());
+        }
+        if let Some(until) = self.peers.get(node).and_then(|p| p.banned_until).filter(|t| now < *t)
+        {
+            return Err(format!("banned for another {}s", (until - now).as_secs()));
+        }
+        let burst = f64::from(self.config.frame_burst);
+        let peer = self.peers.entry(node.to_owned()).or_insert_with(|| Peer {
+            addr: addr.to_owned(),
+            score: INITIAL_SCORE,
+            connected_since: None,
+            banned_until: None,
+            bans: 0,
+            rtt: None,
+            tokens: burst,
+            refilled: now,
+            last_penalty: None,
+        });
+        if !addr.is_empty() {
+            peer.addr = addr.to_owned();
+        }
+        peer.connected_since = Some(now);
+        peer.tokens = burst;
+        peer.refilled = now;
+        if let Some(d) = self.dials.get_mut(addr) {
+            d.failures = 0;
+            d.in_flight = false;
+        }
+        let mut actions = Vec::new();
+        if self.connected() > self.config.max_peers {
+            if let Some(worst) = self
+                .peers
+                .iter()
+                .filter(|(n, p)| p.connected_since.is_some() && n.as_str() != node)
+                .min_by_key(|(_, p)| p.score)
+                .map(|(n, _)| n.clone())
+            {
+                actions.push(PeerAction::Disconnect {
+                    node: worst,
+                    reason: format!("over max peers ({})", self.config.max_peers),
+                });
+            }
+        }
+        Ok(actions)
+    }
+
+    /// The link to `node` closed (`failure`: without a goodbye).
+    pub fn on_disconnected(&mut self, node: &str, failure: bool, now: Time) -> Vec<PeerAction> {
+        let mut actions = Vec::new();
+        if let Some(p) = self.peers.get_mut(node) {
+            p.connected_since = None;
+        }
+        if failure {
+            actions.extend(self.record(node, Conduct::Failure, now));
+        }
+        actions
+    }
+
+    /// Dialling `addr` failed: back off exponentially.
+    pub fn on_dial_failed(&mut self, addr: &str, now: Time) {
+        if let Some(d) = self.dials.get_mut(addr) {
+            d.in_flight = false;
+            d.failures += 1;
+            let backoff = Duration::from_secs(1) * 2u32.saturating_pow(d.failures.min(6) - 1);
+            d.next = now + backoff.min(MAX_DIAL_BACKOFF);
+        }
+    }
+
+    /// Records conduct; returns a ban (and disconnect) when the score falls below the threshold.
+    pub fn record(&mut self, node: &str, conduct: Conduct, now: Time) -> Vec<PeerAction> {
+        let Some(p) = self.peers.get_mut(node) else { return Vec::new() };
+        if let Conduct::Pong(rtt) = conduct {
+            p.rtt = Some(rtt);
+        }
+        p.score = (i32::from(p.score) + conduct.delta()).clamp(0, 100) as u8;
+        if p.score >= self.config.ban_threshold || p.banned_until.is_some_and(|t| now < t) {
+            return Vec::new();
+        }
+        p.bans += 1;
+        let factor = 2u32.saturating_pow(p.bans.min(16) - 1);
+        let until = now + self.config.ban_duration.saturating_mul(factor).min(MAX_BAN);
+        p.banned_until = Some(until);
+        let reason =
+            format!("reputation {} below {} after {conduct:?}", p.score, self.config.ban_threshold);
+        let mut actions =
+            vec![PeerAction::Banned { node: node.to_owned(), until, reason: reason.clone() }];
+        if p.connected_since.is_some() {
+            actions.push(PeerAction::Disconnect { node: node.to_owned(), reason });
+        }
+        actions
+    }
+
+    /// Token bucket for a non-data frame from `node`. A dropped frame costs reputation at most
+    /// once a second (a flood is one offence per second, not one per frame).
+    pub fn admit(&mut self, node: &str, now: Time) -> (Admit, Vec<PeerAction>) {
+        let rate = f64::from(self.config.frame_rate);
+        let burst = f64::from(self.config.frame_burst);
+        let Some(p) = self.peers.get_mut(node) else { return (Admit::Drop, Vec::new()) };
+        let elapsed = now.saturating_sub(p.refilled).as_secs_f64();
+        p.tokens = (p.tokens + elapsed * rate).min(burst);
+        p.refilled = now;
+        if p.tokens >= 1.0 {
+            p.tokens -= 1.0;
+            return (Admit::Pass, Vec::new());
+        }
+        let penalise = p.last_penalty.is_none_or(|t| now >= t + Duration::from_secs(1));
+        if penalise {
+            p.last_penalty = Some(now);
+            return (Admit::Drop, self.record(node, Conduct::RateLimited, now));
+        }
+        (Admit::Drop, Vec::new())
+    }
+
+    /// Addresses learned from a peer exchange. Our own name and over-the-bound entries are
+    /// ignored.
+    pub fn on_exchange(&mut self, peers: &[PeerAddr], now: Time) {
+        for p in peers {
+            if p.node == self.me || p.addr.is_empty() {
+                continue;
+            }
+            if self.dials.len() >= MAX_KNOWN && !self.dials.contains_key(&p.addr) {
+                break;
+            }
+            self.dials.entry(p.addr.clone()).or_insert(Dial {
+                failures: 0,
+                next: now,
+                anchor: false,
+                in_flight: false,
+            });
+        }
+    }
+
+    /// What to tell neighbours in a peer exchange: connected peers that are not banned.
+    pub fn exchange_list(&self, now: Time) -> Vec<PeerAddr> {
+        self.peers
+            .iter()
+            .filter(|(_, p)| p.connected_since.is_some() && !p.addr.is_empty())
+            .filter(|(_, p)| !matches!(level_of(p, now), Level::Banned | Level::Suspicious))
+            .take(crate::frame::MAX_PEER_ADDRS)
+            .map(|(n, p)| PeerAddr { node: n.clone(), addr: p.addr.clone() })
+            .collect()
+    }
+
+    /// Timer: dial when under `min_peers`, send peer exchange every interval.
+    pub fn on_tick(&mut self, now: Time) -> Vec<PeerAction> {
+        let mut actions = Vec::new();
+        let connected_addrs: Vec<String> = self
+            .peers
+            .values()
+            .filter(|p| p.connected_since.is_some())
+            .map(|p| p.addr.clone())
+            .collect();
+        let banned_addrs: Vec<String> = self
+            .peers
+            .values()
+            .filter(|p| p.banned_until.is_some_and(|t| now < t))
+            .map(|p| p.addr.clone())
+            .collect();
+        for d in self.dials.values_mut() {
+            if d.in_flight && now >= d.next {
+                d.in_flight = false; // never reported back: give up on that attempt
+            }
+        }
+        let in_flight = self.dials.values().filter(|d| d.in_flight).count();
+        let mut wanted = self.config.min_peers.saturating_sub(self.connected() + in_flight);
+        // Anchors first, then learned addresses; skip connected, banned and backing-off ones.
+        let mut candidates: Vec<(&String, &Dial)> = self
+            .dials
+            .iter()
+            .filter(|(a, d)| {
+                !d.in_flight
+                    && d.next <= now
+                    && !connected_addrs.contains(a)
+                    && !banned_addrs.contains(a)
+            })
+            .collect();
+        candidates.sort_by_key(|(_, d)| (!d.anchor, d.failures));
+        let mut dialled = Vec::new();
+        for (addr, _) in candidates {
+            if wanted == 0 {
+                break;
+            }
+            dialled.push(addr.clone());
+            wanted -= 1;
+        }
+        for addr in dialled {
+            // NB: not dialled again until it connects or fails (failure sets the backoff).
+            if let Some(d) = self.dials.get_mut(&addr) {
+                d.next = now + MAX_DIAL_BACKOFF;
+                d.in_flight = true;
+            }
+            actions.push(PeerAction::Dial { addr });
+        }
+        if now >= self.next_exchange {
+            self.next_exchange = now + self.config.exchange_interval;
+            actions.push(PeerAction::Exchange);
+        }
+        actions
+    }
+
+    /// Peers for the admin API.
+    pub fn views(&self, now: Time) -> Vec<PeerView> {
+        self.peers
+            .iter()
+            .map(|(n, p)| PeerView {
+                node: n.clone(),
+                addr: p.addr.clone(),
+                score: p.score,
+                level: level_of(p, now),
+                connected: p.connected_since.is_some(),
+                rtt_ms: p.rtt.map(|r| r.as_secs_f64() * 1e3),
+            })
+            .collect()
+    }
+}
+
+fn level_of(p: &Peer, now: Time) -> Level {
+    if p.banned_until.is_some_and(|t| now < t) {
+        Level::Banned
+    } else if p.score >= TRUSTED_SCORE {
+        Level::Trusted
+    } else if p.score < SUSPICIOUS_SCORE {
+        Level::Suspicious
+    } else {
+        Level::New
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,141 @@
+use super::*;
+
+fn secs(s: u64) -> Time {
+    Duration::from_secs(s)
+}
+
+fn set(anchors: &[&str]) -> PeerSet {
+    let anchors: Vec<String> = anchors.iter().map(|a| a.to_string()).collect();
+    PeerSet::new("me", PeerConfig::default(), &anchors, Time::ZERO)
+}
+
+#[test]
+fn bootstraps_from_anchors_then_dials_learned_peers_up_to_min_peers() {
+    let mut p = set(&["10.0.0.1:7000"]);
+    assert_eq!(p.on_tick(Time::ZERO), vec![PeerAction::Dial { addr: "10.0.0.1:7000".into() }]);
+    p.on_connected("anchor", "10.0.0.1:7000", Time::ZERO).unwrap();
+    p.on_exchange(
+        &[
+            PeerAddr { node: "b".into(), addr: "b:1".into() },
+            PeerAddr { node: "c".into(), addr: "c:1".into() },
+            PeerAddr { node: "d".into(), addr: "d:1".into() },
+            PeerAddr { node: "me".into(), addr: "me:1".into() },
+        ],
+        Time::ZERO,
+    );
+    let dials: Vec<_> =
+        p.on_tick(secs(1)).into_iter().filter(|a| matches!(a, PeerAction::Dial { .. })).collect();
+    assert_eq!(dials.len(), 2, "min_peers 3, one connected: {dials:?}");
+    assert!(!dials.contains(&PeerAction::Dial { addr: "me:1".into() }));
+    // Nothing dialled twice while in flight.
+    assert!(p.on_tick(secs(2)).iter().all(|a| !matches!(a, PeerAction::Dial { .. })));
+}
+
+#[test]
+fn failed_dials_back_off_exponentially() {
+    let mut p = set(&["a:1"]);
+    p.on_tick(Time::ZERO);
+    p.on_dial_failed("a:1", Time::ZERO);
+    assert!(p.on_tick(Duration::from_millis(500)).is_empty(), "1s backoff");
+    assert_eq!(p.on_tick(secs(1)), vec![PeerAction::Dial { addr: "a:1".into() }]);
+    p.on_dial_failed("a:1", secs(1));
+    assert!(p.on_tick(secs(2)).is_empty(), "2s backoff");
+    assert_eq!(p.on_tick(secs(3)), vec![PeerAction::Dial { addr: "a:1".into() }]);
+}
+
+#[test]
+fn reputation_rises_with_fast_pongs_and_levels_are_named() {
+    let mut p = set(&[]);
+    p.on_connected("x", "x:1", Time::ZERO).unwrap();
+    assert_eq!(p.level("x", Time::ZERO), Some(Level::New));
+    for i in 0..15 {
+        p.record("x", Conduct::Pong(Duration::from_millis(1)), secs(i));
+    }
+    assert_eq!(p.level("x", secs(15)), Some(Level::Trusted));
+    p.record("x", Conduct::InvalidFrame, secs(16));
+    p.record("x", Conduct::InvalidFrame, secs(16));
+    assert_eq!(p.level("x", secs(16)), Some(Level::Suspicious));
+    let v = p.views(secs(16));
+    assert_eq!(v[0].score, 30);
+    assert_eq!(v[0].rtt_ms, Some(1.0));
+}
+
+#[test]
+fn invalid_frames_ban_the_peer_with_a_doubling_duration() {
+    let mut p = set(&[]);
+    p.on_connected("x", "x:1", Time::ZERO).unwrap();
+    p.record("x", Conduct::InvalidFrame, Time::ZERO);
+    let actions = p.record("x", Conduct::InvalidFrame, Time::ZERO);
+    assert!(
+        matches!(&actions[0], PeerAction::Banned { until, .. } if *until == secs(300)),
+        "{actions:?}"
+    );
+    assert!(matches!(&actions[1], PeerAction::Disconnect { node, .. } if node == "x"));
+    p.on_disconnected("x", false, Time::ZERO);
+    assert!(p.on_connected("x", "x:1", secs(10)).unwrap_err().contains("banned"));
+    assert!(p.exchange_list(secs(10)).is_empty());
+    // After the ban the peer may come back; misbehaving again bans it twice as long.
+    p.on_connected("x", "x:1", secs(301)).unwrap();
+    let actions = p.record("x", Conduct::InvalidFrame, secs(301));
+    assert!(
+        matches!(&actions[0], PeerAction::Banned { until, .. } if *until == secs(301 + 600)),
+        "{actions:?}"
+    );
+}
+
+#[test]
+fn bad_identity_bans_at_once() {
+    let mut p = set(&[]);
+    p.on_connected("x", "x:1", Time::ZERO).unwrap();
+    let actions = p.record("x", Conduct::BadIdentity, Time::ZERO);
+    assert!(matches!(actions[0], PeerAction::Banned { .. }));
+    assert!(p.is_banned("x", secs(1)));
+}
+
+#[test]
+fn a_flooding_peer_is_rate_limited_and_loses_reputation_once_per_second() {
+    let config = PeerConfig { frame_rate: 10, frame_burst: 20, ..Default::default() };
+    let mut p = PeerSet::new("me", config, &[], Time::ZERO);
+    p.on_connected("noisy", "n:1", Time::ZERO).unwrap();
+    p.on_connected("quiet", "q:1", Time::ZERO).unwrap();
+    let mut passed = 0;
+    let mut penalties = 0;
+    for i in 0..1000 {
+        let (admit, actions) = p.admit("noisy", Duration::from_millis(i));
+        passed += usize::from(admit == Admit::Pass);
+        penalties += usize::from(actions.iter().any(|a| matches!(a, PeerAction::Banned { .. })));
+    }
+    // 1 second: the burst of 20 plus about 10 refilled.
+    assert!((25..=32).contains(&passed), "passed {passed}");
+    assert_eq!(penalties, 0, "one offence per second does not ban at once");
+    assert_eq!(p.views(secs(1)).iter().find(|v| v.node == "noisy").unwrap().score, 50 - 10);
+    // The quiet peer is unaffected.
+    assert_eq!(p.admit("quiet", secs(1)).0, Admit::Pass);
+}
+
+#[test]
+fn going_over_max_peers_drops_the_worst_other_peer() {
+    let config = PeerConfig { max_peers: 2, ..Default::default() };
+    let mut p = PeerSet::new("me", config, &[], Time::ZERO);
+    p.on_connected("good", "g:1", Time::ZERO).unwrap();
+    p.record("good", Conduct::Pong(Duration::from_millis(1)), Time::ZERO);
+    p.on_connected("poor", "p:1", Time::ZERO).unwrap();
+    p.record("poor", Conduct::Failure, Time::ZERO);
+    let actions = p.on_connected("new", "n:1", Time::ZERO).unwrap();
+    assert!(
+        matches!(&actions[..], [PeerAction::Disconnect { node, .. }] if node == "poor"),
+        "{actions:?}"
+    );
+    assert!(p.on_connected("me", "m:1", Time::ZERO).is_err());
+}
+
+#[test]
+fn learned_addresses_are_bounded() {
+    let mut p = set(&[]);
+    let flood: Vec<PeerAddr> =
+        (0..2000).map(|i| PeerAddr { node: format!("n{i}"), addr: format!("a{i}:1") }).collect();
+    for chunk in flood.chunks(32) {
+        p.on_exchange(chunk, Time::ZERO);
+    }
+    assert_eq!(p.dials.len(), MAX_KNOWN);
+}
