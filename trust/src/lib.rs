@@ -10,8 +10,10 @@ pub mod authority;
 pub mod cert;
 pub mod control;
 pub mod crl;
+pub mod duration;
 pub mod error;
 pub mod identity;
+pub mod join;
 pub mod tls;
 pub mod verify;
 

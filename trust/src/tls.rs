@@ -66,3 +66,47 @@ pub fn peer_client_config(
     config.resumption = Resumption::disabled();
     Ok(config)
 }
+
+/// ALPN of the identity service (plain HTTP/1.1 inside TLS).
+pub const HTTP1_ALPN: &[u8] = b"http/1.1";
+
+/// The identity service's side: a certificate from the authority, client certificates optional
+/// (joins authenticate by token) but verified when presented (renewals).
+pub fn identity_service_server_config(
+    store: Arc<TrustStore>,
+    chain: Vec<CertificateDer<'static>>,
+    key: &PrivateKey,
+) -> Result<ServerConfig> {
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| Error::ChainRejected { reason: e.to_string() })?
+        .with_client_cert_verifier(PeerVerifier::optional_client_auth(store))
+        .with_single_cert(chain, key_der(key)?)
+        .map_err(|e| Error::InvalidKey { reason: e.to_string() })?;
+    config.alpn_protocols = vec![HTTP1_ALPN.to_vec()];
+    config.session_storage = Arc::new(NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
+    Ok(config)
+}
+
+/// A client of the identity service: verifies the service with `store`, and presents
+/// `identity` (chain and key) when renewing.
+pub fn identity_client_config(
+    store: Arc<TrustStore>,
+    identity: Option<(Vec<CertificateDer<'static>>, &PrivateKey)>,
+) -> Result<ClientConfig> {
+    let builder = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| Error::ChainRejected { reason: e.to_string() })?
+        .dangerous()
+        .with_custom_certificate_verifier(PeerVerifier::new(store));
+    let mut config = match identity {
+        Some((chain, key)) => builder
+            .with_client_auth_cert(chain, key_der(key)?)
+            .map_err(|e| Error::InvalidKey { reason: e.to_string() })?,
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![HTTP1_ALPN.to_vec()];
+    config.resumption = Resumption::disabled();
+    Ok(config)
+}

@@ -379,6 +379,7 @@ fn subject_of(cert: &[u8]) -> Result<Vec<u8>> {
 pub struct PeerVerifier {
     store: Arc<TrustStore>,
     algs: WebPkiSupportedAlgorithms,
+    client_auth_mandatory: bool,
 }
 
 impl fmt::Debug for PeerVerifier {
@@ -393,6 +394,18 @@ impl PeerVerifier {
         Arc::new(PeerVerifier {
             store,
             algs: rustls::crypto::ring::default_provider().signature_verification_algorithms,
+            client_auth_mandatory: true,
+        })
+    }
+
+    /// A server-side verifier that lets clients without a certificate in (the identity
+    /// service's join endpoint, authenticated by token instead) but still verifies any
+    /// certificate a client does present (renewals).
+    pub fn optional_client_auth(store: Arc<TrustStore>) -> Arc<Self> {
+        Arc::new(PeerVerifier {
+            store,
+            algs: rustls::crypto::ring::default_provider().signature_verification_algorithms,
+            client_auth_mandatory: false,
         })
     }
 
@@ -468,6 +481,10 @@ impl ServerCertVerifier for PeerVerifier {
 impl ClientCertVerifier for PeerVerifier {
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
         &[]
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.client_auth_mandatory
     }
 
     fn verify_client_cert(

@@ -1,0 +1,301 @@
+//! The file-backed Network Authority of local mode (`genesis-operator local --dir D`).
+//!
+//! Layout of `D` (written with owner-only permissions where it holds secrets):
+//!
+//! | file | what |
+//! |---|---|
+//! | `authority.json` | trust domain, network, certificate lifetime |
+//! | `ca.crt`, `ca.key` | the CA (the key is 0600) |
+//! | `revocations.json` | the revocation list: what the next CRL says |
+//! | `crl.der` | the newest signed CRL |
+//! | `issued.jsonl` | one line per issued certificate: serial, identity, notAfter |
+//! | `tokens/<node>.json` | a one-time join token (0600), deleted when spent |
+//! | `identity-service.addr` | where the running service listens |
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use genesis_trust::{
+    CertificateAuthority, Crl, Identity, IssuedCertificate, KeyAlgorithm, LeafPolicy,
+    RevocationList, RevocationReason, Role, Serial,
+};
+use ring::rand::{SecureRandom, SystemRandom};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::{Error, Result};
+
+/// How long a local CA lives.
+const CA_VALIDITY: Duration = Duration::from_secs(10 * 365 * 86400);
+
+/// The authority's settings, persisted in `authority.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AuthorityConfig {
+    pub trust_domain: String,
+    pub network: String,
+    /// Leaf lifetime in seconds.
+    pub cert_duration_secs: u64,
+    /// CRL validity in seconds.
+    pub crl_validity_secs: u64,
+}
+
+impl Default for AuthorityConfig {
+    fn default() -> Self {
+        AuthorityConfig {
+            trust_domain: "demo.local".into(),
+            network: "demo".into(),
+            cert_duration_secs: 24 * 3600,
+            crl_validity_secs: 12 * 3600,
+        }
+    }
+}
+
+/// A join token as stored on disk: only its hash, so a read of the directory does not leak it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct TokenFile {
+    sha256: String,
+    role: Role,
+}
+
+/// One line of `issued.jsonl`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IssuedRecord {
+    pub serial: String,
+    pub identity: String,
+    pub not_after: u64,
+    pub issued_at: u64,
+}
+
+/// The file-backed authority.
+#[derive(Debug)]
+pub struct LocalAuthority {
+    dir: PathBuf,
+    config: AuthorityConfig,
+    ca: CertificateAuthority,
+}
+
+impl LocalAuthority {
+    /// Opens the authority in `dir`, creating CA, revocation list and first CRL if absent.
+    /// `config` is used only when creating; an existing directory keeps its own settings.
+    pub fn open_or_create(dir: &Path, config: AuthorityConfig) -> Result<Self> {
+        fs::create_dir_all(dir.join("tokens")).map_err(|e| Error::io("create", dir, e))?;
+        let config_path = dir.join("authority.json");
+        let config = if config_path.exists() {
+            read_json(&config_path)?
+        } else {
+            write_json(&config_path, &config, false)?;
+            config
+        };
+        let (crt, key) = (dir.join("ca.crt"), dir.join("ca.key"));
+        let ca = if crt.exists() {
+            let cert_pem = fs::read_to_string(&crt).map_err(|e| Error::io("read", &crt, e))?;
+            let key_pem = fs::read_to_string(&key).map_err(|e| Error::io("read", &key, e))?;
+            CertificateAuthority::from_pem(&config.trust_domain, &cert_pem, &key_pem)?
+        } else {
+            let ca = CertificateAuthority::generate(
+                &config.trust_domain,
+                KeyAlgorithm::EcdsaP256,
+                CA_VALIDITY,
+                SystemTime::now(),
+            )?;
+            write_file(&key, ca.key_pem().as_bytes(), true)?;
+            write_file(&crt, ca.cert_pem().as_bytes(), false)?;
+            ca
+        };
+        let authority = LocalAuthority { dir: dir.to_owned(), config, ca };
+        if !dir.join("crl.der").exists() {
+            authority.publish_crl(&RevocationList::default())?;
+        }
+        Ok(authority)
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &AuthorityConfig {
+        &self.config
+    }
+
+    /// The CA.
+    pub fn ca(&self) -> &CertificateAuthority {
+        &self.ca
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Writes a one-time join token for `node` and returns it (printed once, stored hashed).
+    pub fn create_token(&self, node: &str, role: Role) -> Result<String> {
+        Identity::new(&self.config.trust_domain, &self.config.network, role, node)?;
+        let mut raw = [0u8; 32];
+        SystemRandom::new()
+            .fill(&mut raw)
+            .map_err(|_| Error::Config("system random number generator failed".into()))?;
+        let token = hex::encode(raw);
+        let file = TokenFile { sha256: hash_token(&token), role };
+        write_json(&self.token_path(node)?, &file, true)?;
+        Ok(token)
+    }
+
+    /// Checks and spends `node`'s token; returns the identity it entitles to.
+    pub fn spend_token(&self, node: &str, token: &str) -> Result<Identity> {
+        let path = self.token_path(node)?;
+        let file: TokenFile = match read_json(&path) {
+            Ok(f) => f,
+            Err(_) => {
+                return Err(Error::Unauthenticated(format!(
+                    "no join token for node {node:?}: it was never created or is already spent \
+                     (create one with `genesis-operator local token --node {node}`)"
+                )))
+            }
+        };
+        // NB: comparing hashes keeps the comparison's timing independent of the secret.
+        if hash_token(token) != file.sha256 {
+            return Err(Error::Unauthenticated(format!("wrong join token for node {node:?}")));
+        }
+        fs::remove_file(&path).map_err(|e| Error::io("spend", &path, e))?;
+        Ok(Identity::new(&self.config.trust_domain, &self.config.network, file.role, node)?)
+    }
+
+    /// The leaf policy from the settings.
+    pub fn leaf_policy(&self) -> LeafPolicy {
+        LeafPolicy {
+            duration: Duration::from_secs(self.config.cert_duration_secs),
+            renew_before: None,
+        }
+    }
+
+    /// Issues from a CSR and records the serial.
+    pub fn issue(&self, csr: &[u8], identity: &Identity) -> Result<IssuedCertificate> {
+        let issued =
+            self.ca.issue_from_csr(csr, identity, &self.leaf_policy(), SystemTime::now())?;
+        let record = IssuedRecord {
+            serial: issued.serial.to_string(),
+            identity: identity.uri(),
+            not_after: unix(issued.not_after),
+            issued_at: unix(SystemTime::now()),
+        };
+        let path = self.dir.join("issued.jsonl");
+        let mut f = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| Error::io("open", &path, e))?;
+        let line = serde_json::to_string(&record).expect("record serializes");
+        writeln!(f, "{line}").map_err(|e| Error::io("append to", &path, e))?;
+        Ok(issued)
+    }
+
+    /// Every certificate issued so far.
+    pub fn issued(&self) -> Result<Vec<IssuedRecord>> {
+        let path = self.dir.join("issued.jsonl");
+        if !path.exists() {
+            return Ok(Vec::new());
+        }
+        let text = fs::read_to_string(&path).map_err(|e| Error::io("read", &path, e))?;
+        text.lines()
+            .map(|l| {
+                serde_json::from_str(l)
+                    .map_err(|e| Error::Corrupt { path: path.clone(), reason: e.to_string() })
+            })
+            .collect()
+    }
+
+    /// The revocation list on disk.
+    pub fn revocations(&self) -> Result<RevocationList> {
+        let path = self.dir.join("revocations.json");
+        if !path.exists() {
+            return Ok(RevocationList::default());
+        }
+        read_json(&path)
+    }
+
+    /// Revokes every certificate issued to `node`; signs and writes the new CRL.
+    /// Returns the new CRL, or `None` if nothing new was revoked.
+    pub fn revoke_node(&self, node: &str, reason: RevocationReason) -> Result<Option<Crl>> {
+        let mut list = self.revocations()?;
+        let mut changed = false;
+        let now = SystemTime::now();
+        for rec in self.issued()? {
+            let id = Identity::parse(&rec.identity)?;
+            if id.node() == node {
+                changed |= list.revoke(&Serial::from_hex(&rec.serial)?, reason, now);
+            }
+        }
+        if !changed {
+            return Ok(None);
+        }
+        self.publish_crl(&list).map(Some)
+    }
+
+    /// Signs `list` into `crl.der` and persists the list.
+    pub fn publish_crl(&self, list: &RevocationList) -> Result<Crl> {
+        let now = SystemTime::now();
+        let crl = self.ca.sign_crl(
+            list,
+            now - Duration::from_secs(60),
+            now + Duration::from_secs(self.config.crl_validity_secs),
+        )?;
+        write_json(&self.dir.join("revocations.json"), list, false)?;
+        write_file(&self.dir.join("crl.der"), crl.der(), false)?;
+        Ok(crl)
+    }
+
+    /// The newest signed CRL.
+    pub fn current_crl(&self) -> Result<Crl> {
+        let path = self.dir.join("crl.der");
+        let der = fs::read(&path).map_err(|e| Error::io("read", &path, e))?;
+        Ok(Crl::parse(&der)?)
+    }
+
+    fn token_path(&self, node: &str) -> Result<PathBuf> {
+        // The node name was validated as a DNS subdomain, so it is a safe file name.
+        Identity::new(&self.config.trust_domain, &self.config.network, Role::Client, node)?;
+        Ok(self.dir.join("tokens").join(format!("{node}.json")))
+    }
+}
+
+fn hash_token(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+/// Unix seconds.
+pub fn unix(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs()
+}
+
+fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
+    let text = fs::read_to_string(path).map_err(|e| Error::io("read", path, e))?;
+    serde_json::from_str(&text)
+        .map_err(|e| Error::Corrupt { path: path.to_owned(), reason: e.to_string() })
+}
+
+fn write_json<T: Serialize>(path: &Path, value: &T, secret: bool) -> Result<()> {
+    let text = serde_json::to_string_pretty(value).expect("serializes");
+    write_file(path, text.as_bytes(), secret)
+}
+
+/// Writes atomically (temp file + rename), owner-only when `secret`.
+fn write_file(path: &Path, bytes: &[u8], secret: bool) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut opts = fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    if secret {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let _ = secret;
+    let mut f = opts.open(&tmp).map_err(|e| Error::io("write", &tmp, e))?;
+    f.write_all(bytes).map_err(|e| Error::io("write", &tmp, e))?;
+    f.sync_all().map_err(|e| Error::io("sync", &tmp, e))?;
+    fs::rename(&tmp, path).map_err(|e| Error::io("rename", path, e))
+}
+
+#[cfg(test)]
+mod tests;

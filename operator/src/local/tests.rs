@@ -1,0 +1,76 @@
+use genesis_trust::{create_csr, PrivateKey};
+
+use super::*;
+
+fn authority(dir: &Path) -> LocalAuthority {
+    LocalAuthority::open_or_create(dir, AuthorityConfig::default()).unwrap()
+}
+
+fn csr_for(id: &Identity) -> Vec<u8> {
+    create_csr(id, &PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap()).unwrap()
+}
+
+#[test]
+fn a_join_token_is_spent_once_and_entitles_to_its_role() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = authority(dir.path());
+    let token = a.create_token("node-1", Role::Anchor).unwrap();
+    assert!(
+        matches!(a.spend_token("node-1", "wrong"), Err(Error::Unauthenticated(m)) if m.contains("wrong join token"))
+    );
+    let id = a.spend_token("node-1", &token).unwrap();
+    assert_eq!(id.role(), Role::Anchor);
+    assert_eq!(id.uri(), "spiffe://demo.local/mesh/demo/anchor/node-1");
+    assert!(
+        matches!(a.spend_token("node-1", &token), Err(Error::Unauthenticated(m)) if m.contains("already spent"))
+    );
+    assert!(
+        a.spend_token("../ca", &token).is_err(),
+        "node names are validated before touching files"
+    );
+    // Only the token's hash is on disk.
+    let files: Vec<_> = fs::read_dir(dir.path().join("tokens")).unwrap().collect();
+    assert!(files.is_empty());
+    let token2 = a.create_token("node-2", Role::Client).unwrap();
+    let on_disk = fs::read_to_string(dir.path().join("tokens/node-2.json")).unwrap();
+    assert!(!on_disk.contains(&token2));
+}
+
+#[test]
+fn reopening_keeps_the_ca_settings_and_revocations() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = authority(dir.path());
+    let id = Identity::new("demo.local", "demo", Role::Client, "web").unwrap();
+    let issued = first.issue(&csr_for(&id), &id).unwrap();
+    let crl = first.revoke_node("web", RevocationReason::KeyCompromise).unwrap().unwrap();
+    assert_eq!(crl.number(), 1);
+    assert!(crl.is_revoked(&issued.serial));
+    assert!(
+        first.revoke_node("web", RevocationReason::KeyCompromise).unwrap().is_none(),
+        "already revoked"
+    );
+    let other =
+        AuthorityConfig { trust_domain: "ignored.local".into(), ..AuthorityConfig::default() };
+    let second = LocalAuthority::open_or_create(dir.path(), other).unwrap();
+    assert_eq!(second.ca().fingerprint(), first.ca().fingerprint());
+    assert_eq!(second.config().trust_domain, "demo.local");
+    assert_eq!(second.current_crl().unwrap().number(), 1);
+    assert_eq!(second.issued().unwrap().len(), 1);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = fs::metadata(dir.path().join("ca.key")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "CA key must be owner-only");
+    }
+}
+
+#[test]
+fn corrupt_state_is_reported_with_its_file() {
+    let dir = tempfile::tempdir().unwrap();
+    authority(dir.path());
+    fs::write(dir.path().join("revocations.json"), "{not json").unwrap();
+    let a = authority(dir.path());
+    assert!(
+        matches!(a.revocations(), Err(Error::Corrupt { path, .. }) if path.ends_with("revocations.json"))
+    );
+}
