@@ -100,17 +100,15 @@ pub struct PeerAddr {
 /// What a data frame carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DataKind {
-    /// Opens an end-to-end stream (payload: destination port, then the first bytes of the
-    /// end-to-end TLS handshake).
+    /// Opens an end-to-end stream (payload: service byte, destination port (u16), then the first
+    /// bytes of the end-to-end TLS handshake).
     StreamOpen = 1,
     /// End-to-end TLS records of an open stream.
     StreamData = 2,
     /// The sender closed the stream.
     StreamClose = 3,
-    /// An end-to-end message channel record (messages and receipts ride inside).
-    Message = 4,
     /// A relay or the destination could not deliver (payload: reason text).
-    Unreachable = 5,
+    Unreachable = 4,
 }
 
 impl DataKind {
@@ -119,8 +117,7 @@ impl DataKind {
             1 => DataKind::StreamOpen,
             2 => DataKind::StreamData,
             3 => DataKind::StreamClose,
-            4 => DataKind::Message,
-            5 => DataKind::Unreachable,
+            4 => DataKind::Unreachable,
             _ => return None,
         })
     }
@@ -433,6 +430,7 @@ fn truncate(s: &str, max: usize) -> &str {
 #[derive(Debug, Default)]
 pub struct FrameDecoder {
     buf: Vec<u8>,
+    last_len: usize,
 }
 
 impl FrameDecoder {
@@ -444,6 +442,11 @@ impl FrameDecoder {
     /// Appends bytes read from the link.
     pub fn push(&mut self, bytes: &[u8]) {
         self.buf.extend_from_slice(bytes);
+    }
+
+    /// Wire size of the frame `next_frame` returned last.
+    pub fn last_frame_len(&self) -> usize {
+        self.last_len
     }
 
     /// Bytes buffered but not yet decoded.
@@ -479,6 +482,7 @@ impl FrameDecoder {
         }
         let frame = Frame::decode_body(ty, &self.buf[HEADER_LEN..HEADER_LEN + body_len]);
         self.buf.drain(..HEADER_LEN + body_len);
+        self.last_len = HEADER_LEN + body_len;
         frame.map(Some)
     }
 }

@@ -1,9 +1,192 @@
 //! Genesis Mesh sidecar: the data plane.
 //!
 //! Protocol logic lives in sans-IO state machines ([`frame`], [`routing`], [`peers`]) that take
-//! events and return actions; the tokio driver does the IO.
+//! events and return actions; the tokio driver ([`node`], [`link`], [`stream`]) does the IO;
+//! [`api`] and [`admin`] are the HTTP faces for apps and operators. docs/SIDECAR.md is the guide.
 #![forbid(unsafe_code)]
 
+pub mod admin;
+pub mod api;
+pub mod config;
 pub mod frame;
+pub mod http;
+pub mod identity;
+pub mod link;
+pub mod metrics;
+pub mod node;
 pub mod peers;
 pub mod routing;
+pub mod stream;
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use genesis_trust::tls::{peer_client_config, peer_server_config};
+use genesis_trust::{AuditLog, TrustPolicy, TrustStore};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::identity::Credentials;
+use crate::node::{Command, Shared, TlsConfigs, CORE_QUEUE};
+
+/// A running sidecar.
+pub struct Running {
+    pub shared: Arc<Shared>,
+    pub peer_addr: SocketAddr,
+    pub api_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    shutdown: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Running {
+    /// Graceful drain: refuse new links, say goodbye to every peer, then stop.
+    pub async fn drain_and_stop(self) {
+        self.shared.draining.store(true, Ordering::Relaxed);
+        let _ = self.shared.commands.send(Command::Drain).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        self.shutdown.cancel();
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+fn tls_configs(store: &Arc<TrustStore>, creds: Credentials) -> Result<TlsConfigs, String> {
+    let server = peer_server_config(store.clone(), creds.chain.clone(), &creds.key)
+        .map_err(|e| e.to_string())?;
+    let client = peer_client_config(store.clone(), creds.chain.clone(), &creds.key)
+        .map_err(|e| e.to_string())?;
+    Ok(TlsConfigs {
+        server: Arc::new(server),
+        client: Arc::new(client),
+        key: Arc::new(creds.key),
+        chain: creds.chain,
+        not_after: creds.not_after,
+        renewal_time: creds.renewal_time,
+    })
+}
+
+async fn bind(what: &str, addr: SocketAddr) -> Result<TcpListener, String> {
+    TcpListener::bind(addr).await.map_err(|e| format!("cannot listen for {what} on {addr}: {e}"))
+}
+
+/// Starts a sidecar with credentials obtained by [`identity::join`].
+pub async fn start(config: Config, creds: Credentials) -> Result<Running, String> {
+    let store = Arc::new(TrustStore::new(
+        TrustPolicy {
+            trust_domain: config.trust_domain.clone(),
+            network: Some(config.network.clone()),
+            require_fresh_crl: true,
+        },
+        creds.bundle.clone(),
+    ));
+    store
+        .install_crl(&creds.crl, SystemTime::now())
+        .map_err(|e| format!("the CRL from the identity service: {e}"))?;
+    let identity = creds.identity.clone();
+    let tls = tls_configs(&store, creds)?;
+    let audit = match &config.audit_log {
+        Some(path) => Some(AuditLog::open(path).map_err(|e| e.to_string())?),
+        None => None,
+    };
+    let peer_listener = bind("peer links", config.listen).await?;
+    let api_listener = bind("the app API", config.api_listen).await?;
+    let admin_listener = bind("the admin API", config.admin_listen).await?;
+    let addrs = (
+        peer_listener.local_addr().map_err(|e| e.to_string())?,
+        api_listener.local_addr().map_err(|e| e.to_string())?,
+        admin_listener.local_addr().map_err(|e| e.to_string())?,
+    );
+    let (tx, rx) = mpsc::channel(CORE_QUEUE);
+    let shared = node::new_shared(config, identity, store, tls, tx, audit);
+    shared.audit(
+        "started",
+        &shared.identity.uri(),
+        serde_json::json!({"listen": addrs.0.to_string()}),
+    );
+    let shutdown = CancellationToken::new();
+    let tasks = vec![
+        tokio::spawn(node::run_core(shared.clone(), rx, shutdown.clone())),
+        tokio::spawn(link::listen(shared.clone(), peer_listener, shutdown.clone())),
+        tokio::spawn(http::serve(api_listener, shared.clone(), api::handle, shutdown.clone())),
+        tokio::spawn(http::serve(admin_listener, shared.clone(), admin::handle, shutdown.clone())),
+        tokio::spawn(renewal_loop(shared.clone(), shutdown.clone())),
+    ];
+    tracing::info!(identity = %shared.identity, peer = %addrs.0, api = %addrs.1, admin = %addrs.2, "sidecar started");
+    Ok(Running {
+        shared,
+        peer_addr: addrs.0,
+        api_addr: addrs.1,
+        admin_addr: addrs.2,
+        shutdown,
+        tasks,
+    })
+}
+
+/// Longest pause between renewal retries.
+const MAX_RENEWAL_BACKOFF: Duration = Duration::from_secs(60);
+
+/// Renews at renewalTime with a fresh key; on failure keeps the valid certificate and retries
+/// with backoff (LESSONS: never discard a valid certificate because renewal failed).
+async fn renewal_loop(shared: Arc<Shared>, shutdown: CancellationToken) {
+    let mut failures = 0u32;
+    loop {
+        let current = shared.tls.load_full();
+        let wait = if failures == 0 {
+            current.renewal_time.duration_since(SystemTime::now()).unwrap_or_default()
+        } else {
+            (Duration::from_secs(1) * 2u32.saturating_pow(failures.min(6))).min(MAX_RENEWAL_BACKOFF)
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        match identity::renew(
+            &shared.config,
+            current.chain.clone(),
+            &current.key,
+            shared.store.clone(),
+        )
+        .await
+        {
+            Ok(creds) => {
+                if let Err(e) = shared.store.set_bundle(creds.bundle.clone()) {
+                    tracing::warn!(error = %e, "renewal brought an unusable bundle; keeping the old one");
+                }
+                let _ = shared.store.install_crl(&creds.crl, SystemTime::now());
+                match tls_configs(&shared.store, creds) {
+                    Ok(tls) => {
+                        let serial = genesis_trust::CertInfo::parse(&tls.chain[0])
+                            .map(|i| i.serial.to_string())
+                            .unwrap_or_default();
+                        shared.tls.store(Arc::new(tls));
+                        let _ = shared.commands.send(Command::Renewed).await;
+                        shared.metrics.renewals.with_label_values(&["ok"]).inc();
+                        shared.audit(
+                            "certificate-rotated",
+                            &shared.identity.uri(),
+                            serde_json::json!({"serial": serial}),
+                        );
+                        tracing::info!(%serial, "certificate renewed; live links keep running");
+                        failures = 0;
+                    }
+                    Err(e) => {
+                        failures += 1;
+                        tracing::error!(error = %e, "cannot use the renewed certificate");
+                    }
+                }
+            }
+            Err(e) => {
+                failures += 1;
+                shared.metrics.renewals.with_label_values(&["error"]).inc();
+                tracing::warn!(error = %e, failures, "renewal failed; keeping the current certificate");
+            }
+        }
+    }
+}

@@ -14,6 +14,7 @@ pub mod duration;
 pub mod error;
 pub mod identity;
 pub mod join;
+pub mod seqno;
 pub mod tls;
 pub mod verify;
 

@@ -126,7 +126,7 @@ fn malformed_bodies_are_refused_with_the_frame_kind_and_reason() {
         src: "a".into(),
         dst: "b".into(),
         ttl: 1,
-        kind: DataKind::Message,
+        kind: DataKind::StreamClose,
         flow: 0,
         payload: vec![],
     })
@@ -141,7 +141,7 @@ fn malformed_bodies_are_refused_with_the_frame_kind_and_reason() {
         src: "a".into(),
         dst: "b".into(),
         ttl: 1,
-        kind: DataKind::Message,
+        kind: DataKind::StreamClose,
         flow: 0,
         payload: vec![],
     })

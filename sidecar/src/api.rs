@@ -1,0 +1,200 @@
+//! The app-facing API on loopback: an HTTP CONNECT proxy for any TCP protocol, and a message
+//! API (send with delivery receipt, receive, broadcast, topics). Refusals are clear HTTP errors.
+//!
+//! | request | answer |
+//! |---|---|
+//! | `CONNECT <node>.<network>:<port>` | 200 then a tunnel; 400 bad target, 403 port not allowed, 502 no route or refused |
+//! | `POST /v1/messages/<node>` | 200 receipt; 404 no route, 413 too large, 502/504 not delivered |
+//! | `GET /v1/messages?wait=<ms>` | 200 list of received messages (waits up to `wait` for one) |
+//! | `POST /v1/broadcast` | 202 flooded to every member |
+//! | `POST /v1/topics/<topic>` | 202 delivered to every subscriber |
+//! | `PUT`/`DELETE /v1/subscriptions/<topic>` | 204 |
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::sync::oneshot;
+
+use crate::http::{error, json, Body};
+use crate::node::{Command, Shared};
+use crate::stream::{open_tunnel, send_message, MAX_MESSAGE};
+
+/// Messages returned per receive call.
+const MAX_RECEIVE_BATCH: usize = 256;
+/// Longest a receive call waits for a message.
+const MAX_RECEIVE_WAIT: Duration = Duration::from_secs(30);
+
+pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
+    if req.method() == Method::CONNECT {
+        return connect(shared, req).await;
+    }
+    let path = req.uri().path().to_owned();
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    match (req.method().clone(), segments.as_slice()) {
+        (Method::POST, ["v1", "messages", node]) => {
+            let node = node.to_string();
+            let body = match read_body(req).await {
+                Ok(b) => b,
+                Err(r) => return r,
+            };
+            if !has_route(&shared, &node).await {
+                return error(
+                    StatusCode::NOT_FOUND,
+                    &format!("no route to {node} (unknown member or unreachable)"),
+                );
+            }
+            match send_message(&shared, &node, body).await {
+                Ok(receipt) => json(StatusCode::OK, &receipt),
+                Err(e) if e.contains("no delivery receipt") => {
+                    error(StatusCode::GATEWAY_TIMEOUT, &e)
+                }
+                Err(e) => error(StatusCode::BAD_GATEWAY, &e),
+            }
+        }
+        (Method::GET, ["v1", "messages"]) => receive(shared, req.uri().query().unwrap_or("")).await,
+        (Method::POST, ["v1", "broadcast"]) => publish(shared, req, String::new()).await,
+        (Method::POST, ["v1", "topics", topic]) => {
+            let topic = topic.to_string();
+            if let Err(e) = check_topic(&topic) {
+                return error(StatusCode::BAD_REQUEST, &e);
+            }
+            publish(shared, req, topic).await
+        }
+        (method @ (Method::PUT | Method::DELETE), ["v1", "subscriptions", topic]) => {
+            if let Err(e) = check_topic(topic) {
+                return error(StatusCode::BAD_REQUEST, &e);
+            }
+            let mut subs = shared.subscriptions.lock().unwrap_or_else(|p| p.into_inner());
+            if method == Method::PUT {
+                subs.insert(topic.to_string());
+            } else {
+                subs.remove(*topic);
+            }
+            Response::builder().status(StatusCode::NO_CONTENT).body(Body::default()).expect("valid")
+        }
+        _ => error(StatusCode::NOT_FOUND, &format!("no endpoint {} {path}", req.method())),
+    }
+}
+
+async fn connect(shared: Arc<Shared>, mut req: Request<Incoming>) -> Response<Body> {
+    let usage = format!("CONNECT <node>.{}:<port>", shared.config.network);
+    let Some(authority) = req.uri().authority().cloned() else {
+        return error(StatusCode::BAD_REQUEST, &format!("missing target: use {usage}"));
+    };
+    let Some(port) = authority.port_u16() else {
+        return error(StatusCode::BAD_REQUEST, &format!("missing port: use {usage}"));
+    };
+    let suffix = format!(".{}", shared.config.network);
+    let Some(node) = authority.host().strip_suffix(&suffix).map(str::to_owned) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            &format!(
+                "{} is not a member of network {}: use {usage}",
+                authority.host(),
+                shared.config.network
+            ),
+        );
+    };
+    if !shared.config.allowed_ports.contains(&port) {
+        return error(
+            StatusCode::FORBIDDEN,
+            &format!(
+                "port {port} is not in the network's allowed ports {:?}",
+                shared.config.allowed_ports
+            ),
+        );
+    }
+    if !has_route(&shared, &node).await {
+        return error(
+            StatusCode::BAD_GATEWAY,
+            &format!("no route to {node} (unknown member or unreachable)"),
+        );
+    }
+    let mut tunnel = match open_tunnel(&shared, &node, port).await {
+        Ok(t) => t,
+        Err(e) if e.contains("not allowed") => return error(StatusCode::FORBIDDEN, &e),
+        Err(e) => return error(StatusCode::BAD_GATEWAY, &e),
+    };
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        if let Ok(upgraded) = on_upgrade.await {
+            let mut app = TokioIo::new(upgraded);
+            if let Ok((up, down)) = tokio::io::copy_bidirectional(&mut app, &mut tunnel).await {
+                shared.metrics.stream_bytes.with_label_values(&["out"]).inc_by(up);
+                shared.metrics.stream_bytes.with_label_values(&["in"]).inc_by(down);
+            }
+        }
+    });
+    Response::builder().status(StatusCode::OK).body(Body::default()).expect("valid")
+}
+
+async fn has_route(shared: &Shared, node: &str) -> bool {
+    let (reply, answer) = oneshot::channel();
+    if shared.commands.send(Command::HasRoute { dst: node.to_owned(), reply }).await.is_err() {
+        return false;
+    }
+    answer.await.unwrap_or(false)
+}
+
+async fn read_body(req: Request<Incoming>) -> Result<Vec<u8>, Response<Body>> {
+    match Limited::new(req.into_body(), MAX_MESSAGE).collect().await {
+        Ok(b) => Ok(b.to_bytes().to_vec()),
+        Err(_) => Err(error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!("payload larger than {MAX_MESSAGE} bytes"),
+        )),
+    }
+}
+
+fn check_topic(topic: &str) -> Result<(), String> {
+    let ok = !topic.is_empty()
+        && topic.len() <= crate::frame::MAX_TOPIC
+        && topic
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b));
+    ok.then_some(()).ok_or_else(|| {
+        format!("invalid topic {topic:?}: use a-z, 0-9, '.', '_', '-' (at most 128)")
+    })
+}
+
+async fn publish(shared: Arc<Shared>, req: Request<Incoming>, topic: String) -> Response<Body> {
+    let payload = match read_body(req).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let (reply, answer) = oneshot::channel();
+    if shared.commands.send(Command::Broadcast { topic, payload, reply }).await.is_err() {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "sidecar stopping");
+    }
+    match answer.await {
+        Ok(id) => json(StatusCode::ACCEPTED, &serde_json::json!({ "id": id })),
+        Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "sidecar stopping"),
+    }
+}
+
+async fn receive(shared: Arc<Shared>, query: &str) -> Response<Body> {
+    let wait = query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("wait="))
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(Duration::from_millis)
+        .unwrap_or_default()
+        .min(MAX_RECEIVE_WAIT);
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let notified = shared.inbox_notify.notified();
+        {
+            let mut inbox = shared.inbox.lock().unwrap_or_else(|p| p.into_inner());
+            if !inbox.is_empty() || tokio::time::Instant::now() >= deadline {
+                let n = inbox.len().min(MAX_RECEIVE_BATCH);
+                let batch: Vec<_> = inbox.drain(..n).collect();
+                return json(StatusCode::OK, &batch);
+            }
+        }
+        let _ = tokio::time::timeout_at(deadline, notified).await;
+    }
+}

@@ -1,0 +1,326 @@
+//! Sidecar configuration: a file (YAML or JSON) overridden by flags and `GENESIS_*` environment
+//! variables, with the defaults of docs/SIDECAR.md, validated at start with errors that say
+//! which setting is wrong and why.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use genesis_trust::duration::parse_duration;
+use genesis_trust::{Identity, Role};
+use serde::Deserialize;
+
+use crate::peers::PeerConfig;
+use crate::routing::RoutingConfig;
+
+/// Settings as they may appear in the file; every field optional.
+#[derive(Debug, Default, Clone, Deserialize, clap::Args)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Settings {
+    /// This member's node name (pod name).
+    #[arg(long, env = "GENESIS_NODE")]
+    pub node: Option<String>,
+    /// Role to expect in the certificate (anchor or client).
+    #[arg(long, env = "GENESIS_ROLE")]
+    pub role: Option<String>,
+    /// The MeshNetwork name.
+    #[arg(long, env = "GENESIS_NETWORK")]
+    pub network: Option<String>,
+    /// The trust domain of the network's authority.
+    #[arg(long, env = "GENESIS_TRUST_DOMAIN")]
+    pub trust_domain: Option<String>,
+    /// host:port of the identity service.
+    #[arg(long, env = "GENESIS_IDENTITY_SERVICE")]
+    pub identity_service: Option<String>,
+    /// PEM trust bundle used to check the identity service at first join.
+    #[arg(long, env = "GENESIS_TRUST_BUNDLE")]
+    pub trust_bundle: Option<PathBuf>,
+    /// One-time join token.
+    #[arg(long, env = "GENESIS_JOIN_TOKEN", hide_env_values = true)]
+    pub join_token: Option<String>,
+    /// File holding the join token (instead of --join-token).
+    #[arg(long, env = "GENESIS_JOIN_TOKEN_FILE")]
+    pub join_token_file: Option<PathBuf>,
+    /// Address for peer links.
+    #[arg(long, env = "GENESIS_LISTEN")]
+    pub listen: Option<String>,
+    /// Address other members should dial (defaults to --listen).
+    #[arg(long, env = "GENESIS_ADVERTISE")]
+    pub advertise: Option<String>,
+    /// Loopback address of the app API (CONNECT proxy and message API).
+    #[arg(long, env = "GENESIS_API_LISTEN")]
+    pub api_listen: Option<String>,
+    /// Address of the admin API (health, metrics, peers, routes).
+    #[arg(long, env = "GENESIS_ADMIN_LISTEN")]
+    pub admin_listen: Option<String>,
+    /// Anchor addresses to bootstrap from (comma separated).
+    #[arg(long, env = "GENESIS_ANCHORS", value_delimiter = ',')]
+    pub anchors: Option<Vec<String>>,
+    /// Host that tunnels to allowed ports connect to (the app in this pod).
+    #[arg(long, env = "GENESIS_APP_HOST")]
+    pub app_host: Option<String>,
+    /// Ports apps in other pods may tunnel to here (comma separated).
+    #[arg(long, env = "GENESIS_ALLOWED_PORTS", value_delimiter = ',')]
+    pub allowed_ports: Option<Vec<u16>>,
+    #[arg(long, env = "GENESIS_HELLO_INTERVAL")]
+    pub hello_interval: Option<String>,
+    #[arg(long, env = "GENESIS_HOLD_TIME")]
+    pub hold_time: Option<String>,
+    #[arg(long, env = "GENESIS_MAX_HOPS")]
+    pub max_hops: Option<u8>,
+    #[arg(long, env = "GENESIS_PERIODIC_UPDATE_INTERVAL")]
+    pub periodic_update_interval: Option<String>,
+    #[arg(long, env = "GENESIS_MIN_PEERS")]
+    pub min_peers: Option<usize>,
+    #[arg(long, env = "GENESIS_MAX_PEERS")]
+    pub max_peers: Option<usize>,
+    #[arg(long, env = "GENESIS_EXCHANGE_INTERVAL")]
+    pub exchange_interval: Option<String>,
+    #[arg(long, env = "GENESIS_BAN_THRESHOLD")]
+    pub ban_threshold: Option<u8>,
+    #[arg(long, env = "GENESIS_BAN_DURATION")]
+    pub ban_duration: Option<String>,
+    /// Hash-chained audit log file.
+    #[arg(long, env = "GENESIS_AUDIT_LOG")]
+    pub audit_log: Option<PathBuf>,
+}
+
+impl Settings {
+    /// Reads a YAML or JSON settings file.
+    pub fn from_file(path: &Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
+        serde_yaml::from_str(&text).map_err(|e| format!("config file {}: {e}", path.display()))
+    }
+
+    /// `self` where set, else `fallback`.
+    pub fn or(self, fallback: Settings) -> Settings {
+        macro_rules! pick {
+            ($($f:ident),*) => { Settings { $($f: self.$f.or(fallback.$f)),* } };
+        }
+        pick!(
+            node,
+            role,
+            network,
+            trust_domain,
+            identity_service,
+            trust_bundle,
+            join_token,
+            join_token_file,
+            listen,
+            advertise,
+            api_listen,
+            admin_listen,
+            anchors,
+            app_host,
+            allowed_ports,
+            hello_interval,
+            hold_time,
+            max_hops,
+            periodic_update_interval,
+            min_peers,
+            max_peers,
+            exchange_interval,
+            ban_threshold,
+            ban_duration,
+            audit_log
+        )
+    }
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub node: String,
+    pub role: Role,
+    pub network: String,
+    pub trust_domain: String,
+    pub identity_service: String,
+    pub trust_bundle: PathBuf,
+    pub join_token: String,
+    pub listen: SocketAddr,
+    pub advertise: String,
+    pub api_listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub anchors: Vec<String>,
+    pub app_host: IpAddr,
+    pub allowed_ports: Vec<u16>,
+    pub hello_interval: Duration,
+    pub hold_time: Duration,
+    pub routing: RoutingConfig,
+    pub peers: PeerConfig,
+    pub audit_log: Option<PathBuf>,
+}
+
+impl Config {
+    /// Applies defaults and validates. Every error names the setting.
+    pub fn resolve(s: Settings) -> Result<Config, String> {
+        let node = s.node.ok_or("node is required (--node or GENESIS_NODE)")?;
+        let network = s.network.ok_or("network is required (--network or GENESIS_NETWORK)")?;
+        let trust_domain = s.trust_domain.unwrap_or_else(|| "cluster.local".into());
+        let role: Role =
+            s.role.as_deref().unwrap_or("client").parse().map_err(|e| format!("role: {e}"))?;
+        if !matches!(role, Role::Anchor | Role::Client) {
+            return Err(format!("role: a sidecar runs as anchor or client, not {role}"));
+        }
+        Identity::new(&trust_domain, &network, role, &node).map_err(|e| e.to_string())?;
+        let identity_service = s
+            .identity_service
+            .ok_or("identity-service is required (host:port of the operator's identity service)")?;
+        let trust_bundle =
+            s.trust_bundle.ok_or("trust-bundle is required (the network's CA bundle, PEM)")?;
+        let join_token = match (s.join_token, s.join_token_file) {
+            (Some(t), _) => t,
+            (None, Some(path)) => std::fs::read_to_string(&path)
+                .map_err(|e| format!("join-token-file {}: {e}", path.display()))?
+                .trim()
+                .to_owned(),
+            (None, None) => {
+                return Err("join-token (or join-token-file) is required for the first join".into())
+            }
+        };
+        let addr = |name: &str, v: Option<String>, default: &str| -> Result<SocketAddr, String> {
+            let v = v.unwrap_or_else(|| default.to_owned());
+            v.parse().map_err(|e| format!("{name} {v:?} is not host:port: {e}"))
+        };
+        let listen = addr("listen", s.listen, "0.0.0.0:7000")?;
+        let advertise = s.advertise.unwrap_or_else(|| listen.to_string());
+        let api_listen = addr("api-listen", s.api_listen, "127.0.0.1:7001")?;
+        let admin_listen = addr("admin-listen", s.admin_listen, "0.0.0.0:7002")?;
+        let app_host: IpAddr = s
+            .app_host
+            .unwrap_or_else(|| "127.0.0.1".into())
+            .parse()
+            .map_err(|e| format!("app-host: {e}"))?;
+        let allowed_ports = s.allowed_ports.unwrap_or_default();
+        if allowed_ports.contains(&0) {
+            return Err("allowed-ports: port 0 is not a port".into());
+        }
+        let dur = |name: &str, v: Option<String>, default: &str| -> Result<Duration, String> {
+            parse_duration(v.as_deref().unwrap_or(default)).map_err(|e| format!("{name}: {e}"))
+        };
+        let hello_interval = dur("hello-interval", s.hello_interval, "1s")?;
+        let hold_time = dur("hold-time", s.hold_time, "3s")?;
+        if hold_time <= hello_interval {
+            return Err(format!(
+                "hold-time ({hold_time:?}) must be longer than hello-interval ({hello_interval:?}); three intervals is typical"
+            ));
+        }
+        let periodic = dur("periodic-update-interval", s.periodic_update_interval, "10s")?;
+        let max_hops = s.max_hops.unwrap_or(16);
+        if !(1..=64).contains(&max_hops) {
+            return Err(format!("max-hops {max_hops} is outside 1..=64"));
+        }
+        let min_peers = s.min_peers.unwrap_or(3);
+        let max_peers = s.max_peers.unwrap_or(8);
+        if min_peers == 0 || min_peers > max_peers || max_peers > 256 {
+            return Err(format!(
+                "min-peers {min_peers} and max-peers {max_peers}: need 1 <= min <= max <= 256"
+            ));
+        }
+        let ban_threshold = s.ban_threshold.unwrap_or(20);
+        if ban_threshold > 100 {
+            return Err(format!("ban-threshold {ban_threshold} is above 100"));
+        }
+        Ok(Config {
+            node,
+            role,
+            network,
+            trust_domain,
+            identity_service,
+            trust_bundle,
+            join_token,
+            listen,
+            advertise,
+            api_listen,
+            admin_listen,
+            anchors: s.anchors.unwrap_or_default().into_iter().filter(|a| !a.is_empty()).collect(),
+            app_host,
+            allowed_ports,
+            hello_interval,
+            hold_time,
+            routing: RoutingConfig {
+                max_hops,
+                periodic_interval: periodic,
+                route_expiry: periodic * 7 / 2,
+                triggered_updates: true,
+            },
+            peers: PeerConfig {
+                min_peers,
+                max_peers,
+                exchange_interval: dur("exchange-interval", s.exchange_interval, "10s")?,
+                ban_threshold,
+                ban_duration: dur("ban-duration", s.ban_duration, "5m")?,
+                ..PeerConfig::default()
+            },
+            audit_log: s.audit_log,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn minimal() -> Settings {
+        Settings {
+            node: Some("web-1".into()),
+            network: Some("demo".into()),
+            identity_service: Some("127.0.0.1:7443".into()),
+            trust_bundle: Some("/tmp/ca.crt".into()),
+            join_token: Some("t".into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn defaults_fill_what_is_not_set() {
+        let c = Config::resolve(minimal()).unwrap();
+        assert_eq!(c.listen.to_string(), "0.0.0.0:7000");
+        assert_eq!(c.api_listen.to_string(), "127.0.0.1:7001");
+        assert_eq!(
+            (c.hello_interval, c.hold_time),
+            (Duration::from_secs(1), Duration::from_secs(3))
+        );
+        assert_eq!(c.routing.max_hops, 16);
+        assert_eq!((c.peers.min_peers, c.peers.max_peers), (3, 8));
+        assert_eq!(c.role, Role::Client);
+    }
+
+    #[test]
+    fn flags_override_the_file_and_the_file_overrides_defaults() {
+        let file: Settings =
+            serde_yaml::from_str("node: from-file\nnetwork: demo\nmaxHops: 8\nminPeers: 2\n")
+                .unwrap();
+        let flags = Settings { node: Some("from-flag".into()), ..minimal() };
+        let c = Config::resolve(flags.or(file)).unwrap();
+        assert_eq!(c.node, "from-flag");
+        assert_eq!(c.routing.max_hops, 8);
+        assert_eq!(c.peers.min_peers, 2);
+        assert!(serde_yaml::from_str::<Settings>("nod: typo\n")
+            .unwrap_err()
+            .to_string()
+            .contains("unknown field"));
+    }
+
+    #[test]
+    fn every_invalid_setting_is_named_in_its_error() {
+        let cases: Vec<(Settings, &str)> = vec![
+            (Settings { node: None, ..minimal() }, "node is required"),
+            (Settings { node: Some("Web_1".into()), ..minimal() }, "DNS"),
+            (Settings { role: Some("admin".into()), ..minimal() }, "role"),
+            (Settings { hold_time: Some("1s".into()), ..minimal() }, "hold-time"),
+            (Settings { hello_interval: Some("soon".into()), ..minimal() }, "hello-interval"),
+            (Settings { max_hops: Some(0), ..minimal() }, "max-hops"),
+            (Settings { min_peers: Some(9), ..minimal() }, "min-peers"),
+            (Settings { listen: Some("nowhere".into()), ..minimal() }, "listen"),
+            (Settings { allowed_ports: Some(vec![0]), ..minimal() }, "allowed-ports"),
+            (Settings { join_token: None, ..minimal() }, "join-token"),
+            (Settings { ban_threshold: Some(101), ..minimal() }, "ban-threshold"),
+        ];
+        for (settings, expected) in cases {
+            let err = Config::resolve(settings).unwrap_err();
+            assert!(err.contains(expected), "expected {expected:?} in {err:?}");
+        }
+    }
+}

@@ -1,0 +1,177 @@
+//! The sidecar's identity: key generated in memory, certificate obtained by CSR from the
+//! identity service, renewed with a fresh key at renewalTime (DESIGN.md "Key custody").
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use bytes::Bytes;
+use genesis_trust::join::{
+    CertificateRequest, CertificateResponse, ErrorResponse, CERTIFICATES_PATH,
+};
+use genesis_trust::{
+    certs_from_pem, create_csr, CertInfo, Crl, Identity, KeyAlgorithm, PrivateKey, Role,
+    TrustBundle, TrustPolicy, TrustStore,
+};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::{CertificateDer, ServerName};
+use tokio_rustls::TlsConnector;
+
+use crate::config::Config;
+
+/// Largest answer we read from the identity service (a chain, a bundle and a CRL).
+const MAX_RESPONSE_BYTES: usize = 2 * 1024 * 1024;
+/// A request to the identity service gives up after this.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What a member holds: its key (never exported), chain, and the trust material that came with it.
+pub struct Credentials {
+    pub key: PrivateKey,
+    pub chain: Vec<CertificateDer<'static>>,
+    pub identity: Identity,
+    pub bundle: TrustBundle,
+    pub crl: Crl,
+    pub not_after: SystemTime,
+    pub renewal_time: SystemTime,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("identity", &self.identity.uri())
+            .field("not_after", &self.not_after)
+            .field("key", &"<redacted>")
+            .finish()
+    }
+}
+
+/// First join: authenticated by the one-time token; the service is checked against the bundle
+/// file and must present an `operator` certificate of our network.
+pub async fn join(config: &Config) -> Result<Credentials, String> {
+    let pem = std::fs::read_to_string(&config.trust_bundle)
+        .map_err(|e| format!("cannot read trust bundle {}: {e}", config.trust_bundle.display()))?;
+    let bundle = TrustBundle::from_pem(&pem).map_err(|e| format!("trust bundle: {e}"))?;
+    // NB: no CRL yet at first join: revocation status of the service is unknown, and the join
+    // answer brings the CRL that every later check uses.
+    let store = Arc::new(TrustStore::new(policy(config, false), bundle));
+    request(config, store, None, Some(config.join_token.clone())).await
+}
+
+/// Renewal: a fresh key, authenticated by the current certificate (`chain`, `key`) over mutual TLS.
+pub async fn renew(
+    config: &Config,
+    chain: Vec<CertificateDer<'static>>,
+    key: &PrivateKey,
+    store: Arc<TrustStore>,
+) -> Result<Credentials, String> {
+    request(config, store, Some((chain, key)), None).await
+}
+
+fn policy(config: &Config, require_fresh_crl: bool) -> TrustPolicy {
+    TrustPolicy {
+        trust_domain: config.trust_domain.clone(),
+        network: Some(config.network.clone()),
+        require_fresh_crl,
+    }
+}
+
+async fn request(
+    config: &Config,
+    store: Arc<TrustStore>,
+    current: Option<(Vec<CertificateDer<'static>>, &PrivateKey)>,
+    token: Option<String>,
+) -> Result<Credentials, String> {
+    let identity = Identity::new(&config.trust_domain, &config.network, config.role, &config.node)
+        .map_err(|e| e.to_string())?;
+    let key = PrivateKey::generate(KeyAlgorithm::EcdsaP256).map_err(|e| e.to_string())?;
+    let csr = create_csr(&identity, &key).map_err(|e| e.to_string())?;
+    let body = serde_json::to_vec(&CertificateRequest {
+        node: config.node.clone(),
+        token,
+        csr: B64.encode(csr),
+    })
+    .expect("request serializes");
+    let tls =
+        genesis_trust::tls::identity_client_config(store, current).map_err(|e| e.to_string())?;
+    let response = tokio::time::timeout(REQUEST_TIMEOUT, post(&config.identity_service, tls, body))
+        .await
+        .map_err(|_| {
+            format!(
+                "identity service {} did not answer within {REQUEST_TIMEOUT:?}",
+                config.identity_service
+            )
+        })??;
+    let chain = certs_from_pem(&response.chain_pem).map_err(|e| format!("issued chain: {e}"))?;
+    let issued =
+        CertInfo::require_identity(&chain[0]).map_err(|e| format!("issued certificate: {e}"))?;
+    if issued != identity {
+        return Err(format!(
+            "the identity service issued {issued}, but this sidecar is {identity}"
+        ));
+    }
+    let bundle =
+        TrustBundle::from_pem(&response.bundle_pem).map_err(|e| format!("issued bundle: {e}"))?;
+    let crl_der = B64.decode(&response.crl).map_err(|e| format!("issued CRL: {e}"))?;
+    let crl = Crl::parse(&crl_der).map_err(|e| format!("issued CRL: {e}"))?;
+    Ok(Credentials {
+        key,
+        chain,
+        identity,
+        bundle,
+        crl,
+        not_after: UNIX_EPOCH + Duration::from_secs(response.not_after),
+        renewal_time: UNIX_EPOCH + Duration::from_secs(response.renewal_time),
+    })
+}
+
+async fn post(
+    addr: &str,
+    tls: rustls::ClientConfig,
+    body: Vec<u8>,
+) -> Result<CertificateResponse, String> {
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("cannot reach the identity service at {addr}: {e}"))?;
+    let name = ServerName::try_from("identity.genesis-mesh.invalid").expect("valid name");
+    let stream = TlsConnector::from(Arc::new(tls))
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("TLS with the identity service at {addr} failed: {e}"))?;
+    let service = stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| CertInfo::require_identity(&c[0]).ok())
+        .ok_or("the identity service presented no identity")?;
+    if service.role() != Role::Operator {
+        return Err(format!("{service} is not an operator: refusing to send it a join token"));
+    }
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| format!("HTTP handshake with the identity service failed: {e}"))?;
+    tokio::spawn(conn);
+    let req = hyper::Request::post(CERTIFICATES_PATH)
+        .header("host", "identity.genesis-mesh.invalid")
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body)))
+        .expect("valid request");
+    let resp = sender
+        .send_request(req)
+        .await
+        .map_err(|e| format!("identity service request failed: {e}"))?;
+    let status = resp.status();
+    let bytes = Limited::new(resp.into_body(), MAX_RESPONSE_BYTES)
+        .collect()
+        .await
+        .map_err(|e| format!("identity service answer: {e}"))?
+        .to_bytes();
+    if !status.is_success() {
+        let reason = serde_json::from_slice::<ErrorResponse>(&bytes)
+            .map(|e| e.error)
+            .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).into_owned());
+        return Err(format!("identity service refused ({status}): {reason}"));
+    }
+    serde_json::from_slice(&bytes).map_err(|e| format!("identity service answer is not valid: {e}"))
+}

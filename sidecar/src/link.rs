@@ -1,0 +1,266 @@
+//! Peer links: TCP + mutual TLS 1.3 (ALPN `genesis/1`), the hello exchange that binds the
+//! frame stream to the certificate's identity, then a reader and a writer task per link.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use genesis_trust::{PeerIdentity, PeerRole};
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot};
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+use tokio_util::sync::CancellationToken;
+
+use crate::frame::{Frame, FrameDecoder};
+use crate::node::{Command, Shared, LINK_QUEUE};
+
+/// Connecting and the TLS handshake must finish within this.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The peer's hello must arrive within this after the handshake.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+/// Read buffer per link.
+const READ_CHUNK: usize = 64 * 1024;
+
+static LINK_IDS: AtomicU64 = AtomicU64::new(1);
+
+/// Accepts peer links until `shutdown`.
+pub async fn listen(shared: Arc<Shared>, listener: TcpListener, shutdown: CancellationToken) {
+    loop {
+        let (tcp, addr) = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        if shared.draining.load(Ordering::Relaxed) {
+            continue;
+        }
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let _ = tcp.set_nodelay(true);
+            let acceptor = TlsAcceptor::from(shared.tls.load().server.clone());
+            match tokio::time::timeout(CONNECT_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => {
+                    let chain = tls.get_ref().1.peer_certificates().map(|c| c.to_vec());
+                    run_link(shared, tls, chain, false, addr.to_string()).await;
+                }
+                Ok(Err(e)) => refused(&shared, None, &addr.to_string(), &e.to_string()).await,
+                Err(_) => tracing::debug!(%addr, "inbound handshake timed out"),
+            }
+        });
+    }
+}
+
+/// Dials `addr` and runs the link.
+pub async fn dial(shared: Arc<Shared>, addr: String) {
+    let failed = |reason: String| Command::DialFailed { addr: addr.clone(), reason };
+    let tcp = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&addr)).await {
+        Ok(Ok(tcp)) => tcp,
+        Ok(Err(e)) => return drop(shared.commands.send(failed(e.to_string())).await),
+        Err(_) => return drop(shared.commands.send(failed("connect timed out".into())).await),
+    };
+    let _ = tcp.set_nodelay(true);
+    let connector = TlsConnector::from(shared.tls.load().client.clone());
+    let name = ServerName::try_from("peer.genesis-mesh.invalid").expect("valid name");
+    match tokio::time::timeout(CONNECT_TIMEOUT, connector.connect(name, tcp)).await {
+        Ok(Ok(tls)) => {
+            let chain = tls.get_ref().1.peer_certificates().map(|c| c.to_vec());
+            run_link(shared, tls, chain, true, addr).await;
+        }
+        // The handshake failed: most often the peer's certificate was refused.
+        Ok(Err(e)) => refused(&shared, None, &addr, &e.to_string()).await,
+        Err(_) => drop(shared.commands.send(failed("TLS handshake timed out".into())).await),
+    }
+}
+
+async fn refused(shared: &Shared, node: Option<String>, addr: &str, reason: &str) {
+    let _ = shared
+        .commands
+        .send(Command::BadIdentity { node, addr: addr.to_owned(), reason: reason.to_owned() })
+        .await;
+}
+
+/// After the handshake: exchange hellos, register with the core, pump frames both ways.
+async fn run_link<S>(
+    shared: Arc<Shared>,
+    stream: S,
+    chain: Option<Vec<rustls::pki_types::CertificateDer<'static>>>,
+    outbound: bool,
+    addr: String,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    // rustls already verified the chain with our store; verify again for the identity.
+    let peer: PeerIdentity =
+        match chain.as_deref().ok_or_else(|| "no certificate".to_owned()).and_then(|c| {
+            shared
+                .store
+                .verify(
+                    c,
+                    SystemTime::now(),
+                    if outbound { PeerRole::Server } else { PeerRole::Client },
+                )
+                .map_err(|e| e.to_string())
+        }) {
+            Ok(p) => p,
+            Err(e) => return refused(&shared, None, &addr, &e).await,
+        };
+    let node = peer.identity.node().to_owned();
+    let (mut reader, writer) = tokio::io::split(stream);
+    let mut writer = BufWriter::new(writer);
+    let hello =
+        Frame::Hello { identity: shared.identity.uri(), listen: shared.config.advertise.clone() };
+    if writer.write_all(&hello.encode()).await.is_err() || writer.flush().await.is_err() {
+        let _ = shared
+            .commands
+            .send(Command::DialFailed { addr, reason: "hello not sent".into() })
+            .await;
+        return;
+    }
+    let mut decoder = FrameDecoder::new();
+    let mut buf = vec![0u8; READ_CHUNK];
+    let first = tokio::time::timeout(HELLO_TIMEOUT, async {
+        loop {
+            match decoder.next_frame() {
+                Ok(Some(f)) => return Ok(f),
+                Ok(None) => {}
+                Err(e) => return Err(e.to_string()),
+            }
+            let n = reader.read(&mut buf).await.map_err(|e| e.to_string())?;
+            if n == 0 {
+                return Err("closed before hello".into());
+            }
+            decoder.push(&buf[..n]);
+        }
+    })
+    .await;
+    let listen = match first {
+        Ok(Ok(Frame::Hello { identity, listen })) if identity == peer.identity.uri() => listen,
+        Ok(Ok(Frame::Hello { identity, .. })) => {
+            let reason =
+                format!("hello claims {identity} but the certificate is {}", peer.identity);
+            return refused(&shared, Some(node), &addr, &reason).await;
+        }
+        Ok(Ok(other)) => {
+            let reason = format!("first frame was {:?}, not hello", other.frame_type());
+            return refused(&shared, Some(node), &addr, &reason).await;
+        }
+        Ok(Err(e)) => return refused(&shared, Some(node), &addr, &format!("bad hello: {e}")).await,
+        Err(_) => return refused(&shared, Some(node), &addr, "no hello in time").await,
+    };
+    // Outbound: we know the address we dialled. Inbound: the peer's advertised address.
+    let peer_addr = if outbound { addr.clone() } else { listen };
+    let (tx, mut rx) = mpsc::channel::<Bytes>(LINK_QUEUE);
+    let cancel = CancellationToken::new();
+    let link_id = LINK_IDS.fetch_add(1, Ordering::Relaxed);
+    let (reply_tx, reply_rx) = oneshot::channel();
+    let up = Command::LinkUp {
+        node: node.clone(),
+        addr: peer_addr,
+        peer,
+        outbound,
+        tx,
+        cancel: cancel.clone(),
+        link_id,
+        reply: reply_tx,
+    };
+    if shared.commands.send(up).await.is_err() {
+        return;
+    }
+    let verdict = reply_rx.await.unwrap_or_else(|_| Err("core stopped".into()));
+    if let Err(reason) = verdict {
+        let _ = writer.write_all(&Frame::Close { reason: reason.clone() }.encode()).await;
+        let _ = writer.flush().await;
+        let _ = writer.shutdown().await;
+        tracing::debug!(peer = %node, %reason, "link refused by the core");
+        return;
+    }
+    let writer_cancel = cancel.clone();
+    let writer_task = tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = writer_cancel.cancelled() => break,
+                frame = rx.recv() => {
+                    let Some(frame) = frame else { break };
+                    if writer.write_all(&frame).await.is_err() {
+                        break;
+                    }
+                    // Batch: flush only when nothing else is queued.
+                    while let Ok(more) = rx.try_recv() {
+                        if writer.write_all(&more).await.is_err() {
+                            writer_cancel.cancel();
+                            break;
+                        }
+                    }
+                    if writer.flush().await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        // Deliver what is already queued (a goodbye) before closing.
+        while let Ok(frame) = rx.try_recv() {
+            if writer.write_all(&frame).await.is_err() {
+                break;
+            }
+        }
+        let _ = writer.flush().await;
+        let _ = writer.shutdown().await;
+        writer_cancel.cancel();
+    });
+    let mut failure = true;
+    let mut reason = String::from("closed");
+    // Frames decoded together with the hello.
+    loop {
+        loop {
+            match decoder.next_frame() {
+                Ok(Some(frame)) => {
+                    if matches!(frame, Frame::Close { .. }) {
+                        failure = false;
+                    }
+                    let size = decoder.last_frame_len();
+                    if shared
+                        .commands
+                        .send(Command::Frame { node: node.clone(), link_id, frame, size })
+                        .await
+                        .is_err()
+                    {
+                        cancel.cancel();
+                    }
+                }
+                Ok(None) => break,
+                Err(error) => {
+                    reason = error.to_string();
+                    let _ = shared
+                        .commands
+                        .send(Command::BadFrame { node: node.clone(), link_id, error })
+                        .await;
+                    cancel.cancel();
+                    break;
+                }
+            }
+        }
+        if cancel.is_cancelled() {
+            break;
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            r = reader.read(&mut buf) => match r {
+                Ok(0) => { reason = "peer closed the connection".into(); break; }
+                Ok(n) => decoder.push(&buf[..n]),
+                Err(e) => { reason = e.to_string(); break; }
+            }
+        }
+    }
+    cancel.cancel();
+    let _ = writer_task.await;
+    let _ = shared.commands.send(Command::LinkDown { node, link_id, failure, reason }).await;
+}

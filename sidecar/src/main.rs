@@ -1,0 +1,81 @@
+//! `genesis-sidecar`: joins the mesh (CSR to the identity service), runs the data plane, and
+//! drains gracefully on SIGTERM.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use genesis_sidecar::config::{Config, Settings};
+
+#[derive(Parser)]
+#[command(name = "genesis-sidecar", version, about = "Genesis Mesh sidecar")]
+struct Cli {
+    /// Settings file (YAML or JSON); flags and GENESIS_* variables override it.
+    #[arg(long, env = "GENESIS_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(flatten)]
+    settings: Settings,
+}
+
+/// How long the first join keeps retrying while the identity service is not reachable yet.
+const JOIN_PATIENCE: Duration = Duration::from_secs(30);
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let settings = match &cli.config {
+        Some(path) => match Settings::from_file(path) {
+            Ok(file) => cli.settings.or(file),
+            Err(e) => return fail(&e),
+        },
+        None => cli.settings,
+    };
+    let config = match Config::resolve(settings) {
+        Ok(c) => c,
+        Err(e) => return fail(&format!("invalid configuration: {e}")),
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => return fail(&format!("cannot start the runtime: {e}")),
+    };
+    runtime.block_on(async move {
+        let deadline = tokio::time::Instant::now() + JOIN_PATIENCE;
+        let creds = loop {
+            match genesis_sidecar::identity::join(&config).await {
+                Ok(c) => break c,
+                // A refusal (bad token, wrong identity) will not change by retrying.
+                Err(e) if e.contains("refused (") || tokio::time::Instant::now() >= deadline => {
+                    return fail(&format!("cannot join: {e}"));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "join failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        };
+        let running = match genesis_sidecar::start(config, creds).await {
+            Ok(r) => r,
+            Err(e) => return fail(&e),
+        };
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("draining");
+        running.drain_and_stop().await;
+        ExitCode::SUCCESS
+    })
+}
+
+fn fail(message: &str) -> ExitCode {
+    eprintln!("genesis-sidecar: {message}");
+    ExitCode::FAILURE
+}

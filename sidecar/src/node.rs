@@ -1,0 +1,945 @@
+//! The tokio driver's core: one task that owns the sans-IO state machines ([`RouteTable`],
+//! [`PeerSet`]) and the link table, fed by link and stream tasks through a bounded channel.
+//! It turns frames and timers into events for the state machines and carries out their actions.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use genesis_trust::{AuditLog, Identity, PeerIdentity, PrivateKey, TrustStore};
+use rustls::pki_types::CertificateDer;
+use rustls::{ClientConfig, ServerConfig};
+use tokio::sync::{mpsc, oneshot, Notify};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::frame::{
+    Broadcast, Data, DataKind, Frame, FrameError, FrameType, RouteAdvert, MAX_ADVERTS,
+    METRIC_INFINITY,
+};
+use crate::metrics::Metrics;
+use crate::peers::{Admit, Conduct, Level, PeerAction, PeerSet, PeerView};
+use crate::routing::{link_cost, Advert, RouteAction, RouteTable, RouteView, Time};
+
+/// Frames queued for one link's writer. Deep enough for a burst of 32 KiB data frames (64 MiB
+/// worst case per link); beyond it frames are dropped and counted, never buffered unbounded.
+pub const LINK_QUEUE: usize = 2048;
+/// Commands queued for the core; senders wait when it is full (backpressure to links/streams).
+pub const CORE_QUEUE: usize = 8192;
+/// Broadcast ids remembered for duplicate suppression.
+const SEEN_BROADCASTS: usize = 16_384;
+/// Messages held for the app before new ones are refused.
+pub const INBOX_CAPACITY: usize = 4096;
+
+/// A flow: (remote node, flow id).
+pub type FlowKey = (String, u64);
+
+/// What a stream task receives from the core.
+#[derive(Debug)]
+pub enum FlowEvent {
+    /// End-to-end TLS bytes.
+    Data(Vec<u8>),
+    /// The remote closed the stream.
+    Close,
+    /// The stream cannot be delivered (reason).
+    Unreachable(String),
+}
+
+/// Peer-link TLS configurations, swapped as a whole on certificate renewal.
+pub struct TlsConfigs {
+    pub server: Arc<ServerConfig>,
+    pub client: Arc<ClientConfig>,
+    pub key: Arc<PrivateKey>,
+    pub chain: Vec<CertificateDer<'static>>,
+    pub not_after: SystemTime,
+    pub renewal_time: SystemTime,
+}
+
+/// A message or broadcast waiting for the app.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Received {
+    pub from: String,
+    /// `message`, `broadcast` or `topic`.
+    pub kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub topic: Option<String>,
+    pub id: u64,
+    /// Base64 of the payload.
+    pub body: String,
+}
+
+/// State shared by the core, links, streams and the HTTP APIs.
+pub struct Shared {
+    pub config: Config,
+    pub identity: Identity,
+    pub metrics: Metrics,
+    pub store: Arc<TrustStore>,
+    pub tls: ArcSwap<TlsConfigs>,
+    pub commands: mpsc::Sender<Command>,
+    pub started: Instant,
+    pub inbox: Mutex<VecDeque<Received>>,
+    pub inbox_notify: Notify,
+    pub subscriptions: Mutex<HashSet<String>>,
+    pub draining: AtomicBool,
+    pub audit: Option<Mutex<AuditLog>>,
+    pub messenger: crate::stream::Messenger,
+    next_id: AtomicU64,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared").field("identity", &self.identity.uri()).finish()
+    }
+}
+
+impl Shared {
+    /// Time since start, the state machines' clock.
+    pub fn now(&self) -> Time {
+        self.started.elapsed()
+    }
+
+    /// A fresh random-ish id (flows, broadcasts): unique per process, unpredictable across.
+    pub fn next_id(&self) -> u64 {
+        let n = self.next_id.fetch_add(1, Ordering::Relaxed);
+        n.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ self.started.elapsed().as_nanos() as u64
+    }
+
+    /// Appends a security event to the audit log, if one is configured.
+    pub fn audit(&self, event: &str, subject: &str, detail: serde_json::Value) {
+        if let Some(log) = &self.audit {
+            let mut log = log.lock().unwrap_or_else(|p| p.into_inner());
+            if let Err(e) = log.append(event, subject, detail, SystemTime::now()) {
+                tracing::error!(error = %e, "cannot write the audit log");
+            }
+        }
+    }
+
+    /// Queues an app-visible message, refusing when the inbox is full.
+    pub fn deliver(&self, item: Received) -> bool {
+        let mut inbox = self.inbox.lock().unwrap_or_else(|p| p.into_inner());
+        if inbox.len() >= INBOX_CAPACITY {
+            return false;
+        }
+        inbox.push_back(item);
+        drop(inbox);
+        self.inbox_notify.notify_waiters();
+        true
+    }
+}
+
+/// Snapshot for the admin API.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Snapshot {
+    pub peers: Vec<PeerView>,
+    pub routes: Vec<RouteView>,
+    pub links: Vec<String>,
+    pub seqno: u32,
+}
+
+/// Everything that reaches the core.
+pub enum Command {
+    LinkUp {
+        node: String,
+        addr: String,
+        peer: PeerIdentity,
+        outbound: bool,
+        tx: mpsc::Sender<Bytes>,
+        cancel: CancellationToken,
+        link_id: u64,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+    LinkDown {
+        node: String,
+        link_id: u64,
+        failure: bool,
+        reason: String,
+    },
+    Frame {
+        node: String,
+        link_id: u64,
+        frame: Frame,
+        size: usize,
+    },
+    BadFrame {
+        node: String,
+        link_id: u64,
+        error: FrameError,
+    },
+    /// A peer's hello did not match its certificate, or its certificate was refused.
+    BadIdentity {
+        node: Option<String>,
+        addr: String,
+        reason: String,
+    },
+    DialFailed {
+        addr: String,
+        reason: String,
+    },
+    RegisterFlow {
+        key: FlowKey,
+        tx: mpsc::Sender<FlowEvent>,
+    },
+    UnregisterFlow {
+        key: FlowKey,
+    },
+    SendData {
+        dst: String,
+        kind: DataKind,
+        flow: u64,
+        payload: Vec<u8>,
+    },
+    Broadcast {
+        topic: String,
+        payload: Vec<u8>,
+        reply: oneshot::Sender<u64>,
+    },
+    HasRoute {
+        dst: String,
+        reply: oneshot::Sender<bool>,
+    },
+    Snapshot {
+        reply: oneshot::Sender<Snapshot>,
+    },
+    /// Certificate renewed: sign our route seqno proof with the new key.
+    Renewed,
+    /// Drain: say goodbye to every peer.
+    Drain,
+}
+
+struct Link {
+    id: u64,
+    tx: mpsc::Sender<Bytes>,
+    cancel: CancellationToken,
+    outbound: bool,
+    last_heard: Time,
+    ping: Option<(u64, Time)>,
+    peer: PeerIdentity,
+}
+
+/// Verified proofs of other members' sequence numbers: (seqno, signature, leaf DER).
+type Proof = (u32, Vec<u8>, Vec<u8>);
+
+struct Core {
+    shared: Arc<Shared>,
+    me: String,
+    routes: RouteTable,
+    peers: PeerSet,
+    links: HashMap<String, Link>,
+    flows: HashMap<FlowKey, mpsc::Sender<FlowEvent>>,
+    proofs: HashMap<String, Proof>,
+    my_proof: Vec<u8>,
+    seen_broadcasts: HashSet<(String, u64)>,
+    seen_order: VecDeque<(String, u64)>,
+    next_hello: Time,
+}
+
+/// Runs the core until `shutdown` fires.
+pub async fn run_core(
+    shared: Arc<Shared>,
+    mut commands: mpsc::Receiver<Command>,
+    shutdown: CancellationToken,
+) {
+    let now = shared.now();
+    let me = shared.identity.node().to_owned();
+    let mut seed = [0u8; 4];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut seed).ok();
+    let routes = RouteTable::new(&me, u32::from_be_bytes(seed), shared.config.routing.clone(), now);
+    let peers = PeerSet::new(&me, shared.config.peers.clone(), &shared.config.anchors, now);
+    let mut core = Core {
+        me,
+        routes,
+        peers,
+        links: HashMap::new(),
+        flows: HashMap::new(),
+        proofs: HashMap::new(),
+        my_proof: Vec::new(),
+        seen_broadcasts: HashSet::new(),
+        seen_order: VecDeque::new(),
+        next_hello: now,
+        shared,
+    };
+    core.sign_own_seqno();
+    let tick_every = (core.shared.config.hello_interval / 4)
+        .clamp(Duration::from_millis(20), Duration::from_millis(250));
+    let mut tick = tokio::time::interval(tick_every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            cmd = commands.recv() => match cmd {
+                Some(cmd) => core.handle(cmd),
+                None => break,
+            },
+            _ = tick.tick() => core.on_tick(),
+        }
+    }
+    for (_, link) in core.links.drain() {
+        link.cancel.cancel();
+    }
+}
+
+impl Core {
+    fn now(&self) -> Time {
+        self.shared.now()
+    }
+
+    fn metrics(&self) -> &Metrics {
+        &self.shared.metrics
+    }
+
+    fn sign_own_seqno(&mut self) {
+        let tls = self.shared.tls.load();
+        match genesis_trust::seqno::sign_seqno(&tls.key, &self.shared.identity, self.routes.seqno())
+        {
+            Ok(p) => self.my_proof = p,
+            Err(e) => tracing::error!(error = %e, "cannot sign our route seqno"),
+        }
+    }
+
+    fn handle(&mut self, cmd: Command) {
+        match cmd {
+            Command::LinkUp { node, addr, peer, outbound, tx, cancel, link_id, reply } => {
+                let result = self.link_up(&node, &addr, peer, outbound, tx, cancel, link_id);
+                let _ = reply.send(result);
+            }
+            Command::LinkDown { node, link_id, failure, reason } => {
+                self.link_down(&node, link_id, failure, &reason)
+            }
+            Command::Frame { node, link_id, frame, size } => {
+                if self.links.get(&node).is_some_and(|l| l.id == link_id) {
+                    self.on_frame(&node, frame, size);
+                }
+            }
+            Command::BadFrame { node, link_id, error } => {
+                self.metrics().invalid_frames.with_label_values(&[error.label()]).inc();
+                tracing::warn!(peer = %node, error = %error, "invalid frame: closing the link");
+                self.shared.audit(
+                    "frame-refused",
+                    &node,
+                    serde_json::json!({"reason": error.to_string()}),
+                );
+                let now = self.now();
+                let actions = self.peers.record(&node, Conduct::InvalidFrame, now);
+                self.peer_actions(actions);
+                self.close_link(&node, link_id, &format!("invalid frame: {error}"));
+            }
+            Command::BadIdentity { node, addr, reason } => {
+                self.metrics().handshakes.with_label_values(&["refused"]).inc();
+                tracing::warn!(%addr, ?node, %reason, "peer refused");
+                self.shared.audit(
+                    "link-refused",
+                    node.as_deref().unwrap_or(&addr),
+                    serde_json::json!({"addr": addr, "reason": reason}),
+                );
+                if let Some(node) = node {
+                    let now = self.now();
+                    let actions = self.peers.record(&node, Conduct::BadIdentity, now);
+                    self.peer_actions(actions);
+                }
+                let now = self.now();
+                self.peers.on_dial_failed(&addr, now);
+            }
+            Command::DialFailed { addr, reason } => {
+                tracing::debug!(%addr, %reason, "dial failed");
+                let now = self.now();
+                self.peers.on_dial_failed(&addr, now);
+            }
+            Command::RegisterFlow { key, tx } => {
+                self.flows.insert(key, tx);
+            }
+            Command::UnregisterFlow { key } => {
+                self.flows.remove(&key);
+            }
+            Command::SendData { dst, kind, flow, payload } => {
+                let ttl = self.shared.config.routing.max_hops;
+                let data = Data { src: self.me.clone(), dst, ttl, kind, flow, payload };
+                self.route_data(data, None);
+            }
+            Command::Broadcast { topic, payload, reply } => {
+                let id = self.shared.next_id();
+                let b = Broadcast {
+                    src: self.me.clone(),
+                    id,
+                    ttl: self.shared.config.routing.max_hops,
+                    topic,
+                    payload,
+                };
+                self.remember_broadcast(&b.src, b.id);
+                self.flood(Frame::Broadcast(b), None);
+                let _ = reply.send(id);
+            }
+            Command::HasRoute { dst, reply } => {
+                let _ = reply.send(dst == self.me || self.routes.next_hop(&dst).is_some());
+            }
+            Command::Snapshot { reply } => {
+                let now = self.now();
+                let _ = reply.send(Snapshot {
+                    peers: self.peers.views(now),
+                    routes: self.routes.routes(),
+                    links: self.links.keys().cloned().collect(),
+                    seqno: self.routes.seqno(),
+                });
+            }
+            Command::Renewed => self.sign_own_seqno(),
+            Command::Drain => {
+                let nodes: Vec<String> = self.links.keys().cloned().collect();
+                for n in nodes {
+                    self.send(&n, &Frame::Close { reason: "draining".into() });
+                }
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn link_up(
+        &mut self,
+        node: &str,
+        addr: &str,
+        peer: PeerIdentity,
+        outbound: bool,
+        tx: mpsc::Sender<Bytes>,
+        cancel: CancellationToken,
+        link_id: u64,
+    ) -> Result<(), String> {
+        let now = self.now();
+        if let Some(existing) = self.links.get(node) {
+            // Both sides may dial each other at once. Keep the link dialled by the smaller
+            // node name; both ends decide the same way.
+            let dialer_of = |outbound: bool| if outbound { self.me.as_str() } else { node };
+            let keep_existing = dialer_of(existing.outbound) <= dialer_of(outbound);
+            if keep_existing {
+                return Err("already linked".into());
+            }
+            let old = existing.id;
+            self.close_link(node, old, "replaced by a simultaneous link");
+        }
+        let actions = self.peers.on_connected(node, addr, now)?;
+        self.links.insert(
+            node.to_owned(),
+            Link { id: link_id, tx, cancel, outbound, last_heard: now, ping: None, peer },
+        );
+        self.metrics().links.set(self.links.len() as i64);
+        self.metrics().handshakes.with_label_values(&["ok"]).inc();
+        tracing::info!(peer = %node, %addr, outbound, "link up");
+        self.peer_actions(actions);
+        let actions = self.routes.neighbour_up(node, link_cost(Duration::ZERO));
+        self.route_actions(actions);
+        let exchange = Frame::PeerExchange { peers: self.peers.exchange_list(now) };
+        self.send(node, &exchange);
+        if let Some(n) = self.shared.store.crl_number() {
+            self.send(node, &Frame::CrlAnnounce { number: n });
+        }
+        Ok(())
+    }
+
+    fn link_down(&mut self, node: &str, link_id: u64, failure: bool, reason: &str) {
+        if self.links.get(node).is_none_or(|l| l.id != link_id) {
+            return;
+        }
+        self.links.remove(node);
+        self.metrics().links.set(self.links.len() as i64);
+        tracing::info!(peer = %node, %reason, failure, "link down");
+        let now = self.now();
+        let actions = self.peers.on_disconnected(node, failure, now);
+        self.peer_actions(actions);
+        let actions = self.routes.neighbour_down(node);
+        self.route_actions(actions);
+    }
+
+    fn close_link(&mut self, node: &str, link_id: u64, reason: &str) {
+        if let Some(link) = self.links.get(node).filter(|l| l.id == link_id) {
+            let _ =
+                link.tx.try_send(Bytes::from(Frame::Close { reason: reason.to_owned() }.encode()));
+            link.cancel.cancel();
+            self.link_down(node, link_id, false, reason);
+        }
+    }
+
+    fn on_tick(&mut self) {
+        let now = self.now();
+        let hold = self.shared.config.hold_time;
+        let silent: Vec<(String, u64)> = self
+            .links
+            .iter()
+            .filter(|(_, l)| now.saturating_sub(l.last_heard) > hold)
+            .map(|(n, l)| (n.clone(), l.id))
+            .collect();
+        for (node, id) in silent {
+            tracing::warn!(peer = %node, "no frame within the hold time: closing the link");
+            if let Some(l) = self.links.get(&node) {
+                l.cancel.cancel();
+            }
+            self.link_down(&node, id, true, "hold time expired");
+        }
+        // Live links are re-checked: a certificate that expired or was revoked since the
+        // handshake ends its link (LESSONS: links must not outlive their certificates).
+        let sys_now = SystemTime::now();
+        let invalid: Vec<(String, u64, String)> = self
+            .links
+            .iter()
+            .filter_map(|(n, l)| {
+                self.shared
+                    .store
+                    .check_still_valid(&l.peer, sys_now)
+                    .err()
+                    .map(|e| (n.clone(), l.id, e.to_string()))
+            })
+            .collect();
+        for (node, id, reason) in invalid {
+            self.shared.audit("link-closed", &node, serde_json::json!({"reason": reason}));
+            self.close_link(&node, id, &reason);
+        }
+        if now >= self.next_hello {
+            self.next_hello = now + self.shared.config.hello_interval;
+            let nodes: Vec<String> = self.links.keys().cloned().collect();
+            for node in nodes {
+                let nonce = self.shared.next_id();
+                if let Some(l) = self.links.get_mut(&node) {
+                    l.ping = Some((nonce, now));
+                }
+                self.send(&node, &Frame::Ping { nonce });
+            }
+        }
+        let actions = self.routes.on_tick(now);
+        self.route_actions(actions);
+        let actions = self.peers.on_tick(now);
+        self.peer_actions(actions);
+        self.metrics().routes.set(self.routes.route_count() as i64);
+        for level in [Level::New, Level::Trusted, Level::Suspicious, Level::Banned] {
+            let n = self.peers.views(now).iter().filter(|p| p.level == level).count();
+            self.metrics().peers.with_label_values(&[level.as_str()]).set(n as i64);
+        }
+        let tls = self.shared.tls.load();
+        let left = tls.not_after.duration_since(sys_now).map(|d| d.as_secs_f64()).unwrap_or(0.0);
+        self.metrics().certificate_expiry.set(left);
+        self.metrics().crl_number.set(self.shared.store.crl_number().unwrap_or(0) as i64);
+    }
+
+    fn on_frame(&mut self, from: &str, frame: Frame, size: usize) {
+        let now = self.now();
+        let ty = frame.frame_type();
+        self.metrics().frames.with_label_values(&[ty.as_str(), "in"]).inc();
+        self.metrics().bytes.with_label_values(&["in"]).inc_by(size as u64);
+        if let Some(l) = self.links.get_mut(from) {
+            l.last_heard = now;
+        }
+        if !matches!(ty, FrameType::Data) {
+            let (admit, actions) = self.peers.admit(from, now);
+            self.peer_actions(actions);
+            if admit == Admit::Drop {
+                self.metrics().dropped.with_label_values(&["rate_limited"]).inc();
+                return;
+            }
+        }
+        match frame {
+            Frame::Hello { .. } => self.protocol_violation(from, "a second hello"),
+            Frame::Ping { nonce } => self.send(from, &Frame::Pong { nonce }),
+            Frame::Pong { nonce } => {
+                let Some(link) = self.links.get_mut(from) else { return };
+                let Some((expected, sent)) = link.ping else { return };
+                if expected != nonce {
+                    return;
+                }
+                link.ping = None;
+                let rtt = now.saturating_sub(sent);
+                self.metrics().rtt.observe(rtt.as_secs_f64());
+                let actions = self.peers.record(from, Conduct::Pong(rtt), now);
+                self.peer_actions(actions);
+                let actions = self.routes.neighbour_cost(from, link_cost(rtt));
+                self.route_actions(actions);
+            }
+            Frame::RouteUpdate { adverts } => {
+                for a in adverts {
+                    if let Some(advert) = self.verify_advert(from, a) {
+                        let actions = self.routes.on_advert(from, advert, now);
+                        self.route_actions(actions);
+                    }
+                }
+            }
+            Frame::SeqnoRequest { dest, seqno, hops_left } => {
+                let actions = self.routes.on_seqno_request(&dest, seqno, hops_left);
+                self.route_actions(actions);
+            }
+            Frame::PeerExchange { peers } => self.peers.on_exchange(&peers, now),
+            Frame::CrlAnnounce { number } => {
+                if self.shared.store.crl_number().is_none_or(|n| number > n) {
+                    self.send(from, &Frame::CrlRequest { number });
+                }
+            }
+            Frame::CrlRequest { number } => {
+                let held = self.shared.store.crls().into_iter().max_by_key(|c| c.number());
+                if let Some(crl) = held.filter(|c| c.number() >= number) {
+                    self.send(from, &Frame::CrlData { der: crl.der().to_vec() });
+                }
+            }
+            Frame::CrlData { der } => self.on_crl(from, &der),
+            Frame::Control { .. } => {
+                // Signed control messages are handled by the revocation and control issue.
+                self.metrics().dropped.with_label_values(&["control_not_supported"]).inc();
+            }
+            Frame::Data(d) => self.route_data(d, Some(from)),
+            Frame::Broadcast(b) => self.on_broadcast(from, b),
+            Frame::Close { reason } => {
+                tracing::info!(peer = %from, %reason, "peer said goodbye");
+                if let Some(l) = self.links.get(from) {
+                    let id = l.id;
+                    l.cancel.cancel();
+                    self.link_down(from, id, false, &reason);
+                }
+            }
+        }
+    }
+
+    fn protocol_violation(&mut self, from: &str, what: &str) {
+        self.metrics().invalid_frames.with_label_values(&["protocol"]).inc();
+        let now = self.now();
+        let actions = self.peers.record(from, Conduct::InvalidFrame, now);
+        self.peer_actions(actions);
+        tracing::warn!(peer = %from, "protocol violation: {what}");
+    }
+
+    /// Checks an advert's seqno proof (cached per destination and seqno).
+    fn verify_advert(&mut self, from: &str, a: RouteAdvert) -> Option<Advert> {
+        let advert =
+            Advert { dest: a.dest.clone(), seqno: a.seqno, metric: a.metric, hops: a.hops };
+        if a.metric == METRIC_INFINITY {
+            return Some(advert); // a withdrawal only removes the sender's own candidate
+        }
+        if let Some((s, sig, cert)) = self.proofs.get(&a.dest) {
+            if *s == a.seqno && *sig == a.proof && *cert == a.cert {
+                return Some(advert);
+            }
+        }
+        match genesis_trust::seqno::verify_seqno(
+            &self.shared.store,
+            &a.cert,
+            &a.dest,
+            a.seqno,
+            &a.proof,
+            SystemTime::now(),
+        ) {
+            Ok(_) => {
+                let newer = self
+                    .proofs
+                    .get(&a.dest)
+                    .is_none_or(|(s, _, _)| crate::routing::seqno_newer(a.seqno, *s));
+                if newer {
+                    self.proofs.insert(a.dest.clone(), (a.seqno, a.proof, a.cert));
+                }
+                Some(advert)
+            }
+            Err(e) => {
+                self.metrics().invalid_frames.with_label_values(&["forged_route"]).inc();
+                tracing::warn!(peer = %from, dest = %a.dest, error = %e, "refused a route advert");
+                self.shared.audit(
+                    "route-refused",
+                    from,
+                    serde_json::json!({"dest": a.dest, "reason": e.to_string()}),
+                );
+                let now = self.now();
+                let actions = self.peers.record(from, Conduct::InvalidFrame, now);
+                self.peer_actions(actions);
+                None
+            }
+        }
+    }
+
+    fn on_crl(&mut self, from: &str, der: &[u8]) {
+        let crl = match genesis_trust::Crl::parse(der) {
+            Ok(c) => c,
+            Err(e) => {
+                self.shared.audit(
+                    "crl-refused",
+                    from,
+                    serde_json::json!({"reason": e.to_string()}),
+                );
+                return;
+            }
+        };
+        match self.shared.store.install_crl(&crl, SystemTime::now()) {
+            Ok(update) => {
+                tracing::info!(
+                    number = update.number,
+                    revoked = update.newly_revoked.len(),
+                    "applied a newer CRL"
+                );
+                self.shared.audit(
+                    "crl-applied",
+                    from,
+                    serde_json::json!({"number": update.number}),
+                );
+                // Push it on at once, and end links to peers it revokes (one by one, not all).
+                self.flood(Frame::CrlData { der: der.to_vec() }, Some(from));
+                self.on_tick();
+            }
+            Err(genesis_trust::Error::CrlNotNewer { .. }) => {}
+            Err(e) => {
+                tracing::warn!(peer = %from, error = %e, "refused a CRL");
+                self.shared.audit(
+                    "crl-refused",
+                    from,
+                    serde_json::json!({"reason": e.to_string()}),
+                );
+            }
+        }
+    }
+
+    fn route_data(&mut self, mut d: Data, from: Option<&str>) {
+        if d.dst == self.me {
+            self.deliver_data(d);
+            return;
+        }
+        if from.is_some() {
+            if d.ttl <= 1 {
+                self.metrics().dropped.with_label_values(&["ttl_expired"]).inc();
+                self.unreachable(&d, "hop limit reached");
+                return;
+            }
+            d.ttl -= 1;
+        }
+        let Some(next) = self.routes.next_hop(&d.dst).map(str::to_owned) else {
+            self.metrics().dropped.with_label_values(&["no_route"]).inc();
+            self.unreachable(&d, &format!("no route to {}", d.dst));
+            return;
+        };
+        if from.is_some() {
+            self.metrics().forwarded.inc();
+        }
+        self.send(&next, &Frame::Data(d));
+    }
+
+    /// Tells the source its data could not be delivered (never in answer to an Unreachable).
+    fn unreachable(&mut self, d: &Data, reason: &str) {
+        if d.kind == DataKind::Unreachable || d.src == self.me {
+            if d.src == self.me {
+                if let Some(tx) = self.flows.get(&(d.dst.clone(), d.flow)) {
+                    let _ = tx.try_send(FlowEvent::Unreachable(reason.to_owned()));
+                }
+            }
+            return;
+        }
+        let back = Data {
+            src: self.me.clone(),
+            dst: d.src.clone(),
+            ttl: self.shared.config.routing.max_hops,
+            kind: DataKind::Unreachable,
+            flow: d.flow,
+            payload: reason.as_bytes().to_vec(),
+        };
+        if let Some(next) = self.routes.next_hop(&back.dst).map(str::to_owned) {
+            self.send(&next, &Frame::Data(back));
+        }
+    }
+
+    fn deliver_data(&mut self, d: Data) {
+        let key = (d.src.clone(), d.flow);
+        match d.kind {
+            DataKind::StreamOpen if !self.flows.contains_key(&key) => {
+                let (tx, rx) = mpsc::channel(256);
+                self.flows.insert(key.clone(), tx);
+                crate::stream::accept(self.shared.clone(), key, d.payload, rx);
+            }
+            DataKind::StreamOpen | DataKind::StreamData => {
+                if let Some(tx) = self.flows.get(&key) {
+                    if tx.try_send(FlowEvent::Data(d.payload)).is_err() {
+                        self.metrics().dropped.with_label_values(&["stream_queue_full"]).inc();
+                    }
+                } else {
+                    self.metrics().dropped.with_label_values(&["unknown_flow"]).inc();
+                }
+            }
+            DataKind::StreamClose => {
+                if let Some(tx) = self.flows.get(&key) {
+                    let _ = tx.try_send(FlowEvent::Close);
+                }
+            }
+            DataKind::Unreachable => {
+                // From a relay: the key is (our destination, flow), but the sender is the relay.
+                let reason = String::from_utf8_lossy(&d.payload).into_owned();
+                for ((_, flow), tx) in &self.flows {
+                    if *flow == d.flow {
+                        let _ = tx.try_send(FlowEvent::Unreachable(reason.clone()));
+                    }
+                }
+            }
+        }
+    }
+
+    fn remember_broadcast(&mut self, src: &str, id: u64) -> bool {
+        let key = (src.to_owned(), id);
+        if !self.seen_broadcasts.insert(key.clone()) {
+            return false;
+        }
+        self.seen_order.push_back(key);
+        if self.seen_order.len() > SEEN_BROADCASTS {
+            if let Some(old) = self.seen_order.pop_front() {
+                self.seen_broadcasts.remove(&old);
+            }
+        }
+        true
+    }
+
+    fn on_broadcast(&mut self, from: &str, mut b: Broadcast) {
+        if b.src == self.me || !self.remember_broadcast(&b.src, b.id) {
+            self.metrics().dropped.with_label_values(&["duplicate"]).inc();
+            return;
+        }
+        let wanted = b.topic.is_empty()
+            || self
+                .shared
+                .subscriptions
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(&b.topic);
+        if wanted {
+            use base64::Engine;
+            let item = Received {
+                from: b.src.clone(),
+                kind: if b.topic.is_empty() { "broadcast" } else { "topic" },
+                topic: (!b.topic.is_empty()).then(|| b.topic.clone()),
+                id: b.id,
+                body: base64::engine::general_purpose::STANDARD.encode(&b.payload),
+            };
+            if !self.shared.deliver(item) {
+                self.metrics().dropped.with_label_values(&["inbox_full"]).inc();
+            }
+        }
+        if b.ttl > 1 {
+            b.ttl -= 1;
+            self.flood(Frame::Broadcast(b), Some(from));
+        }
+    }
+
+    fn flood(&mut self, frame: Frame, except: Option<&str>) {
+        let nodes: Vec<String> =
+            self.links.keys().filter(|n| Some(n.as_str()) != except).cloned().collect();
+        let bytes = Bytes::from(frame.encode());
+        for n in nodes {
+            self.send_encoded(&n, frame.frame_type(), bytes.clone());
+        }
+    }
+
+    fn send(&mut self, node: &str, frame: &Frame) {
+        let bytes = Bytes::from(frame.encode());
+        self.send_encoded(node, frame.frame_type(), bytes);
+    }
+
+    fn send_encoded(&mut self, node: &str, ty: FrameType, bytes: Bytes) {
+        let Some(link) = self.links.get(node) else { return };
+        let len = bytes.len() as u64;
+        match link.tx.try_send(bytes) {
+            Ok(()) => {
+                self.metrics().frames.with_label_values(&[ty.as_str(), "out"]).inc();
+                self.metrics().bytes.with_label_values(&["out"]).inc_by(len);
+            }
+            Err(_) => {
+                self.metrics().dropped.with_label_values(&["link_queue_full"]).inc();
+            }
+        }
+    }
+
+    fn route_actions(&mut self, actions: Vec<RouteAction>) {
+        for action in actions {
+            match action {
+                RouteAction::Send { to, adverts } => {
+                    let adverts: Vec<RouteAdvert> =
+                        adverts.into_iter().filter_map(|a| self.with_proof(a)).collect();
+                    for chunk in adverts.chunks(MAX_ADVERTS) {
+                        self.send(&to, &Frame::RouteUpdate { adverts: chunk.to_vec() });
+                    }
+                }
+                RouteAction::RequestSeqno { dest, seqno, hops_left } => {
+                    self.flood(Frame::SeqnoRequest { dest, seqno, hops_left }, None);
+                }
+                RouteAction::OwnSeqnoChanged { .. } => self.sign_own_seqno(),
+                RouteAction::Changed { dest, next_hop, metric } => {
+                    self.metrics().route_changes.inc();
+                    tracing::debug!(%dest, ?next_hop, metric, "route changed");
+                }
+            }
+        }
+        self.metrics().routes.set(self.routes.route_count() as i64);
+    }
+
+    fn with_proof(&self, a: Advert) -> Option<RouteAdvert> {
+        let (proof, cert) = if a.metric == METRIC_INFINITY {
+            (Vec::new(), Vec::new())
+        } else if a.dest == self.me {
+            (self.my_proof.clone(), self.shared.tls.load().chain[0].to_vec())
+        } else {
+            let (s, sig, cert) = self.proofs.get(&a.dest)?;
+            if *s != a.seqno {
+                return None;
+            }
+            (sig.clone(), cert.clone())
+        };
+        Some(RouteAdvert {
+            dest: a.dest,
+            seqno: a.seqno,
+            metric: a.metric,
+            hops: a.hops,
+            proof,
+            cert,
+        })
+    }
+
+    fn peer_actions(&mut self, actions: Vec<PeerAction>) {
+        for action in actions {
+            match action {
+                PeerAction::Dial { addr } => {
+                    tokio::spawn(crate::link::dial(self.shared.clone(), addr));
+                }
+                PeerAction::Disconnect { node, reason } => {
+                    if let Some(id) = self.links.get(&node).map(|l| l.id) {
+                        self.close_link(&node, id, &reason);
+                    }
+                }
+                PeerAction::Exchange => {
+                    let now = self.now();
+                    let frame = Frame::PeerExchange { peers: self.peers.exchange_list(now) };
+                    self.flood(frame, None);
+                }
+                PeerAction::Banned { node, until, reason } => {
+                    self.metrics().bans.inc();
+                    tracing::warn!(peer = %node, %reason, "peer banned");
+                    let secs = until.saturating_sub(self.now()).as_secs();
+                    self.shared.audit(
+                        "peer-banned",
+                        &node,
+                        serde_json::json!({"reason": reason, "seconds": secs}),
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Builds the shared state; the caller starts the tasks with [`crate::start`].
+pub fn new_shared(
+    config: Config,
+    identity: Identity,
+    store: Arc<TrustStore>,
+    tls: TlsConfigs,
+    commands: mpsc::Sender<Command>,
+    audit: Option<AuditLog>,
+) -> Arc<Shared> {
+    Arc::new(Shared {
+        config,
+        identity,
+        metrics: Metrics::new(),
+        store,
+        tls: ArcSwap::from_pointee(tls),
+        commands,
+        started: Instant::now(),
+        inbox: Mutex::new(VecDeque::new()),
+        inbox_notify: Notify::new(),
+        subscriptions: Mutex::new(HashSet::new()),
+        draining: AtomicBool::new(false),
+        audit: audit.map(Mutex::new),
+        messenger: crate::stream::Messenger::default(),
+        next_id: AtomicU64::new(1),
+    })
+}

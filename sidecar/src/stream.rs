@@ -1,0 +1,474 @@
+//! End-to-end streams: a TLS 1.3 session between the source and destination sidecars, carried
+//! in data frames across any number of relays, which forward records they cannot read.
+//!
+//! [`FlowTransport`] makes one flow an `AsyncRead + AsyncWrite` byte pipe (inbound: payloads the
+//! core hands over; outbound: data frames sent through the core), and tokio-rustls runs an
+//! ordinary mutual-TLS session over it with the same certificates and verifier as peer links.
+//! After the handshake each end checks that the other is the node it addressed. Two services
+//! ride on streams: TCP tunnels (the CONNECT proxy) and message channels (the message API).
+
+use std::collections::HashMap;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::{Duration, Instant, SystemTime};
+
+use base64::Engine;
+use genesis_trust::{CertInfo, PeerRole};
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::sync::{mpsc, oneshot};
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+use tokio_util::sync::PollSender;
+
+use crate::frame::{DataKind, MAX_DATA_PAYLOAD};
+use crate::node::{Command, FlowEvent, FlowKey, Received, Shared};
+
+/// Service byte of a TCP tunnel stream.
+pub const SERVICE_TUNNEL: u8 = 1;
+/// Service byte of a message channel.
+pub const SERVICE_MESSAGES: u8 = 2;
+/// Stream open header: service (1) + port (2).
+const OPEN_HEADER: usize = 3;
+/// The end-to-end handshake (across every hop) must finish within this.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest message body the message API accepts.
+pub const MAX_MESSAGE: usize = 32 * 1024;
+/// How long a sender waits for a delivery receipt.
+pub const RECEIPT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Messages in flight on one channel.
+const CHANNEL_QUEUE: usize = 1024;
+
+/// One flow as a byte pipe.
+pub struct FlowTransport {
+    shared: Arc<Shared>,
+    key: FlowKey,
+    inbound: mpsc::Receiver<FlowEvent>,
+    pending: Vec<u8>,
+    pos: usize,
+    out: PollSender<Command>,
+    open_header: Option<[u8; OPEN_HEADER]>,
+    eof: bool,
+}
+
+impl FlowTransport {
+    fn new(
+        shared: Arc<Shared>,
+        key: FlowKey,
+        inbound: mpsc::Receiver<FlowEvent>,
+        first: Vec<u8>,
+        open_header: Option<[u8; OPEN_HEADER]>,
+    ) -> Self {
+        let out = PollSender::new(shared.commands.clone());
+        FlowTransport { shared, key, inbound, pending: first, pos: 0, out, open_header, eof: false }
+    }
+}
+
+impl Drop for FlowTransport {
+    fn drop(&mut self) {
+        let _ = self.shared.commands.try_send(Command::UnregisterFlow { key: self.key.clone() });
+    }
+}
+
+impl AsyncRead for FlowTransport {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        loop {
+            if this.pos < this.pending.len() {
+                let n = buf.remaining().min(this.pending.len() - this.pos);
+                buf.put_slice(&this.pending[this.pos..this.pos + n]);
+                this.pos += n;
+                return Poll::Ready(Ok(()));
+            }
+            if this.eof {
+                return Poll::Ready(Ok(()));
+            }
+            match ready!(this.inbound.poll_recv(cx)) {
+                Some(FlowEvent::Data(v)) => {
+                    this.pending = v;
+                    this.pos = 0;
+                }
+                Some(FlowEvent::Close) | None => this.eof = true,
+                Some(FlowEvent::Unreachable(reason)) => {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::ConnectionAborted,
+                        reason,
+                    )))
+                }
+            }
+        }
+    }
+}
+
+impl AsyncWrite for FlowTransport {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        ready!(this.out.poll_reserve(cx)).map_err(|_| broken())?;
+        let (kind, payload, n) = match this.open_header.take() {
+            Some(header) => {
+                let n = buf.len().min(MAX_DATA_PAYLOAD - OPEN_HEADER);
+                (DataKind::StreamOpen, [header.as_slice(), &buf[..n]].concat(), n)
+            }
+            None => {
+                let n = buf.len().min(MAX_DATA_PAYLOAD);
+                (DataKind::StreamData, buf[..n].to_vec(), n)
+            }
+        };
+        let cmd = Command::SendData { dst: this.key.0.clone(), kind, flow: this.key.1, payload };
+        this.out.send_item(cmd).map_err(|_| broken())?;
+        Poll::Ready(Ok(n))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.out.is_closed() {
+            return Poll::Ready(Ok(()));
+        }
+        ready!(this.out.poll_reserve(cx)).map_err(|_| broken())?;
+        let cmd = Command::SendData {
+            dst: this.key.0.clone(),
+            kind: DataKind::StreamClose,
+            flow: this.key.1,
+            payload: Vec::new(),
+        };
+        this.out.send_item(cmd).map_err(|_| broken())?;
+        this.out.close();
+        Poll::Ready(Ok(()))
+    }
+}
+
+fn broken() -> io::Error {
+    io::Error::new(io::ErrorKind::BrokenPipe, "sidecar core stopped")
+}
+
+type ClientStream = tokio_rustls::client::TlsStream<FlowTransport>;
+type ServerStream = tokio_rustls::server::TlsStream<FlowTransport>;
+
+/// Opens an end-to-end stream to `dst` for `service` (and `port` for tunnels), returning the
+/// authenticated TLS stream once the destination proved it is `dst`.
+pub async fn open(
+    shared: &Arc<Shared>,
+    dst: &str,
+    service: u8,
+    port: u16,
+) -> Result<ClientStream, String> {
+    let flow = shared.next_id();
+    let key = (dst.to_owned(), flow);
+    let (tx, rx) = mpsc::channel(256);
+    shared
+        .commands
+        .send(Command::RegisterFlow { key: key.clone(), tx })
+        .await
+        .map_err(|_| "sidecar stopping")?;
+    let mut header = [service, 0, 0];
+    header[1..].copy_from_slice(&port.to_be_bytes());
+    let transport = FlowTransport::new(shared.clone(), key, rx, Vec::new(), Some(header));
+    let connector = TlsConnector::from(shared.tls.load().client.clone());
+    let name = ServerName::try_from("peer.genesis-mesh.invalid").expect("valid name");
+    let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, connector.connect(name, transport))
+        .await
+        .map_err(|_| {
+            format!("{dst} did not complete the end-to-end handshake in {HANDSHAKE_TIMEOUT:?}")
+        })?
+        .map_err(|e| format!("end-to-end handshake with {dst} failed: {e}"))?;
+    let peer = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| CertInfo::require_identity(&c[0]).ok())
+        .ok_or("the destination presented no identity")?;
+    if peer.node() != dst {
+        return Err(format!("asked for {dst} but {peer} answered"));
+    }
+    Ok(tls)
+}
+
+/// Opens a tunnel to `dst:port`: waits for the destination's verdict on the port.
+pub async fn open_tunnel(
+    shared: &Arc<Shared>,
+    dst: &str,
+    port: u16,
+) -> Result<ClientStream, String> {
+    let mut tls = open(shared, dst, SERVICE_TUNNEL, port).await?;
+    let status = tls.read_u8().await.map_err(|e| format!("{dst} closed the tunnel: {e}"))?;
+    if status == 0 {
+        shared.metrics.streams.with_label_values(&["out", "ok"]).inc();
+        return Ok(tls);
+    }
+    let len = tls.read_u16().await.unwrap_or(0) as usize;
+    let mut reason = vec![0u8; len.min(1024)];
+    let _ = tls.read_exact(&mut reason).await;
+    shared.metrics.streams.with_label_values(&["out", "refused"]).inc();
+    Err(String::from_utf8_lossy(&reason).into_owned())
+}
+
+/// Serves a stream a remote opened to us (called by the core on the first StreamOpen).
+pub fn accept(shared: Arc<Shared>, key: FlowKey, first: Vec<u8>, rx: mpsc::Receiver<FlowEvent>) {
+    tokio::spawn(async move {
+        if first.len() < OPEN_HEADER {
+            return refuse_open(&shared, &key, "malformed stream open").await;
+        }
+        let service = first[0];
+        let port = u16::from_be_bytes([first[1], first[2]]);
+        if service == SERVICE_TUNNEL && !shared.config.allowed_ports.contains(&port) {
+            shared.metrics.streams.with_label_values(&["in", "port_not_allowed"]).inc();
+            let reason = format!(
+                "port {port} is not allowed on {} (allowed: {:?})",
+                shared.identity.node(),
+                shared.config.allowed_ports
+            );
+            return refuse_open(&shared, &key, &reason).await;
+        }
+        if service != SERVICE_TUNNEL && service != SERVICE_MESSAGES {
+            return refuse_open(&shared, &key, &format!("unknown stream service {service}")).await;
+        }
+        let transport = FlowTransport::new(
+            shared.clone(),
+            key.clone(),
+            rx,
+            first[OPEN_HEADER..].to_vec(),
+            None,
+        );
+        let acceptor = TlsAcceptor::from(shared.tls.load().server.clone());
+        let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(transport)).await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                shared.metrics.streams.with_label_values(&["in", "refused"]).inc();
+                shared.audit(
+                    "stream-refused",
+                    &key.0,
+                    serde_json::json!({"reason": e.to_string()}),
+                );
+                return;
+            }
+            Err(_) => return,
+        };
+        let peer = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| shared.store.verify(c, SystemTime::now(), PeerRole::Client).ok());
+        match peer {
+            Some(p) if p.identity.node() == key.0 => {}
+            other => {
+                let who = other.map(|p| p.identity.uri()).unwrap_or_default();
+                shared.audit("stream-refused", &key.0, serde_json::json!({"reason": format!("stream from {} authenticated as {who:?}", key.0)}));
+                return;
+            }
+        }
+        match service {
+            SERVICE_TUNNEL => serve_tunnel(shared, tls, port).await,
+            _ => serve_messages(shared, tls, key.0).await,
+        }
+    });
+}
+
+async fn refuse_open(shared: &Arc<Shared>, key: &FlowKey, reason: &str) {
+    let _ = shared
+        .commands
+        .send(Command::SendData {
+            dst: key.0.clone(),
+            kind: DataKind::Unreachable,
+            flow: key.1,
+            payload: reason.as_bytes().to_vec(),
+        })
+        .await;
+    let _ = shared.commands.send(Command::UnregisterFlow { key: key.clone() }).await;
+}
+
+async fn serve_tunnel(shared: Arc<Shared>, mut tls: ServerStream, port: u16) {
+    let target = std::net::SocketAddr::new(shared.config.app_host, port);
+    match tokio::net::TcpStream::connect(target).await {
+        Ok(mut tcp) => {
+            if tls.write_u8(0).await.is_err() || tls.flush().await.is_err() {
+                return;
+            }
+            shared.metrics.streams.with_label_values(&["in", "ok"]).inc();
+            if let Ok((up, down)) = tokio::io::copy_bidirectional(&mut tls, &mut tcp).await {
+                shared.metrics.stream_bytes.with_label_values(&["in"]).inc_by(up);
+                shared.metrics.stream_bytes.with_label_values(&["out"]).inc_by(down);
+            }
+        }
+        Err(e) => {
+            shared.metrics.streams.with_label_values(&["in", "connect_failed"]).inc();
+            let reason = format!(
+                "nothing accepts connections on port {port} of {}: {e}",
+                shared.identity.node()
+            );
+            let _ = tls.write_u8(1).await;
+            let _ = tls.write_u16(reason.len() as u16).await;
+            let _ = tls.write_all(reason.as_bytes()).await;
+            let _ = tls.shutdown().await;
+        }
+    }
+}
+
+const RECORD_MESSAGE: u8 = 1;
+const RECORD_RECEIPT: u8 = 2;
+
+async fn write_record<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    ty: u8,
+    id: u64,
+    body: &[u8],
+) -> io::Result<()> {
+    let mut rec = Vec::with_capacity(13 + body.len());
+    rec.push(ty);
+    rec.extend_from_slice(&id.to_be_bytes());
+    rec.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    rec.extend_from_slice(body);
+    w.write_all(&rec).await?;
+    w.flush().await
+}
+
+async fn read_record<R: AsyncRead + Unpin>(r: &mut R) -> io::Result<(u8, u64, Vec<u8>)> {
+    let ty = r.read_u8().await?;
+    let id = r.read_u64().await?;
+    let len = r.read_u32().await? as usize;
+    if len > MAX_MESSAGE {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("record of {len} bytes")));
+    }
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body).await?;
+    Ok((ty, id, body))
+}
+
+/// Destination side of a message channel: queue each message for the app, answer a receipt.
+async fn serve_messages(shared: Arc<Shared>, tls: ServerStream, from: String) {
+    let (mut r, mut w) = tokio::io::split(tls);
+    while let Ok((ty, id, body)) = read_record(&mut r).await {
+        if ty != RECORD_MESSAGE {
+            break;
+        }
+        let item = Received {
+            from: from.clone(),
+            kind: "message",
+            topic: None,
+            id,
+            body: base64::engine::general_purpose::STANDARD.encode(&body),
+        };
+        let status: &[u8] = if shared.deliver(item) { &[0] } else { &[1] };
+        shared
+            .metrics
+            .messages
+            .with_label_values(&[if status[0] == 0 { "received" } else { "inbox_full" }])
+            .inc();
+        if write_record(&mut w, RECORD_RECEIPT, id, status).await.is_err() {
+            break;
+        }
+    }
+}
+
+struct Outgoing {
+    id: u64,
+    body: Vec<u8>,
+    reply: oneshot::Sender<Result<(), String>>,
+}
+
+/// Message channels to destinations, opened on first use and reused.
+#[derive(Default)]
+pub struct Messenger {
+    channels: tokio::sync::Mutex<HashMap<String, mpsc::Sender<Outgoing>>>,
+}
+
+impl std::fmt::Debug for Messenger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Messenger")
+    }
+}
+
+/// The result of a delivered message.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Receipt {
+    pub id: u64,
+    pub delivered: bool,
+    pub latency_ms: f64,
+}
+
+/// Sends `body` to `dst` end to end and waits for its delivery receipt.
+pub async fn send_message(
+    shared: &Arc<Shared>,
+    dst: &str,
+    body: Vec<u8>,
+) -> Result<Receipt, String> {
+    let start = Instant::now();
+    let id = shared.next_id();
+    let tx = channel(shared, dst).await?;
+    let (reply, answer) = oneshot::channel();
+    tx.send(Outgoing { id, body, reply })
+        .await
+        .map_err(|_| format!("the channel to {dst} closed"))?;
+    let result = tokio::time::timeout(RECEIPT_TIMEOUT, answer)
+        .await
+        .map_err(|_| format!("no delivery receipt from {dst} within {RECEIPT_TIMEOUT:?}"))?
+        .map_err(|_| format!("the channel to {dst} closed before the receipt"))?;
+    shared
+        .metrics
+        .messages
+        .with_label_values(&[if result.is_ok() { "delivered" } else { "failed" }])
+        .inc();
+    result.map(|()| Receipt {
+        id,
+        delivered: true,
+        latency_ms: start.elapsed().as_secs_f64() * 1e3,
+    })
+}
+
+async fn channel(shared: &Arc<Shared>, dst: &str) -> Result<mpsc::Sender<Outgoing>, String> {
+    let mut channels = shared.messenger.channels.lock().await;
+    if let Some(tx) = channels.get(dst).filter(|tx| !tx.is_closed()) {
+        return Ok(tx.clone());
+    }
+    let tls = open(shared, dst, SERVICE_MESSAGES, 0).await?;
+    let (tx, rx) = mpsc::channel(CHANNEL_QUEUE);
+    channels.insert(dst.to_owned(), tx.clone());
+    tokio::spawn(run_channel(tls, rx));
+    Ok(tx)
+}
+
+/// Source side of a message channel: write messages, match receipts to waiting senders.
+async fn run_channel(tls: ClientStream, mut rx: mpsc::Receiver<Outgoing>) {
+    let (mut r, mut w) = tokio::io::split(tls);
+    let mut waiting: HashMap<u64, oneshot::Sender<Result<(), String>>> = HashMap::new();
+    loop {
+        tokio::select! {
+            out = rx.recv() => {
+                let Some(out) = out else { break };
+                if let Err(e) = write_record(&mut w, RECORD_MESSAGE, out.id, &out.body).await {
+                    let _ = out.reply.send(Err(e.to_string()));
+                    break;
+                }
+                waiting.insert(out.id, out.reply);
+            }
+            rec = read_record(&mut r) => match rec {
+                Ok((RECORD_RECEIPT, id, status)) => {
+                    if let Some(reply) = waiting.remove(&id) {
+                        let _ = reply.send(match status.first() {
+                            Some(0) => Ok(()),
+                            _ => Err("the destination's inbox is full".into()),
+                        });
+                    }
+                }
+                _ => break,
+            }
+        }
+    }
+    rx.close();
+    for (_, reply) in waiting {
+        let _ = reply.send(Err("the end-to-end channel closed".into()));
+    }
+}
