@@ -1,1 +1,385 @@
-//! End-to-end tests for Genesis Mesh live in `tests/`; this library holds their shared helpers.
+//! Helpers for the end-to-end tests: a real `genesis-operator local` authority and real
+//! `genesis-sidecar` processes on their own 127.x.y.z addresses, plus a tiny HTTP client.
+//!
+//! Every test gets its own /24 of the loopback range (127.<n>.<m>.0), so tests run in
+//! parallel without port clashes. Processes are killed when their handle drops.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+pub use serde_json::Value;
+
+/// Paths of the binaries under test.
+pub struct Binaries {
+    pub sidecar: PathBuf,
+    pub operator: PathBuf,
+    pub genesisctl: PathBuf,
+}
+
+/// Builds the binaries once per test process (cheap when they are up to date).
+pub fn binaries() -> &'static Binaries {
+    static BINS: OnceLock<Binaries> = OnceLock::new();
+    BINS.get_or_init(|| {
+        let root = workspace_root();
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .current_dir(&root)
+            .args([
+                "build",
+                "--bins",
+                "-p",
+                "genesis-sidecar",
+                "-p",
+                "genesis-operator",
+                "-p",
+                "genesisctl",
+            ])
+            .status()
+            .expect("cargo runs");
+        assert!(status.success(), "building the binaries failed");
+        let target = std::env::var("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| root.join("target"));
+        let bin = |n: &str| target.join("debug").join(n);
+        Binaries {
+            sidecar: bin("genesis-sidecar"),
+            operator: bin("genesis-operator"),
+            genesisctl: bin("genesisctl"),
+        }
+    })
+}
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ is in the workspace").to_owned()
+}
+
+/// A /24 of loopback addresses for one test.
+pub struct Subnet {
+    prefix: String,
+}
+
+impl Subnet {
+    /// The next unused 127.x.y.0/24 in this test process (offset by the process id, so two
+    /// test binaries running at once do not collide either).
+    pub fn new() -> Self {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed) + (std::process::id() % 200) * 64;
+        Subnet { prefix: format!("127.{}.{}", 1 + (n / 250) % 250, 1 + n % 250) }
+    }
+
+    /// Host `i` (1-based) of the subnet.
+    pub fn ip(&self, i: u8) -> String {
+        format!("{}.{}", self.prefix, i)
+    }
+}
+
+impl Default for Subnet {
+    fn default() -> Self {
+        Subnet::new()
+    }
+}
+
+/// A running `genesis-operator local`.
+pub struct Authority {
+    pub dir: tempfile::TempDir,
+    pub network: String,
+    pub addr: String,
+    child: Child,
+}
+
+impl Authority {
+    pub fn start(subnet: &Subnet, network: &str, cert_duration: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let log = std::fs::File::create(dir.path().join("operator.log")).unwrap();
+        let child = Command::new(&binaries().operator)
+            .args(["local", "--listen", &format!("{}:0", subnet.ip(250))])
+            .arg("--dir")
+            .arg(dir.path())
+            .args([
+                "--trust-domain",
+                "test.local",
+                "--network",
+                network,
+                "--cert-duration",
+                cert_duration,
+            ])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("genesis-operator starts");
+        let addr_file = dir.path().join("identity-service.addr");
+        wait_for(Duration::from_secs(20), "the identity service to listen", || addr_file.exists());
+        let addr = std::fs::read_to_string(addr_file).unwrap();
+        Authority { dir, network: network.into(), addr, child }
+    }
+
+    /// A one-time join token (through the real CLI).
+    pub fn token(&self, node: &str, role: &str) -> String {
+        let out = Command::new(&binaries().operator)
+            .args(["local", "token", "--node", node, "--role", role])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    }
+
+    pub fn revoke(&self, node: &str) {
+        let out = Command::new(&binaries().operator)
+            .args(["local", "revoke", "--node", node])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    pub fn bundle_path(&self) -> PathBuf {
+        self.dir.path().join("ca.crt")
+    }
+}
+
+impl Drop for Authority {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Options for one sidecar.
+#[derive(Clone)]
+pub struct SidecarOptions {
+    pub anchors: Vec<String>,
+    pub min_peers: usize,
+    pub max_peers: usize,
+    pub allowed_ports: Vec<u16>,
+    pub role: &'static str,
+    pub extra: Vec<String>,
+}
+
+impl Default for SidecarOptions {
+    fn default() -> Self {
+        SidecarOptions {
+            anchors: Vec::new(),
+            min_peers: 1,
+            max_peers: 8,
+            allowed_ports: vec![],
+            role: "client",
+            extra: vec![],
+        }
+    }
+}
+
+/// A running `genesis-sidecar`.
+pub struct Sidecar {
+    pub node: String,
+    pub ip: String,
+    pub peer: String,
+    pub api: String,
+    pub admin: String,
+    pub log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Sidecar {
+    /// Starts a sidecar at `ip` with a fresh token; returns once its admin API answers.
+    pub fn start(authority: &Authority, node: &str, ip: &str, opts: &SidecarOptions) -> Self {
+        let token = authority.token(node, opts.role);
+        let peer = format!("{ip}:7000");
+        let api = format!("{ip}:7001");
+        let admin = format!("{ip}:7002");
+        let log = authority.dir.path().join(format!("{node}.log"));
+        let ports: Vec<String> = opts.allowed_ports.iter().map(u16::to_string).collect();
+        let mut cmd = Command::new(&binaries().sidecar);
+        cmd.args([
+            "--node",
+            node,
+            "--role",
+            opts.role,
+            "--network",
+            &authority.network,
+            "--trust-domain",
+            "test.local",
+        ])
+        .args(["--identity-service", &authority.addr, "--join-token", &token])
+        .arg("--trust-bundle")
+        .arg(authority.bundle_path())
+        .args(["--listen", &peer, "--api-listen", &api, "--admin-listen", &admin, "--app-host", ip])
+        .args([
+            "--min-peers",
+            &opts.min_peers.to_string(),
+            "--max-peers",
+            &opts.max_peers.to_string(),
+        ])
+        .args([
+            "--hello-interval",
+            "200ms",
+            "--hold-time",
+            "1s",
+            "--periodic-update-interval",
+            "2s",
+            "--exchange-interval",
+            "1s",
+        ])
+        .arg("--audit-log")
+        .arg(authority.dir.path().join(format!("{node}.audit.jsonl")));
+        if !opts.anchors.is_empty() {
+            cmd.args(["--anchors", &opts.anchors.join(",")]);
+        }
+        if !ports.is_empty() {
+            cmd.args(["--allowed-ports", &ports.join(",")]);
+        }
+        cmd.args(&opts.extra);
+        let child = cmd
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("genesis-sidecar starts");
+        let s =
+            Sidecar { node: node.into(), ip: ip.into(), peer, api, admin, log, child: Some(child) };
+        wait_for(Duration::from_secs(30), &format!("{node}'s admin API"), || {
+            http(&s.admin, "GET", "/healthz", b"").is_ok()
+        });
+        s
+    }
+
+    /// The sidecar's admin JSON at `path`.
+    pub fn admin_json(&self, path: &str) -> Value {
+        let (_, body) = http(&self.admin, "GET", path, b"").unwrap();
+        serde_json::from_slice(&body).unwrap_or(Value::Null)
+    }
+
+    /// Reachable destinations.
+    pub fn routes(&self) -> Vec<String> {
+        self.admin_json("/admin/routes")
+            .as_array()
+            .map(|a| a.iter().filter_map(|r| r["dest"].as_str().map(str::to_owned)).collect())
+            .unwrap_or_default()
+    }
+
+    /// One metric's value (sum over label sets matching `labels`, e.g. `reason="no_route"`).
+    pub fn metric(&self, name: &str, labels: &str) -> f64 {
+        let (_, body) = http(&self.admin, "GET", "/metrics", b"").unwrap();
+        String::from_utf8_lossy(&body)
+            .lines()
+            .filter(|l| {
+                l.starts_with(name)
+                    && (l.as_bytes().get(name.len()) == Some(&b'{')
+                        || l.as_bytes().get(name.len()) == Some(&b' '))
+            })
+            .filter(|l| labels.is_empty() || l.contains(labels))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// Sends a message through the app API; returns (status, body).
+    pub fn send(&self, to: &str, body: &[u8]) -> (u16, Value) {
+        let (status, resp) =
+            http(&self.api, "POST", &format!("/v1/messages/{to}"), body).unwrap_or((0, Vec::new()));
+        (status, serde_json::from_slice(&resp).unwrap_or(Value::Null))
+    }
+
+    /// Messages received so far.
+    pub fn inbox(&self, wait_ms: u64) -> Vec<Value> {
+        let (_, resp) =
+            http(&self.api, "GET", &format!("/v1/messages?wait={wait_ms}"), b"").unwrap();
+        serde_json::from_slice::<Vec<Value>>(&resp).unwrap_or_default()
+    }
+
+    /// Kills the process (no drain), as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait: the graceful path.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("running");
+        let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
+        c.wait().unwrap()
+    }
+
+    /// The sidecar's stderr, for failure messages.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Polls `ok` every 50 ms until it holds; panics naming `what` after `limit`.
+pub fn wait_for(limit: Duration, what: &str, mut ok: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    loop {
+        if ok() {
+            return start.elapsed();
+        }
+        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A minimal HTTP/1.1 request (Connection: close); returns (status, body).
+pub fn http(addr: &str, method: &str, path: &str, body: &[u8]) -> std::io::Result<(u16, Vec<u8>)> {
+    let addr: SocketAddr = addr.parse().map_err(|e| std::io::Error::other(format!("{e}")))?;
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    write!(s, "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n", body.len())?;
+    s.write_all(body)?;
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp)?;
+    let head_end = resp
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| std::io::Error::other("no header end"))?;
+    let head = String::from_utf8_lossy(&resp[..head_end]).into_owned();
+    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let mut body = resp[head_end + 4..].to_vec();
+    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        body = dechunk(&body);
+    }
+    Ok((status, body))
+}
+
+fn dechunk(mut b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(pos) = b.windows(2).position(|w| w == b"\r\n") {
+        let size =
+            usize::from_str_radix(String::from_utf8_lossy(&b[..pos]).trim(), 16).unwrap_or(0);
+        if size == 0 {
+            break;
+        }
+        out.extend_from_slice(&b[pos + 2..pos + 2 + size]);
+        b = &b[pos + 4 + size..];
+    }
+    out
+}
+
+/// A one-shot HTTP server that answers every request with `body` (the "app beside a pod").
+pub fn serve_page(addr: &str, body: &'static str) -> std::thread::JoinHandle<()> {
+    let listener = std::net::TcpListener::bind(addr).unwrap();
+    std::thread::spawn(move || {
+        for mut s in listener.incoming().flatten() {
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf);
+            let _ = write!(
+                s,
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    })
+}
