@@ -124,6 +124,8 @@ pub enum PeerAction {
 #[derive(Debug, Clone)]
 struct Peer {
     addr: String,
+    /// Reached at (or announced) an anchor address: never evicted for a learned peer.
+    anchor: bool,
     score: u8,
     connected_since: Option<Time>,
     banned_until: Option<Time>,
@@ -220,8 +222,10 @@ impl PeerSet {
             return Err(format!("banned for another {}s", (until - now).as_secs()));
         }
         let burst = f64::from(self.config.frame_burst);
+        let anchor = self.dials.get(addr).is_some_and(|d| d.anchor);
         let peer = self.peers.entry(node.to_owned()).or_insert_with(|| Peer {
             addr: addr.to_owned(),
+            anchor,
             score: INITIAL_SCORE,
             connected_since: None,
             banned_until: None,
@@ -233,6 +237,7 @@ impl PeerSet {
         });
         if !addr.is_empty() {
             peer.addr = addr.to_owned();
+            peer.anchor = anchor;
         }
         peer.connected_since = Some(now);
         peer.tokens = burst;
@@ -243,11 +248,12 @@ impl PeerSet {
         }
         let mut actions = Vec::new();
         if self.connected() > self.config.max_peers {
+            // Learned peers go before anchors; among them the lowest score goes first.
             if let Some(worst) = self
                 .peers
                 .iter()
                 .filter(|(n, p)| p.connected_since.is_some() && n.as_str() != node)
-                .min_by_key(|(_, p)| p.score)
+                .min_by_key(|(_, p)| (p.anchor, p.score))
                 .map(|(n, _)| n.clone())
             {
                 actions.push(PeerAction::Disconnect {

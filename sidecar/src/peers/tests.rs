@@ -139,3 +139,22 @@ fn learned_addresses_are_bounded() {
     }
     assert_eq!(p.dials.len(), MAX_KNOWN);
 }
+
+#[test]
+fn anchors_are_kept_over_learned_peers_when_over_max_peers() {
+    let config = PeerConfig { max_peers: 2, ..Default::default() };
+    let anchors = vec!["prev:1".to_owned(), "next:1".to_owned()];
+    let mut p = PeerSet::new("me", config, &anchors, Time::ZERO);
+    p.on_exchange(&[PeerAddr { node: "chord".into(), addr: "chord:1".into() }], Time::ZERO);
+    p.on_connected("prev", "prev:1", Time::ZERO).unwrap();
+    p.on_connected("chord", "chord:1", Time::ZERO).unwrap();
+    // The chord has the best score, but the anchor that comes back wins the slot.
+    for _ in 0..20 {
+        p.record("chord", Conduct::Pong(Duration::from_millis(1)), Time::ZERO);
+    }
+    let actions = p.on_connected("next", "next:1", Time::ZERO).unwrap();
+    assert!(
+        matches!(&actions[..], [PeerAction::Disconnect { node, .. }] if node == "chord"),
+        "{actions:?}"
+    );
+}
