@@ -83,6 +83,11 @@ pub struct Settings {
     /// Hash-chained audit log file.
     #[arg(long, env = "GENESIS_AUDIT_LOG")]
     pub audit_log: Option<PathBuf>,
+    /// Test hook: append every data payload this member relays for others to this file, so a
+    /// test can show relays never see plaintext. Not for production.
+    #[arg(long, hide = true)]
+    #[serde(skip)]
+    pub test_capture_relayed: Option<PathBuf>,
 }
 
 impl Settings {
@@ -123,7 +128,8 @@ impl Settings {
             exchange_interval,
             ban_threshold,
             ban_duration,
-            audit_log
+            audit_log,
+            test_capture_relayed
         )
     }
 }
@@ -150,6 +156,7 @@ pub struct Config {
     pub routing: RoutingConfig,
     pub peers: PeerConfig,
     pub audit_log: Option<PathBuf>,
+    pub test_capture_relayed: Option<PathBuf>,
 }
 
 impl Config {
@@ -254,6 +261,7 @@ impl Config {
                 ..PeerConfig::default()
             },
             audit_log: s.audit_log,
+            test_capture_relayed: s.test_capture_relayed,
         })
     }
 }

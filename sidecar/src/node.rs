@@ -707,8 +707,19 @@ impl Core {
         };
         if from.is_some() {
             self.metrics().forwarded.inc();
+            self.capture_relayed(&d.payload);
         }
         self.send(&next, &Frame::Data(d));
+    }
+
+    /// Test hook (`--test-capture-relayed`): what this relay could see of other members' data.
+    fn capture_relayed(&self, payload: &[u8]) {
+        if let Some(path) = &self.shared.config.test_capture_relayed {
+            use std::io::Write;
+            if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
+                let _ = f.write_all(payload);
+            }
+        }
     }
 
     /// Tells the source its data could not be delivered (never in answer to an Unreachable).
