@@ -5,9 +5,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian packages the tests call: openssl (trust/tests/openssl_agrees.rs checks our CRLs and
-# chains against `openssl verify -crl_check`).
+# chains against `openssl verify -crl_check`) and curl (tests/tests/line.rs fetches a page
+# through the sidecar's CONNECT proxy with `curl -p`).
 missing=()
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+command -v curl >/dev/null 2>&1 || missing+=(curl)
 if ((${#missing[@]})); then
   sudo=""
   [ "$(id -u)" = 0 ] || sudo=sudo

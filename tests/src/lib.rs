@@ -383,3 +383,74 @@ pub fn serve_page(addr: &str, body: &'static str) -> std::thread::JoinHandle<()>
         }
     })
 }
+
+/// A hand-driven peer for hostile tests: real mutual TLS with whatever certificate it is
+/// given, then raw frames.
+pub struct RawPeer {
+    pub tls: rustls::StreamOwned<rustls::ClientConnection, TcpStream>,
+}
+
+impl RawPeer {
+    /// Connects to `addr` presenting `chain`/`key`; the sidecar is checked against `bundle_pem`.
+    pub fn connect(
+        addr: &str,
+        chain: Vec<rustls::pki_types::CertificateDer<'static>>,
+        key: &genesis_trust::PrivateKey,
+        bundle_pem: &str,
+        network: &str,
+    ) -> Result<RawPeer, String> {
+        let store = std::sync::Arc::new(genesis_trust::TrustStore::new(
+            genesis_trust::TrustPolicy {
+                trust_domain: "test.local".into(),
+                network: Some(network.into()),
+                require_fresh_crl: false,
+            },
+            genesis_trust::TrustBundle::from_pem(bundle_pem).map_err(|e| e.to_string())?,
+        ));
+        let config =
+            genesis_trust::tls::peer_client_config(store, chain, key).map_err(|e| e.to_string())?;
+        let name = rustls::pki_types::ServerName::try_from("peer.genesis-mesh.invalid").unwrap();
+        let conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name)
+            .map_err(|e| e.to_string())?;
+        let tcp = TcpStream::connect(addr).map_err(|e| e.to_string())?;
+        tcp.set_read_timeout(Some(Duration::from_secs(5))).map_err(|e| e.to_string())?;
+        let mut tls = rustls::StreamOwned::new(conn, tcp);
+        // Drive the handshake to completion (the server's verdict on our certificate arrives
+        // with its first records).
+        while tls.conn.is_handshaking() {
+            tls.conn.complete_io(&mut tls.sock).map_err(|e| e.to_string())?;
+        }
+        Ok(RawPeer { tls })
+    }
+
+    /// Sends raw bytes.
+    pub fn send_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.tls.write_all(bytes)?;
+        self.tls.flush()
+    }
+
+    /// Sends a frame.
+    pub fn send(&mut self, frame: &genesis_sidecar::frame::Frame) -> std::io::Result<()> {
+        self.send_raw(&frame.encode())
+    }
+
+    /// Reads until the sidecar closes the link (or `limit` passes); returns whether it closed.
+    pub fn closed_within(&mut self, limit: Duration) -> bool {
+        let start = Instant::now();
+        let mut buf = [0u8; 16 * 1024];
+        while start.elapsed() < limit {
+            match self.tls.read(&mut buf) {
+                Ok(0) => return true,
+                Ok(_) => continue,
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        || e.kind() == std::io::ErrorKind::TimedOut =>
+                {
+                    continue
+                }
+                Err(_) => return true,
+            }
+        }
+        false
+    }
+}

@@ -1,0 +1,219 @@
+//! Hostile peers against a real three-member mesh: garbage, oversized and flooding frames, an
+//! exhausted TTL, a forged route, and certificates that are foreign, expired or revoked. Each
+//! is refused and counted, misbehaving peers lose reputation, and the mesh keeps delivering.
+
+use std::time::{Duration, SystemTime};
+
+use genesis_e2e::{wait_for, Authority, RawPeer, Sidecar, SidecarOptions, Subnet};
+use genesis_operator::local::{AuthorityConfig, LocalAuthority};
+use genesis_sidecar::frame::{Data, DataKind, Frame, FrameType, RouteAdvert, PROTOCOL_VERSION};
+use genesis_trust::{
+    create_csr, CertificateAuthority, Identity, IssuedCertificate, KeyAlgorithm, LeafPolicy,
+    PrivateKey, Role,
+};
+
+const NET: &str = "hostile";
+
+struct Mint {
+    authority: LocalAuthority,
+    bundle: String,
+}
+
+impl Mint {
+    fn id(node: &str) -> Identity {
+        Identity::new("test.local", NET, Role::Client, node).unwrap()
+    }
+
+    /// A valid member certificate, recorded by the authority (so it can be revoked).
+    fn member(&self, node: &str) -> (IssuedCertificate, PrivateKey) {
+        let key = PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
+        let issued = self
+            .authority
+            .issue(&create_csr(&Self::id(node), &key).unwrap(), &Self::id(node))
+            .unwrap();
+        (issued, key)
+    }
+
+    fn connect(
+        &self,
+        s: &Sidecar,
+        cert: &(IssuedCertificate, PrivateKey),
+    ) -> Result<RawPeer, String> {
+        let mut p = RawPeer::connect(&s.peer, cert.0.chain.clone(), &cert.1, &self.bundle, NET)?;
+        let hello = Frame::Hello { identity: cert.0.identity.uri(), listen: String::new() };
+        p.send(&hello).map_err(|e| e.to_string())?;
+        Ok(p)
+    }
+}
+
+/// Tries a link with `cert` and reports whether `s` counted exactly one more refused handshake.
+/// (Whether the client side notices depends on timing: in TLS 1.3 the server judges the client
+/// certificate after the client finished, so the refusal counter is the reliable signal.)
+fn refused_handshake(mint: &Mint, s: &Sidecar, cert: &(IssuedCertificate, PrivateKey)) -> bool {
+    let refused = || s.metric("genesis_sidecar_handshakes_total", "result=\"refused\"");
+    let before = refused();
+    if let Ok(mut p) = mint.connect(s, cert) {
+        p.closed_within(Duration::from_millis(500));
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while std::time::Instant::now() < deadline {
+        if refused() == before + 1.0 {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+#[test]
+fn hostile_peers_are_refused_counted_and_penalised_while_the_mesh_keeps_delivering() {
+    let net = Subnet::new();
+    let auth = Authority::start(&net, NET, "24h");
+    let opts = |i: u8| SidecarOptions {
+        anchors: if i == 0 { vec![] } else { vec![format!("{}:7000", net.ip(i))] },
+        min_peers: 1,
+        max_peers: 8,
+        ..Default::default()
+    };
+    let s0 = Sidecar::start(&auth, "s0", &net.ip(1), &opts(0));
+    let s1 = Sidecar::start(&auth, "s1", &net.ip(2), &opts(1));
+    let s2 = Sidecar::start(&auth, "s2", &net.ip(3), &opts(2));
+    wait_for(Duration::from_secs(30), "s0 and s2 to route to each other", || {
+        s0.routes().contains(&"s2".to_owned()) && s2.routes().contains(&"s0".to_owned())
+    });
+    let mint = Mint {
+        authority: LocalAuthority::open_or_create(auth.dir.path(), AuthorityConfig::default())
+            .unwrap(),
+        bundle: std::fs::read_to_string(auth.bundle_path()).unwrap(),
+    };
+    let invalid = |reason: &str| {
+        s0.metric("genesis_sidecar_invalid_frames_total", &format!("reason=\"{reason}\""))
+    };
+    let dropped = |reason: &str| {
+        s0.metric("genesis_sidecar_dropped_frames_total", &format!("reason=\"{reason}\""))
+    };
+    let score = |node: &str| {
+        s0.admin_json("/admin/peers")
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["node"] == node)
+            .map(|p| p["score"].as_u64().unwrap())
+    };
+
+    // Garbage: a frame of an unknown protocol version closes the link and costs reputation.
+    let mut p = mint.connect(&s0, &mint.member("h-garbage")).unwrap();
+    p.send_raw(b"\x00\x00\x00\x0a\x07\x01garbage!").unwrap();
+    assert!(p.closed_within(Duration::from_secs(5)), "garbage did not close the link");
+    wait_for(Duration::from_secs(5), "the garbage to be counted", || invalid("version") >= 1.0);
+    assert!(score("h-garbage").unwrap() < 50, "no reputation cost");
+
+    // Oversized: a header announcing 10 MiB is refused before any body is read.
+    let mut p = mint.connect(&s0, &mint.member("h-oversized")).unwrap();
+    let mut header = (10u32 << 20).to_be_bytes().to_vec();
+    header.extend_from_slice(&[PROTOCOL_VERSION, FrameType::Data as u8]);
+    p.send_raw(&header).unwrap();
+    assert!(p.closed_within(Duration::from_secs(5)));
+    wait_for(Duration::from_secs(5), "the oversized frame to be counted", || {
+        invalid("too_large") >= 1.0
+    });
+
+    // A flood of control frames is rate limited.
+    let mut p = mint.connect(&s0, &mint.member("h-flood")).unwrap();
+    let pings: Vec<u8> = (0..5000u64).flat_map(|n| Frame::Ping { nonce: n }.encode()).collect();
+    let _ = p.send_raw(&pings);
+    wait_for(Duration::from_secs(5), "the flood to be rate limited", || {
+        dropped("rate_limited") >= 1.0
+    });
+    assert!(score("h-flood").unwrap() < 50);
+
+    // A data frame whose hop limit is exhausted is dropped, not forwarded.
+    let mut p = mint.connect(&s0, &mint.member("h-ttl")).unwrap();
+    let data = Data {
+        src: "h-ttl".into(),
+        dst: "s2".into(),
+        ttl: 1,
+        kind: DataKind::StreamData,
+        flow: 1,
+        payload: b"x".to_vec(),
+    };
+    p.send(&Frame::Data(data)).unwrap();
+    wait_for(Duration::from_secs(5), "the TTL drop to be counted", || {
+        dropped("ttl_expired") >= 1.0
+    });
+
+    // A forged route: a fresher seqno for s2 signed by someone else.
+    let forger = mint.member("h-forger");
+    let mut p = mint.connect(&s0, &forger).unwrap();
+    let proof = genesis_trust::seqno::sign_seqno(&forger.1, &Mint::id("s2"), u32::MAX / 2).unwrap();
+    let advert = RouteAdvert {
+        dest: "s2".into(),
+        seqno: u32::MAX / 2,
+        metric: 1,
+        hops: 0,
+        proof,
+        cert: forger.0.leaf().to_vec(),
+    };
+    p.send(&Frame::RouteUpdate { adverts: vec![advert] }).unwrap();
+    wait_for(Duration::from_secs(5), "the forged route to be refused", || {
+        invalid("forged_route") >= 1.0
+    });
+    let to_s2 = s0
+        .admin_json("/admin/routes")
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["dest"] == "s2")
+        .cloned()
+        .unwrap();
+    assert_eq!(to_s2["next_hop"], "s1", "the forged route was not taken");
+
+    // Certificates the mesh refuses at the handshake; a valid one is not refused (control).
+    assert!(!refused_handshake(&mint, &s0, &mint.member("h-valid")), "a valid member was refused");
+    let foreign_ca = CertificateAuthority::generate(
+        "test.local",
+        KeyAlgorithm::EcdsaP256,
+        Duration::from_secs(86400),
+        SystemTime::now(),
+    )
+    .unwrap();
+    let foreign = foreign_ca
+        .issue_with_generated_key(
+            &Mint::id("h-foreign"),
+            KeyAlgorithm::EcdsaP256,
+            &LeafPolicy::default(),
+            SystemTime::now(),
+        )
+        .unwrap();
+    assert!(refused_handshake(&mint, &s0, &foreign), "a foreign CA's member got a link");
+    let long_ago = SystemTime::now() - Duration::from_secs(48 * 3600);
+    let expired = mint
+        .authority
+        .ca()
+        .issue_with_generated_key(
+            &Mint::id("h-expired"),
+            KeyAlgorithm::EcdsaP256,
+            &LeafPolicy { duration: Duration::from_secs(3600), renew_before: None },
+            long_ago,
+        )
+        .unwrap();
+    assert!(refused_handshake(&mint, &s0, &expired), "an expired certificate got a link");
+
+    // Revoked: revoke a member, push the new CRL into the mesh through a courier peer, and the
+    // revoked member is refused everywhere it goes.
+    let revoked = mint.member("h-revoked");
+    auth.revoke("h-revoked");
+    let crl = std::fs::read(auth.dir.path().join("crl.der")).unwrap();
+    let mut courier = mint.connect(&s0, &mint.member("h-courier")).unwrap();
+    courier.send(&Frame::CrlData { der: crl }).unwrap();
+    wait_for(Duration::from_secs(10), "every member to hold the new CRL", || {
+        [&s0, &s1, &s2].iter().all(|s| s.admin_json("/admin/identity")["crlNumber"] == 1)
+    });
+    assert!(refused_handshake(&mint, &s2, &revoked), "a revoked certificate got a link at s2");
+    assert!(refused_handshake(&mint, &s0, &revoked), "a revoked certificate got a link at s0");
+
+    // Through all of it the members keep delivering.
+    assert_eq!(s0.send("s2", b"still here").0, 200);
+    assert_eq!(s2.send("s0", b"and back").0, 200);
+    assert_eq!(s1.send("s0", b"and from the middle").0, 200);
+}
