@@ -70,6 +70,9 @@ pub enum Frame {
     Broadcast(Broadcast),
     /// A goodbye with a reason, before a link is closed on purpose.
     Close { reason: String },
+    /// My renewed leaf certificate (DER): the link is re-checked against it from now on, so a
+    /// rotation never drops a healthy link when the handshake certificate expires.
+    Certificate { der: Vec<u8> },
 }
 
 /// One route in a route update.
@@ -178,11 +181,12 @@ pub enum FrameType {
     Data = 11,
     Broadcast = 12,
     Close = 13,
+    Certificate = 14,
 }
 
 impl FrameType {
     /// All frame types.
-    pub const ALL: [FrameType; 13] = [
+    pub const ALL: [FrameType; 14] = [
         FrameType::Hello,
         FrameType::Ping,
         FrameType::Pong,
@@ -196,6 +200,7 @@ impl FrameType {
         FrameType::Data,
         FrameType::Broadcast,
         FrameType::Close,
+        FrameType::Certificate,
     ];
 
     fn from_u8(v: u8) -> Option<Self> {
@@ -218,6 +223,7 @@ impl FrameType {
             FrameType::Data => "data",
             FrameType::Broadcast => "broadcast",
             FrameType::Close => "close",
+            FrameType::Certificate => "certificate",
         }
     }
 
@@ -275,6 +281,7 @@ impl Frame {
             Frame::Data(_) => FrameType::Data,
             Frame::Broadcast(_) => FrameType::Broadcast,
             Frame::Close { .. } => FrameType::Close,
+            Frame::Certificate { .. } => FrameType::Certificate,
         }
     }
 
@@ -332,6 +339,7 @@ impl Frame {
                 w.long_bytes(&b.payload, MAX_DATA_PAYLOAD);
             }
             Frame::Close { reason } => w.str(truncate(reason, MAX_REASON), MAX_REASON),
+            Frame::Certificate { der } => w.bytes(der, MAX_CERT),
         }
         let body = w.0;
         let mut out = Vec::with_capacity(HEADER_LEN + body.len());
@@ -407,6 +415,7 @@ impl Frame {
                 payload: r.long_bytes(MAX_DATA_PAYLOAD)?,
             }),
             FrameType::Close => Frame::Close { reason: r.str(MAX_REASON)? },
+            FrameType::Certificate => Frame::Certificate { der: r.bytes(MAX_CERT)? },
         };
         if !r.buf.is_empty() {
             return Err(r.err(format!("{} trailing bytes", r.buf.len())));

@@ -383,7 +383,11 @@ impl Core {
                     seqno: self.routes.seqno(),
                 });
             }
-            Command::Renewed => self.sign_own_seqno(),
+            Command::Renewed => {
+                self.sign_own_seqno();
+                let der = self.shared.tls.load().chain[0].to_vec();
+                self.flood(Frame::Certificate { der }, None);
+            }
             Command::Drain => {
                 let nodes: Vec<String> = self.links.keys().cloned().collect();
                 for n in nodes {
@@ -582,6 +586,7 @@ impl Core {
             }
             Frame::Data(d) => self.route_data(d, Some(from)),
             Frame::Broadcast(b) => self.on_broadcast(from, b),
+            Frame::Certificate { der } => self.on_peer_certificate(from, der),
             Frame::Close { reason } => {
                 tracing::info!(peer = %from, %reason, "peer said goodbye");
                 if let Some(l) = self.links.get(from) {
@@ -589,6 +594,26 @@ impl Core {
                     l.cancel.cancel();
                     self.link_down(from, id, false, &reason);
                 }
+            }
+        }
+    }
+
+    /// A neighbour renewed: check its new leaf and re-check the link against it from now on.
+    fn on_peer_certificate(&mut self, from: &str, der: Vec<u8>) {
+        let chain = [CertificateDer::from(der)];
+        match self.shared.store.verify(&chain, SystemTime::now(), genesis_trust::PeerRole::Client) {
+            Ok(peer) if self.links.get(from).is_some_and(|l| l.peer.identity == peer.identity) => {
+                tracing::info!(peer = %from, serial = %peer.serial, "neighbour rotated its certificate");
+                if let Some(l) = self.links.get_mut(from) {
+                    l.peer = peer;
+                }
+            }
+            Ok(peer) => self.protocol_violation(
+                from,
+                &format!("a certificate for {} on its link", peer.identity),
+            ),
+            Err(e) => {
+                self.protocol_violation(from, &format!("a renewed certificate we refuse: {e}"))
             }
         }
     }

@@ -43,6 +43,7 @@ fn samples() -> Vec<Frame> {
             payload: b"hi".to_vec(),
         }),
         Frame::Close { reason: "draining".into() },
+        Frame::Certificate { der: vec![0x30; 700] },
     ]
 }
 

@@ -1,0 +1,49 @@
+//! Certificate rotation: members renew with a fresh key at half-life, live links stay up past
+//! the expiry of the certificates they were opened with.
+
+use std::time::{Duration, Instant};
+
+use genesis_e2e::{wait_for, Authority, Sidecar, SidecarOptions, Subnet};
+
+#[test]
+fn certificates_rotate_without_dropping_links() {
+    let net = Subnet::new();
+    // 12s certificates: renewed at 6s, the first ones expire at 12s (+60s backdating).
+    let auth = Authority::start(&net, "rotate", "12s");
+    let opts = |anchors: Vec<String>| SidecarOptions {
+        anchors,
+        min_peers: 1,
+        max_peers: 4,
+        ..Default::default()
+    };
+    let a = Sidecar::start(&auth, "a", &net.ip(1), &opts(vec![]));
+    let b = Sidecar::start(&auth, "b", &net.ip(2), &opts(vec![format!("{}:7000", net.ip(1))]));
+    wait_for(Duration::from_secs(20), "a and b to link", || {
+        a.routes() == ["b"] && b.routes() == ["a"]
+    });
+    let started = Instant::now();
+    let serial =
+        |s: &Sidecar| s.admin_json("/admin/identity")["serial"].as_str().unwrap().to_owned();
+    let not_after = |s: &Sidecar| s.admin_json("/admin/identity")["notAfter"].as_u64().unwrap();
+    let (first_a, first_b) = (serial(&a), serial(&b));
+    let first_expiry = not_after(&a).max(not_after(&b));
+    let links_opened = |s: &Sidecar| s.metric("genesis_sidecar_handshakes_total", "result=\"ok\"");
+    let (opened_a, opened_b) = (links_opened(&a), links_opened(&b));
+
+    wait_for(Duration::from_secs(30), "both members to renew", || {
+        serial(&a) != first_a && serial(&b) != first_b
+    });
+    assert!(a.metric("genesis_sidecar_certificate_renewals_total", "result=\"ok\"") >= 1.0);
+    // Wait until the certificates the link was opened with have expired.
+    let now =
+        || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    wait_for(Duration::from_secs(30), "the first certificates to expire", || {
+        now() > first_expiry + 1
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(links_opened(&a), opened_a, "a re-established its link: rotation dropped it");
+    assert_eq!(links_opened(&b), opened_b, "b re-established its link: rotation dropped it");
+    assert_eq!(a.routes(), ["b"]);
+    assert_eq!(a.send("b", b"after rotation").0, 200);
+    eprintln!("rotated and outlived the first certificates in {:?}", started.elapsed());
+}
