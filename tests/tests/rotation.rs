@@ -47,3 +47,29 @@ fn certificates_rotate_without_dropping_links() {
     assert_eq!(a.send("b", b"after rotation").0, 200);
     eprintln!("rotated and outlived the first certificates in {:?}", started.elapsed());
 }
+
+#[test]
+fn sigterm_drains_neighbours_hear_goodbye_and_the_process_exits_cleanly() {
+    let net = Subnet::new();
+    let auth = Authority::start(&net, "drain", "24h");
+    let opts = |anchors: Vec<String>| SidecarOptions {
+        anchors,
+        min_peers: 1,
+        max_peers: 4,
+        ..Default::default()
+    };
+    let a = Sidecar::start(&auth, "a", &net.ip(1), &opts(vec![]));
+    let mut b = Sidecar::start(&auth, "b", &net.ip(2), &opts(vec![format!("{}:7000", net.ip(1))]));
+    wait_for(Duration::from_secs(20), "a and b to link", || a.routes() == ["b"]);
+    let status = b.terminate();
+    assert!(status.success(), "exit status {status:?}");
+    wait_for(Duration::from_secs(5), "a to drop the route to b", || a.routes().is_empty());
+    assert!(a.log_text().contains("draining"), "a did not hear b's goodbye");
+    let peers = a.admin_json("/admin/peers");
+    let b_view = peers.as_array().unwrap().iter().find(|p| p["node"] == "b").unwrap().clone();
+    assert_eq!(b_view["connected"], false);
+    assert!(
+        b_view["score"].as_u64().unwrap() >= 50,
+        "a graceful goodbye costs no reputation: {b_view}"
+    );
+}
