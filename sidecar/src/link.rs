@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tokio_util::sync::CancellationToken;
 
-use crate::frame::{Frame, FrameDecoder};
+use crate::frame::{Data, Frame, FrameDecoder};
 use crate::node::{Command, Shared, LINK_QUEUE};
 
 /// Connecting and the TLS handshake must finish within this.
@@ -227,6 +227,14 @@ async fn run_link<S>(
                         failure = false;
                     }
                     let size = decoder.last_frame_len();
+                    let frame = match frame {
+                        // Data takes the fast path; only exceptions reach the core.
+                        Frame::Data(d) => match relay_or_deliver(&shared, d, size).await {
+                            Some(d) => Frame::Data(d),
+                            None => continue,
+                        },
+                        other => other,
+                    };
                     if shared
                         .commands
                         .send(Command::Frame { node: node.clone(), link_id, frame, size })
@@ -263,4 +271,31 @@ async fn run_link<S>(
     cancel.cancel();
     let _ = writer_task.await;
     let _ = shared.commands.send(Command::LinkDown { node, link_id, failure, reason }).await;
+}
+
+/// The data fast path of a link reader: deliver to a local stream, or relay to the next hop,
+/// waiting for room in either queue (hop-by-hop backpressure, never a drop). Returns the frame
+/// when the core must decide (hop limit reached, no route).
+async fn relay_or_deliver(shared: &Arc<Shared>, mut d: Data, size: usize) -> Option<Data> {
+    let m = &shared.metrics;
+    m.frames.with_label_values(&["data", "in"]).inc();
+    m.bytes.with_label_values(&["in"]).inc_by(size as u64);
+    if d.dst == shared.identity.node() {
+        crate::stream::deliver(shared.clone(), d).await;
+        return None;
+    }
+    if d.ttl <= 1 {
+        return Some(d);
+    }
+    let Some((_, tx)) = shared.data.route(&d.dst) else { return Some(d) };
+    d.ttl -= 1;
+    shared.capture_relayed(&d.payload);
+    let frame = Frame::Data(d).encode();
+    m.forwarded.inc();
+    m.frames.with_label_values(&["data", "out"]).inc();
+    m.bytes.with_label_values(&["out"]).inc_by(frame.len() as u64);
+    if tx.send(Bytes::from(frame)).await.is_err() {
+        m.dropped.with_label_values(&["link_closed"]).inc();
+    }
+    None
 }

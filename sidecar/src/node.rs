@@ -58,6 +58,33 @@ pub struct TlsConfigs {
     pub renewal_time: SystemTime,
 }
 
+/// What the data path needs without going through the core: published by the core as
+/// snapshots, read by link readers (relaying) and stream writers (sending) so data frames get
+/// hop-by-hop backpressure instead of being dropped at a full queue.
+#[derive(Default)]
+pub struct DataPlane {
+    /// Destination → next hop.
+    pub next_hops: ArcSwap<HashMap<String, String>>,
+    /// Neighbour → its link's frame queue.
+    pub links: ArcSwap<HashMap<String, mpsc::Sender<Bytes>>>,
+    /// Open end-to-end streams.
+    pub flows: Mutex<HashMap<FlowKey, mpsc::Sender<FlowEvent>>>,
+}
+
+impl DataPlane {
+    /// The queue of the link towards `dst`.
+    pub fn route(&self, dst: &str) -> Option<(String, mpsc::Sender<Bytes>)> {
+        let next = self.next_hops.load().get(dst)?.clone();
+        let tx = self.links.load().get(&next)?.clone();
+        Some((next, tx))
+    }
+
+    /// The stream registered for `key`.
+    pub fn flow(&self, key: &FlowKey) -> Option<mpsc::Sender<FlowEvent>> {
+        self.flows.lock().unwrap_or_else(|p| p.into_inner()).get(key).cloned()
+    }
+}
+
 /// A message or broadcast waiting for the app.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Received {
@@ -86,6 +113,7 @@ pub struct Shared {
     pub draining: AtomicBool,
     pub audit: Option<Mutex<AuditLog>>,
     pub messenger: crate::stream::Messenger,
+    pub data: DataPlane,
     next_id: AtomicU64,
 }
 
@@ -113,6 +141,16 @@ impl Shared {
             let mut log = log.lock().unwrap_or_else(|p| p.into_inner());
             if let Err(e) = log.append(event, subject, detail, SystemTime::now()) {
                 tracing::error!(error = %e, "cannot write the audit log");
+            }
+        }
+    }
+
+    /// Test hook (`--test-capture-relayed`): what this relay could see of other members' data.
+    pub fn capture_relayed(&self, payload: &[u8]) {
+        if let Some(path) = &self.config.test_capture_relayed {
+            use std::io::Write;
+            if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
+                let _ = f.write_all(payload);
             }
         }
     }
@@ -178,13 +216,6 @@ pub enum Command {
         addr: String,
         reason: String,
     },
-    RegisterFlow {
-        key: FlowKey,
-        tx: mpsc::Sender<FlowEvent>,
-    },
-    UnregisterFlow {
-        key: FlowKey,
-    },
     SendData {
         dst: String,
         kind: DataKind,
@@ -228,7 +259,6 @@ struct Core {
     routes: RouteTable,
     peers: PeerSet,
     links: HashMap<String, Link>,
-    flows: HashMap<FlowKey, mpsc::Sender<FlowEvent>>,
     proofs: HashMap<String, Proof>,
     my_proof: Vec<u8>,
     seen_broadcasts: HashSet<(String, u64)>,
@@ -253,7 +283,6 @@ pub async fn run_core(
         routes,
         peers,
         links: HashMap::new(),
-        flows: HashMap::new(),
         proofs: HashMap::new(),
         my_proof: Vec::new(),
         seen_broadcasts: HashSet::new(),
@@ -347,12 +376,6 @@ impl Core {
                 let now = self.now();
                 self.peers.on_dial_failed(&addr, now);
             }
-            Command::RegisterFlow { key, tx } => {
-                self.flows.insert(key, tx);
-            }
-            Command::UnregisterFlow { key } => {
-                self.flows.remove(&key);
-            }
             Command::SendData { dst, kind, flow, payload } => {
                 let ttl = self.shared.config.routing.max_hops;
                 let data = Data { src: self.me.clone(), dst, ttl, kind, flow, payload };
@@ -425,7 +448,7 @@ impl Core {
             node.to_owned(),
             Link { id: link_id, tx, cancel, outbound, last_heard: now, ping: None, peer },
         );
-        self.metrics().links.set(self.links.len() as i64);
+        self.publish_links();
         self.metrics().handshakes.with_label_values(&["ok"]).inc();
         tracing::info!(peer = %node, %addr, outbound, "link up");
         self.peer_actions(actions);
@@ -444,7 +467,7 @@ impl Core {
             return;
         }
         self.links.remove(node);
-        self.metrics().links.set(self.links.len() as i64);
+        self.publish_links();
         tracing::info!(peer = %node, %reason, failure, "link down");
         let now = self.now();
         let actions = self.peers.on_disconnected(node, failure, now);
@@ -525,8 +548,11 @@ impl Core {
     fn on_frame(&mut self, from: &str, frame: Frame, size: usize) {
         let now = self.now();
         let ty = frame.frame_type();
-        self.metrics().frames.with_label_values(&[ty.as_str(), "in"]).inc();
-        self.metrics().bytes.with_label_values(&["in"]).inc_by(size as u64);
+        if ty != FrameType::Data {
+            // Data frames are counted by the link reader, which handles most of them.
+            self.metrics().frames.with_label_values(&[ty.as_str(), "in"]).inc();
+            self.metrics().bytes.with_label_values(&["in"]).inc_by(size as u64);
+        }
         if let Some(l) = self.links.get_mut(from) {
             l.last_heard = now;
         }
@@ -732,26 +758,16 @@ impl Core {
         };
         if from.is_some() {
             self.metrics().forwarded.inc();
-            self.capture_relayed(&d.payload);
+            self.shared.capture_relayed(&d.payload);
         }
         self.send(&next, &Frame::Data(d));
-    }
-
-    /// Test hook (`--test-capture-relayed`): what this relay could see of other members' data.
-    fn capture_relayed(&self, payload: &[u8]) {
-        if let Some(path) = &self.shared.config.test_capture_relayed {
-            use std::io::Write;
-            if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
-                let _ = f.write_all(payload);
-            }
-        }
     }
 
     /// Tells the source its data could not be delivered (never in answer to an Unreachable).
     fn unreachable(&mut self, d: &Data, reason: &str) {
         if d.kind == DataKind::Unreachable || d.src == self.me {
             if d.src == self.me {
-                if let Some(tx) = self.flows.get(&(d.dst.clone(), d.flow)) {
+                if let Some(tx) = self.shared.data.flow(&(d.dst.clone(), d.flow)) {
                     let _ = tx.try_send(FlowEvent::Unreachable(reason.to_owned()));
                 }
             }
@@ -770,38 +786,10 @@ impl Core {
         }
     }
 
+    /// Data for this member that reached the core (self-addressed, or the first frames of a
+    /// stream racing its registration): handed to the stream layer off the core task.
     fn deliver_data(&mut self, d: Data) {
-        let key = (d.src.clone(), d.flow);
-        match d.kind {
-            DataKind::StreamOpen if !self.flows.contains_key(&key) => {
-                let (tx, rx) = mpsc::channel(256);
-                self.flows.insert(key.clone(), tx);
-                crate::stream::accept(self.shared.clone(), key, d.payload, rx);
-            }
-            DataKind::StreamOpen | DataKind::StreamData => {
-                if let Some(tx) = self.flows.get(&key) {
-                    if tx.try_send(FlowEvent::Data(d.payload)).is_err() {
-                        self.metrics().dropped.with_label_values(&["stream_queue_full"]).inc();
-                    }
-                } else {
-                    self.metrics().dropped.with_label_values(&["unknown_flow"]).inc();
-                }
-            }
-            DataKind::StreamClose => {
-                if let Some(tx) = self.flows.get(&key) {
-                    let _ = tx.try_send(FlowEvent::Close);
-                }
-            }
-            DataKind::Unreachable => {
-                // From a relay: the key is (our destination, flow), but the sender is the relay.
-                let reason = String::from_utf8_lossy(&d.payload).into_owned();
-                for ((_, flow), tx) in &self.flows {
-                    if *flow == d.flow {
-                        let _ = tx.try_send(FlowEvent::Unreachable(reason.clone()));
-                    }
-                }
-            }
-        }
+        tokio::spawn(crate::stream::deliver(self.shared.clone(), d));
     }
 
     fn remember_broadcast(&mut self, src: &str, id: u64) -> bool {
@@ -898,6 +886,22 @@ impl Core {
             }
         }
         self.metrics().routes.set(self.routes.route_count() as i64);
+        self.publish_routes();
+    }
+
+    fn publish_links(&self) {
+        let links: HashMap<String, mpsc::Sender<Bytes>> =
+            self.links.iter().map(|(n, l)| (n.clone(), l.tx.clone())).collect();
+        self.metrics().links.set(links.len() as i64);
+        self.shared.data.links.store(Arc::new(links));
+    }
+
+    fn publish_routes(&self) {
+        let hops: HashMap<String, String> =
+            self.routes.routes().into_iter().map(|r| (r.dest, r.next_hop)).collect();
+        if **self.shared.data.next_hops.load() != hops {
+            self.shared.data.next_hops.store(Arc::new(hops));
+        }
     }
 
     fn with_proof(&self, a: Advert) -> Option<RouteAdvert> {
@@ -976,6 +980,7 @@ pub fn new_shared(
         draining: AtomicBool::new(false),
         audit: audit.map(Mutex::new),
         messenger: crate::stream::Messenger::default(),
+        data: DataPlane::default(),
         next_id: AtomicU64::new(1),
     })
 }

@@ -22,7 +22,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tokio_util::sync::PollSender;
 
-use crate::frame::{DataKind, MAX_DATA_PAYLOAD};
+use bytes::Bytes;
+
+use crate::frame::{Data, DataKind, Frame, MAX_DATA_PAYLOAD};
 use crate::node::{Command, FlowEvent, FlowKey, Received, Shared};
 
 /// Service byte of a TCP tunnel stream.
@@ -40,6 +42,10 @@ pub const RECEIPT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Messages in flight on one channel.
 const CHANNEL_QUEUE: usize = 1024;
 
+/// Frames queued towards one end-to-end stream (32 KiB each): the receiving link waits when
+/// it is full, which is how backpressure reaches the sender.
+const FLOW_QUEUE: usize = 64;
+
 /// One flow as a byte pipe.
 pub struct FlowTransport {
     shared: Arc<Shared>,
@@ -47,9 +53,11 @@ pub struct FlowTransport {
     inbound: mpsc::Receiver<FlowEvent>,
     pending: Vec<u8>,
     pos: usize,
-    out: PollSender<Command>,
+    /// The link towards the destination, re-picked when the route changes.
+    link: Option<(String, PollSender<Bytes>)>,
     open_header: Option<[u8; OPEN_HEADER]>,
     eof: bool,
+    shut: bool,
 }
 
 impl FlowTransport {
@@ -60,14 +68,45 @@ impl FlowTransport {
         first: Vec<u8>,
         open_header: Option<[u8; OPEN_HEADER]>,
     ) -> Self {
-        let out = PollSender::new(shared.commands.clone());
-        FlowTransport { shared, key, inbound, pending: first, pos: 0, out, open_header, eof: false }
+        FlowTransport { shared, key, inbound, pending: first, pos: 0, link: None, open_header, eof: false, shut: false }
+    }
+
+    /// Waits for room on the link towards the destination and queues one data frame there.
+    fn poll_send(&mut self, cx: &mut Context<'_>, kind: DataKind, payload: &[u8]) -> Poll<io::Result<()>> {
+        let dst = &self.key.0;
+        let next = self.shared.data.next_hops.load().get(dst).cloned();
+        let Some(next) = next else {
+            return Poll::Ready(Err(io::Error::new(io::ErrorKind::ConnectionAborted, format!("no route to {dst}"))));
+        };
+        let stale = self.link.as_ref().is_none_or(|(n, tx)| *n != next || tx.is_closed());
+        if stale {
+            let Some(tx) = self.shared.data.links.load().get(&next).cloned() else {
+                return Poll::Ready(Err(io::Error::new(io::ErrorKind::ConnectionAborted, format!("the link to {next} closed"))));
+            };
+            self.link = Some((next, PollSender::new(tx)));
+        }
+        let (_, sender) = self.link.as_mut().expect("set above");
+        ready!(sender.poll_reserve(cx)).map_err(|_| broken())?;
+        let frame = Frame::Data(Data {
+            src: self.shared.identity.node().to_owned(),
+            dst: dst.clone(),
+            ttl: self.shared.config.routing.max_hops,
+            kind,
+            flow: self.key.1,
+            payload: payload.to_vec(),
+        })
+        .encode();
+        let m = &self.shared.metrics;
+        m.frames.with_label_values(&["data", "out"]).inc();
+        m.bytes.with_label_values(&["out"]).inc_by(frame.len() as u64);
+        sender.send_item(Bytes::from(frame)).map_err(|_| broken())?;
+        Poll::Ready(Ok(()))
     }
 }
 
 impl Drop for FlowTransport {
     fn drop(&mut self) {
-        let _ = self.shared.commands.try_send(Command::UnregisterFlow { key: self.key.clone() });
+        self.shared.data.flows.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.key);
     }
 }
 
@@ -106,26 +145,22 @@ impl AsyncRead for FlowTransport {
 }
 
 impl AsyncWrite for FlowTransport {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        ready!(this.out.poll_reserve(cx)).map_err(|_| broken())?;
-        let (kind, payload, n) = match this.open_header.take() {
+        match this.open_header {
             Some(header) => {
                 let n = buf.len().min(MAX_DATA_PAYLOAD - OPEN_HEADER);
-                (DataKind::StreamOpen, [header.as_slice(), &buf[..n]].concat(), n)
+                let payload = [header.as_slice(), &buf[..n]].concat();
+                ready!(this.poll_send(cx, DataKind::StreamOpen, &payload))?;
+                this.open_header = None;
+                Poll::Ready(Ok(n))
             }
             None => {
                 let n = buf.len().min(MAX_DATA_PAYLOAD);
-                (DataKind::StreamData, buf[..n].to_vec(), n)
+                ready!(this.poll_send(cx, DataKind::StreamData, &buf[..n]))?;
+                Poll::Ready(Ok(n))
             }
-        };
-        let cmd = Command::SendData { dst: this.key.0.clone(), kind, flow: this.key.1, payload };
-        this.out.send_item(cmd).map_err(|_| broken())?;
-        Poll::Ready(Ok(n))
+        }
     }
 
     fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -134,18 +169,12 @@ impl AsyncWrite for FlowTransport {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if this.out.is_closed() {
+        if this.shut {
             return Poll::Ready(Ok(()));
         }
-        ready!(this.out.poll_reserve(cx)).map_err(|_| broken())?;
-        let cmd = Command::SendData {
-            dst: this.key.0.clone(),
-            kind: DataKind::StreamClose,
-            flow: this.key.1,
-            payload: Vec::new(),
-        };
-        this.out.send_item(cmd).map_err(|_| broken())?;
-        this.out.close();
+        // A stream that cannot say goodbye (route gone) is closed all the same.
+        let _ = ready!(this.poll_send(cx, DataKind::StreamClose, &[]));
+        this.shut = true;
         Poll::Ready(Ok(()))
     }
 }
@@ -167,12 +196,8 @@ pub async fn open(
 ) -> Result<ClientStream, String> {
     let flow = shared.next_id();
     let key = (dst.to_owned(), flow);
-    let (tx, rx) = mpsc::channel(256);
-    shared
-        .commands
-        .send(Command::RegisterFlow { key: key.clone(), tx })
-        .await
-        .map_err(|_| "sidecar stopping")?;
+    let (tx, rx) = mpsc::channel(FLOW_QUEUE);
+    shared.data.flows.lock().unwrap_or_else(|p| p.into_inner()).insert(key.clone(), tx);
     let mut header = [service, 0, 0];
     header[1..].copy_from_slice(&port.to_be_bytes());
     let transport = FlowTransport::new(shared.clone(), key, rx, Vec::new(), Some(header));
@@ -286,7 +311,50 @@ async fn refuse_open(shared: &Arc<Shared>, key: &FlowKey, reason: &str) {
             payload: reason.as_bytes().to_vec(),
         })
         .await;
-    let _ = shared.commands.send(Command::UnregisterFlow { key: key.clone() }).await;
+    shared.data.flows.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
+}
+
+/// Hands a data frame addressed to this member to its stream, waiting while the stream's queue
+/// is full (backpressure); a `StreamOpen` for a new flow starts serving it.
+pub async fn deliver(shared: Arc<Shared>, d: Data) {
+    let key = (d.src.clone(), d.flow);
+    match d.kind {
+        DataKind::StreamOpen | DataKind::StreamData => match shared.data.flow(&key) {
+            Some(tx) => {
+                if tx.send(FlowEvent::Data(d.payload)).await.is_err() {
+                    shared.metrics.dropped.with_label_values(&["stream_closed"]).inc();
+                }
+            }
+            None if d.kind == DataKind::StreamOpen => {
+                let (tx, rx) = mpsc::channel(FLOW_QUEUE);
+                shared.data.flows.lock().unwrap_or_else(|p| p.into_inner()).insert(key.clone(), tx);
+                accept(shared, key, d.payload, rx);
+            }
+            None => shared.metrics.dropped.with_label_values(&["unknown_flow"]).inc(),
+        },
+        DataKind::StreamClose => {
+            if let Some(tx) = shared.data.flow(&key) {
+                let _ = tx.send(FlowEvent::Close).await;
+            }
+        }
+        DataKind::Unreachable => {
+            // From a relay or the destination: our flow is keyed by the destination, so match
+            // on the flow id.
+            let reason = String::from_utf8_lossy(&d.payload).into_owned();
+            let flows: Vec<mpsc::Sender<FlowEvent>> = shared
+                .data
+                .flows
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .filter(|((_, flow), _)| *flow == d.flow)
+                .map(|(_, tx)| tx.clone())
+                .collect();
+            for tx in flows {
+                let _ = tx.try_send(FlowEvent::Unreachable(reason.clone()));
+            }
+        }
+    }
 }
 
 async fn serve_tunnel(shared: Arc<Shared>, mut tls: ServerStream, port: u16) {

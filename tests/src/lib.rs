@@ -237,7 +237,7 @@ impl Sidecar {
         }
         cmd.args(&opts.extra);
         let child = cmd
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", std::env::var("GENESIS_SIDECAR_LOG").unwrap_or_else(|_| "info".into()))
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
@@ -306,6 +306,17 @@ impl Sidecar {
         let mut c = self.child.take().expect("running");
         let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
         c.wait().unwrap()
+    }
+
+    /// The process id, while running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Resident memory in KiB (Linux /proc).
+    pub fn rss_kib(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()?)).ok()?;
+        status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
     }
 
     /// The sidecar's stderr, for failure messages.

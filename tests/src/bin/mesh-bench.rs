@@ -1,0 +1,377 @@
+//! Data-plane benchmark, every figure beside its baselines from the same run: direct TCP, a
+//! stunnel4 mutual-TLS tunnel (Debian's stunnel4, certificates from the same CA), and Genesis
+//! Mesh tunnels over 1 and 3 hops (CONNECT proxy, end-to-end TLS inside hop-by-hop TLS).
+//!
+//! Run: `cargo run --release -p genesis-e2e --bin mesh-bench` (`-- --quick` for a short run,
+//! `-- --peers N` for the memory figure). Needs stunnel4 (`apt-get install stunnel4`).
+//! Results and the machine they came from go to docs/BENCHMARKS.md.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use genesis_e2e::{wait_for, Authority, Sidecar, SidecarOptions, Subnet};
+use genesis_operator::local::{AuthorityConfig, LocalAuthority};
+use genesis_trust::{Identity, KeyAlgorithm, LeafPolicy, Role};
+
+const NET: &str = "bench";
+const ECHO: u16 = 9001;
+const SINK: u16 = 9002;
+
+fn echo_server(addr: &str) {
+    let l = TcpListener::bind(addr).unwrap();
+    std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            std::thread::spawn(move || {
+                let _ = s.set_nodelay(true);
+                let mut s = s;
+                let mut buf = vec![0u8; 64 * 1024];
+                while let Ok(n) = s.read(&mut buf) {
+                    if n == 0 || s.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+}
+
+/// Reads until EOF, then answers the byte count (8 bytes).
+fn sink_server(addr: &str) {
+    let l = TcpListener::bind(addr).unwrap();
+    std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut s = s;
+                let mut buf = vec![0u8; 256 * 1024];
+                let mut total = 0u64;
+                while let Ok(n) = s.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    total += n as u64;
+                }
+                let _ = s.write_all(&total.to_be_bytes());
+            });
+        }
+    });
+}
+
+/// A connection to `target` through `how`.
+#[derive(Clone)]
+enum Path {
+    Direct(String),
+    Stunnel(String),
+    Mesh { api: String, node: String },
+}
+
+impl Path {
+    fn connect(&self, port_kind: u16) -> TcpStream {
+        let s = match self {
+            Path::Direct(ip) => TcpStream::connect(format!("{ip}:{port_kind}")).unwrap(),
+            Path::Stunnel(ip) => TcpStream::connect(format!("{ip}:{}", port_kind + 100)).unwrap(),
+            Path::Mesh { api, node } => {
+                let mut s = TcpStream::connect(api).unwrap();
+                write!(s, "CONNECT {node}.{NET}:{port_kind} HTTP/1.1\r\nHost: {node}.{NET}:{port_kind}\r\n\r\n").unwrap();
+                let mut r = BufReader::new(s.try_clone().unwrap());
+                let mut line = String::new();
+                r.read_line(&mut line).unwrap();
+                assert!(line.starts_with("HTTP/1.1 200"), "CONNECT refused: {line}");
+                loop {
+                    line.clear();
+                    r.read_line(&mut line).unwrap();
+                    if line == "\r\n" {
+                        break;
+                    }
+                }
+                s
+            }
+        };
+        s.set_nodelay(true).unwrap();
+        s
+    }
+}
+
+/// Request/response round trips of `size` bytes on one connection; (p50, p99) in µs.
+fn latency(path: &Path, size: usize, iterations: usize) -> (f64, f64) {
+    let mut s = path.connect(ECHO);
+    let msg = vec![7u8; size];
+    let mut back = vec![0u8; size];
+    for _ in 0..iterations / 10 {
+        s.write_all(&msg).unwrap();
+        s.read_exact(&mut back).unwrap();
+    }
+    let mut samples: Vec<f64> = (0..iterations)
+        .map(|_| {
+            let t = Instant::now();
+            s.write_all(&msg).unwrap();
+            s.read_exact(&mut back).unwrap();
+            t.elapsed().as_secs_f64() * 1e6
+        })
+        .collect();
+    samples.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    (samples[samples.len() / 2], samples[samples.len() * 99 / 100])
+}
+
+/// Bulk transfer of `bytes`; MB/s (10^6 bytes per second) until the sink confirmed all.
+fn throughput(path: &Path, bytes: usize) -> f64 {
+    let mut s = path.connect(SINK);
+    let chunk = vec![1u8; 256 * 1024];
+    let t = Instant::now();
+    let mut sent = 0;
+    while sent < bytes {
+        let n = chunk.len().min(bytes - sent);
+        s.write_all(&chunk[..n]).unwrap();
+        sent += n;
+    }
+    s.shutdown(Shutdown::Write).unwrap();
+    let mut count = [0u8; 8];
+    s.read_exact(&mut count).unwrap();
+    assert_eq!(u64::from_be_bytes(count) as usize, bytes, "the sink got everything");
+    bytes as f64 / t.elapsed().as_secs_f64() / 1e6
+}
+
+/// A keep-alive HTTP/1.1 client for the message API.
+struct Http {
+    s: BufReader<TcpStream>,
+}
+
+impl Http {
+    fn new(addr: &str) -> Self {
+        let s = TcpStream::connect(addr).unwrap();
+        s.set_nodelay(true).unwrap();
+        Http { s: BufReader::new(s) }
+    }
+
+    fn request(&mut self, method: &str, path: &str, body: &[u8]) -> (u16, Vec<u8>) {
+        let w = self.s.get_mut();
+        write!(w, "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n", body.len()).unwrap();
+        w.write_all(body).unwrap();
+        let mut line = String::new();
+        self.s.read_line(&mut line).unwrap();
+        let status = line.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+        let mut len = 0;
+        loop {
+            line.clear();
+            self.s.read_line(&mut line).unwrap();
+            if line == "\r\n" {
+                break;
+            }
+            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                len = v.trim().parse().unwrap();
+            }
+        }
+        let mut body = vec![0u8; len];
+        self.s.read_exact(&mut body).unwrap();
+        (status, body)
+    }
+}
+
+/// Messages per second from `from` to `to` with `concurrency` senders; the receiver's inbox is
+/// drained meanwhile. Returns (messages/s, failures).
+fn messages(from: &Sidecar, to: &Sidecar, total: usize, concurrency: usize) -> (f64, u64) {
+    let failures = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let drain = {
+        let api = to.api.clone();
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let mut h = Http::new(&api);
+            while !done.load(Ordering::Relaxed) {
+                h.request("GET", "/v1/messages?wait=50", b"");
+            }
+        })
+    };
+    let t = Instant::now();
+    let senders: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let api = from.api.clone();
+            let node = to.node.clone();
+            let failures = failures.clone();
+            std::thread::spawn(move || {
+                let mut h = Http::new(&api);
+                for _ in 0..total / concurrency {
+                    if h.request("POST", &format!("/v1/messages/{node}"), &[b'm'; 64]).0 != 200 {
+                        failures.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    for s in senders {
+        s.join().unwrap();
+    }
+    let rate = (total / concurrency * concurrency) as f64 / t.elapsed().as_secs_f64();
+    done.store(true, Ordering::Relaxed);
+    drain.join().unwrap();
+    (rate, failures.load(Ordering::Relaxed))
+}
+
+struct Stunnel(Vec<Child>);
+
+impl Drop for Stunnel {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// stunnel4 client (plain in at `client_ip:port+100`) → mutual TLS → stunnel4 server
+/// (`server_ip:port+200`) → target `target_ip:port`, for the echo and sink ports.
+fn stunnel(dir: &std::path::Path, ca: &LocalAuthority, client_ip: &str, server_ip: &str, target_ip: &str) -> Stunnel {
+    let mut files = Vec::new();
+    for node in ["stunnel-client", "stunnel-server"] {
+        let id = Identity::new("test.local", NET, Role::Client, node).unwrap();
+        let (leaf, key) = ca.ca().issue_with_generated_key(&id, KeyAlgorithm::EcdsaP256, &LeafPolicy::default(), SystemTime::now()).unwrap();
+        let crt = dir.join(format!("{node}.crt"));
+        let key_path = dir.join(format!("{node}.key"));
+        std::fs::write(&crt, leaf.chain_pem()).unwrap();
+        std::fs::write(&key_path, key.to_pem()).unwrap();
+        files.push((crt, key_path));
+    }
+    let ca_file = dir.join("ca.crt");
+    let mut client = String::from("foreground = yes\npid =\nsyslog = no\n");
+    let mut server = client.clone();
+    for port in [ECHO, SINK] {
+        client += &format!(
+            "[c{port}]\nclient = yes\naccept = {client_ip}:{}\nconnect = {server_ip}:{}\ncert = {}\nkey = {}\nCAfile = {}\nverifyChain = yes\ncheckHost = \nsslVersionMin = TLSv1.3\n",
+            port + 100, port + 200, files[0].0.display(), files[0].1.display(), ca_file.display()
+        );
+        server += &format!(
+            "[s{port}]\naccept = {server_ip}:{}\nconnect = {target_ip}:{port}\ncert = {}\nkey = {}\nCAfile = {}\nverifyChain = yes\nsslVersionMin = TLSv1.3\n",
+            port + 200, files[1].0.display(), files[1].1.display(), ca_file.display()
+        );
+    }
+    let client = client.replace("checkHost = \n", "");
+    let mut children = Vec::new();
+    for (name, conf) in [("server", server), ("client", client)] {
+        let path = dir.join(format!("stunnel-{name}.conf"));
+        std::fs::write(&path, conf).unwrap();
+        let child = Command::new("stunnel4")
+            .arg(&path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("stunnel4 is installed (apt-get install stunnel4)");
+        children.push(child);
+    }
+    wait_for(Duration::from_secs(10), "stunnel to listen", || TcpStream::connect(format!("{client_ip}:{}", ECHO + 100)).is_ok());
+    Stunnel(children)
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let peers: usize = std::env::args()
+        .skip_while(|a| a != "--peers")
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(if quick { 20 } else { 100 });
+    let (iters, bulk, msgs) = if quick { (2_000, 64 << 20, 4_000) } else { (20_000, 512 << 20, 40_000) };
+    std::env::set_var("GENESIS_SIDECAR_LOG", "warn");
+
+    let net = Subnet::new();
+    let auth = Authority::start(&net, NET, "24h");
+    let ports = vec![ECHO, SINK];
+    let line = |anchor: Option<u8>, max: usize| SidecarOptions {
+        anchors: anchor.map(|i| vec![format!("{}:7000", net.ip(i))]).unwrap_or_default(),
+        min_peers: 1,
+        max_peers: max,
+        allowed_ports: ports.clone(),
+        ..Default::default()
+    };
+    // a — b1 (1 hop); a — r1 — r2 — b3 (3 hops).
+    let a = Sidecar::start(&auth, "a", &net.ip(1), &line(None, peers + 8));
+    let b1 = Sidecar::start(&auth, "b1", &net.ip(2), &line(Some(1), 2));
+    let r1 = Sidecar::start(&auth, "r1", &net.ip(3), &line(Some(1), 2));
+    let r2 = Sidecar::start(&auth, "r2", &net.ip(4), &line(Some(3), 2));
+    let b3 = Sidecar::start(&auth, "b3", &net.ip(5), &line(Some(4), 2));
+    wait_for(Duration::from_secs(30), "routes", || {
+        let r = a.admin_json("/admin/routes");
+        r.as_array().is_some_and(|r| r.iter().any(|r| r["dest"] == "b3" && r["hops"] == 3) && r.iter().any(|r| r["dest"] == "b1" && r["hops"] == 1))
+    });
+    for ip in [net.ip(2), net.ip(5)] {
+        echo_server(&format!("{ip}:{ECHO}"));
+        sink_server(&format!("{ip}:{SINK}"));
+    }
+    let ca = LocalAuthority::open_or_create(auth.dir.path(), AuthorityConfig::default()).unwrap();
+    let _stunnel = stunnel(auth.dir.path(), &ca, &net.ip(10), &net.ip(11), &net.ip(5));
+    let idle_rss = a.rss_kib().unwrap();
+
+    let paths = [
+        ("direct TCP", Path::Direct(net.ip(5))),
+        ("stunnel4 mTLS", Path::Stunnel(net.ip(10))),
+        ("mesh, 1 hop", Path::Mesh { api: a.api.clone(), node: "b1".into() }),
+        ("mesh, 3 hops", Path::Mesh { api: a.api.clone(), node: "b3".into() }),
+    ];
+    println!("| path | bulk MB/s | 64 B p50 µs | 64 B p99 µs | 1 KiB p50 µs | 1 KiB p99 µs |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    let mut rows = Vec::new();
+    for (name, path) in &paths {
+        let mbps = throughput(path, bulk);
+        let (p50s, p99s) = latency(path, 64, iters);
+        let (p50k, p99k) = latency(path, 1024, iters);
+        println!("| {name} | {mbps:.0} | {p50s:.0} | {p99s:.0} | {p50k:.0} | {p99k:.0} |");
+        rows.push((name.to_string(), mbps, p50s, p99s, p50k, p99k));
+    }
+    println!();
+    println!("Ratios (mesh ÷ baseline; throughput higher is better, latency lower is better):");
+    for base in [0usize, 1] {
+        for mesh in [2usize, 3] {
+            let (b, m) = (&rows[base], &rows[mesh]);
+            println!(
+                "- {} vs {}: throughput {:.2}×, 64 B p50 {:.2}×, p99 {:.2}×, 1 KiB p50 {:.2}×, p99 {:.2}×",
+                m.0, b.0, m.1 / b.1, m.2 / b.2, m.3 / b.3, m.4 / b.4, m.5 / b.5
+            );
+        }
+    }
+    let per_hop_p50 = (rows[3].2 - rows[2].2) / 2.0;
+    let per_hop_p99 = (rows[3].3 - rows[2].3) / 2.0;
+    println!("- added per extra hop (64 B, from 1 to 3 hops): p50 {per_hop_p50:.0} µs, p99 {per_hop_p99:.0} µs");
+
+    let (rate3, fail3) = messages(&a, &b3, msgs, 32);
+    let (rate1, fail1) = messages(&a, &b1, msgs, 32);
+    println!();
+    println!("Messages (64 B, receipt awaited, 32 senders): 1 hop {rate1:.0}/s ({fail1} failed), 3 hops {rate3:.0}/s ({fail3} failed)");
+
+    // Memory: the hub `a` with `peers` more sidecars linked to it, under message load.
+    let extra: Vec<Sidecar> = (0..peers)
+        .map(|i| {
+            let ip = format!("{}.{}", net.ip(0).rsplit_once('.').unwrap().0, 20 + i);
+            Sidecar::start(&auth, &format!("p{i}"), &ip, &line(Some(1), 2))
+        })
+        .collect();
+    wait_for(Duration::from_secs(120), "the hub to link every extra peer", || {
+        a.admin_json("/admin/routes").as_array().map_or(0, Vec::len) >= peers + 4
+    });
+    let links = a.metric("genesis_sidecar_links", "");
+    let loaded = std::thread::scope(|s| {
+        let load = s.spawn(|| messages(&a, &b3, msgs / 4, 16));
+        let mut max_rss = 0;
+        while !load.is_finished() {
+            max_rss = max_rss.max(a.rss_kib().unwrap_or(0));
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        max_rss
+    });
+    let stunnel_rss: u64 = _stunnel.0.iter().filter_map(|c| rss_of(c.id())).max().unwrap_or(0);
+    println!();
+    println!(
+        "Sidecar RSS: idle (2 links, 4 routes) {:.1} MiB; with {links} links and {} routes under message load (peak) {:.1} MiB; stunnel4 process for comparison {:.1} MiB",
+        idle_rss as f64 / 1024.0,
+        peers + 4,
+        loaded as f64 / 1024.0,
+        stunnel_rss as f64 / 1024.0
+    );
+    drop(extra);
+    drop((b1, r1, r2, b3));
+}
+
+fn rss_of(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
