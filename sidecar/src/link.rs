@@ -15,7 +15,7 @@ use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tokio_util::sync::CancellationToken;
 
 use crate::frame::{Data, Frame, FrameDecoder};
-use crate::node::{Command, Shared, LINK_QUEUE};
+use crate::node::{Command, LinkQueues, NewLink, Shared, CONTROL_QUEUE, DATA_QUEUE};
 
 /// Connecting and the TLS handshake must finish within this.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -158,21 +158,23 @@ async fn run_link<S>(
     };
     // Outbound: we know the address we dialled. Inbound: the peer's advertised address.
     let peer_addr = if outbound { addr.clone() } else { listen };
-    let (tx, mut rx) = mpsc::channel::<Bytes>(LINK_QUEUE);
+    let (control_tx, mut control_rx) = mpsc::channel::<Bytes>(CONTROL_QUEUE);
+    let (data_tx, mut data_rx) = mpsc::channel::<Bytes>(DATA_QUEUE);
+    let heard = Arc::new(AtomicU64::new(shared.now().as_millis() as u64));
     let cancel = CancellationToken::new();
     let link_id = LINK_IDS.fetch_add(1, Ordering::Relaxed);
     let (reply_tx, reply_rx) = oneshot::channel();
-    let up = Command::LinkUp {
+    let link = NewLink {
         node: node.clone(),
         addr: peer_addr,
         peer,
         outbound,
-        tx,
+        queues: LinkQueues { control: control_tx, data: data_tx },
+        heard: heard.clone(),
         cancel: cancel.clone(),
         link_id,
-        reply: reply_tx,
     };
-    if shared.commands.send(up).await.is_err() {
+    if shared.commands.send(Command::LinkUp { link, reply: reply_tx }).await.is_err() {
         return;
     }
     let verdict = reply_rx.await.unwrap_or_else(|_| Err("core stopped".into()));
@@ -186,28 +188,31 @@ async fn run_link<S>(
     let writer_cancel = cancel.clone();
     let writer_task = tokio::spawn(async move {
         loop {
-            tokio::select! {
+            // Control frames first: a ping must not wait behind megabytes of data.
+            let frame = tokio::select! {
+                biased;
                 _ = writer_cancel.cancelled() => break,
-                frame = rx.recv() => {
-                    let Some(frame) = frame else { break };
-                    if writer.write_all(&frame).await.is_err() {
-                        break;
-                    }
-                    // Batch: flush only when nothing else is queued.
-                    while let Ok(more) = rx.try_recv() {
-                        if writer.write_all(&more).await.is_err() {
-                            writer_cancel.cancel();
-                            break;
-                        }
-                    }
-                    if writer.flush().await.is_err() {
-                        break;
-                    }
+                f = control_rx.recv() => f,
+                f = data_rx.recv() => f,
+            };
+            let Some(frame) = frame else { break };
+            if writer.write_all(&frame).await.is_err() {
+                break;
+            }
+            // Batch what is already queued (control first), then flush once.
+            let mut ok = true;
+            while ok {
+                match control_rx.try_recv().or_else(|_| data_rx.try_recv()) {
+                    Ok(more) => ok = writer.write_all(&more).await.is_ok(),
+                    Err(_) => break,
                 }
             }
+            if !ok || writer.flush().await.is_err() {
+                break;
+            }
         }
-        // Deliver what is already queued (a goodbye) before closing.
-        while let Ok(frame) = rx.try_recv() {
+        // Deliver a queued goodbye before closing.
+        while let Ok(frame) = control_rx.try_recv() {
             if writer.write_all(&frame).await.is_err() {
                 break;
             }
@@ -227,6 +232,7 @@ async fn run_link<S>(
                         failure = false;
                     }
                     let size = decoder.last_frame_len();
+                    heard.store(shared.now().as_millis() as u64, Ordering::Relaxed);
                     let frame = match frame {
                         // Data takes the fast path; only exceptions reach the core.
                         Frame::Data(d) => match relay_or_deliver(&shared, d, size).await {

@@ -24,9 +24,20 @@ use crate::metrics::Metrics;
 use crate::peers::{Admit, Conduct, Level, PeerAction, PeerSet, PeerView};
 use crate::routing::{link_cost, Advert, RouteAction, RouteTable, RouteView, Time};
 
-/// Frames queued for one link's writer. Deep enough for a burst of 32 KiB data frames (64 MiB
-/// worst case per link); beyond it frames are dropped and counted, never buffered unbounded.
-pub const LINK_QUEUE: usize = 2048;
+/// Data frames queued for one link's writer (4 MiB of 32 KiB frames). Senders of stream data
+/// wait when it is full (backpressure), so it need not be deep; a deep queue would only add
+/// latency (bufferbloat).
+pub const DATA_QUEUE: usize = 128;
+/// Control frames queued for one link's writer. They are written before any queued data, so
+/// pings and route updates are never stuck behind bulk transfers.
+pub const CONTROL_QUEUE: usize = 1024;
+
+/// A link's two queues.
+#[derive(Clone)]
+pub struct LinkQueues {
+    pub control: mpsc::Sender<Bytes>,
+    pub data: mpsc::Sender<Bytes>,
+}
 /// Commands queued for the core; senders wait when it is full (backpressure to links/streams).
 pub const CORE_QUEUE: usize = 8192;
 /// Broadcast ids remembered for duplicate suppression.
@@ -177,16 +188,23 @@ pub struct Snapshot {
     pub seqno: u32,
 }
 
+/// A link that finished its handshake and hello, offered to the core.
+pub struct NewLink {
+    pub node: String,
+    /// The address to redial it at (dialled, or announced in its hello).
+    pub addr: String,
+    pub peer: PeerIdentity,
+    pub outbound: bool,
+    pub queues: LinkQueues,
+    pub heard: Arc<AtomicU64>,
+    pub cancel: CancellationToken,
+    pub link_id: u64,
+}
+
 /// Everything that reaches the core.
 pub enum Command {
     LinkUp {
-        node: String,
-        addr: String,
-        peer: PeerIdentity,
-        outbound: bool,
-        tx: mpsc::Sender<Bytes>,
-        cancel: CancellationToken,
-        link_id: u64,
+        link: NewLink,
         reply: oneshot::Sender<Result<(), String>>,
     },
     LinkDown {
@@ -242,10 +260,12 @@ pub enum Command {
 
 struct Link {
     id: u64,
-    tx: mpsc::Sender<Bytes>,
+    queues: LinkQueues,
+    /// Milliseconds since start when the link reader last decoded a frame (any frame: a peer
+    /// streaming data is alive even if its pong is still in flight).
+    heard: Arc<AtomicU64>,
     cancel: CancellationToken,
     outbound: bool,
-    last_heard: Time,
     ping: Option<(u64, Time)>,
     peer: PeerIdentity,
 }
@@ -330,8 +350,8 @@ impl Core {
 
     fn handle(&mut self, cmd: Command) {
         match cmd {
-            Command::LinkUp { node, addr, peer, outbound, tx, cancel, link_id, reply } => {
-                let result = self.link_up(&node, &addr, peer, outbound, tx, cancel, link_id);
+            Command::LinkUp { link, reply } => {
+                let result = self.link_up(link);
                 let _ = reply.send(result);
             }
             Command::LinkDown { node, link_id, failure, reason } => {
@@ -420,17 +440,9 @@ impl Core {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn link_up(
-        &mut self,
-        node: &str,
-        addr: &str,
-        peer: PeerIdentity,
-        outbound: bool,
-        tx: mpsc::Sender<Bytes>,
-        cancel: CancellationToken,
-        link_id: u64,
-    ) -> Result<(), String> {
+    fn link_up(&mut self, link: NewLink) -> Result<(), String> {
+        let NewLink { node, addr, peer, outbound, queues, heard, cancel, link_id } = link;
+        let (node, addr) = (node.as_str(), addr.as_str());
         let now = self.now();
         if let Some(existing) = self.links.get(node) {
             // Both sides may dial each other at once. Keep the link dialled by the smaller
@@ -446,7 +458,7 @@ impl Core {
         let actions = self.peers.on_connected(node, addr, now)?;
         self.links.insert(
             node.to_owned(),
-            Link { id: link_id, tx, cancel, outbound, last_heard: now, ping: None, peer },
+            Link { id: link_id, queues, heard, cancel, outbound, ping: None, peer },
         );
         self.publish_links();
         self.metrics().handshakes.with_label_values(&["ok"]).inc();
@@ -478,8 +490,10 @@ impl Core {
 
     fn close_link(&mut self, node: &str, link_id: u64, reason: &str) {
         if let Some(link) = self.links.get(node).filter(|l| l.id == link_id) {
-            let _ =
-                link.tx.try_send(Bytes::from(Frame::Close { reason: reason.to_owned() }.encode()));
+            let _ = link
+                .queues
+                .control
+                .try_send(Bytes::from(Frame::Close { reason: reason.to_owned() }.encode()));
             link.cancel.cancel();
             self.link_down(node, link_id, false, reason);
         }
@@ -491,7 +505,9 @@ impl Core {
         let silent: Vec<(String, u64)> = self
             .links
             .iter()
-            .filter(|(_, l)| now.saturating_sub(l.last_heard) > hold)
+            .filter(|(_, l)| {
+                now.saturating_sub(Duration::from_millis(l.heard.load(Ordering::Relaxed))) > hold
+            })
             .map(|(n, l)| (n.clone(), l.id))
             .collect();
         for (node, id) in silent {
@@ -552,9 +568,6 @@ impl Core {
             // Data frames are counted by the link reader, which handles most of them.
             self.metrics().frames.with_label_values(&[ty.as_str(), "in"]).inc();
             self.metrics().bytes.with_label_values(&["in"]).inc_by(size as u64);
-        }
-        if let Some(l) = self.links.get_mut(from) {
-            l.last_heard = now;
         }
         if !matches!(ty, FrameType::Data) {
             let (admit, actions) = self.peers.admit(from, now);
@@ -854,7 +867,8 @@ impl Core {
     fn send_encoded(&mut self, node: &str, ty: FrameType, bytes: Bytes) {
         let Some(link) = self.links.get(node) else { return };
         let len = bytes.len() as u64;
-        match link.tx.try_send(bytes) {
+        let queue = if ty == FrameType::Data { &link.queues.data } else { &link.queues.control };
+        match queue.try_send(bytes) {
             Ok(()) => {
                 self.metrics().frames.with_label_values(&[ty.as_str(), "out"]).inc();
                 self.metrics().bytes.with_label_values(&["out"]).inc_by(len);
@@ -891,7 +905,7 @@ impl Core {
 
     fn publish_links(&self) {
         let links: HashMap<String, mpsc::Sender<Bytes>> =
-            self.links.iter().map(|(n, l)| (n.clone(), l.tx.clone())).collect();
+            self.links.iter().map(|(n, l)| (n.clone(), l.queues.data.clone())).collect();
         self.metrics().links.set(links.len() as i64);
         self.shared.data.links.store(Arc::new(links));
     }

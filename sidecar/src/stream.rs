@@ -68,20 +68,41 @@ impl FlowTransport {
         first: Vec<u8>,
         open_header: Option<[u8; OPEN_HEADER]>,
     ) -> Self {
-        FlowTransport { shared, key, inbound, pending: first, pos: 0, link: None, open_header, eof: false, shut: false }
+        FlowTransport {
+            shared,
+            key,
+            inbound,
+            pending: first,
+            pos: 0,
+            link: None,
+            open_header,
+            eof: false,
+            shut: false,
+        }
     }
 
     /// Waits for room on the link towards the destination and queues one data frame there.
-    fn poll_send(&mut self, cx: &mut Context<'_>, kind: DataKind, payload: &[u8]) -> Poll<io::Result<()>> {
+    fn poll_send(
+        &mut self,
+        cx: &mut Context<'_>,
+        kind: DataKind,
+        payload: &[u8],
+    ) -> Poll<io::Result<()>> {
         let dst = &self.key.0;
         let next = self.shared.data.next_hops.load().get(dst).cloned();
         let Some(next) = next else {
-            return Poll::Ready(Err(io::Error::new(io::ErrorKind::ConnectionAborted, format!("no route to {dst}"))));
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                format!("no route to {dst}"),
+            )));
         };
         let stale = self.link.as_ref().is_none_or(|(n, tx)| *n != next || tx.is_closed());
         if stale {
             let Some(tx) = self.shared.data.links.load().get(&next).cloned() else {
-                return Poll::Ready(Err(io::Error::new(io::ErrorKind::ConnectionAborted, format!("the link to {next} closed"))));
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::ConnectionAborted,
+                    format!("the link to {next} closed"),
+                )));
             };
             self.link = Some((next, PollSender::new(tx)));
         }
@@ -145,7 +166,11 @@ impl AsyncRead for FlowTransport {
 }
 
 impl AsyncWrite for FlowTransport {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         match this.open_header {
             Some(header) => {

@@ -21,35 +21,37 @@ pub struct Binaries {
     pub genesisctl: PathBuf,
 }
 
-/// Builds the binaries once per test process (cheap when they are up to date).
+/// Builds the binaries once per process (cheap when they are up to date), in the profile of
+/// the running binary: debug for tests, release for the benchmark.
 pub fn binaries() -> &'static Binaries {
     static BINS: OnceLock<Binaries> = OnceLock::new();
     BINS.get_or_init(|| {
         let root = workspace_root();
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .current_dir(&root)
-            .args([
-                "build",
-                "--bins",
-                "-p",
-                "genesis-sidecar",
-                "-p",
-                "genesis-operator",
-                "-p",
-                "genesisctl",
-            ])
-            .status()
-            .expect("cargo runs");
-        assert!(status.success(), "building the binaries failed");
+        let release = !cfg!(debug_assertions);
+        let mut cmd = Command::new(cargo);
+        cmd.current_dir(&root).args([
+            "build",
+            "--bins",
+            "-p",
+            "genesis-sidecar",
+            "-p",
+            "genesis-operator",
+            "-p",
+            "genesisctl",
+        ]);
+        if release {
+            cmd.arg("--release");
+        }
+        assert!(cmd.status().expect("cargo runs").success(), "building the binaries failed");
         let target = std::env::var("CARGO_TARGET_DIR")
             .map(PathBuf::from)
             .unwrap_or_else(|_| root.join("target"));
-        let bin = |n: &str| target.join("debug").join(n);
+        let dir = target.join(if release { "release" } else { "debug" });
         Binaries {
-            sidecar: bin("genesis-sidecar"),
-            operator: bin("genesis-operator"),
-            genesisctl: bin("genesisctl"),
+            sidecar: dir.join("genesis-sidecar"),
+            operator: dir.join("genesis-operator"),
+            genesisctl: dir.join("genesisctl"),
         }
     })
 }
@@ -316,7 +318,10 @@ impl Sidecar {
     /// Resident memory in KiB (Linux /proc).
     pub fn rss_kib(&self) -> Option<u64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()?)).ok()?;
-        status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
     }
 
     /// The sidecar's stderr, for failure messages.

@@ -148,7 +148,8 @@ impl Http {
 
     fn request(&mut self, method: &str, path: &str, body: &[u8]) -> (u16, Vec<u8>) {
         let w = self.s.get_mut();
-        write!(w, "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n", body.len()).unwrap();
+        write!(w, "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n", body.len())
+            .unwrap();
         w.write_all(body).unwrap();
         let mut line = String::new();
         self.s.read_line(&mut line).unwrap();
@@ -223,11 +224,25 @@ impl Drop for Stunnel {
 
 /// stunnel4 client (plain in at `client_ip:port+100`) → mutual TLS → stunnel4 server
 /// (`server_ip:port+200`) → target `target_ip:port`, for the echo and sink ports.
-fn stunnel(dir: &std::path::Path, ca: &LocalAuthority, client_ip: &str, server_ip: &str, target_ip: &str) -> Stunnel {
+fn stunnel(
+    dir: &std::path::Path,
+    ca: &LocalAuthority,
+    client_ip: &str,
+    server_ip: &str,
+    target_ip: &str,
+) -> Stunnel {
     let mut files = Vec::new();
     for node in ["stunnel-client", "stunnel-server"] {
         let id = Identity::new("test.local", NET, Role::Client, node).unwrap();
-        let (leaf, key) = ca.ca().issue_with_generated_key(&id, KeyAlgorithm::EcdsaP256, &LeafPolicy::default(), SystemTime::now()).unwrap();
+        let (leaf, key) = ca
+            .ca()
+            .issue_with_generated_key(
+                &id,
+                KeyAlgorithm::EcdsaP256,
+                &LeafPolicy::default(),
+                SystemTime::now(),
+            )
+            .unwrap();
         let crt = dir.join(format!("{node}.crt"));
         let key_path = dir.join(format!("{node}.key"));
         std::fs::write(&crt, leaf.chain_pem()).unwrap();
@@ -260,7 +275,9 @@ fn stunnel(dir: &std::path::Path, ca: &LocalAuthority, client_ip: &str, server_i
             .expect("stunnel4 is installed (apt-get install stunnel4)");
         children.push(child);
     }
-    wait_for(Duration::from_secs(10), "stunnel to listen", || TcpStream::connect(format!("{client_ip}:{}", ECHO + 100)).is_ok());
+    wait_for(Duration::from_secs(10), "stunnel to listen", || {
+        TcpStream::connect(format!("{client_ip}:{}", ECHO + 100)).is_ok()
+    });
     Stunnel(children)
 }
 
@@ -271,7 +288,8 @@ fn main() {
         .nth(1)
         .and_then(|v| v.parse().ok())
         .unwrap_or(if quick { 20 } else { 100 });
-    let (iters, bulk, msgs) = if quick { (2_000, 64 << 20, 4_000) } else { (20_000, 512 << 20, 40_000) };
+    let (iters, bulk, msgs) =
+        if quick { (2_000, 64 << 20, 4_000) } else { (20_000, 512 << 20, 40_000) };
     std::env::set_var("GENESIS_SIDECAR_LOG", "warn");
 
     let net = Subnet::new();
@@ -292,7 +310,10 @@ fn main() {
     let b3 = Sidecar::start(&auth, "b3", &net.ip(5), &line(Some(4), 2));
     wait_for(Duration::from_secs(30), "routes", || {
         let r = a.admin_json("/admin/routes");
-        r.as_array().is_some_and(|r| r.iter().any(|r| r["dest"] == "b3" && r["hops"] == 3) && r.iter().any(|r| r["dest"] == "b1" && r["hops"] == 1))
+        r.as_array().is_some_and(|r| {
+            r.iter().any(|r| r["dest"] == "b3" && r["hops"] == 3)
+                && r.iter().any(|r| r["dest"] == "b1" && r["hops"] == 1)
+        })
     });
     for ip in [net.ip(2), net.ip(5)] {
         echo_server(&format!("{ip}:{ECHO}"));
@@ -373,5 +394,8 @@ fn main() {
 
 fn rss_of(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
