@@ -123,9 +123,12 @@ async fn connect(shared: Arc<Shared>, mut req: Request<Incoming>) -> Response<Bo
     tokio::spawn(async move {
         if let Ok(upgraded) = on_upgrade.await {
             let mut app = TokioIo::new(upgraded);
-            if let Ok((up, down)) = tokio::io::copy_bidirectional(&mut app, &mut tunnel).await {
-                shared.metrics.stream_bytes.with_label_values(&["out"]).inc_by(up);
-                shared.metrics.stream_bytes.with_label_values(&["in"]).inc_by(down);
+            match tokio::io::copy_bidirectional(&mut app, &mut tunnel).await {
+                Ok((up, down)) => {
+                    shared.metrics.stream_bytes.with_label_values(&["out"]).inc_by(up);
+                    shared.metrics.stream_bytes.with_label_values(&["in"]).inc_by(down);
+                }
+                Err(e) => tracing::warn!(%node, port, error = %e, "tunnel ended with an error"),
             }
         }
     });

@@ -267,6 +267,9 @@ struct Link {
     cancel: CancellationToken,
     outbound: bool,
     ping: Option<(u64, Time)>,
+    /// Smoothed RTT (EWMA, 1/4 weight to each sample) and the link cost last given to routing.
+    srtt: Option<Duration>,
+    cost: u16,
     peer: PeerIdentity,
 }
 
@@ -458,7 +461,17 @@ impl Core {
         let actions = self.peers.on_connected(node, addr, now)?;
         self.links.insert(
             node.to_owned(),
-            Link { id: link_id, queues, heard, cancel, outbound, ping: None, peer },
+            Link {
+                id: link_id,
+                queues,
+                heard,
+                cancel,
+                outbound,
+                ping: None,
+                srtt: None,
+                cost: link_cost(Duration::ZERO),
+                peer,
+            },
         );
         self.publish_links();
         self.metrics().handshakes.with_label_values(&["ok"]).inc();
@@ -588,11 +601,22 @@ impl Core {
                 }
                 link.ping = None;
                 let rtt = now.saturating_sub(sent);
+                let srtt = link.srtt.map_or(rtt, |s| (s * 3 + rtt) / 4);
+                link.srtt = Some(srtt);
+                // Hysteresis: routing hears about a cost change only when it moved by a fifth,
+                // so RTT jitter under load does not churn routes.
+                let cost = link_cost(srtt);
+                let moved = cost.abs_diff(link.cost) * 5 >= link.cost;
+                if moved {
+                    link.cost = cost;
+                }
                 self.metrics().rtt.observe(rtt.as_secs_f64());
                 let actions = self.peers.record(from, Conduct::Pong(rtt), now);
                 self.peer_actions(actions);
-                let actions = self.routes.neighbour_cost(from, link_cost(rtt));
-                self.route_actions(actions);
+                if moved {
+                    let actions = self.routes.neighbour_cost(from, cost);
+                    self.route_actions(actions);
+                }
             }
             Frame::RouteUpdate { adverts } => {
                 for a in adverts {

@@ -321,12 +321,25 @@ impl RouteTable {
     /// Re-runs route selection for `dest` and records what changed.
     fn reselect(&mut self, dest: &str, actions: &mut Vec<RouteAction>) {
         let Some(d) = self.dests.get(dest) else { return };
-        let best = d
+        let feasible_best = d
             .candidates
             .iter()
             .filter(|(_, c)| Self::feasible(d.fd, c))
             .map(|(via, c)| (via.clone(), self.total(via, c), c.seqno, c.hops))
             .min_by_key(|(via, metric, _, _)| (*metric, via.clone()));
+        // NB: when only the selected route's metric got worse (same seqno, not withdrawn), keep
+        // using it and ask for a newer seqno (as Babel allows) rather than dropping traffic
+        // while the request travels. Switching to a *different* unfeasible route is what can
+        // loop, and stays forbidden; the feasibility distance never grows.
+        let mut sticky = false;
+        let best = feasible_best.or_else(|| {
+            let via = d.selected.as_ref()?;
+            let c = d.candidates.get(via)?;
+            (c.seqno == d.selected_seqno).then(|| {
+                sticky = true;
+                (via.clone(), self.total(via, c), c.seqno, c.hops)
+            })
+        });
         let old = d.selected.clone();
         let old_state = old.as_ref().map(|_| (d.selected_metric, d.selected_seqno));
         let d = self.dests.get_mut(dest).expect("checked above");
@@ -345,6 +358,10 @@ impl RouteTable {
                 // A newer seqno is news too: it is how a destination's recovery spreads.
                 let changed =
                     old.as_deref() != Some(via.as_str()) || old_state != Some((metric, seqno));
+                if sticky {
+                    let want = d.fd.map_or(0, |(s, _)| s.wrapping_add(1));
+                    actions.push(self.originate_request(dest, want));
+                }
                 if changed {
                     actions.push(RouteAction::Changed {
                         dest: dest.to_owned(),

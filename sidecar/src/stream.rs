@@ -390,9 +390,12 @@ async fn serve_tunnel(shared: Arc<Shared>, mut tls: ServerStream, port: u16) {
                 return;
             }
             shared.metrics.streams.with_label_values(&["in", "ok"]).inc();
-            if let Ok((up, down)) = tokio::io::copy_bidirectional(&mut tls, &mut tcp).await {
-                shared.metrics.stream_bytes.with_label_values(&["in"]).inc_by(up);
-                shared.metrics.stream_bytes.with_label_values(&["out"]).inc_by(down);
+            match tokio::io::copy_bidirectional(&mut tls, &mut tcp).await {
+                Ok((up, down)) => {
+                    shared.metrics.stream_bytes.with_label_values(&["in"]).inc_by(up);
+                    shared.metrics.stream_bytes.with_label_values(&["out"]).inc_by(down);
+                }
+                Err(e) => tracing::warn!(port, error = %e, "tunnel ended with an error"),
             }
         }
         Err(e) => {

@@ -66,3 +66,68 @@ fn a_message_and_a_curl_request_cross_four_hops_in_a_line_of_five() {
         "the middle node relayed"
     );
 }
+
+#[test]
+fn a_bulk_transfer_crosses_three_hops_intact() {
+    use std::io::{Read, Write};
+    let net = Subnet::new();
+    let auth = Authority::start(&net, "bulk", "24h");
+    let nodes: Vec<Sidecar> = (0..4u8)
+        .map(|i| {
+            let anchors = if i == 0 { vec![] } else { vec![format!("{}:7000", net.ip(i))] };
+            let opts = SidecarOptions {
+                anchors,
+                min_peers: 1,
+                max_peers: 2,
+                allowed_ports: vec![9002],
+                ..Default::default()
+            };
+            Sidecar::start(&auth, &format!("b{i}"), &net.ip(i + 1), &opts)
+        })
+        .collect();
+    wait_for(Duration::from_secs(30), "b0 to route to b3", || {
+        nodes[0].routes().contains(&"b3".to_owned())
+    });
+    // A sink beside b3 that answers how many bytes it got, and a checksum of them.
+    let sink = std::net::TcpListener::bind(format!("{}:9002", net.ip(4))).unwrap();
+    std::thread::spawn(move || {
+        let (mut s, _) = sink.accept().unwrap();
+        let mut buf = vec![0u8; 65536];
+        let (mut total, mut sum) = (0u64, 0u64);
+        loop {
+            let n = s.read(&mut buf).unwrap();
+            if n == 0 {
+                break;
+            }
+            total += n as u64;
+            sum = buf[..n].iter().fold(sum, |a, b| a.wrapping_mul(31).wrapping_add(u64::from(*b)));
+        }
+        s.write_all(&total.to_be_bytes()).unwrap();
+        s.write_all(&sum.to_be_bytes()).unwrap();
+    });
+    let mut s = std::net::TcpStream::connect(&nodes[0].api).unwrap();
+    write!(s, "CONNECT b3.bulk:9002 HTTP/1.1\r\nHost: b3.bulk:9002\r\n\r\n").unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        s.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&head));
+    let total: usize = 48 << 20;
+    let data: Vec<u8> = (0..total).map(|i| (i * 7 % 251) as u8).collect();
+    let expected = data.iter().fold(0u64, |a, b| a.wrapping_mul(31).wrapping_add(u64::from(*b)));
+    let sent = data.chunks(256 * 1024).try_for_each(|c| s.write_all(c));
+    let dump =
+        || nodes.iter().map(|n| format!("--- {}\n{}", n.node, n.log_text())).collect::<String>();
+    assert!(sent.is_ok(), "sending failed: {sent:?}\n{}", dump());
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut answer = [0u8; 16];
+    s.read_exact(&mut answer).unwrap_or_else(|e| panic!("no answer: {e}\n{}", dump()));
+    assert_eq!(u64::from_be_bytes(answer[..8].try_into().unwrap()), total as u64);
+    assert_eq!(
+        u64::from_be_bytes(answer[8..].try_into().unwrap()),
+        expected,
+        "bytes changed on the way"
+    );
+}

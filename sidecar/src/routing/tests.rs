@@ -335,3 +335,25 @@ fn link_cost_grows_with_rtt_and_is_capped() {
     assert_eq!(link_cost(Duration::from_micros(250)), 102);
     assert_eq!(link_cost(Duration::from_secs(5)), 1000);
 }
+
+#[test]
+fn a_worse_metric_on_the_selected_route_keeps_it_and_asks_for_a_newer_seqno() {
+    let mut t = RouteTable::new("me", 1, RoutingConfig::default(), Time::ZERO);
+    t.neighbour_up("x", 100);
+    t.neighbour_up("y", 100);
+    let advert = |seqno, metric| Advert { dest: "d".into(), seqno, metric, hops: 1 };
+    t.on_advert("x", advert(10, 100), Time::ZERO);
+    // Congestion behind x: same seqno, metric above the feasibility distance (200).
+    let actions = t.on_advert("x", advert(10, 400), Time::ZERO);
+    assert_eq!(t.next_hop("d"), Some("x"), "traffic keeps flowing on the selected route");
+    assert_eq!(t.routes()[0].metric, 500);
+    assert!(actions
+        .iter()
+        .any(|a| matches!(a, RouteAction::RequestSeqno { dest, seqno: 11, .. } if dest == "d")));
+    // An unfeasible route through another neighbour is still never taken.
+    t.on_advert("y", advert(10, 250), Time::ZERO);
+    assert_eq!(t.next_hop("d"), Some("x"));
+    // The newer seqno makes the better route feasible again.
+    t.on_advert("y", advert(11, 250), Time::ZERO);
+    assert_eq!(t.next_hop("d"), Some("y"));
+}
