@@ -91,17 +91,30 @@ pub struct Authority {
     pub dir: tempfile::TempDir,
     pub network: String,
     pub addr: String,
-    child: Child,
+    child: Option<Child>,
 }
 
 impl Authority {
     pub fn start(subnet: &Subnet, network: &str, cert_duration: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let log = std::fs::File::create(dir.path().join("operator.log")).unwrap();
-        let child = Command::new(&binaries().operator)
-            .args(["local", "--listen", &format!("{}:0", subnet.ip(250))])
+        let child =
+            Self::spawn(dir.path(), &format!("{}:0", subnet.ip(250)), network, cert_duration);
+        let addr_file = dir.path().join("identity-service.addr");
+        wait_for(Duration::from_secs(20), "the identity service to listen", || addr_file.exists());
+        let addr = std::fs::read_to_string(addr_file).unwrap();
+        Authority { dir, network: network.into(), addr, child: Some(child) }
+    }
+
+    fn spawn(dir: &Path, listen: &str, network: &str, cert_duration: &str) -> Child {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("operator.log"))
+            .unwrap();
+        Command::new(&binaries().operator)
+            .args(["local", "--listen", listen])
             .arg("--dir")
-            .arg(dir.path())
+            .arg(dir)
             .args([
                 "--trust-domain",
                 "test.local",
@@ -113,11 +126,25 @@ impl Authority {
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
-            .expect("genesis-operator starts");
-        let addr_file = dir.path().join("identity-service.addr");
-        wait_for(Duration::from_secs(20), "the identity service to listen", || addr_file.exists());
-        let addr = std::fs::read_to_string(addr_file).unwrap();
-        Authority { dir, network: network.into(), addr, child }
+            .expect("genesis-operator starts")
+    }
+
+    /// Stops the identity service (the authority's files stay).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts the identity service again on the same address and directory.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.child = Some(Self::spawn(self.dir.path(), &self.addr, &self.network, "24h"));
+        let addr = self.addr.clone();
+        wait_for(Duration::from_secs(20), "the identity service to listen again", || {
+            TcpStream::connect(&addr).is_ok()
+        });
     }
 
     /// A one-time join token (through the real CLI).
@@ -149,8 +176,7 @@ impl Authority {
 
 impl Drop for Authority {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.stop();
     }
 }
 

@@ -73,3 +73,33 @@ fn sigterm_drains_neighbours_hear_goodbye_and_the_process_exits_cleanly() {
         "a graceful goodbye costs no reputation: {b_view}"
     );
 }
+
+#[test]
+fn a_failed_renewal_keeps_the_valid_certificate_and_recovers_when_the_authority_returns() {
+    let net = Subnet::new();
+    let mut auth = Authority::start(&net, "renewfail", "20s");
+    let opts = |anchors: Vec<String>| SidecarOptions {
+        anchors,
+        min_peers: 1,
+        max_peers: 4,
+        ..Default::default()
+    };
+    let a = Sidecar::start(&auth, "a", &net.ip(1), &opts(vec![]));
+    let b = Sidecar::start(&auth, "b", &net.ip(2), &opts(vec![format!("{}:7000", net.ip(1))]));
+    wait_for(Duration::from_secs(20), "a and b to link", || a.routes() == ["b"]);
+    let serial =
+        |s: &Sidecar| s.admin_json("/admin/identity")["serial"].as_str().unwrap().to_owned();
+    let first = serial(&a);
+    auth.stop();
+    // Renewal is due at half-life (10s); with the authority gone it fails and is retried.
+    wait_for(Duration::from_secs(30), "a renewal attempt to fail", || {
+        a.metric("genesis_sidecar_certificate_renewals_total", "result=\"error\"") >= 1.0
+    });
+    assert_eq!(serial(&a), first, "the valid certificate was kept");
+    assert_eq!(a.send("b", b"still trusted").0, 200, "traffic flows on the kept certificate");
+    assert_ne!(a.admin_json("/readyz")["status"], "unhealthy");
+    auth.restart();
+    wait_for(Duration::from_secs(30), "the retried renewal to succeed", || serial(&a) != first);
+    assert!(a.metric("genesis_sidecar_certificate_renewals_total", "result=\"ok\"") >= 1.0);
+    assert_eq!(a.send("b", b"renewed").0, 200);
+}
