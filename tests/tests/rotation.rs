@@ -85,7 +85,7 @@ fn a_failed_renewal_keeps_the_valid_certificate_and_recovers_when_the_authority_
         ..Default::default()
     };
     let a = Sidecar::start(&auth, "a", &net.ip(1), &opts(vec![]));
-    let b = Sidecar::start(&auth, "b", &net.ip(2), &opts(vec![format!("{}:7000", net.ip(1))]));
+    let _b = Sidecar::start(&auth, "b", &net.ip(2), &opts(vec![format!("{}:7000", net.ip(1))]));
     wait_for(Duration::from_secs(20), "a and b to link", || a.routes() == ["b"]);
     let serial =
         |s: &Sidecar| s.admin_json("/admin/identity")["serial"].as_str().unwrap().to_owned();
