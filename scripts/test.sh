@@ -28,5 +28,7 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== cargo build (the binaries the end-to-end tests run as processes)"
+cargo build --workspace --bins --locked
 echo "== cargo test"
 cargo test --workspace --locked

@@ -82,36 +82,43 @@ pub struct LocalAuthority {
 impl LocalAuthority {
     /// Opens the authority in `dir`, creating CA, revocation list and first CRL if absent.
     /// `config` is used only when creating; an existing directory keeps its own settings.
+    /// `authority.json` is written last, so its presence means the authority is complete.
     pub fn open_or_create(dir: &Path, config: AuthorityConfig) -> Result<Self> {
-        fs::create_dir_all(dir.join("tokens")).map_err(|e| Error::io("create", dir, e))?;
-        let config_path = dir.join("authority.json");
-        let config = if config_path.exists() {
-            read_json(&config_path)?
-        } else {
-            write_json(&config_path, &config, false)?;
-            config
-        };
-        let (crt, key) = (dir.join("ca.crt"), dir.join("ca.key"));
-        let ca = if crt.exists() {
-            let cert_pem = fs::read_to_string(&crt).map_err(|e| Error::io("read", &crt, e))?;
-            let key_pem = fs::read_to_string(&key).map_err(|e| Error::io("read", &key, e))?;
-            CertificateAuthority::from_pem(&config.trust_domain, &cert_pem, &key_pem)?
-        } else {
-            let ca = CertificateAuthority::generate(
-                &config.trust_domain,
-                KeyAlgorithm::EcdsaP256,
-                CA_VALIDITY,
-                SystemTime::now(),
-            )?;
-            write_file(&key, ca.key_pem().as_bytes(), true)?;
-            write_file(&crt, ca.cert_pem().as_bytes(), false)?;
-            ca
-        };
-        let authority = LocalAuthority { dir: dir.to_owned(), config, ca };
-        if !dir.join("crl.der").exists() {
-            authority.publish_crl(&RevocationList::default())?;
+        if dir.join("authority.json").exists() {
+            return Self::open(dir);
         }
+        fs::create_dir_all(dir.join("tokens")).map_err(|e| Error::io("create", dir, e))?;
+        let ca = CertificateAuthority::generate(
+            &config.trust_domain,
+            KeyAlgorithm::EcdsaP256,
+            CA_VALIDITY,
+            SystemTime::now(),
+        )?;
+        write_file(&dir.join("ca.key"), ca.key_pem().as_bytes(), true)?;
+        write_file(&dir.join("ca.crt"), ca.cert_pem().as_bytes(), false)?;
+        let authority = LocalAuthority { dir: dir.to_owned(), config, ca };
+        authority.publish_crl(&RevocationList::default())?;
+        write_json(&dir.join("authority.json"), &authority.config, false)?;
         Ok(authority)
+    }
+
+    /// Opens an existing authority; never creates one (for `token`, `revoke` and tests that
+    /// run beside a serving authority).
+    pub fn open(dir: &Path) -> Result<Self> {
+        let config_path = dir.join("authority.json");
+        if !config_path.exists() {
+            return Err(Error::Config(format!(
+                "{} holds no authority yet; start one with `genesis-operator local --dir {}`",
+                dir.display(),
+                dir.display()
+            )));
+        }
+        let config: AuthorityConfig = read_json(&config_path)?;
+        let (crt, key) = (dir.join("ca.crt"), dir.join("ca.key"));
+        let cert_pem = fs::read_to_string(&crt).map_err(|e| Error::io("read", &crt, e))?;
+        let key_pem = fs::read_to_string(&key).map_err(|e| Error::io("read", &key, e))?;
+        let ca = CertificateAuthority::from_pem(&config.trust_domain, &cert_pem, &key_pem)?;
+        Ok(LocalAuthority { dir: dir.to_owned(), config, ca })
     }
 
     /// The settings.
@@ -280,9 +287,11 @@ fn write_json<T: Serialize>(path: &Path, value: &T, secret: bool) -> Result<()> 
     write_file(path, text.as_bytes(), secret)
 }
 
-/// Writes atomically (temp file + rename), owner-only when `secret`.
+/// Writes atomically (temp file + rename), owner-only when `secret`. The temporary name is
+/// unique per file and process, so concurrent writers never share one.
 fn write_file(path: &Path, bytes: &[u8], secret: bool) -> Result<()> {
-    let tmp = path.with_extension("tmp");
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
     let mut opts = fs::OpenOptions::new();
     opts.write(true).create(true).truncate(true);
     #[cfg(unix)]

@@ -93,14 +93,7 @@ fn main() -> ExitCode {
 }
 
 fn open(dir: &std::path::Path) -> Result<LocalAuthority, String> {
-    if !dir.join("authority.json").exists() {
-        return Err(format!(
-            "{} holds no authority; start one with `genesis-operator local --dir {}`",
-            dir.display(),
-            dir.display()
-        ));
-    }
-    LocalAuthority::open_or_create(dir, AuthorityConfig::default()).map_err(|e| e.to_string())
+    LocalAuthority::open(dir).map_err(|e| e.to_string())
 }
 
 fn token(dir: &std::path::Path, node: &str, role: &str) -> Result<(), String> {

@@ -30,16 +30,9 @@ pub fn binaries() -> &'static Binaries {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let release = !cfg!(debug_assertions);
         let mut cmd = Command::new(cargo);
-        cmd.current_dir(&root).args([
-            "build",
-            "--bins",
-            "-p",
-            "genesis-sidecar",
-            "-p",
-            "genesis-operator",
-            "-p",
-            "genesisctl",
-        ]);
+        // NB: the same command scripts/test.sh runs first, so features resolve identically and
+        // this is a no-op there instead of a second build of the dependencies.
+        cmd.current_dir(&root).args(["build", "--workspace", "--bins"]);
         if release {
             cmd.arg("--release");
         }

@@ -5,7 +5,7 @@
 use std::time::{Duration, SystemTime};
 
 use genesis_e2e::{wait_for, Authority, RawPeer, Sidecar, SidecarOptions, Subnet};
-use genesis_operator::local::{AuthorityConfig, LocalAuthority};
+use genesis_operator::local::LocalAuthority;
 use genesis_sidecar::frame::{Data, DataKind, Frame, FrameType, RouteAdvert, PROTOCOL_VERSION};
 use genesis_trust::{
     create_csr, CertificateAuthority, Identity, IssuedCertificate, KeyAlgorithm, LeafPolicy,
@@ -82,8 +82,7 @@ fn hostile_peers_are_refused_counted_and_penalised_while_the_mesh_keeps_deliveri
         s0.routes().contains(&"s2".to_owned()) && s2.routes().contains(&"s0".to_owned())
     });
     let mint = Mint {
-        authority: LocalAuthority::open_or_create(auth.dir.path(), AuthorityConfig::default())
-            .unwrap(),
+        authority: LocalAuthority::open(auth.dir.path()).unwrap(),
         bundle: std::fs::read_to_string(auth.bundle_path()).unwrap(),
     };
     let invalid = |reason: &str| {

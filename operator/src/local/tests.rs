@@ -74,3 +74,22 @@ fn corrupt_state_is_reported_with_its_file() {
         matches!(a.revocations(), Err(Error::Corrupt { path, .. }) if path.ends_with("revocations.json"))
     );
 }
+
+#[test]
+fn token_and_revoke_tools_never_create_an_authority() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = LocalAuthority::open(dir.path()).unwrap_err().to_string();
+    assert!(err.contains("holds no authority yet"), "{err}");
+    assert!(!dir.path().join("ca.crt").exists());
+    let created = authority(dir.path());
+    assert_eq!(
+        LocalAuthority::open(dir.path()).unwrap().ca().fingerprint(),
+        created.ca().fingerprint()
+    );
+    let leftovers: Vec<_> = fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "temporary files left behind");
+}

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use genesis_e2e::{wait_for, Authority, Sidecar, SidecarOptions, Subnet};
-use genesis_operator::local::{AuthorityConfig, LocalAuthority};
+use genesis_operator::local::LocalAuthority;
 use genesis_trust::{Identity, KeyAlgorithm, LeafPolicy, Role};
 
 const NET: &str = "bench";
@@ -319,7 +319,7 @@ fn main() {
         echo_server(&format!("{ip}:{ECHO}"));
         sink_server(&format!("{ip}:{SINK}"));
     }
-    let ca = LocalAuthority::open_or_create(auth.dir.path(), AuthorityConfig::default()).unwrap();
+    let ca = LocalAuthority::open(auth.dir.path()).unwrap();
     let _stunnel = stunnel(auth.dir.path(), &ca, &net.ip(10), &net.ip(11), &net.ip(5));
     let idle_rss = a.rss_kib().unwrap();
 
