@@ -30,22 +30,56 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// A TLS 1.3 server config verifying clients with `verifier`, without session resumption.
+fn server_config(
+    verifier: Arc<PeerVerifier>,
+    chain: Vec<CertificateDer<'static>>,
+    key: &PrivateKey,
+    alpn: &[u8],
+) -> Result<ServerConfig> {
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| Error::ChainRejected { reason: e.to_string() })?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key_der(key)?)
+        .map_err(|e| Error::InvalidKey { reason: e.to_string() })?;
+    config.alpn_protocols = vec![alpn.to_vec()];
+    config.session_storage = Arc::new(NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
+    Ok(config)
+}
+
+/// A TLS 1.3 client config verifying servers with `store`, presenting `identity` if given,
+/// without session resumption.
+fn client_config(
+    store: Arc<TrustStore>,
+    identity: Option<(Vec<CertificateDer<'static>>, &PrivateKey)>,
+    alpn: &[u8],
+) -> Result<ClientConfig> {
+    let builder = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| Error::ChainRejected { reason: e.to_string() })?
+        .dangerous()
+        // Peers are identified by their URI SAN, checked by the store; not by DNS name.
+        .with_custom_certificate_verifier(PeerVerifier::new(store));
+    let mut config = match identity {
+        Some((chain, key)) => builder
+            .with_client_auth_cert(chain, key_der(key)?)
+            .map_err(|e| Error::InvalidKey { reason: e.to_string() })?,
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![alpn.to_vec()];
+    config.resumption = Resumption::disabled();
+    Ok(config)
+}
+
 /// The accepting side of a peer link.
 pub fn peer_server_config(
     store: Arc<TrustStore>,
     chain: Vec<CertificateDer<'static>>,
     key: &PrivateKey,
 ) -> Result<ServerConfig> {
-    let mut config = ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| Error::ChainRejected { reason: e.to_string() })?
-        .with_client_cert_verifier(PeerVerifier::new(store))
-        .with_single_cert(chain, key_der(key)?)
-        .map_err(|e| Error::InvalidKey { reason: e.to_string() })?;
-    config.alpn_protocols = vec![PEER_ALPN.to_vec()];
-    config.session_storage = Arc::new(NoServerSessionStorage {});
-    config.send_tls13_tickets = 0;
-    Ok(config)
+    server_config(PeerVerifier::new(store), chain, key, PEER_ALPN)
 }
 
 /// The connecting side of a peer link.
@@ -54,17 +88,7 @@ pub fn peer_client_config(
     chain: Vec<CertificateDer<'static>>,
     key: &PrivateKey,
 ) -> Result<ClientConfig> {
-    let mut config = ClientConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| Error::ChainRejected { reason: e.to_string() })?
-        .dangerous()
-        // Peers are identified by their URI SAN, checked by the store; not by DNS name.
-        .with_custom_certificate_verifier(PeerVerifier::new(store))
-        .with_client_auth_cert(chain, key_der(key)?)
-        .map_err(|e| Error::InvalidKey { reason: e.to_string() })?;
-    config.alpn_protocols = vec![PEER_ALPN.to_vec()];
-    config.resumption = Resumption::disabled();
-    Ok(config)
+    client_config(store, Some((chain, key)), PEER_ALPN)
 }
 
 /// ALPN of the identity service (plain HTTP/1.1 inside TLS).
@@ -77,16 +101,7 @@ pub fn identity_service_server_config(
     chain: Vec<CertificateDer<'static>>,
     key: &PrivateKey,
 ) -> Result<ServerConfig> {
-    let mut config = ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| Error::ChainRejected { reason: e.to_string() })?
-        .with_client_cert_verifier(PeerVerifier::optional_client_auth(store))
-        .with_single_cert(chain, key_der(key)?)
-        .map_err(|e| Error::InvalidKey { reason: e.to_string() })?;
-    config.alpn_protocols = vec![HTTP1_ALPN.to_vec()];
-    config.session_storage = Arc::new(NoServerSessionStorage {});
-    config.send_tls13_tickets = 0;
-    Ok(config)
+    server_config(PeerVerifier::optional_client_auth(store), chain, key, HTTP1_ALPN)
 }
 
 /// A client of the identity service: verifies the service with `store`, and presents
@@ -95,18 +110,5 @@ pub fn identity_client_config(
     store: Arc<TrustStore>,
     identity: Option<(Vec<CertificateDer<'static>>, &PrivateKey)>,
 ) -> Result<ClientConfig> {
-    let builder = ClientConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| Error::ChainRejected { reason: e.to_string() })?
-        .dangerous()
-        .with_custom_certificate_verifier(PeerVerifier::new(store));
-    let mut config = match identity {
-        Some((chain, key)) => builder
-            .with_client_auth_cert(chain, key_der(key)?)
-            .map_err(|e| Error::InvalidKey { reason: e.to_string() })?,
-        None => builder.with_no_client_auth(),
-    };
-    config.alpn_protocols = vec![HTTP1_ALPN.to_vec()];
-    config.resumption = Resumption::disabled();
-    Ok(config)
+    client_config(store, identity, HTTP1_ALPN)
 }
