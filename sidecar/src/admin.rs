@@ -87,9 +87,21 @@ pub async fn snapshot(shared: &Shared) -> Option<Snapshot> {
     answer.await.ok()
 }
 
+/// Largest body an injection endpoint reads (a CRL may be large).
+const MAX_INJECT_BYTES: usize = genesis_trust::crl::MAX_CRL_BYTES;
+
 pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
+    if req.method() == Method::POST && req.uri().path() == "/admin/crl" {
+        return inject_crl(shared, req).await;
+    }
+    if req.method() == Method::POST && req.uri().path() == "/admin/control" {
+        return inject_control(shared, req).await;
+    }
     if req.method() != Method::GET {
-        return error(StatusCode::METHOD_NOT_ALLOWED, "admin endpoints are read-only (GET)");
+        return error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "admin endpoints are GET, except POST /admin/crl and /admin/control",
+        );
     }
     let path = req.uri().path();
     if path == "/healthz" {
@@ -128,6 +140,8 @@ pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Bod
                     "renewalTime": unix(tls.renewal_time),
                     "crlNumber": shared.store.crl_number(),
                     "routeSeqno": snap.seqno,
+                    "auditRecords": shared.audit_head().map(|(n, _)| n),
+                    "auditHead": shared.audit_head().map(|(_, h)| h),
                 }),
             )
         }
@@ -139,4 +153,99 @@ pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Bod
 
 fn unix(t: SystemTime) -> u64 {
     t.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// `POST /admin/crl` (DER body): the injection point for a new CRL. It is applied only if signed
+/// by the network's authority and newer than the one held (the signature is the authorisation),
+/// then pushed to every neighbour at once.
+async fn inject_crl(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
+    use http_body_util::{BodyExt, Limited};
+    let der = match Limited::new(req.into_body(), MAX_INJECT_BYTES).collect().await {
+        Ok(b) => b.to_bytes().to_vec(),
+        Err(_) => {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &format!("a CRL is at most {MAX_INJECT_BYTES} bytes"),
+            )
+        }
+    };
+    let (reply, answer) = oneshot::channel();
+    if shared.commands.send(Command::InjectCrl { der, reply }).await.is_err() {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "sidecar stopping");
+    }
+    match answer.await {
+        Ok(Ok(number)) => {
+            json(StatusCode::OK, &serde_json::json!({"applied": true, "crlNumber": number}))
+        }
+        Ok(Err(e)) if e.contains("not newer") => {
+            json(StatusCode::CONFLICT, &serde_json::json!({"applied": false, "error": e}))
+        }
+        Ok(Err(e)) => error(StatusCode::UNPROCESSABLE_ENTITY, &e),
+        Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "sidecar stopping"),
+    }
+}
+
+/// Longest an injection waits for acknowledgements.
+const MAX_ACK_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// `POST /admin/control?wait=<ms>&expect=<n>` (body: a signed envelope): verifies it here, floods it if
+/// accepted, and waits up to `wait` (default 2 s) or until `expect` members acknowledged.
+/// 202 with the rule and the acks, or 403 with the rule that refused it.
+async fn inject_control(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
+    use http_body_util::{BodyExt, Limited};
+    let query = req.uri().query().unwrap_or("").to_owned();
+    let param = |k: &str| {
+        query
+            .split('&')
+            .find_map(|kv| kv.strip_prefix(&format!("{k}=")))
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    let wait = std::time::Duration::from_millis(param("wait").unwrap_or(2000)).min(MAX_ACK_WAIT);
+    let expect = param("expect").map(|n| n as usize);
+    let envelope = match Limited::new(req.into_body(), genesis_trust::control::MAX_ENVELOPE_BYTES)
+        .collect()
+        .await
+    {
+        Ok(b) => b.to_bytes().to_vec(),
+        Err(_) => {
+            return error(StatusCode::PAYLOAD_TOO_LARGE, "a control envelope is at most 32 KiB")
+        }
+    };
+    let (reply, answer) = oneshot::channel();
+    if shared.commands.send(Command::InjectControl { envelope, reply }).await.is_err() {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "sidecar stopping");
+    }
+    let verdict = match answer.await {
+        Ok(Ok(v)) => v,
+        Ok(Err(v)) => {
+            return json(
+                StatusCode::FORBIDDEN,
+                &serde_json::json!({"accepted": false, "rule": v.rule, "error": v.detail}),
+            )
+        }
+        Err(_) => return error(StatusCode::SERVICE_UNAVAILABLE, "sidecar stopping"),
+    };
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let notified = shared.acks_notify.notified();
+        let acks = shared
+            .acks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&verdict.id)
+            .cloned()
+            .unwrap_or_default();
+        let enough = expect.is_some_and(|n| acks.len() >= n);
+        if enough || tokio::time::Instant::now() >= deadline {
+            let acks: Vec<_> = acks
+                .iter()
+                .map(|a| serde_json::json!({"node": a.node, "applied": a.applied, "detail": a.detail}))
+                .collect();
+            return json(
+                StatusCode::ACCEPTED,
+                &serde_json::json!({"accepted": true, "id": verdict.id, "verb": verdict.verb, "rule": verdict.rule, "acks": acks}),
+            );
+        }
+        let _ = tokio::time::timeout_at(deadline, notified).await;
+    }
 }

@@ -83,6 +83,9 @@ pub struct Settings {
     /// Hash-chained audit log file.
     #[arg(long, env = "GENESIS_AUDIT_LOG")]
     pub audit_log: Option<PathBuf>,
+    /// RBAC policy for control messages (file only; defaults to the network default policy).
+    #[arg(skip)]
+    pub rbac: Option<genesis_trust::RbacPolicy>,
     /// Test hook: append every data payload this member relays for others to this file, so a
     /// test can show relays never see plaintext. Not for production.
     #[arg(long, hide = true)]
@@ -129,7 +132,8 @@ impl Settings {
             ban_threshold,
             ban_duration,
             audit_log,
-            test_capture_relayed
+            test_capture_relayed,
+            rbac
         )
     }
 }
@@ -157,6 +161,7 @@ pub struct Config {
     pub peers: PeerConfig,
     pub audit_log: Option<PathBuf>,
     pub test_capture_relayed: Option<PathBuf>,
+    pub rbac: genesis_trust::RbacPolicy,
 }
 
 impl Config {
@@ -262,6 +267,7 @@ impl Config {
             },
             audit_log: s.audit_log,
             test_capture_relayed: s.test_capture_relayed,
+            rbac: s.rbac.unwrap_or_default(),
         })
     }
 }

@@ -37,6 +37,8 @@ pub const MAX_SIG: usize = 128;
 pub const MAX_TOPIC: usize = 128;
 /// A close reason.
 pub const MAX_REASON: usize = 256;
+/// A control envelope id (32 hex digits) with room to spare.
+pub const MAX_ACK_ID: usize = 64;
 /// Metric value that withdraws a route.
 pub const METRIC_INFINITY: u16 = u16::MAX;
 
@@ -62,8 +64,9 @@ pub enum Frame {
     CrlRequest { number: u64 },
     /// A signed CRL (DER).
     CrlData { der: Vec<u8> },
-    /// A signed control envelope (genesis_trust::SignedEnvelope wire form) flooded through the mesh.
-    Control { envelope: Vec<u8> },
+    /// A signed control envelope (genesis_trust::SignedEnvelope wire form) flooded through the
+    /// mesh; `origin` is the member that injected it, where acknowledgements go.
+    Control { origin: String, envelope: Vec<u8> },
     /// Unicast data, forwarded hop by hop.
     Data(Data),
     /// Flooded data (broadcast and topics), duplicate-suppressed by (src, id).
@@ -73,6 +76,24 @@ pub enum Frame {
     /// My renewed leaf certificate (DER): the link is re-checked against it from now on, so a
     /// rotation never drops a healthy link when the handshake certificate expires.
     Certificate { der: Vec<u8> },
+    /// A targeted member's answer to a control message, routed back to its origin.
+    ControlAck(ControlAck),
+}
+
+/// An acknowledgement of a control message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ControlAck {
+    /// The member that injected the control message.
+    pub origin: String,
+    /// The envelope id.
+    pub id: String,
+    /// Who answers.
+    pub node: String,
+    /// Whether it applied the verb.
+    pub applied: bool,
+    /// The RBAC rule that allowed it, or why applying failed.
+    pub detail: String,
+    pub ttl: u8,
 }
 
 /// One route in a route update.
@@ -182,11 +203,12 @@ pub enum FrameType {
     Broadcast = 12,
     Close = 13,
     Certificate = 14,
+    ControlAck = 15,
 }
 
 impl FrameType {
     /// All frame types.
-    pub const ALL: [FrameType; 14] = [
+    pub const ALL: [FrameType; 15] = [
         FrameType::Hello,
         FrameType::Ping,
         FrameType::Pong,
@@ -201,6 +223,7 @@ impl FrameType {
         FrameType::Broadcast,
         FrameType::Close,
         FrameType::Certificate,
+        FrameType::ControlAck,
     ];
 
     fn from_u8(v: u8) -> Option<Self> {
@@ -224,6 +247,7 @@ impl FrameType {
             FrameType::Broadcast => "broadcast",
             FrameType::Close => "close",
             FrameType::Certificate => "certificate",
+            FrameType::ControlAck => "control_ack",
         }
     }
 
@@ -282,6 +306,7 @@ impl Frame {
             Frame::Broadcast(_) => FrameType::Broadcast,
             Frame::Close { .. } => FrameType::Close,
             Frame::Certificate { .. } => FrameType::Certificate,
+            Frame::ControlAck(_) => FrameType::ControlAck,
         }
     }
 
@@ -322,7 +347,10 @@ impl Frame {
             }
             Frame::CrlAnnounce { number } | Frame::CrlRequest { number } => w.u64(*number),
             Frame::CrlData { der } => w.long_bytes(der, MAX_CRL_BODY - 4),
-            Frame::Control { envelope } => w.long_bytes(envelope, MAX_BODY - 4),
+            Frame::Control { origin, envelope } => {
+                w.str(origin, MAX_NAME);
+                w.long_bytes(envelope, MAX_BODY - 4 - 2 - MAX_NAME);
+            }
             Frame::Data(d) => {
                 w.str(&d.src, MAX_NAME);
                 w.str(&d.dst, MAX_NAME);
@@ -340,6 +368,14 @@ impl Frame {
             }
             Frame::Close { reason } => w.str(truncate(reason, MAX_REASON), MAX_REASON),
             Frame::Certificate { der } => w.bytes(der, MAX_CERT),
+            Frame::ControlAck(a) => {
+                w.str(&a.origin, MAX_NAME);
+                w.str(&a.id, MAX_ACK_ID);
+                w.str(&a.node, MAX_NAME);
+                w.u8(u8::from(a.applied));
+                w.str(truncate(&a.detail, MAX_REASON), MAX_REASON);
+                w.u8(a.ttl);
+            }
         }
         let body = w.0;
         let mut out = Vec::with_capacity(HEADER_LEN + body.len());
@@ -395,7 +431,10 @@ impl Frame {
             FrameType::CrlAnnounce => Frame::CrlAnnounce { number: r.u64()? },
             FrameType::CrlRequest => Frame::CrlRequest { number: r.u64()? },
             FrameType::CrlData => Frame::CrlData { der: r.long_bytes(MAX_CRL_BODY - 4)? },
-            FrameType::Control => Frame::Control { envelope: r.long_bytes(MAX_BODY - 4)? },
+            FrameType::Control => Frame::Control {
+                origin: r.name()?,
+                envelope: r.long_bytes(MAX_BODY - 4 - 2 - MAX_NAME)?,
+            },
             FrameType::Data => {
                 let src = r.name()?;
                 let dst = r.name()?;
@@ -416,6 +455,18 @@ impl Frame {
             }),
             FrameType::Close => Frame::Close { reason: r.str(MAX_REASON)? },
             FrameType::Certificate => Frame::Certificate { der: r.bytes(MAX_CERT)? },
+            FrameType::ControlAck => Frame::ControlAck(ControlAck {
+                origin: r.name()?,
+                id: r.str(MAX_ACK_ID)?,
+                node: r.name()?,
+                applied: match r.u8()? {
+                    0 => false,
+                    1 => true,
+                    v => return Err(r.err(format!("applied flag {v} is neither 0 nor 1"))),
+                },
+                detail: r.str(MAX_REASON)?,
+                ttl: r.u8()?,
+            }),
         };
         if !r.buf.is_empty() {
             return Err(r.err(format!("{} trailing bytes", r.buf.len())));

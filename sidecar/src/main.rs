@@ -22,11 +22,13 @@ struct Cli {
 const JOIN_PATIENCE: Duration = Duration::from_secs(30);
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
+    use tracing_subscriber::prelude::*;
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let (filter, reload) = tracing_subscriber::reload::Layer::new(filter);
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
         .init();
     let cli = Cli::parse();
     let settings = match &cli.config {
@@ -63,11 +65,22 @@ fn main() -> ExitCode {
             Ok(r) => r,
             Err(e) => return fail(&e),
         };
+        // `log-level` control messages change the filter at run time.
+        let set_level = move |level: &str| {
+            let filter = tracing_subscriber::EnvFilter::try_new(level)
+                .map_err(|e| format!("invalid log level {level:?}: {e}"))?;
+            reload.reload(filter).map_err(|e| e.to_string())
+        };
+        *running.shared.log_level.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some(Box::new(set_level));
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .expect("SIGTERM handler");
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
+            _ = running.shared.shutdown_requested.notified() => {
+                tracing::warn!("shutting down on a control message");
+            }
         }
         tracing::info!("draining");
         running.drain_and_stop().await;

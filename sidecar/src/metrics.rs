@@ -24,6 +24,10 @@ pub struct Metrics {
     pub stream_bytes: IntCounterVec,
     pub messages: IntCounterVec,
     pub crl_number: IntGauge,
+    pub crl_updates: IntCounterVec,
+    pub control: IntCounterVec,
+    pub audit_records: IntGauge,
+    pub audit_head: IntGaugeVec,
     pub certificate_expiry: Gauge,
     pub renewals: IntCounterVec,
 }
@@ -106,6 +110,22 @@ impl Metrics {
                 &["result"]
             )),
             crl_number: reg!(IntGauge::with_opts(opts("crl_number", "CRL number held"))),
+            crl_updates: reg!(IntCounterVec::new(
+                opts("crl_updates_total", "CRLs received, by result (applied, not_newer, refused)"),
+                &["result"]
+            )),
+            control: reg!(IntCounterVec::new(
+                opts("control_messages_total", "Control messages by verb and result"),
+                &["verb", "result"]
+            )),
+            audit_records: reg!(IntGauge::with_opts(opts(
+                "audit_records",
+                "Records in the audit log"
+            ))),
+            audit_head: reg!(IntGaugeVec::new(
+                opts("audit_head_info", "The audit log's chain head (hash label; value 1)"),
+                &["head"]
+            )),
             certificate_expiry: reg!(Gauge::with_opts(opts(
                 "certificate_expiry_seconds",
                 "Seconds until this member's certificate expires"

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::frame::{
-    Broadcast, Data, DataKind, Frame, FrameError, FrameType, RouteAdvert, MAX_ADVERTS,
+    Broadcast, ControlAck, Data, DataKind, Frame, FrameError, FrameType, RouteAdvert, MAX_ADVERTS,
     METRIC_INFINITY,
 };
 use crate::metrics::Metrics;
@@ -42,6 +42,21 @@ pub struct LinkQueues {
 pub const CORE_QUEUE: usize = 8192;
 /// Broadcast ids remembered for duplicate suppression.
 const SEEN_BROADCASTS: usize = 16_384;
+/// Control envelopes remembered for flood duplicate suppression.
+const SEEN_CONTROLS: usize = 4096;
+/// Envelopes whose acknowledgements are kept for the admin API.
+const MAX_ACKED_ENVELOPES: usize = 256;
+
+/// How a control message was decided here.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ControlVerdict {
+    pub verb: String,
+    /// The RBAC rule (or check) that decided.
+    pub rule: String,
+    pub detail: String,
+    pub id: String,
+}
+
 /// Messages held for the app before new ones are refused.
 pub const INBOX_CAPACITY: usize = 4096;
 
@@ -125,6 +140,14 @@ pub struct Shared {
     pub audit: Option<Mutex<AuditLog>>,
     pub messenger: crate::stream::Messenger,
     pub data: DataPlane,
+    /// Acknowledgements of control messages injected here, by envelope id.
+    pub acks: Mutex<HashMap<String, Vec<ControlAck>>>,
+    pub acks_notify: Notify,
+    /// Set by a `shutdown` control message; main waits on it beside SIGTERM.
+    pub shutdown_requested: Notify,
+    /// Changes the log filter (`log-level` control messages); set by main.
+    #[allow(clippy::type_complexity)]
+    pub log_level: Mutex<Option<Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>>>,
     next_id: AtomicU64,
 }
 
@@ -146,14 +169,40 @@ impl Shared {
         n.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ self.started.elapsed().as_nanos() as u64
     }
 
-    /// Appends a security event to the audit log, if one is configured.
+    /// Appends a security event to the audit log, if one is configured, and publishes the new
+    /// chain head (admin API and metric) so a rewritten history can be noticed from outside.
     pub fn audit(&self, event: &str, subject: &str, detail: serde_json::Value) {
         if let Some(log) = &self.audit {
             let mut log = log.lock().unwrap_or_else(|p| p.into_inner());
+            let old = log.head().to_owned();
             if let Err(e) = log.append(event, subject, detail, SystemTime::now()) {
                 tracing::error!(error = %e, "cannot write the audit log");
+                return;
+            }
+            let _ = self.metrics.audit_head.remove_label_values(&[&old]);
+            self.metrics.audit_head.with_label_values(&[log.head()]).set(1);
+            self.metrics.audit_records.set(log.len() as i64);
+        }
+    }
+
+    /// Records a control acknowledgement for an envelope injected here (bounded: the oldest
+    /// envelopes' acks are dropped beyond a limit).
+    pub fn record_ack(&self, ack: ControlAck) {
+        let mut acks = self.acks.lock().unwrap_or_else(|p| p.into_inner());
+        if acks.len() >= MAX_ACKED_ENVELOPES && !acks.contains_key(&ack.id) {
+            if let Some(k) = acks.keys().next().cloned() {
+                acks.remove(&k);
             }
         }
+        acks.entry(ack.id.clone()).or_default().push(ack);
+        drop(acks);
+        self.acks_notify.notify_waiters();
+    }
+
+    /// The audit log's (records, head), if one is configured.
+    pub fn audit_head(&self) -> Option<(u64, String)> {
+        let log = self.audit.as_ref()?.lock().unwrap_or_else(|p| p.into_inner());
+        Some((log.len(), log.head().to_owned()))
     }
 
     /// Test hook (`--test-capture-relayed`): what this relay could see of other members' data.
@@ -256,6 +305,16 @@ pub enum Command {
     Renewed,
     /// Drain: say goodbye to every peer.
     Drain,
+    /// A CRL pushed through the admin API (the operator's or genesisctl's injection point).
+    InjectCrl {
+        der: Vec<u8>,
+        reply: oneshot::Sender<Result<u64, String>>,
+    },
+    /// A signed control envelope injected through the admin API.
+    InjectControl {
+        envelope: Vec<u8>,
+        reply: oneshot::Sender<Result<ControlVerdict, ControlVerdict>>,
+    },
 }
 
 struct Link {
@@ -287,6 +346,10 @@ struct Core {
     seen_broadcasts: HashSet<(String, u64)>,
     seen_order: VecDeque<(String, u64)>,
     next_hello: Time,
+    control: genesis_trust::ControlVerifier,
+    /// Hashes of control envelopes already handled: each is verified and flooded once.
+    seen_controls: HashSet<[u8; 32]>,
+    seen_controls_order: VecDeque<[u8; 32]>,
 }
 
 /// Runs the core until `shutdown` fires.
@@ -311,6 +374,13 @@ pub async fn run_core(
         seen_broadcasts: HashSet::new(),
         seen_order: VecDeque::new(),
         next_hello: now,
+        control: genesis_trust::ControlVerifier::new(
+            shared.store.clone(),
+            shared.identity.network(),
+            shared.config.rbac.clone(),
+        ),
+        seen_controls: HashSet::new(),
+        seen_controls_order: VecDeque::new(),
         shared,
     };
     core.sign_own_seqno();
@@ -433,6 +503,13 @@ impl Core {
                 self.sign_own_seqno();
                 let der = self.shared.tls.load().chain[0].to_vec();
                 self.flood(Frame::Certificate { der }, None);
+            }
+            Command::InjectCrl { der, reply } => {
+                let _ = reply.send(self.on_crl("admin-api", &der));
+            }
+            Command::InjectControl { envelope, reply } => {
+                let origin = self.me.clone();
+                let _ = reply.send(self.on_control(None, origin, envelope));
             }
             Command::Drain => {
                 let nodes: Vec<String> = self.links.keys().cloned().collect();
@@ -642,10 +719,21 @@ impl Core {
                     self.send(from, &Frame::CrlData { der: crl.der().to_vec() });
                 }
             }
-            Frame::CrlData { der } => self.on_crl(from, &der),
-            Frame::Control { .. } => {
-                // Signed control messages are handled by the revocation and control issue.
-                self.metrics().dropped.with_label_values(&["control_not_supported"]).inc();
+            Frame::CrlData { der } => {
+                let _ = self.on_crl(from, &der);
+            }
+            Frame::Control { origin, envelope } => {
+                let _ = self.on_control(Some(from), origin, envelope);
+            }
+            Frame::ControlAck(mut ack) => {
+                if ack.origin == self.me {
+                    self.shared.record_ack(ack);
+                } else if ack.ttl > 1 {
+                    ack.ttl -= 1;
+                    if let Some(next) = self.routes.next_hop(&ack.origin).map(str::to_owned) {
+                        self.send(&next, &Frame::ControlAck(ack));
+                    }
+                }
             }
             Frame::Data(d) => self.route_data(d, Some(from)),
             Frame::Broadcast(b) => self.on_broadcast(from, b),
@@ -719,6 +807,11 @@ impl Core {
                 }
                 Some(advert)
             }
+            Err(genesis_trust::Error::Revoked { .. }) => {
+                // A neighbour that has not heard of the revocation yet: not its fault.
+                self.metrics().dropped.with_label_values(&["revoked_route"]).inc();
+                None
+            }
             Err(e) => {
                 self.metrics().invalid_frames.with_label_values(&["forged_route"]).inc();
                 tracing::warn!(peer = %from, dest = %a.dest, error = %e, "refused a route advert");
@@ -735,42 +828,210 @@ impl Core {
         }
     }
 
-    fn on_crl(&mut self, from: &str, der: &[u8]) {
+    /// A CRL from a peer or the admin API: applied only if signed by our authority and newer;
+    /// anything else is refused, counted and audited, and the current CRL stays in force.
+    fn on_crl(&mut self, from: &str, der: &[u8]) -> Result<u64, String> {
+        let refuse = |core: &mut Self, e: String| {
+            core.metrics().crl_updates.with_label_values(&["refused"]).inc();
+            tracing::warn!(peer = %from, error = %e, "refused a CRL");
+            core.shared.audit("crl-refused", from, serde_json::json!({"reason": e}));
+            Err(e)
+        };
         let crl = match genesis_trust::Crl::parse(der) {
             Ok(c) => c,
-            Err(e) => {
-                self.shared.audit(
-                    "crl-refused",
-                    from,
-                    serde_json::json!({"reason": e.to_string()}),
-                );
-                return;
-            }
+            Err(e) => return refuse(self, e.to_string()),
         };
         match self.shared.store.install_crl(&crl, SystemTime::now()) {
             Ok(update) => {
+                self.metrics().crl_updates.with_label_values(&["applied"]).inc();
                 tracing::info!(
                     number = update.number,
                     revoked = update.newly_revoked.len(),
                     "applied a newer CRL"
                 );
-                self.shared.audit(
-                    "crl-applied",
-                    from,
-                    serde_json::json!({"number": update.number}),
-                );
-                // Push it on at once, and end links to peers it revokes (one by one, not all).
+                self.shared.audit("crl-applied", from, serde_json::json!({"number": update.number, "newlyRevoked": update.newly_revoked.len()}));
+                // Emergency push: every neighbour gets it at once.
                 self.flood(Frame::CrlData { der: der.to_vec() }, Some(from));
+                // Routes to revoked members are forgotten and their proofs dropped, so an advert
+                // still in flight from a lagging neighbour is checked again (and refused).
+                let revoked: Vec<String> = self
+                    .proofs
+                    .iter()
+                    .filter(|(_, (_, _, cert))| {
+                        genesis_trust::CertInfo::parse(cert)
+                            .is_ok_and(|i| crl.is_revoked(&i.serial))
+                    })
+                    .map(|(d, _)| d.clone())
+                    .collect();
+                for dest in revoked {
+                    self.proofs.remove(&dest);
+                    let actions = self.routes.forget(&dest);
+                    self.route_actions(actions);
+                }
+                // Links to revoked peers are closed, one by one (not every link).
                 self.on_tick();
+                Ok(update.number)
             }
-            Err(genesis_trust::Error::CrlNotNewer { .. }) => {}
-            Err(e) => {
-                tracing::warn!(peer = %from, error = %e, "refused a CRL");
+            Err(genesis_trust::Error::CrlNotNewer { current, offered }) => {
+                self.metrics().crl_updates.with_label_values(&["not_newer"]).inc();
+                if offered < current {
+                    // A stale CRL is not an error of the sender's making, but it is worth a record.
+                    self.shared.audit(
+                        "crl-ignored",
+                        from,
+                        serde_json::json!({"offered": offered, "current": current}),
+                    );
+                }
+                Err(format!(
+                    "CRL number {offered} is not newer than the current CRL number {current}"
+                ))
+            }
+            Err(e) => refuse(self, e.to_string()),
+        }
+    }
+
+    /// A control envelope from a neighbour (or injected here): verified once, audited either
+    /// way with the rule that decided, flooded on only if accepted, applied by the members it
+    /// addresses, which answer the origin.
+    fn on_control(
+        &mut self,
+        from: Option<&str>,
+        origin: String,
+        wire: Vec<u8>,
+    ) -> Result<ControlVerdict, ControlVerdict> {
+        use sha2::Digest;
+        let hash: [u8; 32] = sha2::Sha256::digest(&wire).into();
+        // NB: flood duplicates are dropped quietly; an injection (from == None) always goes to
+        // the verifier, so a replay is refused and audited by the replay cache.
+        if !self.seen_controls.insert(hash) && from.is_some() {
+            return Err(ControlVerdict {
+                verb: String::new(),
+                rule: "duplicate".into(),
+                detail: "already handled".into(),
+                id: String::new(),
+            });
+        }
+        self.seen_controls_order.push_back(hash);
+        if self.seen_controls_order.len() > SEEN_CONTROLS {
+            if let Some(old) = self.seen_controls_order.pop_front() {
+                self.seen_controls.remove(&old);
+            }
+        }
+        let subject = from.unwrap_or("admin-api").to_owned();
+        match self.control.verify(&wire, SystemTime::now()) {
+            Ok(acc) => {
+                let verb = acc.envelope.verb.to_string();
+                self.metrics().control.with_label_values(&[&verb, "accepted"]).inc();
                 self.shared.audit(
-                    "crl-refused",
-                    from,
-                    serde_json::json!({"reason": e.to_string()}),
+                    "control-accepted",
+                    &acc.signer.uri(),
+                    serde_json::json!({"id": acc.envelope.id, "verb": verb, "scope": acc.envelope.scope.to_string(), "rule": acc.rule, "via": subject}),
                 );
+                self.flood(Frame::Control { origin: origin.clone(), envelope: wire }, from);
+                let verdict = ControlVerdict {
+                    verb,
+                    rule: acc.rule.clone(),
+                    detail: String::new(),
+                    id: acc.envelope.id.clone(),
+                };
+                if acc.envelope.scope.targets(&self.shared.identity) {
+                    let applied = self.apply_control(&acc.envelope);
+                    let (ok, detail) = match &applied {
+                        Ok(()) => (true, acc.rule.clone()),
+                        Err(e) => (false, e.clone()),
+                    };
+                    self.shared.audit("control-applied", &self.shared.identity.uri(), serde_json::json!({"id": acc.envelope.id, "verb": verdict.verb, "applied": ok, "detail": detail}));
+                    let ack = ControlAck {
+                        origin: origin.clone(),
+                        id: acc.envelope.id.clone(),
+                        node: self.me.clone(),
+                        applied: ok,
+                        detail,
+                        ttl: self.shared.config.routing.max_hops,
+                    };
+                    if origin == self.me {
+                        self.shared.record_ack(ack);
+                    } else if let Some(next) = self.routes.next_hop(&origin).map(str::to_owned) {
+                        self.send(&next, &Frame::ControlAck(ack));
+                    }
+                }
+                Ok(verdict)
+            }
+            Err(refused) => {
+                self.metrics().control.with_label_values(&["unknown", "refused"]).inc();
+                let signer = refused.signer.as_ref().map(|s| s.uri()).unwrap_or_default();
+                tracing::warn!(via = %subject, rule = %refused.rule, error = %refused.error, "refused a control message");
+                self.shared.audit(
+                    "control-refused",
+                    &subject,
+                    serde_json::json!({"rule": refused.rule, "error": refused.error.to_string(), "signer": signer}),
+                );
+                Err(ControlVerdict {
+                    verb: String::new(),
+                    rule: refused.rule.clone(),
+                    detail: refused.error.to_string(),
+                    id: String::new(),
+                })
+            }
+        }
+    }
+
+    /// Carries out an accepted control message addressed to this member.
+    fn apply_control(&mut self, env: &genesis_trust::ControlEnvelope) -> Result<(), String> {
+        use genesis_trust::Verb;
+        match env.verb {
+            Verb::Drain | Verb::Shutdown => {
+                tracing::warn!(verb = %env.verb, "draining on a control message");
+                self.shared.draining.store(true, Ordering::Relaxed);
+                let nodes: Vec<String> = self.links.keys().cloned().collect();
+                for n in nodes {
+                    if let Some(id) = self.links.get(&n).map(|l| l.id) {
+                        self.close_link(&n, id, "draining");
+                    }
+                }
+                if env.verb == Verb::Shutdown {
+                    self.shared.shutdown_requested.notify_one();
+                }
+                Ok(())
+            }
+            Verb::RouteReset => {
+                let now = self.now();
+                let seqno = self.routes.seqno().wrapping_add(1);
+                self.routes =
+                    RouteTable::new(&self.me, seqno, self.shared.config.routing.clone(), now);
+                self.proofs.clear();
+                self.sign_own_seqno();
+                let nodes: Vec<(String, u16)> =
+                    self.links.iter().map(|(n, l)| (n.clone(), l.cost)).collect();
+                for (n, cost) in nodes {
+                    let actions = self.routes.neighbour_up(&n, cost);
+                    self.route_actions(actions);
+                }
+                Ok(())
+            }
+            Verb::LogLevel => {
+                let level = env.args.get("level").ok_or("log-level needs args.level")?;
+                let set = self.shared.log_level.lock().unwrap_or_else(|p| p.into_inner());
+                match set.as_ref() {
+                    Some(set) => set(level),
+                    None => Err("this sidecar cannot change its log level".into()),
+                }
+            }
+            Verb::PolicyUpdate => {
+                let policy =
+                    env.args.get("policy").ok_or("policy-update needs args.policy (JSON)")?;
+                let policy: genesis_trust::RbacPolicy =
+                    serde_json::from_str(policy).map_err(|e| format!("invalid policy: {e}"))?;
+                self.control.set_policy(policy);
+                Ok(())
+            }
+            Verb::Revoke => {
+                use base64::Engine;
+                let crl = env.args.get("crl").ok_or("revoke needs args.crl (base64 DER)")?;
+                let der = base64::engine::general_purpose::STANDARD
+                    .decode(crl)
+                    .map_err(|e| format!("args.crl is not base64: {e}"))?;
+                self.on_crl("control", &der).map(drop)
             }
         }
     }
@@ -968,7 +1229,9 @@ impl Core {
         for action in actions {
             match action {
                 PeerAction::Dial { addr } => {
-                    tokio::spawn(crate::link::dial(self.shared.clone(), addr));
+                    if !self.shared.draining.load(Ordering::Relaxed) {
+                        tokio::spawn(crate::link::dial(self.shared.clone(), addr));
+                    }
                 }
                 PeerAction::Disconnect { node, reason } => {
                     if let Some(id) = self.links.get(&node).map(|l| l.id) {
@@ -979,6 +1242,11 @@ impl Core {
                     let now = self.now();
                     let frame = Frame::PeerExchange { peers: self.peers.exchange_list(now) };
                     self.flood(frame, None);
+                    // Members announce their CRL number periodically too: one that missed a
+                    // push catches up within an exchange interval.
+                    if let Some(number) = self.shared.store.crl_number() {
+                        self.flood(Frame::CrlAnnounce { number }, None);
+                    }
                 }
                 PeerAction::Banned { node, until, reason } => {
                     self.metrics().bans.inc();
@@ -1019,6 +1287,10 @@ pub fn new_shared(
         audit: audit.map(Mutex::new),
         messenger: crate::stream::Messenger::default(),
         data: DataPlane::default(),
+        acks: Mutex::new(HashMap::new()),
+        acks_notify: Notify::new(),
+        shutdown_requested: Notify::new(),
+        log_level: Mutex::new(None),
         next_id: AtomicU64::new(1),
     })
 }

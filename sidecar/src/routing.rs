@@ -211,6 +211,18 @@ impl RouteTable {
         actions
     }
 
+    /// Forgets every route to `dest` (its certificate was revoked) and withdraws ours.
+    pub fn forget(&mut self, dest: &str) -> Vec<RouteAction> {
+        let mut actions = Vec::new();
+        if let Some(d) = self.dests.get_mut(dest) {
+            d.candidates.clear();
+            self.reselect(dest, &mut actions);
+        }
+        // A withdrawn route need not be asked for again: the destination is revoked.
+        actions.retain(|a| !matches!(a, RouteAction::RequestSeqno { .. }));
+        actions
+    }
+
     /// A verified advert from `from`.
     pub fn on_advert(&mut self, from: &str, advert: Advert, now: Time) -> Vec<RouteAction> {
         let mut actions = Vec::new();

@@ -26,7 +26,7 @@ fn samples() -> Vec<Frame> {
         Frame::CrlAnnounce { number: 9 },
         Frame::CrlRequest { number: 10 },
         Frame::CrlData { der: vec![0x30; 100_000] },
-        Frame::Control { envelope: vec![9; 1000] },
+        Frame::Control { origin: "op".into(), envelope: vec![9; 1000] },
         Frame::Data(Data {
             src: "a".into(),
             dst: "b.ns".into(),
@@ -44,6 +44,14 @@ fn samples() -> Vec<Frame> {
         }),
         Frame::Close { reason: "draining".into() },
         Frame::Certificate { der: vec![0x30; 700] },
+        Frame::ControlAck(ControlAck {
+            origin: "a".into(),
+            id: "0123456789abcdef0123456789abcdef".into(),
+            node: "b".into(),
+            applied: true,
+            detail: "operator-manages-the-network".into(),
+            ttl: 16,
+        }),
     ]
 }
 
