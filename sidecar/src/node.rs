@@ -935,25 +935,31 @@ impl Core {
                     id: acc.envelope.id.clone(),
                 };
                 if acc.envelope.scope.targets(&self.shared.identity) {
-                    let applied = self.apply_control(&acc.envelope);
-                    let (ok, detail) = match &applied {
-                        Ok(()) => (true, acc.rule.clone()),
-                        Err(e) => (false, e.clone()),
+                    // NB: drain and shutdown close every link, so their answer goes out first
+                    // (queued control frames are flushed before a link closes).
+                    let closes_links = matches!(
+                        acc.envelope.verb,
+                        genesis_trust::Verb::Drain | genesis_trust::Verb::Shutdown
+                    );
+                    let applied = if closes_links {
+                        self.ack(&origin, &acc.envelope.id, Ok(acc.rule.clone()));
+                        self.apply_control(&acc.envelope)
+                    } else {
+                        let applied = self.apply_control(&acc.envelope);
+                        self.ack(
+                            &origin,
+                            &acc.envelope.id,
+                            applied.clone().map(|()| acc.rule.clone()),
+                        );
+                        applied
                     };
-                    self.shared.audit("control-applied", &self.shared.identity.uri(), serde_json::json!({"id": acc.envelope.id, "verb": verdict.verb, "applied": ok, "detail": detail}));
-                    let ack = ControlAck {
-                        origin: origin.clone(),
-                        id: acc.envelope.id.clone(),
-                        node: self.me.clone(),
-                        applied: ok,
-                        detail,
-                        ttl: self.shared.config.routing.max_hops,
-                    };
-                    if origin == self.me {
-                        self.shared.record_ack(ack);
-                    } else if let Some(next) = self.routes.next_hop(&origin).map(str::to_owned) {
-                        self.send(&next, &Frame::ControlAck(ack));
-                    }
+                    let detail =
+                        applied.as_ref().err().cloned().unwrap_or_else(|| acc.rule.clone());
+                    self.shared.audit(
+                        "control-applied",
+                        &self.shared.identity.uri(),
+                        serde_json::json!({"id": acc.envelope.id, "verb": verdict.verb, "applied": applied.is_ok(), "detail": detail}),
+                    );
                 }
                 Ok(verdict)
             }
@@ -973,6 +979,27 @@ impl Core {
                     id: String::new(),
                 })
             }
+        }
+    }
+
+    /// Answers the origin of a control message (the member it was injected at).
+    fn ack(&mut self, origin: &str, id: &str, result: Result<String, String>) {
+        let (applied, detail) = match result {
+            Ok(rule) => (true, rule),
+            Err(e) => (false, e),
+        };
+        let ack = ControlAck {
+            origin: origin.to_owned(),
+            id: id.to_owned(),
+            node: self.me.clone(),
+            applied,
+            detail,
+            ttl: self.shared.config.routing.max_hops,
+        };
+        if origin == self.me {
+            self.shared.record_ack(ack);
+        } else if let Some(next) = self.routes.next_hop(origin).map(str::to_owned) {
+            self.send(&next, &Frame::ControlAck(ack));
         }
     }
 

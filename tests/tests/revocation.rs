@@ -1,0 +1,190 @@
+//! Revocation across a real mesh: a new CRL pushed into one member reaches every member, the
+//! revoked member is cut off and cannot come back, and bad CRLs change nothing.
+
+use std::time::{Duration, Instant};
+
+use genesis_e2e::{http, wait_for, Authority, RawPeer, Sidecar, SidecarOptions, Subnet};
+use genesis_operator::local::LocalAuthority;
+use genesis_sidecar::frame::Frame;
+use genesis_trust::{
+    create_csr, CertificateAuthority, Identity, KeyAlgorithm, PrivateKey, RevocationList, Role,
+};
+
+/// `n` members in a sparse random (seeded) topology: each bootstraps from one or two earlier
+/// members, keeps 2 to 4 links.
+fn sparse_mesh(auth: &Authority, net: &Subnet, n: u8, seed: u64) -> Vec<Sidecar> {
+    let mut state = seed;
+    let mut rand = move |below: u8| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state % u64::from(below)) as u8
+    };
+    (0..n)
+        .map(|i| {
+            let mut anchors = Vec::new();
+            if i > 0 {
+                anchors.push(format!("{}:7000", net.ip(rand(i) + 1)));
+                if i > 2 {
+                    let other = format!("{}:7000", net.ip(rand(i) + 1));
+                    if !anchors.contains(&other) {
+                        anchors.push(other);
+                    }
+                }
+            }
+            let opts = SidecarOptions { anchors, min_peers: 2, max_peers: 4, ..Default::default() };
+            Sidecar::start(auth, &format!("m{i}"), &net.ip(i + 1), &opts)
+        })
+        .collect()
+}
+
+#[test]
+fn a_revoked_member_is_cut_off_everywhere_and_the_others_keep_talking() {
+    let net = Subnet::new();
+    let auth = Authority::start(&net, "revoke", "24h");
+    let n = 20u8;
+    let nodes = sparse_mesh(&auth, &net, n, 0x5eed);
+    wait_for(Duration::from_secs(60), "every member to reach every other", || {
+        nodes.iter().all(|s| s.routes().len() == usize::from(n) - 1)
+    });
+    let victim = 7usize;
+    auth.revoke(&nodes[victim].node);
+    let crl = std::fs::read(auth.dir.path().join("crl.der")).unwrap();
+    let pushed = Instant::now();
+    let (status, body) = http(&nodes[0].admin, "POST", "/admin/crl", &crl).unwrap();
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let converged = wait_for(Duration::from_secs(10), "every other member to hold CRL 1", || {
+        nodes
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != victim)
+            .all(|(_, s)| s.admin_json("/admin/identity")["crlNumber"] == 1)
+    });
+    eprintln!(
+        "CRL converged on {} members in {:?} (polling every 50 ms)",
+        n - 1,
+        pushed.elapsed().min(converged + Duration::from_millis(50))
+    );
+
+    // The revoked member has no links left and cannot make new ones.
+    wait_for(Duration::from_secs(10), "the revoked member to lose every link", || {
+        nodes[victim].metric("genesis_sidecar_links", "") == 0.0
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        nodes[victim].metric("genesis_sidecar_links", ""),
+        0.0,
+        "the revoked member got back in"
+    );
+    for (i, s) in nodes.iter().enumerate() {
+        if i != victim {
+            assert!(
+                !s.routes().contains(&nodes[victim].node),
+                "{} still routes to the revoked member",
+                s.node
+            );
+        }
+    }
+    // The others keep delivering, across the mesh.
+    for (a, b) in [(0usize, 19usize), (19, 3), (5, 12)] {
+        assert_eq!(
+            nodes[a].send(&nodes[b].node, b"after the revocation").0,
+            200,
+            "{} -> {}",
+            nodes[a].node,
+            nodes[b].node
+        );
+    }
+    // Each member recorded the CRL in its audit chain, and the chains verify.
+    let audit = std::fs::read_to_string(auth.dir.path().join("m3.audit.jsonl")).unwrap();
+    assert!(audit.contains("crl-applied"));
+    let verified = std::process::Command::new(&genesis_e2e::binaries().genesisctl)
+        .args(["audit", "verify"])
+        .arg(auth.dir.path().join("m3.audit.jsonl"))
+        .output()
+        .unwrap();
+    assert!(verified.status.success(), "{}", String::from_utf8_lossy(&verified.stderr));
+}
+
+#[test]
+fn stale_foreign_and_garbage_crls_are_refused_and_audited_and_the_current_one_stays() {
+    let net = Subnet::new();
+    let auth = Authority::start(&net, "badcrl", "24h");
+    let opts = |anchors: Vec<String>| SidecarOptions {
+        anchors,
+        min_peers: 1,
+        max_peers: 4,
+        ..Default::default()
+    };
+    let a = Sidecar::start(&auth, "a", &net.ip(1), &opts(vec![]));
+    let b = Sidecar::start(&auth, "b", &net.ip(2), &opts(vec![format!("{}:7000", net.ip(1))]));
+    wait_for(Duration::from_secs(20), "a and b to link", || a.routes() == ["b"]);
+    let stale = std::fs::read(auth.dir.path().join("crl.der")).unwrap(); // number 0
+    auth.revoke("nobody-in-particular"); // nothing issued: no new CRL
+    let authority = LocalAuthority::open(auth.dir.path()).unwrap();
+    let current =
+        authority.publish_crl(&RevocationList { number: 1, ..Default::default() }).unwrap();
+    assert_eq!(http(&a.admin, "POST", "/admin/crl", current.der()).unwrap().0, 200);
+    wait_for(Duration::from_secs(5), "b to hold CRL 1", || {
+        b.admin_json("/admin/identity")["crlNumber"] == 1
+    });
+
+    let foreign_ca = CertificateAuthority::generate(
+        "test.local",
+        KeyAlgorithm::EcdsaP256,
+        Duration::from_secs(86400),
+        std::time::SystemTime::now(),
+    )
+    .unwrap();
+    let now = std::time::SystemTime::now();
+    let foreign = foreign_ca
+        .sign_crl(
+            &RevocationList { number: 99, ..Default::default() },
+            now,
+            now + Duration::from_secs(3600),
+        )
+        .unwrap();
+    let cases: [(&str, Vec<u8>, u16, &str); 3] = [
+        ("stale", stale, 409, "not newer"),
+        ("foreign", foreign.der().to_vec(), 422, "not signed by this network's authority"),
+        ("garbage", b"definitely not a CRL".to_vec(), 422, "malformed CRL"),
+    ];
+    for (name, der, status, reason) in &cases {
+        let (got, body) = http(&a.admin, "POST", "/admin/crl", der).unwrap();
+        let text = String::from_utf8_lossy(&body);
+        assert_eq!(got, *status, "{name}: {text}");
+        assert!(text.contains(reason), "{name}: {text}");
+    }
+    // The same three pushed by a peer over a link.
+    let key = PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
+    let id = Identity::new("test.local", "badcrl", Role::Client, "pusher").unwrap();
+    let leaf = authority.issue(&create_csr(&id, &key).unwrap(), &id).unwrap();
+    let bundle = std::fs::read_to_string(auth.bundle_path()).unwrap();
+    let mut peer = RawPeer::connect(&b.peer, leaf.chain.clone(), &key, &bundle, "badcrl").unwrap();
+    peer.send(&Frame::Hello { identity: id.uri(), listen: String::new() }).unwrap();
+    for (_, der, _, _) in &cases {
+        peer.send(&Frame::CrlData { der: der.clone() }).unwrap();
+    }
+    wait_for(Duration::from_secs(5), "b to refuse the pushed CRLs", || {
+        b.metric("genesis_sidecar_crl_updates_total", "result=\"refused\"") >= 2.0
+            && b.metric("genesis_sidecar_crl_updates_total", "result=\"not_newer\"") >= 1.0
+    });
+    for s in [&a, &b] {
+        assert_eq!(
+            s.admin_json("/admin/identity")["crlNumber"],
+            1,
+            "{} lost its current CRL",
+            s.node
+        );
+        let audit =
+            std::fs::read_to_string(auth.dir.path().join(format!("{}.audit.jsonl", s.node)))
+                .unwrap();
+        assert!(
+            audit.contains("crl-refused") && audit.contains("crl-ignored"),
+            "{}: {audit}",
+            s.node
+        );
+    }
+    // Nothing else was disturbed.
+    assert_eq!(a.send("b", b"still linked").0, 200);
+}
