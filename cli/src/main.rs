@@ -1,6 +1,7 @@
 //! genesisctl: the Genesis Mesh command line.
 #![forbid(unsafe_code)]
 
+mod crl;
 mod demo;
 
 use std::path::PathBuf;
@@ -21,11 +22,22 @@ enum Command {
     /// CSR issuance, mutual TLS, revocation, signed control messages, audit log); the sidecar
     /// mesh joins the demo when it is built.
     Demo(demo::DemoArgs),
+    /// Revocation lists: push a new CRL into a local mesh and wait for convergence.
+    Crl {
+        #[command(subcommand)]
+        command: CrlCommand,
+    },
     /// Audit log tools.
     Audit {
         #[command(subcommand)]
         command: AuditCommand,
     },
+}
+
+#[derive(Subcommand)]
+enum CrlCommand {
+    /// Push a CRL through one member and wait until every listed member holds it.
+    Push(crl::PushArgs),
 }
 
 #[derive(Subcommand)]
@@ -44,6 +56,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Demo(args) => demo::run(&args),
+        Command::Crl { command: CrlCommand::Push(args) } => crl::push(&args),
         Command::Audit { command: AuditCommand::Verify { file, json } } => {
             audit_verify(&file, json)
         }

@@ -139,6 +139,7 @@ pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Bod
                     "notAfter": unix(tls.not_after),
                     "renewalTime": unix(tls.renewal_time),
                     "crlNumber": shared.store.crl_number(),
+                    "crlAppliedAtMs": shared.crl_applied_at_ms.load(std::sync::atomic::Ordering::Relaxed),
                     "routeSeqno": snap.seqno,
                     "auditRecords": shared.audit_head().map(|(n, _)| n),
                     "auditHead": shared.audit_head().map(|(_, h)| h),

@@ -143,6 +143,8 @@ pub struct Shared {
     /// Acknowledgements of control messages injected here, by envelope id.
     pub acks: Mutex<HashMap<String, Vec<ControlAck>>>,
     pub acks_notify: Notify,
+    /// Wall-clock Unix milliseconds when the current CRL was applied (0: the one from the join).
+    pub crl_applied_at_ms: AtomicU64,
     /// Set by a `shutdown` control message; main waits on it beside SIGTERM.
     pub shutdown_requested: Notify,
     /// Changes the log filter (`log-level` control messages); set by main.
@@ -843,6 +845,9 @@ impl Core {
         };
         match self.shared.store.install_crl(&crl, SystemTime::now()) {
             Ok(update) => {
+                let at =
+                    SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+                self.shared.crl_applied_at_ms.store(at.as_millis() as u64, Ordering::Relaxed);
                 self.metrics().crl_updates.with_label_values(&["applied"]).inc();
                 tracing::info!(
                     number = update.number,
@@ -1317,6 +1322,7 @@ pub fn new_shared(
         acks: Mutex::new(HashMap::new()),
         acks_notify: Notify::new(),
         shutdown_requested: Notify::new(),
+        crl_applied_at_ms: AtomicU64::new(0),
         log_level: Mutex::new(None),
         next_id: AtomicU64::new(1),
     })

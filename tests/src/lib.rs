@@ -314,6 +314,11 @@ impl Sidecar {
         serde_json::from_slice::<Vec<Value>>(&resp).unwrap_or_default()
     }
 
+    /// Whether the process has exited (and how).
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
+    }
+
     /// Kills the process (no drain), as a crash would.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -488,4 +493,32 @@ impl RawPeer {
         }
         false
     }
+}
+
+/// `n` members in a sparse random (seeded, so reproducible) topology: each bootstraps from one
+/// or two earlier members and keeps 2 to 4 links.
+pub fn sparse_mesh(auth: &Authority, net: &Subnet, n: u8, seed: u64) -> Vec<Sidecar> {
+    let mut state = seed;
+    let mut rand = move |below: u8| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state % u64::from(below)) as u8
+    };
+    (0..n)
+        .map(|i| {
+            let mut anchors = Vec::new();
+            if i > 0 {
+                anchors.push(format!("{}:7000", net.ip(rand(i) + 1)));
+                if i > 2 {
+                    let other = format!("{}:7000", net.ip(rand(i) + 1));
+                    if !anchors.contains(&other) {
+                        anchors.push(other);
+                    }
+                }
+            }
+            let opts = SidecarOptions { anchors, min_peers: 2, max_peers: 4, ..Default::default() };
+            Sidecar::start(auth, &format!("m{i}"), &net.ip(i + 1), &opts)
+        })
+        .collect()
 }

@@ -145,3 +145,90 @@ fn control_messages_are_obeyed_by_their_target_only_and_bad_ones_refused_everywh
         .collect();
     assert_eq!(applied.len(), 4, "c0..c3 applied it (c4 is drained): {answer}");
 }
+
+fn with_args(
+    signer: &EnvelopeSigner,
+    verb: Verb,
+    scope: Scope,
+    args: &[(&str, String)],
+) -> Vec<u8> {
+    let args = args.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+    signer
+        .sign(&ControlEnvelope::new(NET, verb, scope, args, SystemTime::now()).unwrap())
+        .unwrap()
+        .encode()
+}
+
+#[test]
+fn policy_update_route_reset_and_shutdown_are_applied() {
+    let net = Subnet::new();
+    let auth = Authority::start(&net, NET, "24h");
+    let mut nodes: Vec<Sidecar> = (0..3u8)
+        .map(|i| {
+            let anchors = if i == 0 { vec![] } else { vec![format!("{}:7000", net.ip(i))] };
+            Sidecar::start(
+                &auth,
+                &format!("p{i}"),
+                &net.ip(i + 1),
+                &SidecarOptions { anchors, min_peers: 1, max_peers: 2, ..Default::default() },
+            )
+        })
+        .collect();
+    wait_for(Duration::from_secs(30), "the line to converge", || nodes[0].routes().len() == 2);
+    let authority = LocalAuthority::open(auth.dir.path()).unwrap();
+    let operator = signer(&authority, Role::Operator, "genesis-operator");
+    let client = signer(&authority, Role::Client, "p-client");
+
+    // Clients may not reset routes by default...
+    let (status, _) =
+        inject(&nodes[0], &envelope(&client, Verb::RouteReset, Scope::Network), "wait=0");
+    assert_eq!(status, 403);
+    // ...until the operator updates the policy network-wide.
+    let mut policy = genesis_trust::RbacPolicy::default();
+    policy.rules.push(genesis_trust::RbacRule {
+        name: "clients-reset-routes".into(),
+        roles: vec![Role::Client],
+        verbs: vec![Verb::RouteReset],
+        scopes: vec![genesis_trust::ScopeKind::Network],
+    });
+    let update = with_args(
+        &operator,
+        Verb::PolicyUpdate,
+        Scope::Network,
+        &[("policy", serde_json::to_string(&policy).unwrap())],
+    );
+    let (status, answer) = inject(&nodes[0], &update, "expect=3&wait=5000");
+    assert_eq!(status, 202, "{answer}");
+    assert_eq!(
+        answer["acks"].as_array().unwrap().iter().filter(|a| a["applied"] == true).count(),
+        3,
+        "{answer}"
+    );
+    // Now the client's route reset is accepted by the new rule and applied everywhere; routes
+    // come back.
+    let seqno_before = nodes[2].admin_json("/admin/identity")["routeSeqno"].as_u64().unwrap();
+    let (status, answer) = inject(
+        &nodes[1],
+        &envelope(&client, Verb::RouteReset, Scope::Network),
+        "expect=3&wait=5000",
+    );
+    assert_eq!((status, answer["rule"].as_str()), (202, Some("clients-reset-routes")), "{answer}");
+    let seqno_after = nodes[2].admin_json("/admin/identity")["routeSeqno"].as_u64().unwrap();
+    assert_ne!(seqno_before, seqno_after, "p2 reset its routing state");
+    wait_for(Duration::from_secs(10), "routes to be relearned", || nodes[0].routes().len() == 2);
+    assert_eq!(nodes[0].send("p2", b"after the reset").0, 200);
+
+    // A shutdown addressed to p2: it acknowledges, drains and exits cleanly.
+    let (status, answer) = inject(
+        &nodes[0],
+        &envelope(&operator, Verb::Shutdown, Scope::Node("p2".into())),
+        "expect=1&wait=5000",
+    );
+    assert_eq!(status, 202, "{answer}");
+    wait_for(Duration::from_secs(10), "p2 to exit", || nodes[2].exited().is_some());
+    assert!(nodes[2].exited().unwrap().success());
+    assert!(
+        nodes[0].exited().is_none() && nodes[1].exited().is_none(),
+        "only the addressed member shut down"
+    );
+}

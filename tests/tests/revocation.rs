@@ -1,42 +1,16 @@
 //! Revocation across a real mesh: a new CRL pushed into one member reaches every member, the
 //! revoked member is cut off and cannot come back, and bad CRLs change nothing.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use genesis_e2e::{http, wait_for, Authority, RawPeer, Sidecar, SidecarOptions, Subnet};
+use genesis_e2e::{
+    http, sparse_mesh, wait_for, Authority, RawPeer, Sidecar, SidecarOptions, Subnet,
+};
 use genesis_operator::local::LocalAuthority;
 use genesis_sidecar::frame::Frame;
 use genesis_trust::{
     create_csr, CertificateAuthority, Identity, KeyAlgorithm, PrivateKey, RevocationList, Role,
 };
-
-/// `n` members in a sparse random (seeded) topology: each bootstraps from one or two earlier
-/// members, keeps 2 to 4 links.
-fn sparse_mesh(auth: &Authority, net: &Subnet, n: u8, seed: u64) -> Vec<Sidecar> {
-    let mut state = seed;
-    let mut rand = move |below: u8| {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        (state % u64::from(below)) as u8
-    };
-    (0..n)
-        .map(|i| {
-            let mut anchors = Vec::new();
-            if i > 0 {
-                anchors.push(format!("{}:7000", net.ip(rand(i) + 1)));
-                if i > 2 {
-                    let other = format!("{}:7000", net.ip(rand(i) + 1));
-                    if !anchors.contains(&other) {
-                        anchors.push(other);
-                    }
-                }
-            }
-            let opts = SidecarOptions { anchors, min_peers: 2, max_peers: 4, ..Default::default() };
-            Sidecar::start(auth, &format!("m{i}"), &net.ip(i + 1), &opts)
-        })
-        .collect()
-}
 
 #[test]
 fn a_revoked_member_is_cut_off_everywhere_and_the_others_keep_talking() {
@@ -49,21 +23,40 @@ fn a_revoked_member_is_cut_off_everywhere_and_the_others_keep_talking() {
     });
     let victim = 7usize;
     auth.revoke(&nodes[victim].node);
-    let crl = std::fs::read(auth.dir.path().join("crl.der")).unwrap();
-    let pushed = Instant::now();
-    let (status, body) = http(&nodes[0].admin, "POST", "/admin/crl", &crl).unwrap();
-    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
-    let converged = wait_for(Duration::from_secs(10), "every other member to hold CRL 1", || {
-        nodes
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| *i != victim)
-            .all(|(_, s)| s.admin_json("/admin/identity")["crlNumber"] == 1)
-    });
+    // Push through one member with the real CLI, which waits for every other member.
+    let others: Vec<String> = nodes
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != victim)
+        .map(|(_, s)| s.admin.clone())
+        .collect();
+    let out = std::process::Command::new(&genesis_e2e::binaries().genesisctl)
+        .args([
+            "crl",
+            "push",
+            "--via",
+            &nodes[0].admin,
+            "--members",
+            &others.join(","),
+            "--timeout",
+            "10s",
+            "--json",
+        ])
+        .arg("--crl")
+        .arg(auth.dir.path().join("crl.der"))
+        .output()
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&out.stderr)));
+    assert!(out.status.success(), "{report}");
+    assert_eq!(
+        (report["converged"].as_bool(), report["crlNumber"].as_u64(), report["members"].as_u64()),
+        (Some(true), Some(1), Some(19))
+    );
     eprintln!(
-        "CRL converged on {} members in {:?} (polling every 50 ms)",
+        "CRL converged on {} members in {:.3}s (genesisctl crl push)",
         n - 1,
-        pushed.elapsed().min(converged + Duration::from_millis(50))
+        report["seconds"].as_f64().unwrap()
     );
 
     // The revoked member has no links left and cannot make new ones.

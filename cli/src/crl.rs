@@ -1,0 +1,122 @@
+//! `genesisctl crl push`: the local injection point for a new CRL. It posts the CRL to one
+//! member's admin API (which checks it and pushes it on to its neighbours at once) and waits
+//! until every listed member reports holding it.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+#[derive(clap::Args)]
+pub struct PushArgs {
+    /// The CRL (DER or PEM), e.g. the authority's crl.der.
+    #[arg(long)]
+    crl: PathBuf,
+    /// Admin address (host:port) of the member to push through.
+    #[arg(long)]
+    via: String,
+    /// Admin addresses of the members to wait for (comma separated).
+    #[arg(long, value_delimiter = ',')]
+    members: Vec<String>,
+    /// Give up waiting after this long (Go duration).
+    #[arg(long, default_value = "10s")]
+    timeout: String,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+/// One HTTP/1.1 request with `Connection: close`; (status, body).
+fn http(addr: &str, method: &str, path: &str, body: &[u8]) -> Result<(u16, Vec<u8>), String> {
+    let sock: SocketAddr = addr.parse().map_err(|e| format!("{addr} is not host:port: {e}"))?;
+    let mut s = TcpStream::connect_timeout(&sock, Duration::from_secs(2))
+        .map_err(|e| format!("cannot reach {addr}: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| e.to_string())?;
+    write!(s, "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n", body.len())
+        .and_then(|()| s.write_all(body))
+        .map_err(|e| format!("{addr}: {e}"))?;
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp).map_err(|e| format!("{addr}: {e}"))?;
+    let end = resp
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or(format!("{addr}: not an HTTP answer"))?;
+    let status = String::from_utf8_lossy(&resp[..end])
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    Ok((status, resp[end + 4..].to_vec()))
+}
+
+fn crl_number(admin: &str) -> Option<u64> {
+    let (_, body) = http(admin, "GET", "/admin/identity", b"").ok()?;
+    serde_json::from_slice::<serde_json::Value>(&body).ok()?["crlNumber"].as_u64()
+}
+
+pub fn push(args: &PushArgs) -> ExitCode {
+    match run(args) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("genesisctl crl push: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(args: &PushArgs) -> Result<bool, String> {
+    let timeout = genesis_trust::duration::parse_duration(&args.timeout)
+        .map_err(|e| format!("--timeout: {e}"))?;
+    let raw =
+        std::fs::read(&args.crl).map_err(|e| format!("cannot read {}: {e}", args.crl.display()))?;
+    let crl = match std::str::from_utf8(&raw) {
+        Ok(text) if text.contains("-----BEGIN") => genesis_trust::Crl::from_pem(text),
+        _ => genesis_trust::Crl::parse(&raw),
+    }
+    .map_err(|e| format!("{}: {e}", args.crl.display()))?;
+    let start = Instant::now();
+    let (status, body) = http(&args.via, "POST", "/admin/crl", crl.der())?;
+    // 409: the member already holds it (or newer); the mesh may still be converging.
+    if status != 200 && status != 409 {
+        return Err(format!(
+            "{} refused the CRL ({status}): {}",
+            args.via,
+            String::from_utf8_lossy(&body)
+        ));
+    }
+    let number = crl.number();
+    let mut pending: Vec<&String> = args.members.iter().collect();
+    while !pending.is_empty() && start.elapsed() < timeout {
+        pending.retain(|m| crl_number(m).is_none_or(|n| n < number));
+        if !pending.is_empty() {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    let elapsed = start.elapsed();
+    let converged = pending.is_empty();
+    if args.json {
+        let out = serde_json::json!({
+            "crlNumber": number,
+            "converged": converged,
+            "members": args.members.len(),
+            "seconds": elapsed.as_secs_f64(),
+            "notConverged": pending,
+        });
+        println!("{out}");
+    } else if converged {
+        println!(
+            "CRL {number} held by all {} members after {:.3}s",
+            args.members.len(),
+            elapsed.as_secs_f64()
+        );
+    } else {
+        println!(
+            "CRL {number} not held after {:.1}s by: {}",
+            elapsed.as_secs_f64(),
+            pending.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+        );
+    }
+    Ok(converged)
+}
