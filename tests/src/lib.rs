@@ -522,3 +522,15 @@ pub fn sparse_mesh(auth: &Authority, net: &Subnet, n: u8, seed: u64) -> Vec<Side
         })
         .collect()
 }
+
+/// Two members, `b` bootstrapped from `a`, linked and routing to each other.
+pub fn linked_pair(auth: &Authority, net: &Subnet) -> (Sidecar, Sidecar) {
+    let opts = SidecarOptions { min_peers: 1, max_peers: 4, ..Default::default() };
+    let a = Sidecar::start(auth, "a", &net.ip(1), &opts);
+    let b_opts = SidecarOptions { anchors: vec![format!("{}:7000", net.ip(1))], ..opts };
+    let b = Sidecar::start(auth, "b", &net.ip(2), &b_opts);
+    wait_for(Duration::from_secs(20), "a and b to link", || {
+        a.routes() == ["b"] && b.routes() == ["a"]
+    });
+    (a, b)
+}

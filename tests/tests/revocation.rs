@@ -3,9 +3,7 @@
 
 use std::time::Duration;
 
-use genesis_e2e::{
-    http, sparse_mesh, wait_for, Authority, RawPeer, Sidecar, SidecarOptions, Subnet,
-};
+use genesis_e2e::{http, linked_pair, sparse_mesh, wait_for, Authority, RawPeer, Subnet};
 use genesis_operator::local::LocalAuthority;
 use genesis_sidecar::frame::Frame;
 use genesis_trust::{
@@ -103,15 +101,7 @@ fn a_revoked_member_is_cut_off_everywhere_and_the_others_keep_talking() {
 fn stale_foreign_and_garbage_crls_are_refused_and_audited_and_the_current_one_stays() {
     let net = Subnet::new();
     let auth = Authority::start(&net, "badcrl", "24h");
-    let opts = |anchors: Vec<String>| SidecarOptions {
-        anchors,
-        min_peers: 1,
-        max_peers: 4,
-        ..Default::default()
-    };
-    let a = Sidecar::start(&auth, "a", &net.ip(1), &opts(vec![]));
-    let b = Sidecar::start(&auth, "b", &net.ip(2), &opts(vec![format!("{}:7000", net.ip(1))]));
-    wait_for(Duration::from_secs(20), "a and b to link", || a.routes() == ["b"]);
+    let (a, b) = linked_pair(&auth, &net);
     let stale = std::fs::read(auth.dir.path().join("crl.der")).unwrap(); // number 0
     auth.revoke("nobody-in-particular"); // nothing issued: no new CRL
     let authority = LocalAuthority::open(auth.dir.path()).unwrap();

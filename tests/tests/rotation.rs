@@ -3,21 +3,14 @@
 
 use std::time::{Duration, Instant};
 
-use genesis_e2e::{wait_for, Authority, Sidecar, SidecarOptions, Subnet};
+use genesis_e2e::{linked_pair, wait_for, Authority, Sidecar, Subnet};
 
 #[test]
 fn certificates_rotate_without_dropping_links() {
     let net = Subnet::new();
     // 12s certificates: renewed at 6s, the first ones expire at 12s (+60s backdating).
     let auth = Authority::start(&net, "rotate", "12s");
-    let opts = |anchors: Vec<String>| SidecarOptions {
-        anchors,
-        min_peers: 1,
-        max_peers: 4,
-        ..Default::default()
-    };
-    let a = Sidecar::start(&auth, "a", &net.ip(1), &opts(vec![]));
-    let b = Sidecar::start(&auth, "b", &net.ip(2), &opts(vec![format!("{}:7000", net.ip(1))]));
+    let (a, b) = linked_pair(&auth, &net);
     wait_for(Duration::from_secs(20), "a and b to link", || {
         a.routes() == ["b"] && b.routes() == ["a"]
     });
@@ -52,15 +45,7 @@ fn certificates_rotate_without_dropping_links() {
 fn sigterm_drains_neighbours_hear_goodbye_and_the_process_exits_cleanly() {
     let net = Subnet::new();
     let auth = Authority::start(&net, "drain", "24h");
-    let opts = |anchors: Vec<String>| SidecarOptions {
-        anchors,
-        min_peers: 1,
-        max_peers: 4,
-        ..Default::default()
-    };
-    let a = Sidecar::start(&auth, "a", &net.ip(1), &opts(vec![]));
-    let mut b = Sidecar::start(&auth, "b", &net.ip(2), &opts(vec![format!("{}:7000", net.ip(1))]));
-    wait_for(Duration::from_secs(20), "a and b to link", || a.routes() == ["b"]);
+    let (a, mut b) = linked_pair(&auth, &net);
     let status = b.terminate();
     assert!(status.success(), "exit status {status:?}");
     wait_for(Duration::from_secs(5), "a to drop the route to b", || a.routes().is_empty());
@@ -78,15 +63,7 @@ fn sigterm_drains_neighbours_hear_goodbye_and_the_process_exits_cleanly() {
 fn a_failed_renewal_keeps_the_valid_certificate_and_recovers_when_the_authority_returns() {
     let net = Subnet::new();
     let mut auth = Authority::start(&net, "renewfail", "20s");
-    let opts = |anchors: Vec<String>| SidecarOptions {
-        anchors,
-        min_peers: 1,
-        max_peers: 4,
-        ..Default::default()
-    };
-    let a = Sidecar::start(&auth, "a", &net.ip(1), &opts(vec![]));
-    let _b = Sidecar::start(&auth, "b", &net.ip(2), &opts(vec![format!("{}:7000", net.ip(1))]));
-    wait_for(Duration::from_secs(20), "a and b to link", || a.routes() == ["b"]);
+    let (a, _b) = linked_pair(&auth, &net);
     let serial =
         |s: &Sidecar| s.admin_json("/admin/identity")["serial"].as_str().unwrap().to_owned();
     let first = serial(&a);
