@@ -129,6 +129,8 @@ pub async fn start(config: Config, creds: Credentials) -> Result<Running, String
     })
 }
 
+/// Shortest pause between two renewals.
+const MIN_RENEWAL_GAP: Duration = Duration::from_secs(1);
 /// Longest pause between renewal retries.
 const MAX_RENEWAL_BACKOFF: Duration = Duration::from_secs(60);
 
@@ -139,7 +141,13 @@ async fn renewal_loop(shared: Arc<Shared>, shutdown: CancellationToken) {
     loop {
         let current = shared.tls.load_full();
         let wait = if failures == 0 {
-            current.renewal_time.duration_since(SystemTime::now()).unwrap_or_default()
+            // NB: at least a second apart, whatever the certificate says: a renewal time in
+            // the past must not turn into a busy loop against the identity service.
+            current
+                .renewal_time
+                .duration_since(SystemTime::now())
+                .unwrap_or_default()
+                .max(MIN_RENEWAL_GAP)
         } else {
             (Duration::from_secs(1) * 2u32.saturating_pow(failures.min(6))).min(MAX_RENEWAL_BACKOFF)
         };

@@ -66,8 +66,10 @@ fn a_failed_renewal_keeps_the_valid_certificate_and_recovers_when_the_authority_
     let (a, _b) = linked_pair(&auth, &net);
     let serial =
         |s: &Sidecar| s.admin_json("/admin/identity")["serial"].as_str().unwrap().to_owned();
-    let first = serial(&a);
+    // Stop the authority first: from then on no renewal can succeed, so the serial read next
+    // is the one that must be kept.
     auth.stop();
+    let first = serial(&a);
     // Renewal is due at half-life (10s); with the authority gone it fails and is retried.
     wait_for(Duration::from_secs(30), "a renewal attempt to fail", || {
         a.metric("genesis_sidecar_certificate_renewals_total", "result=\"error\"") >= 1.0

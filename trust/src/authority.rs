@@ -360,7 +360,7 @@ impl CertificateAuthority {
         let cert = CertificateSigningRequestParams { params, public_key: csr.public_key }
             .signed_by(&self.issuer)
             .map_err(|source| Error::Signing { action: "sign a leaf certificate", source })?;
-        self.issued(entitled, cert.der().clone(), policy)
+        self.issued(entitled, cert.der().clone(), policy, now)
     }
 
     /// Issues a leaf with a key generated here, for principals that cannot run a sidecar
@@ -377,7 +377,7 @@ impl CertificateAuthority {
         let cert = params
             .signed_by(key.key_pair(), &self.issuer)
             .map_err(|source| Error::Signing { action: "sign a leaf certificate", source })?;
-        Ok((self.issued(identity, cert.der().clone(), policy)?, key))
+        Ok((self.issued(identity, cert.der().clone(), policy, now)?, key))
     }
 
     /// Signs `list` as an RFC 5280 CRL valid from `this_update` to `next_update`.
@@ -423,6 +423,7 @@ impl CertificateAuthority {
         identity: &Identity,
         leaf: CertificateDer<'static>,
         policy: &LeafPolicy,
+        now: SystemTime,
     ) -> Result<IssuedCertificate> {
         let info = CertInfo::parse(&leaf)?;
         Ok(IssuedCertificate {
@@ -430,7 +431,13 @@ impl CertificateAuthority {
             serial: info.serial,
             not_before: info.not_before,
             not_after: info.not_after,
-            renewal_time: renewal_time(info.not_before, info.not_after, policy.renew_before),
+            // NB: from the issuance time, not the backdated notBefore: the skew allowance would
+            // otherwise pull renewal earlier, into the past for short lifetimes.
+            renewal_time: renewal_time(
+                now.min(info.not_after),
+                info.not_after,
+                policy.renew_before,
+            ),
             fingerprint: info.fingerprint,
             chain: vec![leaf, self.cert.clone()],
         })

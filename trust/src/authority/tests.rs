@@ -24,7 +24,10 @@ fn leaf_issued_from_csr_carries_identity_usages_and_policy_validity() {
     assert_eq!(info.serial, leaf.serial);
     let lifetime = leaf.not_after.duration_since(leaf.not_before).unwrap();
     assert_eq!(lifetime, hours(24) + CLOCK_SKEW_ALLOWANCE);
-    assert_eq!(leaf.renewal_time, leaf.not_after - lifetime / 2);
+    // Renewal at half the lifetime from issuance (the skew allowance does not count).
+    let expected = leaf.not_after - hours(12);
+    let off = leaf.renewal_time.duration_since(expected).unwrap_or_else(|e| e.duration());
+    assert!(off < Duration::from_secs(1), "renewal {off:?} away from half-life after issuance");
     // Both client and server auth: a member is both ends of its links.
     let store = store(&ca, false);
     store.verify(&leaf.chain, now, PeerRole::Client).unwrap();
@@ -232,4 +235,16 @@ fn renewal_time_defaults_to_half_life_and_is_capped_by_the_lifetime() {
     for (renew_before, expected) in cases {
         assert_eq!(renewal_time(t0, t0 + day, renew_before), expected, "{renew_before:?}");
     }
+}
+
+#[test]
+fn short_lived_leaves_renew_in_the_future_not_at_once() {
+    let now = SystemTime::now();
+    let ca = ca(now);
+    let id = Identity::new(TD, NET, Role::Client, "short").unwrap();
+    let policy = LeafPolicy { duration: Duration::from_secs(12), renew_before: None };
+    let (leaf, _) =
+        ca.issue_with_generated_key(&id, KeyAlgorithm::EcdsaP256, &policy, now).unwrap();
+    let leaf_secs = |t: SystemTime| t.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs();
+    assert_eq!(leaf_secs(leaf.renewal_time), leaf_secs(now + Duration::from_secs(6)));
 }
