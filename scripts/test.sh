@@ -5,17 +5,19 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian packages the tests call: openssl (trust/tests/openssl_agrees.rs checks our CRLs and
-# chains against `openssl verify -crl_check`) and curl (tests/tests/line.rs fetches a page
-# through the sidecar's CONNECT proxy with `curl -p`).
+# chains against `openssl verify -crl_check`), curl (tests/tests/line.rs fetches a page through
+# the sidecar's CONNECT proxy with `curl -p`) and prometheus for promtool
+# (tests/tests/metrics.rs checks the sidecar's real /metrics output).
 missing=()
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 if ((${#missing[@]})); then
   sudo=""
   [ "$(id -u)" = 0 ] || sudo=sudo
   echo "installing ${missing[*]} (apt-get)"
   $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
 # rustfmt and clippy ship with the toolchain; add them where a minimal profile left them out.
