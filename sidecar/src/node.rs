@@ -609,24 +609,7 @@ impl Core {
             }
             self.link_down(&node, id, true, "hold time expired");
         }
-        // Live links are re-checked: a certificate that expired or was revoked since the
-        // handshake ends its link (LESSONS: links must not outlive their certificates).
-        let sys_now = SystemTime::now();
-        let invalid: Vec<(String, u64, String)> = self
-            .links
-            .iter()
-            .filter_map(|(n, l)| {
-                self.shared
-                    .store
-                    .check_still_valid(&l.peer, sys_now)
-                    .err()
-                    .map(|e| (n.clone(), l.id, e.to_string()))
-            })
-            .collect();
-        for (node, id, reason) in invalid {
-            self.shared.audit("link-closed", &node, serde_json::json!({"reason": reason}));
-            self.close_link(&node, id, &reason);
-        }
+        self.close_invalid_links();
         if now >= self.next_hello {
             self.next_hello = now + self.shared.config.hello_interval;
             let nodes: Vec<String> = self.links.keys().cloned().collect();
@@ -648,9 +631,31 @@ impl Core {
             self.metrics().peers.with_label_values(&[level.as_str()]).set(n as i64);
         }
         let tls = self.shared.tls.load();
-        let left = tls.not_after.duration_since(sys_now).map(|d| d.as_secs_f64()).unwrap_or(0.0);
+        let left =
+            tls.not_after.duration_since(SystemTime::now()).map(|d| d.as_secs_f64()).unwrap_or(0.0);
         self.metrics().certificate_expiry.set(left);
         self.metrics().crl_number.set(self.shared.store.crl_number().unwrap_or(0) as i64);
+    }
+
+    /// Re-checks every live link: a peer whose certificate expired or was revoked since the
+    /// handshake loses its link, alone (LESSONS: links must not outlive their certificates).
+    fn close_invalid_links(&mut self) {
+        let sys_now = SystemTime::now();
+        let invalid: Vec<(String, u64, String)> = self
+            .links
+            .iter()
+            .filter_map(|(n, l)| {
+                self.shared
+                    .store
+                    .check_still_valid(&l.peer, sys_now)
+                    .err()
+                    .map(|e| (n.clone(), l.id, e.to_string()))
+            })
+            .collect();
+        for (node, id, reason) in invalid {
+            self.shared.audit("link-closed", &node, serde_json::json!({"reason": reason}));
+            self.close_link(&node, id, &reason);
+        }
     }
 
     fn on_frame(&mut self, from: &str, frame: Frame, size: usize) {
@@ -874,7 +879,7 @@ impl Core {
                     self.route_actions(actions);
                 }
                 // Links to revoked peers are closed, one by one (not every link).
-                self.on_tick();
+                self.close_invalid_links();
                 Ok(update.number)
             }
             Err(genesis_trust::Error::CrlNotNewer { current, offered }) => {

@@ -313,11 +313,6 @@ impl RouteTable {
         actions
     }
 
-    /// When the next periodic update is due (the driver's timer).
-    pub fn next_deadline(&self) -> Time {
-        self.next_periodic
-    }
-
     fn total(&self, via: &str, c: &Candidate) -> u16 {
         let cost = self.neighbours.get(via).copied().unwrap_or(METRIC_INFINITY);
         c.advertised.saturating_add(cost).min(METRIC_INFINITY - 1)

@@ -71,13 +71,7 @@ fn mutated_identities_round_trip_or_are_refused_with_a_reason() {
 #[test]
 fn mutated_envelopes_never_verify_as_something_else() {
     let now = SystemTime::now();
-    let ca = CertificateAuthority::generate(
-        "td",
-        KeyAlgorithm::EcdsaP256,
-        Duration::from_secs(86400),
-        now,
-    )
-    .unwrap();
+    let ca = test_ca(now);
     let id = Identity::new("td", "n", Role::Operator, "op").unwrap();
     let key = PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
     let issued = ca
@@ -99,13 +93,7 @@ fn mutated_envelopes_never_verify_as_something_else() {
 #[test]
 fn mutated_crls_and_audit_lines_are_refused_without_panicking() {
     let now = SystemTime::now();
-    let ca = CertificateAuthority::generate(
-        "td",
-        KeyAlgorithm::EcdsaP256,
-        Duration::from_secs(86400),
-        now,
-    )
-    .unwrap();
+    let ca = test_ca(now);
     let mut list = RevocationList::default();
     let serial = genesis_trust::Serial::from_hex("1a2b3c").unwrap();
     list.revoke(&serial, RevocationReason::KeyCompromise, now);
@@ -134,4 +122,9 @@ fn mutated_crls_and_audit_lines_are_refused_without_panicking() {
             let _ = genesis_trust::verify_audit(std::io::Cursor::new(s));
         }
     }
+}
+
+fn test_ca(now: SystemTime) -> CertificateAuthority {
+    CertificateAuthority::generate("td", KeyAlgorithm::EcdsaP256, Duration::from_secs(86400), now)
+        .unwrap()
 }

@@ -131,30 +131,14 @@ fn malformed_bodies_are_refused_with_the_frame_kind_and_reason() {
         matches!(decode_one(&framed), Err(FrameError::Malformed { kind: "hello", reason }) if reason.contains("truncated"))
     );
     // An invalid node name in a data frame.
-    let mut d = Frame::Data(Data {
-        src: "a".into(),
-        dst: "b".into(),
-        ttl: 1,
-        kind: DataKind::StreamClose,
-        flow: 0,
-        payload: vec![],
-    })
-    .encode();
+    let mut d = small_data();
     let pos = HEADER_LEN + 2; // first byte of src
     d[pos] = b'A';
     assert!(
         matches!(decode_one(&d), Err(FrameError::Malformed { kind: "data", reason }) if reason.contains("invalid node name"))
     );
     // An unknown data kind.
-    let mut d = Frame::Data(Data {
-        src: "a".into(),
-        dst: "b".into(),
-        ttl: 1,
-        kind: DataKind::StreamClose,
-        flow: 0,
-        payload: vec![],
-    })
-    .encode();
+    let mut d = small_data();
     d[HEADER_LEN + 3 + 3 + 1] = 77;
     assert!(
         matches!(decode_one(&d), Err(FrameError::Malformed { reason, .. }) if reason.contains("unknown data kind 77"))
@@ -194,4 +178,17 @@ fn garbage_never_panics_the_decoder() {
             let _ = f.encode();
         }
     }
+}
+
+/// A minimal encoded data frame (src "a", dst "b"), for byte-level tampering.
+fn small_data() -> Vec<u8> {
+    Frame::Data(Data {
+        src: "a".into(),
+        dst: "b".into(),
+        ttl: 1,
+        kind: DataKind::StreamClose,
+        flow: 0,
+        payload: vec![],
+    })
+    .encode()
 }
