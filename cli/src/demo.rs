@@ -1,312 +1,783 @@
-//! `genesisctl demo`: Genesis Mesh on one machine.
+//! `genesisctl demo`: a whole Genesis Mesh on this machine, no cluster.
 //!
-//! The demo does not drive sidecar processes yet (they run today: README, "A mesh by hand"), so
-//! this runs the
-//! trust core every sidecar is built on, for real: a file-backed authority, members that keep
-//! their keys and get certificates by CSR, mutual TLS 1.3 over loopback TCP, a revocation that
-//! cuts one member off, refused forged control messages, and the audit chain recording it all.
+//! A file-backed Network Authority and N sidecar processes (this binary, re-executed) on their
+//! own 127.x.y.z addresses join by CSR, converge, carry a message and a tunnelled HTTP request
+//! across several hops, rotate a certificate without dropping a link, cut off a revoked
+//! member everywhere, refuse a forged control message, and keep verifiable audit logs. Every
+//! stage checks its outcome against the members' admin APIs; a summary table (or `--json`)
+//! ends the run, and nothing is left running unless `--keep` was given.
 
-use std::collections::BTreeMap;
-use std::io::{Read, Write};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::io::{IsTerminal, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::Path;
+use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
-use genesis_trust::tls::{peer_client_config, peer_server_config};
-use genesis_trust::{
-    create_csr, AuditLog, CertificateAuthority, ControlEnvelope, ControlVerifier, EnvelopeSigner,
-    Identity, IssuedCertificate, KeyAlgorithm, LeafPolicy, PrivateKey, RbacPolicy, RevocationList,
-    RevocationReason, Role, Scope, TrustBundle, TrustPolicy, TrustStore, Verb,
-};
+use genesis_trust::{Role, Scope, Verb};
 use serde::Serialize;
+use serde_json::{json, Value};
 
-const TRUST_DOMAIN: &str = "demo.local";
-const NETWORK: &str = "demo";
+use crate::client;
+use crate::mesh::{self, Children, LaunchSpec, Manifest, Member, Topology, APP_PORT};
+use crate::output;
 
 #[derive(clap::Args)]
 pub struct DemoArgs {
-    /// Members to create (at least 3).
-    #[arg(long, default_value_t = 12, value_parser = clap::value_parser!(u16).range(3..=1000))]
+    /// Members to start (3 to 200).
+    #[arg(long, default_value_t = 12, value_parser = clap::value_parser!(u16).range(3..=200))]
     nodes: u16,
-    /// Print one JSON summary instead of progress lines.
+    /// How members find each other.
+    #[arg(long, value_enum, default_value_t = Topology::Sparse)]
+    topology: Topology,
+    /// Seed of the sparse topology (same seed, same mesh).
+    #[arg(long, default_value_t = 7)]
+    seed: u64,
+    /// Keep the mesh running after the demo (until Ctrl-C) and print where to look.
+    #[arg(long)]
+    keep: bool,
+    /// Where the authority, logs and audit logs go (default: a temporary directory, or
+    /// $GENESIS_MESH / <tmp>/genesis-demo with --keep).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// The first three octets of the members' loopback addresses.
+    #[arg(long, default_value = "127.42.0")]
+    subnet: String,
+    /// Print one JSON summary on standard output instead of progress.
     #[arg(long)]
     json: bool,
 }
 
-/// One member: its identity, key (never leaves it), certificate and trust store.
-struct Member {
-    key: PrivateKey,
-    cert: IssuedCertificate,
-    store: Arc<TrustStore>,
-}
-
-#[derive(Serialize)]
+/// One stage's outcome.
+#[derive(Debug, Clone, Serialize)]
 struct Stage {
     name: &'static str,
     ok: bool,
+    ms: f64,
     detail: String,
-    millis: f64,
 }
 
-#[derive(Serialize)]
-struct Summary {
-    ok: bool,
-    built: &'static str,
-    not_built_yet: &'static str,
-    nodes: u16,
+/// What the run measured, for the summary.
+#[derive(Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Figures {
+    join_ms: Option<f64>,
+    convergence_ms: Option<f64>,
+    links: Option<usize>,
+    max_hops: Option<u64>,
+    message_from: Option<String>,
+    message_to: Option<String>,
+    message_p50_ms: Option<f64>,
+    message_p99_ms: Option<f64>,
+    tunnel_ms: Option<f64>,
+    rotated: Option<String>,
+    links_kept: Option<usize>,
+    revoked: Option<String>,
+    revocation_applied_ms: Option<f64>,
+    revocation_cut_off_ms: Option<f64>,
+    cut_off_everywhere: Option<bool>,
+    control_refused: Option<String>,
+    audit_records: Option<u64>,
+}
+
+struct Run {
+    /// When the first member was started.
+    launched: Option<Instant>,
+    progress: bool,
+    live: bool,
     stages: Vec<Stage>,
-    audit_records: u64,
-    audit_head: String,
+    figures: Figures,
 }
 
-struct Progress {
-    json: bool,
-    stages: Vec<Stage>,
-}
-
-impl Progress {
-    fn stage(&mut self, name: &'static str, f: impl FnOnce() -> Result<String, String>) -> bool {
+impl Run {
+    /// Runs one stage; false (and recorded) when it failed.
+    fn stage(
+        &mut self,
+        name: &'static str,
+        f: impl FnOnce(&mut Run) -> Result<String, String>,
+    ) -> bool {
+        if self.live {
+            print!("\u{25b8} {name} ...");
+            let _ = std::io::stdout().flush();
+        }
         let start = Instant::now();
-        let result = f();
-        let millis = start.elapsed().as_secs_f64() * 1e3;
+        let result = f(self);
+        let ms = start.elapsed().as_secs_f64() * 1e3;
         let (ok, detail) = match result {
             Ok(d) => (true, d),
-            Err(d) => (false, d),
+            Err(e) => (false, e),
         };
-        if !self.json {
-            println!("{} {name:<34} {detail} ({millis:.1} ms)", if ok { "✔" } else { "✘" });
+        if self.progress {
+            let mark = if ok { "\u{2714}" } else { "\u{2718}" };
+            let clear = if self.live { "\r\x1b[2K" } else { "" };
+            println!("{clear}{mark} {name} ({ms:.0} ms)\n    {detail}");
         }
-        self.stages.push(Stage { name, ok, detail, millis });
+        self.stages.push(Stage { name, ok, ms, detail });
         ok
+    }
+
+    /// A live counter on the current line (terminals only).
+    fn tick(&self, text: &str) {
+        if self.progress && self.live {
+            print!("\r\x1b[2K  {text}");
+            let _ = std::io::stdout().flush();
+        }
     }
 }
 
 pub fn run(args: &DemoArgs) -> ExitCode {
-    match run_demo(args) {
-        Ok(summary) => {
-            if args.json {
-                println!("{}", serde_json::to_string_pretty(&summary).expect("summary serializes"));
-            } else {
-                println!();
-                println!(
-                    "{} of {} stages passed; audit log: {} records, head {}",
-                    summary.stages.iter().filter(|s| s.ok).count(),
-                    summary.stages.len(),
-                    summary.audit_records,
-                    &summary.audit_head[..16]
-                );
-                println!("Not built yet: {}", summary.not_built_yet);
-            }
-            if summary.ok {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            }
+    let temp;
+    let dir = match (&args.dir, args.keep) {
+        (Some(d), _) => d.clone(),
+        (None, true) => mesh::default_dir(),
+        (None, false) => {
+            temp = match tempfile::Builder::new().prefix("genesis-demo-").tempdir() {
+                Ok(t) => t,
+                Err(e) => return crate::fail(&format!("cannot create a temporary directory: {e}")),
+            };
+            temp.path().to_owned()
         }
-        Err(e) => {
-            eprintln!("genesisctl demo: {e}");
-            ExitCode::from(2)
+    };
+    if let Err(e) = prepare_dir(&dir) {
+        return crate::fail(&e);
+    }
+    let spec = LaunchSpec {
+        dir: dir.clone(),
+        subnet: args.subnet.clone(),
+        nodes: usize::from(args.nodes),
+        topology: args.topology,
+        seed: args.seed,
+        network: "demo".into(),
+        trust_domain: "demo.local".into(),
+        cert_duration: "24h".into(),
+        crl_validity: "12h".into(),
+    };
+    let children = Children::default();
+    stop_on_signal(children.clone());
+    let progress = !args.json;
+    if progress {
+        println!(
+            "Genesis Mesh demo: an authority and {} sidecar processes ({:?} topology) on {}.0/24\n\
+             files in {}\n",
+            spec.nodes,
+            spec.topology,
+            spec.subnet,
+            dir.display()
+        );
+    }
+    let mut run = Run {
+        launched: None,
+        progress,
+        live: progress && std::io::stdout().is_terminal(),
+        stages: Vec::new(),
+        figures: Figures::default(),
+    };
+    let manifest = stages(&mut run, &spec, &children);
+    let ok = run.stages.iter().all(|s| s.ok);
+    if args.keep && ok {
+        if let Some(m) = &manifest {
+            print_summary(&run, &spec, None, args.json);
+            keep_running(m, &dir, &children, args.json);
         }
+    }
+    let left = children.stop_all(Duration::from_secs(3));
+    let stopped = left == 0 && manifest.as_ref().is_none_or(nothing_answers);
+    run.stages.push(Stage {
+        name: "stopped, nothing left running",
+        ok: stopped,
+        ms: 0.0,
+        detail: format!("{left} processes left"),
+    });
+    if !(args.keep && ok) {
+        print_summary(&run, &spec, Some(stopped), args.json);
+    }
+    if run.stages.iter().all(|s| s.ok) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 
-fn run_demo(args: &DemoArgs) -> Result<Summary, String> {
-    let dir = tempfile::tempdir().map_err(|e| format!("cannot create a work directory: {e}"))?;
-    let mut audit = AuditLog::open(&dir.path().join("audit.jsonl")).map_err(|e| e.to_string())?;
-    let mut p = Progress { json: args.json, stages: Vec::new() };
-    if !args.json {
-        println!("Genesis Mesh demo — trust core on one machine ({} members)", args.nodes);
-        println!("(sidecar processes are not part of the demo yet: README, \"A mesh by hand\")\n");
+fn prepare_dir(dir: &std::path::Path) -> Result<(), String> {
+    if let Ok(m) = Manifest::load(dir) {
+        if std::path::Path::new(&format!("/proc/{}", m.supervisor_pid)).exists()
+            && m.supervisor_pid != std::process::id()
+        {
+            return Err(format!(
+                "a demo is already running in {} (process {}); stop it (Ctrl-C) or pass --dir",
+                dir.display(),
+                m.supervisor_pid
+            ));
+        }
     }
-    let now = SystemTime::now();
-    let mut ca = None;
-    p.stage("authority created", || {
-        let authority = CertificateAuthority::generate(
-            TRUST_DOMAIN,
-            KeyAlgorithm::EcdsaP256,
-            Duration::from_secs(365 * 86400),
-            now,
-        )
-        .map_err(|e| e.to_string())?;
-        persist_authority(dir.path(), &authority)?;
-        let detail =
-            format!("CA {}…, written to {}", &authority.fingerprint()[..16], dir.path().display());
-        ca = Some(authority);
+    if dir.join(mesh::MANIFEST).exists() || dir.join("authority").exists() {
+        // A stale demo of ours: start afresh.
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))
+}
+
+/// Ctrl-C or SIGTERM: stop every child, then exit (130).
+fn stop_on_signal(children: Children) {
+    std::thread::spawn(move || {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+            return;
+        };
+        rt.block_on(async {
+            let Ok(mut term) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            else {
+                return;
+            };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        });
+        children.stop_all(Duration::from_secs(3));
+        eprintln!("\ngenesisctl demo: stopped");
+        std::process::exit(130);
+    });
+}
+
+fn nothing_answers(m: &Manifest) -> bool {
+    m.members.iter().all(|m| client::get_json(&m.admin, "/healthz").is_err())
+}
+
+/// Every stage in order; a failed stage stops the run. Returns the manifest once written.
+fn stages(run: &mut Run, spec: &LaunchSpec, children: &Children) -> Option<Manifest> {
+    let mut manifest = None;
+    let ok = run.stage("authority started", |_| {
+        let m = mesh::start_authority(spec, children)?;
+        let detail = format!(
+            "file-backed CA for spiffe://{}/{}, identity service on {}",
+            m.trust_domain, m.network, m.identity_service
+        );
+        manifest = Some(m);
         Ok(detail)
     });
-    let ca = ca.ok_or("the authority could not be created")?;
-
-    let mut members = Vec::new();
-    p.stage("members joined by CSR", || {
-        let bundle = TrustBundle::new(vec![ca.cert_der().clone()]).map_err(|e| e.to_string())?;
-        for i in 0..args.nodes {
-            let role = if i == 0 { Role::Anchor } else { Role::Client };
-            let id = Identity::new(TRUST_DOMAIN, NETWORK, role, &format!("node-{i}"))
-                .map_err(|e| e.to_string())?;
-            let key = PrivateKey::generate(KeyAlgorithm::EcdsaP256).map_err(|e| e.to_string())?;
-            let csr = create_csr(&id, &key).map_err(|e| e.to_string())?;
-            let cert = ca
-                .issue_from_csr(&csr, &id, &LeafPolicy::default(), now)
-                .map_err(|e| e.to_string())?;
-            let policy = TrustPolicy {
-                trust_domain: TRUST_DOMAIN.into(),
-                network: Some(NETWORK.into()),
-                require_fresh_crl: true,
-            };
-            members.push(Member {
-                key,
-                cert,
-                store: Arc::new(TrustStore::new(policy, bundle.clone())),
-            });
-        }
-        Ok(format!("{} certificates issued, keys never left their members", members.len()))
-    });
-
-    let mut list = RevocationList::default();
-    p.stage("initial CRL installed everywhere", || {
-        let crl =
-            ca.sign_crl(&list, now, now + Duration::from_secs(3600)).map_err(|e| e.to_string())?;
-        for m in &members {
-            m.store.install_crl(&crl, now).map_err(|e| e.to_string())?;
-        }
-        Ok(format!("CRL number {}", crl.number()))
-    });
-
-    p.stage("mutual TLS 1.3 over loopback", || {
-        let peer = handshake(&members[0], &members[1])?;
-        Ok(format!("node-0 ⇄ node-1 authenticated; node-0 sees {peer}"))
-    });
-
-    let revoked = members.len() - 1;
-    p.stage("member revoked and cut off", || {
+    let mut manifest = manifest.filter(|_| ok)?;
+    let plan = mesh::plan(spec.topology, spec.nodes, spec.seed);
+    let ok = run.stage("members joined by CSR", |run| {
         let start = Instant::now();
-        list.revoke(&members[revoked].cert.serial, RevocationReason::KeyCompromise, now);
-        let crl = ca.sign_crl(&list, now, now + Duration::from_secs(3600)).map_err(|e| e.to_string())?;
-        for m in &members {
-            m.store.install_crl(&crl, now).map_err(|e| e.to_string())?;
+        run.launched = Some(start);
+        for (i, (anchors, min, max)) in plan.iter().enumerate() {
+            let member = mesh::start_member(spec, &manifest, children, i, anchors, *min, *max)?;
+            manifest.members.push(member);
         }
-        let applied = start.elapsed();
-        audit_event(&mut audit, "crl-applied", "crl", serde_json::json!({"number": crl.number()}))?;
-        match handshake(&members[0], &members[revoked]) {
-            Ok(_) => Err(format!("node-{revoked} still got a link after revocation")),
-            Err(e) => {
-                audit_event(&mut audit, "link-refused", &members[revoked].cert.identity.uri(), serde_json::json!({"reason": e}))?;
-                Ok(format!(
-                    "node-{revoked}: CRL {} signed and applied by all {} members in {:.2} ms; its handshake is refused ({e})",
-                    crl.number(),
-                    members.len(),
-                    applied.as_secs_f64() * 1e3
-                ))
+        for (i, m) in manifest.members.iter().enumerate() {
+            run.tick(&format!("joined {i}/{}", spec.nodes));
+            mesh::wait_joined(m, children, Duration::from_secs(60))?;
+        }
+        mesh::write_manifest(&spec.dir, &manifest)?;
+        run.figures.join_ms = Some(start.elapsed().as_secs_f64() * 1e3);
+        Ok(format!(
+            "{} members generated their keys, sent CSRs with one-time tokens and got \
+             certificates (no key left its process)",
+            spec.nodes
+        ))
+    });
+    if !ok {
+        return Some(manifest);
+    }
+    let ok = run.stage("routes converged", |run| converge(run, &manifest, children));
+    if !ok {
+        return Some(manifest);
+    }
+    let mut pair = None;
+    let ok = run.stage("message across the mesh", |run| {
+        let (from, to, hops) = farthest_pair(&manifest)?;
+        let detail = message(run, &from, &to, hops)?;
+        pair = Some((from, to));
+        Ok(detail)
+    });
+    let Some((from, to)) = pair.filter(|_| ok) else { return Some(manifest) };
+    let ok = run.stage("tunnelled HTTP request", |run| tunnel(run, &manifest, &from, &to));
+    if !ok {
+        return Some(manifest);
+    }
+    let ok = run.stage("certificate rotated, no link dropped", |run| rotate(run, &manifest));
+    if !ok {
+        return Some(manifest);
+    }
+    let ok = run.stage("member revoked and cut off everywhere", |run| {
+        let rotated = run.figures.rotated.clone().unwrap_or_default();
+        revoke(run, &manifest, &rotated)
+    });
+    if !ok {
+        return Some(manifest);
+    }
+    let ok = run.stage("forged control message refused", |run| {
+        let revoked = run.figures.revoked.clone().unwrap_or_default();
+        let via = [&from, &to].into_iter().find(|m| m.name != revoked).unwrap_or(&from).clone();
+        control(run, &manifest, &via)
+    });
+    if !ok {
+        return Some(manifest);
+    }
+    run.stage("audit logs verified", |run| audit(run, &manifest));
+    Some(manifest)
+}
+
+/// Waits until every member routes to every other; reports links and the longest path.
+fn converge(run: &mut Run, manifest: &Manifest, children: &Children) -> Result<String, String> {
+    let start = Instant::now();
+    let n = manifest.members.len();
+    let want = n * (n - 1);
+    loop {
+        let got: usize = manifest
+            .members
+            .iter()
+            .map(|m| client::get_json(&m.admin, "/admin/routes").map_or(0, |r| count(&r)))
+            .sum();
+        run.tick(&format!("routes {got}/{want}"));
+        if got == want {
+            break;
+        }
+        if let Some((name, status)) = children.exited().first() {
+            let log = manifest.member(name).map(|m| m.log.clone()).unwrap_or_default();
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let last = text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("");
+            return Err(format!("{name} exited ({status}) before the mesh converged: {last}"));
+        }
+        if start.elapsed() > Duration::from_secs(90) {
+            return Err(format!(
+                "only {got} of {want} routes after 90 s; `genesisctl status --mesh DIR` shows \
+                 which members are missing"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let ms = run.launched.unwrap_or(start).elapsed().as_secs_f64() * 1e3;
+    let links: usize = manifest
+        .members
+        .iter()
+        .filter_map(|m| client::get_json(&m.admin, "/admin/peers").ok())
+        .map(|p| p.as_array().map_or(0, |a| a.iter().filter(|p| p["connected"] == true).count()))
+        .sum::<usize>()
+        / 2;
+    run.figures.convergence_ms = Some(ms);
+    run.figures.links = Some(links);
+    Ok(format!("{want} routes over {links} mTLS links (distance-vector, signed seqnos)"))
+}
+
+fn count(v: &Value) -> usize {
+    v.as_array().map_or(0, Vec::len)
+}
+
+/// The pair of members furthest apart (most hops), from the members' own route tables.
+fn farthest_pair(manifest: &Manifest) -> Result<(Member, Member, u64), String> {
+    let mut best: Option<(Member, String, u64)> = None;
+    for m in &manifest.members {
+        let routes = client::get_json(&m.admin, "/admin/routes")?;
+        for r in routes.as_array().into_iter().flatten() {
+            let hops = r["hops"].as_u64().unwrap_or(0);
+            if best.as_ref().is_none_or(|b| hops > b.2) {
+                best = Some((m.clone(), r["dest"].as_str().unwrap_or("").to_owned(), hops));
             }
         }
-    });
+    }
+    let (from, to, hops) = best.ok_or("no routes")?;
+    Ok((from, manifest.member(&to)?.clone(), hops))
+}
 
-    p.stage("forged control messages refused", || {
-        let signer = |m: &Member| {
-            let key = PrivateKey::from_pem(&m.key.to_pem()).map_err(|e| e.to_string())?;
-            EnvelopeSigner::new(key, m.cert.chain.clone()).map_err(|e| e.to_string())
-        };
-        let mut verifier =
-            ControlVerifier::new(members[0].store.clone(), NETWORK, RbacPolicy::default());
-        let client = signer(&members[1])?;
-        let shutdown =
-            ControlEnvelope::new(NETWORK, Verb::Shutdown, Scope::Network, BTreeMap::new(), now)
-                .map_err(|e| e.to_string())?;
-        let mut refusals = Vec::new();
-        let wire = client.sign(&shutdown).map_err(|e| e.to_string())?.encode();
-        let mut forged = client.sign(&shutdown).map_err(|e| e.to_string())?;
-        let last = forged.signature.len() - 1;
-        forged.signature[last] ^= 1;
-        for (what, wire) in [("client shutdown", wire), ("forged signature", forged.encode())] {
-            match verifier.verify(&wire, now) {
-                Ok(a) => return Err(format!("{what} was accepted by rule {}", a.rule)),
-                Err(r) => {
-                    audit_event(
-                        &mut audit,
-                        "control-refused",
-                        what,
-                        serde_json::json!({"rule": r.rule, "error": r.error.to_string()}),
-                    )?;
-                    refusals.push(format!("{what}: {}", r.rule));
-                }
-            }
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// Sends messages `from` → `to` through the app API; checks the first arrived intact.
+fn message(run: &mut Run, from: &Member, to: &Member, hops: u64) -> Result<String, String> {
+    const COUNT: usize = 50;
+    let text = format!("hello {} from {}, {hops} hops away", to.name, from.name);
+    let mut latencies = Vec::new();
+    for i in 0..COUNT {
+        let body = if i == 0 { text.clone() } else { format!("message {i}") };
+        let (status, receipt) = client::post_json(
+            &from.api,
+            &format!("/v1/messages/{}", to.name),
+            body.as_bytes(),
+            Duration::from_secs(10),
+        )?;
+        if status != 200 {
+            return Err(format!(
+                "POST /v1/messages/{} at {}: {status} {receipt}",
+                to.name, from.name
+            ));
         }
-        Ok(refusals.join("; "))
-    });
-
-    let summary_audit = audit_summary(dir.path())?;
-    p.stage("audit chain verified", || Ok(format!("{} records intact", summary_audit.records)));
-    let ok = p.stages.iter().all(|s| s.ok);
-    Ok(Summary {
-        ok,
-        built: "trust core: authority, CSR issuance, mutual TLS verifier, CRLs, signed control messages, audit log",
-        not_built_yet: "demo stages with sidecar processes (they run today: README, 'A mesh by hand'), the Kubernetes operator, the Helm chart",
-        nodes: args.nodes,
-        stages: p.stages,
-        audit_records: summary_audit.records,
-        audit_head: summary_audit.head,
-    })
-}
-
-fn persist_authority(dir: &Path, ca: &CertificateAuthority) -> Result<(), String> {
-    std::fs::write(dir.join("ca.crt"), ca.cert_pem()).map_err(|e| e.to_string())?;
-    std::fs::write(dir.join("ca.key"), ca.key_pem()).map_err(|e| e.to_string())
-}
-
-fn audit_event(
-    log: &mut AuditLog,
-    event: &str,
-    subject: &str,
-    detail: serde_json::Value,
-) -> Result<(), String> {
-    log.append(event, subject, detail, SystemTime::now()).map(drop).map_err(|e| e.to_string())
-}
-
-fn audit_summary(dir: &Path) -> Result<genesis_trust::audit::AuditSummary, String> {
-    genesis_trust::verify_audit_file(&dir.join("audit.jsonl")).map_err(|e| e.to_string())
-}
-
-/// Connects `client` to `server` over a real loopback TCP socket with mutual TLS; returns the
-/// identity the server verified, or why the handshake failed.
-fn handshake(server: &Member, client: &Member) -> Result<String, String> {
-    let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
-    let addr = listener.local_addr().map_err(|e| e.to_string())?;
-    let sc = Arc::new(
-        peer_server_config(server.store.clone(), server.cert.chain.clone(), &server.key)
-            .map_err(|e| e.to_string())?,
-    );
-    let cc = Arc::new(
-        peer_client_config(client.store.clone(), client.cert.chain.clone(), &client.key)
-            .map_err(|e| e.to_string())?,
-    );
-    let accept = std::thread::spawn(move || -> Result<String, String> {
-        let (tcp, _) = listener.accept().map_err(|e| e.to_string())?;
-        tcp.set_read_timeout(Some(Duration::from_secs(5))).map_err(|e| e.to_string())?;
-        let conn = rustls::ServerConnection::new(sc).map_err(|e| e.to_string())?;
-        let mut tls = rustls::StreamOwned::new(conn, tcp);
-        let mut buf = [0u8; 5];
-        tls.read_exact(&mut buf).map_err(|e| e.to_string())?;
-        tls.write_all(b"hello").map_err(|e| e.to_string())?;
-        let chain = tls.conn.peer_certificates().ok_or("no client certificate")?;
-        let id = genesis_trust::CertInfo::require_identity(&chain[0]).map_err(|e| e.to_string())?;
-        Ok(id.uri())
-    });
-    let tcp = TcpStream::connect(addr).map_err(|e| e.to_string())?;
-    tcp.set_read_timeout(Some(Duration::from_secs(5))).map_err(|e| e.to_string())?;
-    let name = rustls::pki_types::ServerName::try_from("peer.genesis-mesh.invalid")
+        latencies.push(receipt["latencyMs"].as_f64().unwrap_or(0.0));
+    }
+    let inbox = client::get_json(&to.api, "/v1/messages?wait=1000")?;
+    let first = inbox
+        .as_array()
+        .and_then(|a| a.first())
+        .ok_or_else(|| format!("{} received nothing", to.name))?;
+    use base64::Engine;
+    let body = base64::engine::general_purpose::STANDARD
+        .decode(first["body"].as_str().unwrap_or(""))
         .map_err(|e| e.to_string())?;
-    let conn = rustls::ClientConnection::new(cc, name).map_err(|e| e.to_string())?;
-    let mut tls = rustls::StreamOwned::new(conn, tcp);
-    let client_side = tls.write_all(b"hello").and_then(|()| {
-        let mut buf = [0u8; 5];
-        tls.read_exact(&mut buf)
+    if body != text.as_bytes() || first["from"] != from.name.as_str() {
+        return Err(format!("{} received {first} instead of our message", to.name));
+    }
+    latencies.sort_by(f64::total_cmp);
+    let (p50, p99) = (percentile(&latencies, 0.5), percentile(&latencies, 0.99));
+    let f = &mut run.figures;
+    f.max_hops = Some(hops);
+    f.message_from = Some(from.name.clone());
+    f.message_to = Some(to.name.clone());
+    f.message_p50_ms = Some(p50);
+    f.message_p99_ms = Some(p99);
+    Ok(format!(
+        "{} -> {} over {hops} hops, end-to-end TLS through the relays: {COUNT} messages with \
+         receipts, p50 {p50:.2} ms, p99 {p99:.2} ms; {:?} arrived intact",
+        from.name, to.name, text
+    ))
+}
+
+/// A web page beside `to`, fetched from beside `from` through the CONNECT proxy.
+fn tunnel(
+    run: &mut Run,
+    manifest: &Manifest,
+    from: &Member,
+    to: &Member,
+) -> Result<String, String> {
+    let page = format!("<h1>served beside {}</h1>", to.name);
+    let listener = TcpListener::bind(format!("{}:{APP_PORT}", to.ip))
+        .map_err(|e| format!("cannot serve the page on {}:{APP_PORT}: {e}", to.ip))?;
+    let served = page.clone();
+    std::thread::spawn(move || {
+        if let Some(Ok(mut s)) = listener.incoming().next() {
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf);
+            let _ = write!(
+                s,
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{served}",
+                served.len()
+            );
+        }
     });
-    let server_side = accept.join().map_err(|_| "server thread panicked".to_string())?;
-    match (server_side, client_side) {
-        (Ok(id), Ok(())) => Ok(id),
-        (Err(e), _) => Err(e),
-        (_, Err(e)) => Err(e.to_string()),
+    let target = format!("{}.{}:{APP_PORT}", to.name, manifest.network);
+    let start = Instant::now();
+    let mut s = TcpStream::connect(&from.api).map_err(|e| format!("{}: {e}", from.api))?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| e.to_string())?;
+    write!(s, "CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").map_err(|e| e.to_string())?;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match s.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            _ => return Err(format!("the proxy closed: {}", String::from_utf8_lossy(&head))),
+        }
+    }
+    let head = String::from_utf8_lossy(&head).into_owned();
+    if !head.starts_with("HTTP/1.1 200") {
+        return Err(format!("CONNECT {target}: {}", head.lines().next().unwrap_or("")));
+    }
+    write!(s, "GET / HTTP/1.1\r\nHost: {target}\r\nConnection: close\r\n\r\n")
+        .map_err(|e| e.to_string())?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).map_err(|e| e.to_string())?;
+    let ms = start.elapsed().as_secs_f64() * 1e3;
+    if !resp.ends_with(&page) {
+        return Err(format!("the tunnel returned {resp:?}"));
+    }
+    run.figures.tunnel_ms = Some(ms);
+    Ok(format!(
+        "curl -p -x http://{} http://{target}/ fetched {page:?} from beside {} in {ms:.1} ms",
+        from.api, to.name
+    ))
+}
+
+/// Connected neighbours of a member.
+fn links(m: &Member) -> Result<BTreeSet<String>, String> {
+    let peers = client::get_json(&m.admin, "/admin/peers")?;
+    Ok(peers
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["connected"] == true)
+        .filter_map(|p| p["node"].as_str().map(str::to_owned))
+        .collect())
+}
+
+fn closes(m: &Member) -> f64 {
+    client::metrics(&m.admin)
+        .map(|s| client::metric_sum(&s, "genesis_sidecar_link_closes_total"))
+        .unwrap_or(f64::NAN)
+}
+
+/// Renews the busiest member's certificate; its links and its neighbours' links stay up.
+fn rotate(run: &mut Run, manifest: &Manifest) -> Result<String, String> {
+    let mut busiest = None;
+    for m in &manifest.members {
+        let l = links(m)?;
+        if busiest.as_ref().is_none_or(|(_, b): &(&Member, BTreeSet<String>)| l.len() > b.len()) {
+            busiest = Some((m, l));
+        }
+    }
+    let (member, before) = busiest.ok_or("no members")?;
+    let group: Vec<&Member> = manifest
+        .members
+        .iter()
+        .filter(|m| m.name == member.name || before.contains(&m.name))
+        .collect();
+    let closes_before: Vec<f64> = group.iter().map(|m| closes(m)).collect();
+    let (status, answer) =
+        client::post_json(&member.admin, "/admin/renew", b"", Duration::from_secs(20))?;
+    if status != 200 {
+        return Err(format!("POST /admin/renew at {}: {status} {answer}", member.name));
+    }
+    // A couple of hello intervals: a link the rotation broke would show by now.
+    std::thread::sleep(Duration::from_millis(600));
+    let after = links(member)?;
+    let closes_after: Vec<f64> = group.iter().map(|m| closes(m)).collect();
+    if !before.is_subset(&after) {
+        let lost: Vec<&String> = before.difference(&after).collect();
+        return Err(format!("{} lost links to {lost:?} when it rotated", member.name));
+    }
+    if closes_before != closes_after {
+        return Err(format!(
+            "links closed during the rotation (link_closes_total {closes_before:?} -> \
+             {closes_after:?})"
+        ));
+    }
+    run.figures.rotated = Some(member.name.clone());
+    run.figures.links_kept = Some(before.len());
+    Ok(format!(
+        "{} renewed (serial {} -> {}, fresh key, CSR over mTLS); all {} of its links stayed up, \
+         no link closed on it or its neighbours",
+        member.name,
+        short(&answer["previousSerial"]),
+        short(&answer["serial"]),
+        before.len()
+    ))
+}
+
+fn short(v: &Value) -> String {
+    let s = output::cell(v);
+    s.chars().take(12).collect()
+}
+
+/// Whether removing `node` keeps the rest connected (links as the members report them).
+fn keeps_mesh_connected(graph: &BTreeMap<String, BTreeSet<String>>, node: &str) -> bool {
+    let Some(start) = graph.keys().find(|k| *k != node) else { return true };
+    let mut seen = BTreeSet::from([start.clone()]);
+    let mut queue = VecDeque::from([start.clone()]);
+    while let Some(n) = queue.pop_front() {
+        for next in graph.get(&n).into_iter().flatten() {
+            if next != node && seen.insert(next.clone()) {
+                queue.push_back(next.clone());
+            }
+        }
+    }
+    seen.len() == graph.len() - 1
+}
+
+/// Revokes a well-connected member whose loss does not split the mesh (sparing `spare`, the
+/// member that just rotated, when another will do).
+fn revoke(run: &mut Run, manifest: &Manifest, spare: &str) -> Result<String, String> {
+    let mut graph = BTreeMap::new();
+    for m in &manifest.members {
+        graph.insert(m.name.clone(), links(m)?);
+    }
+    let candidates: Vec<(&String, usize)> = graph
+        .iter()
+        .filter(|(n, _)| keeps_mesh_connected(&graph, n))
+        .map(|(n, l)| (n, l.len()))
+        .collect();
+    let victim = candidates
+        .iter()
+        .max_by_key(|(n, l)| (n.as_str() != spare, *l))
+        .map(|(n, _)| (*n).clone())
+        .ok_or("every member is needed to keep the mesh connected; try more --nodes")?;
+    let neighbours = graph[&victim].len();
+    let r = crate::revoke::revoke_and_wait(manifest, &victim, Duration::from_secs(15))?;
+    let f = &mut run.figures;
+    f.revoked = Some(victim.clone());
+    f.cut_off_everywhere = Some(r.still_reaching.is_empty());
+    if !r.still_reaching.is_empty() {
+        return Err(format!(
+            "{} still reach {victim} 15 s after CRL {}",
+            r.still_reaching.join(", "),
+            r.crl_number
+        ));
+    }
+    f.revocation_applied_ms = r.applied_everywhere_ms;
+    f.revocation_cut_off_ms = r.cut_off_everywhere_ms;
+    let victim_member = manifest.member(&victim)?;
+    let isolated = links(victim_member).map(|l| l.is_empty()).unwrap_or(true);
+    Ok(format!(
+        "{victim} ({neighbours} links) revoked: CRL {} pushed via {}, applied by all {} other \
+         members in {:.0} ms; verified cut off everywhere (no link, no route) in {:.0} ms{}",
+        r.crl_number,
+        r.via,
+        manifest.members.len() - 1,
+        r.applied_everywhere_ms.unwrap_or(0.0),
+        r.cut_off_everywhere_ms.unwrap_or(0.0),
+        if isolated { "; it now has no links at all" } else { "" }
+    ))
+}
+
+/// A forged envelope and an unauthorised one are refused with the rule that refused them;
+/// a genuine one is obeyed by every member.
+fn control(run: &mut Run, manifest: &Manifest, via: &Member) -> Result<String, String> {
+    let admin = crate::control::signer(&manifest.principal_cert, &manifest.principal_key)?;
+    let wire = crate::control::sign(
+        &admin,
+        &manifest.network,
+        Verb::Shutdown,
+        Scope::Network,
+        BTreeMap::new(),
+    )?;
+    let mut forged = genesis_trust::SignedEnvelope::decode(&wire).map_err(|e| e.to_string())?;
+    let last = forged.signature.len() - 1;
+    forged.signature[last] ^= 0x01;
+    let wait = Duration::from_millis(500);
+    let (status, answer) = crate::control::inject(&via.admin, &forged.encode(), 1, wait)?;
+    if status != 403 {
+        return Err(format!("a forged shutdown was answered {status} {answer}"));
+    }
+    let forged_reason = output::cell(&answer["error"]);
+    // A genuine member's certificate, but a client may not shut the network down.
+    let authority = manifest.authority()?;
+    let dir = manifest.authority_dir.parent().unwrap_or(&manifest.authority_dir);
+    let (cert, key) = mesh::write_principal(&authority, dir, Role::Client, "demo-client")?;
+    let client_signer = crate::control::signer(&cert, &key)?;
+    let wire = crate::control::sign(
+        &client_signer,
+        &manifest.network,
+        Verb::Shutdown,
+        Scope::Network,
+        BTreeMap::new(),
+    )?;
+    let (status, answer) = crate::control::inject(&via.admin, &wire, 1, wait)?;
+    if status != 403 {
+        return Err(format!("a client's shutdown was answered {status} {answer}"));
+    }
+    let rbac_rule = output::cell(&answer["rule"]);
+    // The genuine admin message, obeyed (and acknowledged) by every member still in the mesh.
+    let revoked = run.figures.revoked.clone().unwrap_or_default();
+    let expect = manifest.members.iter().filter(|m| m.name != revoked).count();
+    let mut args = BTreeMap::new();
+    args.insert("level".to_owned(), "info".to_owned());
+    let wire =
+        crate::control::sign(&admin, &manifest.network, Verb::LogLevel, Scope::Network, args)?;
+    let (status, answer) =
+        crate::control::inject(&via.admin, &wire, expect, Duration::from_secs(5))?;
+    let applied =
+        answer["acks"].as_array().map_or(0, |a| a.iter().filter(|a| a["applied"] == true).count());
+    if status != 202 || applied != expect {
+        return Err(format!("a genuine log-level reached {applied}/{expect} members: {answer}"));
+    }
+    run.figures.control_refused = Some(forged_reason.clone());
+    Ok(format!(
+        "forged signature refused at {} ({forged_reason}); a client's shutdown refused by rule \
+         {rbac_rule}; a genuine admin log-level obeyed by all {expect} members",
+        via.name
+    ))
+}
+
+/// Every member's audit chain verifies, and the refusals are in it.
+fn audit(run: &mut Run, manifest: &Manifest) -> Result<String, String> {
+    let mut records = 0;
+    let mut refusals = 0;
+    for m in &manifest.members {
+        let summary = genesis_trust::verify_audit_file(&m.audit)
+            .map_err(|e| format!("{}: {e}", m.audit.display()))?;
+        records += summary.records;
+        let text = std::fs::read_to_string(&m.audit).map_err(|e| e.to_string())?;
+        refusals += text.matches("\"control-refused\"").count();
+    }
+    if refusals < 2 {
+        return Err(format!("the two refused control messages left {refusals} audit records"));
+    }
+    run.figures.audit_records = Some(records);
+    Ok(format!(
+        "{} hash-chained logs, {records} records, every chain intact; the refusals are recorded \
+         ({refusals} control-refused)",
+        manifest.members.len()
+    ))
+}
+
+fn print_summary(run: &Run, spec: &LaunchSpec, stopped: Option<bool>, as_json: bool) {
+    let ok = run.stages.iter().all(|s| s.ok);
+    let f = &run.figures;
+    if as_json {
+        let value = json!({
+            "ok": ok,
+            "nodes": spec.nodes,
+            "topology": spec.topology,
+            "stages": run.stages,
+            "figures": f,
+            "leftRunning": stopped.map(|s| !s),
+        });
+        println!("{value}");
+        return;
+    }
+    let ms = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.1} ms"));
+    let rows = vec![
+        vec!["nodes".into(), format!("{} ({:?})", spec.nodes, spec.topology)],
+        vec!["links".into(), f.links.map_or("-".into(), |l| l.to_string())],
+        vec!["join (all members)".into(), ms(f.join_ms)],
+        vec!["routes converged (from first start)".into(), ms(f.convergence_ms)],
+        vec!["longest path".into(), f.max_hops.map_or("-".into(), |h| format!("{h} hops"))],
+        vec![
+            "message p50 / p99".into(),
+            format!("{} / {}", ms(f.message_p50_ms), ms(f.message_p99_ms)),
+        ],
+        vec!["tunnelled request".into(), ms(f.tunnel_ms)],
+        vec![
+            "rotation".into(),
+            f.rotated
+                .as_ref()
+                .map_or("-".into(), |n| format!("{n}, {} links kept", f.links_kept.unwrap_or(0))),
+        ],
+        vec![
+            "revocation applied everywhere".into(),
+            format!("{} ({})", ms(f.revocation_applied_ms), f.revoked.as_deref().unwrap_or("-")),
+        ],
+        vec!["revoked member cut off everywhere".into(), ms(f.revocation_cut_off_ms)],
+    ];
+    println!("\n{}", output::table(&["summary", ""], &rows));
+    let passed = run.stages.iter().filter(|s| s.ok).count();
+    match stopped {
+        Some(true) => {
+            println!("{passed}/{} stages passed; every process stopped", run.stages.len())
+        }
+        Some(false) => {
+            println!("{passed}/{} stages passed; SOME PROCESSES DID NOT STOP", run.stages.len())
+        }
+        None => {}
+    }
+    if !ok {
+        if let Some(s) = run.stages.iter().find(|s| !s.ok) {
+            println!("failed at: {} ({})", s.name, s.detail);
+        }
+        println!("logs: {}", spec.dir.display());
+    }
+}
+
+/// `--keep`: say where to look, then wait for Ctrl-C.
+fn keep_running(m: &Manifest, dir: &std::path::Path, children: &Children, as_json: bool) {
+    if !as_json {
+        let d = dir.display();
+        println!("\nThe mesh keeps running (Ctrl-C stops it). Try:");
+        println!("  genesisctl status --mesh {d}");
+        println!("  genesisctl check --mesh {d}");
+        if let Some(first) = m.members.first() {
+            println!("  genesisctl routes {} --mesh {d}", first.name);
+            println!("  curl http://{}/metrics", first.admin);
+            println!("  curl -X POST --data-binary hi http://{}/v1/messages/<node>", first.api);
+        }
+        println!("  logs and audit logs: {d}");
+    }
+    loop {
+        std::thread::sleep(Duration::from_secs(1));
+        if children.pids().is_empty() {
+            return;
+        }
     }
 }

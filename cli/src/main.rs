@@ -1,9 +1,17 @@
 //! genesisctl: the Genesis Mesh command line.
 #![forbid(unsafe_code)]
 
+mod check;
+mod client;
+mod control;
 mod crl;
 mod demo;
+mod inspect;
+mod mesh;
+mod output;
+mod revoke;
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -16,13 +24,41 @@ struct Cli {
     command: Command,
 }
 
+/// Which mesh a command talks to, and how it answers.
+#[derive(clap::Args, Debug, Clone)]
+pub struct MeshArgs {
+    /// A local mesh's directory (the one `genesisctl demo --keep` prints).
+    #[arg(long, env = "GENESIS_MESH", global = true)]
+    mesh: Option<PathBuf>,
+    /// table for people, json for machines.
+    #[arg(long, short, value_enum, default_value_t = output::Output::Table, global = true)]
+    output: output::Output,
+}
+
+impl MeshArgs {
+    pub fn dir(&self) -> PathBuf {
+        self.mesh.clone().unwrap_or_else(mesh::default_dir)
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
-    /// Run Genesis Mesh on this machine, no cluster needed. Today: the trust core (authority,
-    /// CSR issuance, mutual TLS, revocation, signed control messages, audit log); the sidecar
-    /// mesh joins the demo when it is built.
+    /// Run a whole mesh on this machine (authority + sidecar processes) and show it working:
+    /// join, routing, messages, tunnels, rotation, revocation, control, audit.
     Demo(demo::DemoArgs),
-    /// Revocation lists: push a new CRL into a local mesh and wait for convergence.
+    /// Networks, members, readiness, anchors, CRL number and convergence, expiring certificates.
+    Status(inspect::StatusArgs),
+    /// A member's peers with reputation and RTT.
+    Peers(inspect::NodeArgs),
+    /// A member's routes with metrics and next hops.
+    Routes(inspect::NodeArgs),
+    /// Revoke a member: sign a new CRL, push it into the mesh, wait until it is cut off.
+    Revoke(revoke::RevokeArgs),
+    /// Send a signed control message (drain, shutdown, route-reset, log-level, policy-update).
+    Control(control::ControlArgs),
+    /// Preflight: is the mesh healthy, and if not, why and what to do.
+    Check(check::CheckArgs),
+    /// Revocation lists: push a CRL into a local mesh and wait for convergence.
     Crl {
         #[command(subcommand)]
         command: CrlCommand,
@@ -52,10 +88,37 @@ enum AuditCommand {
     },
 }
 
+/// One clear line on standard error, exit status 2.
+pub fn fail(message: &str) -> ExitCode {
+    eprintln!("genesisctl: {message}");
+    ExitCode::from(2)
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // The demo runs the authority and the sidecars as this same binary.
+    let mut args: Vec<OsString> = std::env::args_os().collect();
+    match args.get(1).and_then(|a| a.to_str()) {
+        Some("internal-sidecar") => {
+            args.remove(1);
+            args[0] = "genesis-sidecar".into();
+            return genesis_sidecar::cli::main_from(args);
+        }
+        Some("internal-operator") => {
+            args.remove(1);
+            args[0] = "genesis-operator".into();
+            return genesis_operator::cli::main_from(args);
+        }
+        _ => {}
+    }
+    let cli = Cli::parse_from(args);
     match cli.command {
         Command::Demo(args) => demo::run(&args),
+        Command::Status(args) => inspect::status(&args),
+        Command::Peers(args) => inspect::peers(&args),
+        Command::Routes(args) => inspect::routes(&args),
+        Command::Revoke(args) => revoke::run(&args),
+        Command::Control(args) => control::run(&args),
+        Command::Check(args) => check::run(&args),
         Command::Crl { command: CrlCommand::Push(args) } => crl::push(&args),
         Command::Audit { command: AuditCommand::Verify { file, json } } => {
             audit_verify(&file, json)
@@ -90,9 +153,6 @@ fn audit_verify(file: &std::path::Path, json: bool) -> ExitCode {
             }
             ExitCode::FAILURE
         }
-        Err(e) => {
-            eprintln!("genesisctl: {e}; check the path and permissions");
-            ExitCode::from(2)
-        }
+        Err(e) => fail(&format!("{e}; check the path and permissions")),
     }
 }

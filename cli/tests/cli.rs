@@ -2,32 +2,71 @@
 
 use std::process::Command;
 
+use serde_json::Value;
+
 fn genesisctl() -> Command {
     Command::new(env!("CARGO_BIN_EXE_genesisctl"))
 }
 
 #[test]
-fn demo_json_summary_reports_every_stage_passed_and_the_revoked_member_cut_off() {
-    let out = genesisctl().args(["demo", "--nodes", "4", "--json"]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+fn demo_runs_every_stage_cuts_the_revoked_member_off_and_leaves_nothing_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = genesisctl()
+        .args(["demo", "--nodes", "5", "--json", "--subnet", "127.200.1", "--dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let summary: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    assert!(out.status.success(), "{summary:#}");
     assert_eq!(summary["ok"], true);
-    assert_eq!(summary["nodes"], 4);
+    assert_eq!(summary["nodes"], 5);
     let stages = summary["stages"].as_array().unwrap();
     let names: Vec<&str> = stages.iter().map(|s| s["name"].as_str().unwrap()).collect();
-    for expected in [
-        "members joined by CSR",
-        "mutual TLS 1.3 over loopback",
-        "member revoked and cut off",
-        "forged control messages refused",
-        "audit chain verified",
-    ] {
-        assert!(names.contains(&expected), "missing stage {expected}: {names:?}");
+    assert_eq!(
+        names,
+        [
+            "authority started",
+            "members joined by CSR",
+            "routes converged",
+            "message across the mesh",
+            "tunnelled HTTP request",
+            "certificate rotated, no link dropped",
+            "member revoked and cut off everywhere",
+            "forged control message refused",
+            "audit logs verified",
+            "stopped, nothing left running",
+        ]
+    );
+    assert!(stages.iter().all(|s| s["ok"] == true), "{stages:#?}");
+    let f = &summary["figures"];
+    assert!(f["maxHops"].as_u64().unwrap() >= 2, "{f}");
+    assert_eq!(f["cutOffEverywhere"], true);
+    assert!(f["revocationCutOffMs"].as_f64().unwrap() > 0.0);
+    assert_eq!(summary["leftRunning"], false);
+    // Nothing of ours is left: no process mentions the directory, no member answers.
+    let dir_text = dir.path().to_string_lossy().into_owned();
+    assert!(processes_mentioning(&dir_text).is_empty(), "left running");
+    let manifest: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("mesh.json")).unwrap())
+            .unwrap();
+    for m in manifest["members"].as_array().unwrap() {
+        let admin = m["admin"].as_str().unwrap();
+        assert!(std::net::TcpStream::connect(admin).is_err(), "{admin} still answers");
     }
-    assert!(stages.iter().all(|s| s["ok"] == true), "{stages:?}");
-    let revoked = stages.iter().find(|s| s["name"] == "member revoked and cut off").unwrap();
-    assert!(revoked["detail"].as_str().unwrap().contains("Revoked"), "{revoked}");
-    assert!(summary["audit_records"].as_u64().unwrap() >= 4);
+}
+
+/// Process ids whose command line mentions `text`.
+fn processes_mentioning(text: &str) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(text))
+        })
+        .collect()
 }
 
 #[test]

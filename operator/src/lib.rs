@@ -3,6 +3,7 @@
 //! Kubernetes controllers, the TokenReview authenticator and the webhook come next.
 #![forbid(unsafe_code)]
 
+pub mod cli;
 pub mod identity_service;
 pub mod local;
 

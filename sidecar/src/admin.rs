@@ -97,10 +97,13 @@ pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Bod
     if req.method() == Method::POST && req.uri().path() == "/admin/control" {
         return inject_control(shared, req).await;
     }
+    if req.method() == Method::POST && req.uri().path() == "/admin/renew" {
+        return renew(shared).await;
+    }
     if req.method() != Method::GET {
         return error(
             StatusCode::METHOD_NOT_ALLOWED,
-            "admin endpoints are GET, except POST /admin/crl and /admin/control",
+            "admin endpoints are GET, except POST /admin/crl, /admin/control and /admin/renew",
         );
     }
     let path = req.uri().path();
@@ -249,4 +252,38 @@ async fn inject_control(shared: Arc<Shared>, req: Request<Incoming>) -> Response
         }
         let _ = tokio::time::timeout_at(deadline, notified).await;
     }
+}
+
+/// Longest `POST /admin/renew` waits for the new certificate.
+const MAX_RENEW_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
+
+fn serial(shared: &Shared) -> String {
+    let tls = shared.tls.load();
+    genesis_trust::CertInfo::parse(&tls.chain[0]).map(|i| i.serial.to_string()).unwrap_or_default()
+}
+
+/// `POST /admin/renew`: renew the certificate now (fresh key, CSR over mutual TLS, live links
+/// keep running) and answer with the old and new serials once the new one is in use. A failed
+/// renewal keeps the current certificate; the renewal loop retries with backoff.
+async fn renew(shared: Arc<Shared>) -> Response<Body> {
+    let before = serial(&shared);
+    shared.renew_now.notify_one();
+    let deadline = tokio::time::Instant::now() + MAX_RENEW_WAIT;
+    while tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        let now = serial(&shared);
+        if now != before {
+            return json(
+                StatusCode::OK,
+                &serde_json::json!({"renewed": true, "previousSerial": before, "serial": now}),
+            );
+        }
+    }
+    error(
+        StatusCode::GATEWAY_TIMEOUT,
+        &format!(
+            "no new certificate within {MAX_RENEW_WAIT:?}; the current one (serial {before}) stays \
+             in use and renewal retries with backoff (see the sidecar log)"
+        ),
+    )
 }

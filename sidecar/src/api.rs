@@ -195,6 +195,7 @@ async fn receive(shared: Arc<Shared>, query: &str) -> Response<Body> {
             if !inbox.is_empty() || tokio::time::Instant::now() >= deadline {
                 let n = inbox.len().min(MAX_RECEIVE_BATCH);
                 let batch: Vec<_> = inbox.drain(..n).collect();
+                shared.metrics.inbox.set(inbox.len() as i64);
                 return json(StatusCode::OK, &batch);
             }
         }

@@ -7,6 +7,7 @@
 
 pub mod admin;
 pub mod api;
+pub mod cli;
 pub mod config;
 pub mod frame;
 pub mod http;
@@ -154,6 +155,7 @@ async fn renewal_loop(shared: Arc<Shared>, shutdown: CancellationToken) {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(wait) => {}
+            _ = shared.renew_now.notified() => tracing::info!("renewing now, as asked"),
         }
         match identity::renew(
             &shared.config,

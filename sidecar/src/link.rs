@@ -62,7 +62,10 @@ pub async fn listen(shared: Arc<Shared>, listener: TcpListener, shutdown: Cancel
 
 /// Dials `addr` and runs the link.
 pub async fn dial(shared: Arc<Shared>, addr: String) {
-    let failed = |reason: String| Command::DialFailed { addr: addr.clone(), reason };
+    let failed = |reason: String| {
+        shared.metrics.dials.with_label_values(&["failed"]).inc();
+        Command::DialFailed { addr: addr.clone(), reason }
+    };
     let tcp = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&addr)).await {
         Ok(Ok(tcp)) => tcp,
         Ok(Err(e)) => return drop(shared.commands.send(failed(e.to_string())).await),
@@ -73,11 +76,15 @@ pub async fn dial(shared: Arc<Shared>, addr: String) {
     let name = ServerName::try_from("peer.genesis-mesh.invalid").expect("valid name");
     match tokio::time::timeout(CONNECT_TIMEOUT, connector.connect(name, tcp)).await {
         Ok(Ok(tls)) => {
+            shared.metrics.dials.with_label_values(&["ok"]).inc();
             let chain = tls.get_ref().1.peer_certificates().map(|c| c.to_vec());
             run_link(shared, tls, chain, true, addr).await;
         }
         // The handshake failed: most often the peer's certificate was refused.
-        Ok(Err(e)) => refused(&shared, None, &addr, &e.to_string()).await,
+        Ok(Err(e)) => {
+            shared.metrics.dials.with_label_values(&["refused"]).inc();
+            refused(&shared, None, &addr, &e.to_string()).await
+        }
         Err(_) => drop(shared.commands.send(failed("TLS handshake timed out".into())).await),
     }
 }

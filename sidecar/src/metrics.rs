@@ -30,6 +30,23 @@ pub struct Metrics {
     pub audit_head: IntGaugeVec,
     pub certificate_expiry: Gauge,
     pub renewals: IntCounterVec,
+    pub link_closes: IntCounterVec,
+    pub dials: IntCounterVec,
+    pub peer_reputation: IntGaugeVec,
+    pub crl_age: Gauge,
+    pub crl_expiry: Gauge,
+    pub crl_applied: Gauge,
+    pub renewal_due: Gauge,
+    pub trust_roots: IntGauge,
+    pub streams_active: IntGauge,
+    pub received: IntCounterVec,
+    pub receipt_latency: Histogram,
+    pub inbox: IntGauge,
+    pub control_acks: IntCounterVec,
+    pub routes_by_hops: IntGaugeVec,
+    pub start_time: Gauge,
+    pub build_info: IntGaugeVec,
+    pub audit_errors: IntCounter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -54,7 +71,7 @@ impl Metrics {
                 m
             }};
         }
-        Metrics {
+        let m = Metrics {
             links: reg!(IntGauge::with_opts(opts("links", "Open peer links"))),
             handshakes: reg!(IntCounterVec::new(
                 opts("handshakes_total", "Peer link handshakes by result"),
@@ -134,8 +151,123 @@ impl Metrics {
                 opts("certificate_renewals_total", "Certificate renewals by result"),
                 &["result"]
             )),
+            link_closes: reg!(IntCounterVec::new(
+                opts("link_closes_total", "Peer links closed, by reason"),
+                &["reason"]
+            )),
+            dials: reg!(IntCounterVec::new(
+                opts("dials_total", "Outbound link attempts by result (ok, failed, refused)"),
+                &["result"]
+            )),
+            peer_reputation: reg!(IntGaugeVec::new(
+                opts("peer_reputation", "Reputation score (0-100) of each connected neighbour"),
+                &["peer"]
+            )),
+            crl_age: reg!(Gauge::with_opts(opts(
+                "crl_age_seconds",
+                "Seconds since the held CRL's thisUpdate"
+            ))),
+            crl_expiry: reg!(Gauge::with_opts(opts(
+                "crl_expiry_seconds",
+                "Seconds until the held CRL's nextUpdate (negative once stale)"
+            ))),
+            crl_applied: reg!(Gauge::with_opts(opts(
+                "crl_applied_timestamp_seconds",
+                "Unix time the held CRL was applied here (max - min across members of one CRL \
+                 number is the revocation convergence time)"
+            ))),
+            renewal_due: reg!(Gauge::with_opts(opts(
+                "certificate_renewal_seconds",
+                "Seconds until this member renews its certificate (negative: overdue)"
+            ))),
+            trust_roots: reg!(IntGauge::with_opts(opts(
+                "trust_roots",
+                "Authority roots in the trust bundle (2 during a CA rotation)"
+            ))),
+            streams_active: reg!(IntGauge::with_opts(opts(
+                "streams_active",
+                "Open end-to-end streams (tunnels and message channels) ending here"
+            ))),
+            received: reg!(IntCounterVec::new(
+                opts("messages_received_total", "Messages delivered to the local app, by kind"),
+                &["kind"]
+            )),
+            receipt_latency: reg!(Histogram::with_opts(
+                HistogramOpts::new(
+                    "message_receipt_seconds",
+                    "Time from sending a message to its delivery receipt"
+                )
+                .namespace(NS)
+                .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0, 5.0])
+            )),
+            inbox: reg!(IntGauge::with_opts(opts(
+                "inbox_messages",
+                "Messages waiting in the app inbox"
+            ))),
+            control_acks: reg!(IntCounterVec::new(
+                opts(
+                    "control_acks_total",
+                    "Acknowledgements of control messages injected here, by result"
+                ),
+                &["result"]
+            )),
+            routes_by_hops: reg!(IntGaugeVec::new(
+                opts("routes_by_hops", "Reachable destinations by hop count"),
+                &["hops"]
+            )),
+            start_time: reg!(Gauge::with_opts(opts(
+                "start_time_seconds",
+                "Unix time the sidecar started"
+            ))),
+            build_info: reg!(IntGaugeVec::new(
+                opts("build_info", "Sidecar version (value 1)"),
+                &["version"]
+            )),
+            audit_errors: reg!(IntCounter::with_opts(opts(
+                "audit_write_errors_total",
+                "Audit records that could not be written"
+            ))),
             registry,
+        };
+        m.init_labels();
+        m
+    }
+
+    /// Known label values start at zero, so they are exported (and `rate()` works) before the
+    /// first event.
+    fn init_labels(&self) {
+        let init = |v: &IntCounterVec, labels: &[&[&str]]| {
+            for l in labels {
+                v.with_label_values(l);
+            }
+        };
+        init(&self.handshakes, &[&["ok"], &["refused"]]);
+        init(&self.dials, &[&["ok"], &["failed"], &["refused"]]);
+        let closes: Vec<[&str; 1]> = CloseReason::ALL.iter().map(|r| [r.as_str()]).collect();
+        let closes: Vec<&[&str]> = closes.iter().map(|c| c.as_slice()).collect();
+        init(&self.link_closes, &closes);
+        init(&self.bytes, &[&["in"], &["out"]]);
+        init(&self.messages, &[&["delivered"], &["failed"]]);
+        init(&self.received, &[&["message"], &["broadcast"], &["topic"]]);
+        init(&self.crl_updates, &[&["applied"], &["not_newer"], &["refused"]]);
+        init(&self.control_acks, &[&["applied"], &["refused"]]);
+        init(&self.renewals, &[&["ok"], &["error"]]);
+        init(
+            &self.streams,
+            &[&["out", "ok"], &["out", "refused"], &["in", "ok"], &["in", "refused"]],
+        );
+        init(&self.stream_bytes, &[&["in"], &["out"]]);
+        init(&self.dropped, &[&["no_route"], &["ttl_expired"], &["rate_limited"]]);
+        init(&self.invalid_frames, &[&["malformed"], &["protocol"], &["forged_route"]]);
+        init(&self.frames, &[&["data", "in"], &["data", "out"]]);
+        for level in ["new", "trusted", "suspicious", "banned"] {
+            self.peers.with_label_values(&[level]);
         }
+    }
+
+    /// The number of metric families (docs/METRICS.md lists each).
+    pub fn families(&self) -> usize {
+        self.registry.gather().len()
     }
 
     /// Prometheus text exposition.
@@ -149,5 +281,52 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Metrics::new()
+    }
+}
+
+/// The bounded label for a closed link (`link_closes_total{reason}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The link carried an invalid frame.
+    InvalidFrame,
+    /// Both sides dialled at once; one link is kept.
+    Replaced,
+    /// Nothing heard within the hold time.
+    HoldTimeout,
+    /// The peer's certificate expired or was revoked.
+    CertificateInvalid,
+    /// The peer said goodbye (drain or its own policy).
+    PeerClosed,
+    /// This member is draining.
+    Draining,
+    /// Peer management: eviction, ban, over max peers.
+    Policy,
+    /// The connection broke.
+    ConnectionLost,
+}
+
+impl CloseReason {
+    pub const ALL: [CloseReason; 8] = [
+        CloseReason::InvalidFrame,
+        CloseReason::Replaced,
+        CloseReason::HoldTimeout,
+        CloseReason::CertificateInvalid,
+        CloseReason::PeerClosed,
+        CloseReason::Draining,
+        CloseReason::Policy,
+        CloseReason::ConnectionLost,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::InvalidFrame => "invalid_frame",
+            CloseReason::Replaced => "replaced",
+            CloseReason::HoldTimeout => "hold_timeout",
+            CloseReason::CertificateInvalid => "certificate_invalid",
+            CloseReason::PeerClosed => "peer_closed",
+            CloseReason::Draining => "draining",
+            CloseReason::Policy => "policy",
+            CloseReason::ConnectionLost => "connection_lost",
+        }
     }
 }

@@ -20,7 +20,7 @@ use crate::frame::{
     Broadcast, ControlAck, Data, DataKind, Frame, FrameError, FrameType, RouteAdvert, MAX_ADVERTS,
     METRIC_INFINITY,
 };
-use crate::metrics::Metrics;
+use crate::metrics::{CloseReason, Metrics};
 use crate::peers::{Admit, Conduct, Level, PeerAction, PeerSet, PeerView};
 use crate::routing::{link_cost, Advert, RouteAction, RouteTable, RouteView, Time};
 
@@ -147,6 +147,8 @@ pub struct Shared {
     pub crl_applied_at_ms: AtomicU64,
     /// Set by a `shutdown` control message; main waits on it beside SIGTERM.
     pub shutdown_requested: Notify,
+    /// `POST /admin/renew`: renew the certificate now instead of at renewalTime.
+    pub renew_now: Notify,
     /// Changes the log filter (`log-level` control messages); set by main.
     #[allow(clippy::type_complexity)]
     pub log_level: Mutex<Option<Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>>>,
@@ -178,6 +180,7 @@ impl Shared {
             let mut log = log.lock().unwrap_or_else(|p| p.into_inner());
             let old = log.head().to_owned();
             if let Err(e) = log.append(event, subject, detail, SystemTime::now()) {
+                self.metrics.audit_errors.inc();
                 tracing::error!(error = %e, "cannot write the audit log");
                 return;
             }
@@ -190,6 +193,8 @@ impl Shared {
     /// Records a control acknowledgement for an envelope injected here (bounded: the oldest
     /// envelopes' acks are dropped beyond a limit).
     pub fn record_ack(&self, ack: ControlAck) {
+        let result = if ack.applied { "applied" } else { "refused" };
+        self.metrics.control_acks.with_label_values(&[result]).inc();
         let mut acks = self.acks.lock().unwrap_or_else(|p| p.into_inner());
         if acks.len() >= MAX_ACKED_ENVELOPES && !acks.contains_key(&ack.id) {
             if let Some(k) = acks.keys().next().cloned() {
@@ -223,7 +228,9 @@ impl Shared {
         if inbox.len() >= INBOX_CAPACITY {
             return false;
         }
+        self.metrics.received.with_label_values(&[item.kind]).inc();
         inbox.push_back(item);
+        self.metrics.inbox.set(inbox.len() as i64);
         drop(inbox);
         self.inbox_notify.notify_waiters();
         true
@@ -430,7 +437,7 @@ impl Core {
                 let _ = reply.send(result);
             }
             Command::LinkDown { node, link_id, failure, reason } => {
-                self.link_down(&node, link_id, failure, &reason)
+                self.link_down(&node, link_id, failure, CloseReason::ConnectionLost, &reason)
             }
             Command::Frame { node, link_id, frame, size } => {
                 if self.links.get(&node).is_some_and(|l| l.id == link_id) {
@@ -448,7 +455,12 @@ impl Core {
                 let now = self.now();
                 let actions = self.peers.record(&node, Conduct::InvalidFrame, now);
                 self.peer_actions(actions);
-                self.close_link(&node, link_id, &format!("invalid frame: {error}"));
+                self.close_link(
+                    &node,
+                    link_id,
+                    CloseReason::InvalidFrame,
+                    &format!("invalid frame: {error}"),
+                );
             }
             Command::BadIdentity { node, addr, reason } => {
                 self.metrics().handshakes.with_label_values(&["refused"]).inc();
@@ -535,7 +547,7 @@ impl Core {
                 return Err("already linked".into());
             }
             let old = existing.id;
-            self.close_link(node, old, "replaced by a simultaneous link");
+            self.close_link(node, old, CloseReason::Replaced, "replaced by a simultaneous link");
         }
         let actions = self.peers.on_connected(node, addr, now)?;
         self.links.insert(
@@ -566,11 +578,19 @@ impl Core {
         Ok(())
     }
 
-    fn link_down(&mut self, node: &str, link_id: u64, failure: bool, reason: &str) {
+    fn link_down(
+        &mut self,
+        node: &str,
+        link_id: u64,
+        failure: bool,
+        kind: CloseReason,
+        reason: &str,
+    ) {
         if self.links.get(node).is_none_or(|l| l.id != link_id) {
             return;
         }
         self.links.remove(node);
+        self.metrics().link_closes.with_label_values(&[kind.as_str()]).inc();
         self.publish_links();
         tracing::info!(peer = %node, %reason, failure, "link down");
         let now = self.now();
@@ -580,14 +600,14 @@ impl Core {
         self.route_actions(actions);
     }
 
-    fn close_link(&mut self, node: &str, link_id: u64, reason: &str) {
+    fn close_link(&mut self, node: &str, link_id: u64, kind: CloseReason, reason: &str) {
         if let Some(link) = self.links.get(node).filter(|l| l.id == link_id) {
             let _ = link
                 .queues
                 .control
                 .try_send(Bytes::from(Frame::Close { reason: reason.to_owned() }.encode()));
             link.cancel.cancel();
-            self.link_down(node, link_id, false, reason);
+            self.link_down(node, link_id, false, kind, reason);
         }
     }
 
@@ -607,7 +627,7 @@ impl Core {
             if let Some(l) = self.links.get(&node) {
                 l.cancel.cancel();
             }
-            self.link_down(&node, id, true, "hold time expired");
+            self.link_down(&node, id, true, CloseReason::HoldTimeout, "hold time expired");
         }
         self.close_invalid_links();
         if now >= self.next_hello {
@@ -631,10 +651,27 @@ impl Core {
             self.metrics().peers.with_label_values(&[level.as_str()]).set(n as i64);
         }
         let tls = self.shared.tls.load();
-        let left =
-            tls.not_after.duration_since(SystemTime::now()).map(|d| d.as_secs_f64()).unwrap_or(0.0);
+        let sys_now = SystemTime::now();
+        let left = tls.not_after.duration_since(sys_now).map(|d| d.as_secs_f64()).unwrap_or(0.0);
         self.metrics().certificate_expiry.set(left);
+        self.metrics().renewal_due.set(signed_secs(tls.renewal_time, sys_now));
         self.metrics().crl_number.set(self.shared.store.crl_number().unwrap_or(0) as i64);
+        if let Some(crl) = self.shared.store.crls().into_iter().max_by_key(|c| c.number()) {
+            self.metrics().crl_age.set(-signed_secs(crl.this_update(), sys_now));
+            self.metrics().crl_expiry.set(signed_secs(crl.next_update(), sys_now));
+        }
+        self.metrics().trust_roots.set(self.shared.store.bundle().roots().len() as i64);
+        let flows = self.shared.data.flows.lock().unwrap_or_else(|p| p.into_inner()).len();
+        self.metrics().streams_active.set(flows as i64);
+        let m = self.metrics();
+        m.peer_reputation.reset();
+        for p in self.peers.views(now).iter().filter(|p| p.connected) {
+            m.peer_reputation.with_label_values(&[&p.node]).set(i64::from(p.score));
+        }
+        m.routes_by_hops.reset();
+        for r in self.routes.routes() {
+            m.routes_by_hops.with_label_values(&[&r.hops.to_string()]).inc();
+        }
     }
 
     /// Re-checks every live link: a peer whose certificate expired or was revoked since the
@@ -654,7 +691,7 @@ impl Core {
             .collect();
         for (node, id, reason) in invalid {
             self.shared.audit("link-closed", &node, serde_json::json!({"reason": reason}));
-            self.close_link(&node, id, &reason);
+            self.close_link(&node, id, CloseReason::CertificateInvalid, &reason);
         }
     }
 
@@ -750,7 +787,7 @@ impl Core {
                 if let Some(l) = self.links.get(from) {
                     let id = l.id;
                     l.cancel.cancel();
-                    self.link_down(from, id, false, &reason);
+                    self.link_down(from, id, false, CloseReason::PeerClosed, &reason);
                 }
             }
         }
@@ -853,6 +890,7 @@ impl Core {
                 let at =
                     SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
                 self.shared.crl_applied_at_ms.store(at.as_millis() as u64, Ordering::Relaxed);
+                self.metrics().crl_applied.set(at.as_secs_f64());
                 self.metrics().crl_updates.with_label_values(&["applied"]).inc();
                 tracing::info!(
                     number = update.number,
@@ -1023,7 +1061,7 @@ impl Core {
                 let nodes: Vec<String> = self.links.keys().cloned().collect();
                 for n in nodes {
                     if let Some(id) = self.links.get(&n).map(|l| l.id) {
-                        self.close_link(&n, id, "draining");
+                        self.close_link(&n, id, CloseReason::Draining, "draining");
                     }
                 }
                 if env.verb == Verb::Shutdown {
@@ -1272,7 +1310,7 @@ impl Core {
                 }
                 PeerAction::Disconnect { node, reason } => {
                     if let Some(id) = self.links.get(&node).map(|l| l.id) {
-                        self.close_link(&node, id, &reason);
+                        self.close_link(&node, id, CloseReason::Policy, &reason);
                     }
                 }
                 PeerAction::Exchange => {
@@ -1309,10 +1347,15 @@ pub fn new_shared(
     commands: mpsc::Sender<Command>,
     audit: Option<AuditLog>,
 ) -> Arc<Shared> {
+    let metrics = Metrics::new();
+    let now = SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    metrics.start_time.set(now.as_secs_f64());
+    metrics.crl_applied.set(now.as_secs_f64());
+    metrics.build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
     Arc::new(Shared {
         config,
         identity,
-        metrics: Metrics::new(),
+        metrics,
         store,
         tls: ArcSwap::from_pointee(tls),
         commands,
@@ -1327,8 +1370,17 @@ pub fn new_shared(
         acks: Mutex::new(HashMap::new()),
         acks_notify: Notify::new(),
         shutdown_requested: Notify::new(),
-        crl_applied_at_ms: AtomicU64::new(0),
+        renew_now: Notify::new(),
+        crl_applied_at_ms: AtomicU64::new(now.as_millis() as u64),
         log_level: Mutex::new(None),
         next_id: AtomicU64::new(1),
     })
+}
+
+/// `t - now` in seconds, negative when `t` is past.
+fn signed_secs(t: SystemTime, now: SystemTime) -> f64 {
+    match t.duration_since(now) {
+        Ok(d) => d.as_secs_f64(),
+        Err(e) => -e.duration().as_secs_f64(),
+    }
 }

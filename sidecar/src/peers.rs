@@ -396,13 +396,25 @@ impl PeerSet {
             })
             .collect();
         candidates.sort_by_key(|(_, d)| (!d.anchor, d.failures));
+        // A member with anchors keeps a link to one of them even when inbound links already
+        // meet min peers: otherwise the members that found each other first can form an
+        // island that never meets the rest (min peers satisfied on both sides).
+        let anchor_linked = self
+            .dials
+            .iter()
+            .any(|(a, d)| d.anchor && (d.in_flight || connected_addrs.contains(a)));
+        let need_anchor = !anchor_linked
+            && self.dials.values().any(|d| d.anchor)
+            && self.connected() < self.config.max_peers;
         let mut dialled = Vec::new();
-        for (addr, _) in candidates {
-            if wanted == 0 {
+        for (addr, d) in candidates {
+            // Anchors sort first, so the extra dial (beyond min peers) is always an anchor.
+            let extra_anchor = need_anchor && d.anchor && dialled.is_empty();
+            if wanted == 0 && !extra_anchor {
                 break;
             }
             dialled.push(addr.clone());
-            wanted -= 1;
+            wanted = wanted.saturating_sub(1);
         }
         for addr in dialled {
             // NB: not dialled again until it connects or fails (failure sets the backoff).

@@ -517,10 +517,10 @@ pub async fn send_message(
         .messages
         .with_label_values(&[if result.is_ok() { "delivered" } else { "failed" }])
         .inc();
-    result.map(|()| Receipt {
-        id,
-        delivered: true,
-        latency_ms: start.elapsed().as_secs_f64() * 1e3,
+    result.map(|()| {
+        let latency = start.elapsed().as_secs_f64();
+        shared.metrics.receipt_latency.observe(latency);
+        Receipt { id, delivered: true, latency_ms: latency * 1e3 }
     })
 }
 

@@ -86,6 +86,17 @@ impl fmt::Display for Verb {
     }
 }
 
+impl std::str::FromStr for Verb {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        Verb::ALL.into_iter().find(|v| v.as_str() == s).ok_or_else(|| {
+            let names: Vec<&str> = Verb::ALL.iter().map(|v| v.as_str()).collect();
+            format!("unknown verb {s:?} (expected one of {})", names.join(", "))
+        })
+    }
+}
+
 /// Which members a control message is addressed to.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Scope {

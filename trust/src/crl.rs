@@ -90,6 +90,12 @@ impl RevocationList {
         removed
     }
 
+    /// Bumps the number without changing the entries: a re-signed CRL (fresh nextUpdate) is a
+    /// new CRL and must carry a new number (RFC 5280 5.2.3), or members would keep the old one.
+    pub fn refresh(&mut self) {
+        self.number += 1;
+    }
+
     /// Whether `serial` is on the list.
     pub fn contains(&self, serial: &Serial) -> bool {
         self.entries.contains_key(&serial.to_string())

@@ -158,3 +158,32 @@ fn anchors_are_kept_over_learned_peers_when_over_max_peers() {
         "{actions:?}"
     );
 }
+
+#[test]
+fn a_member_whose_inbound_links_meet_min_peers_still_dials_an_anchor() {
+    // min_peers 1 is met by an inbound link from "c", but no anchor is linked: without a
+    // link to an anchor, {me, c} could be an island.
+    let config = PeerConfig { min_peers: 1, max_peers: 2, ..PeerConfig::default() };
+    let mut p = PeerSet::new("me", config, &["a:1".to_owned()], Time::ZERO);
+    p.on_connected("c", "c:1", Time::ZERO).unwrap();
+    assert_eq!(p.on_tick(Time::ZERO), vec![PeerAction::Dial { addr: "a:1".into() }]);
+    p.on_connected("a", "a:1", Time::ZERO).unwrap();
+    assert!(p.on_tick(secs(1)).iter().all(|a| !matches!(a, PeerAction::Dial { .. })));
+}
+
+#[test]
+fn an_anchor_that_backs_off_is_not_replaced_by_a_learned_peer_beyond_min_peers() {
+    let config = PeerConfig { min_peers: 1, max_peers: 3, ..PeerConfig::default() };
+    let mut p = PeerSet::new("me", config, &["a:1".to_owned()], Time::ZERO);
+    p.on_connected("c", "c:1", Time::ZERO).unwrap();
+    p.on_exchange(&[PeerAddr { node: "d".into(), addr: "d:1".into() }], Time::ZERO);
+    p.on_tick(Time::ZERO);
+    p.on_dial_failed("a:1", Time::ZERO);
+    // The anchor backs off; min peers is met, so nobody else is dialled meanwhile.
+    let dials: Vec<_> = p
+        .on_tick(Duration::from_millis(500))
+        .into_iter()
+        .filter(|a| matches!(a, PeerAction::Dial { .. }))
+        .collect();
+    assert!(dials.is_empty(), "{dials:?}");
+}

@@ -261,3 +261,12 @@ fn scope_text_form_round_trips_and_rejects_garbage() {
     assert!(Scope::Role(Role::Anchor).targets(&id));
     assert!(!Scope::Node("b".into()).targets(&id));
 }
+
+#[test]
+fn verbs_parse_from_their_wire_names_and_unknown_ones_are_named() {
+    for verb in Verb::ALL {
+        assert_eq!(verb.as_str().parse::<Verb>(), Ok(verb));
+    }
+    let err = "reboot".parse::<Verb>().unwrap_err();
+    assert!(err.contains("\"reboot\"") && err.contains("log-level"), "{err}");
+}

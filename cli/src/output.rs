@@ -1,0 +1,91 @@
+//! `--output table|json`: every command prints either aligned columns for people or one JSON
+//! document for machines.
+
+use serde_json::Value;
+
+/// How a command prints its answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Output {
+    /// Aligned columns.
+    #[default]
+    Table,
+    /// One JSON document on standard output.
+    Json,
+}
+
+/// Aligned columns; the header is upper-cased.
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            if let Some(w) = widths.get_mut(i) {
+                *w = (*w).max(cell.chars().count());
+            }
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let padded: Vec<String> = cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<width$}", width = widths.get(i).copied().unwrap_or(0)))
+            .collect();
+        padded.join("  ").trim_end().to_owned()
+    };
+    let mut out = vec![line(header.iter().map(|h| h.to_uppercase()).collect())];
+    out.extend(rows.iter().map(|r| line(r.clone())));
+    out.join("\n") + "\n"
+}
+
+/// Prints `value` as JSON, or `text()` as it is.
+pub fn print(output: Output, value: &Value, text: impl FnOnce() -> String) {
+    match output {
+        Output::Json => println!("{value}"),
+        Output::Table => print!("{}", text()),
+    }
+}
+
+/// "1h2m", "45s", "-3s": a duration in seconds for people.
+pub fn human_secs(secs: f64) -> String {
+    let sign = if secs < 0.0 { "-" } else { "" };
+    let s = secs.abs().round() as u64;
+    let (d, h, m, s) = (s / 86400, s / 3600 % 24, s / 60 % 60, s % 60);
+    let text = match (d, h, m) {
+        (0, 0, 0) => format!("{s}s"),
+        (0, 0, _) => format!("{m}m{s}s"),
+        (0, _, _) => format!("{h}h{m}m"),
+        _ => format!("{d}d{h}h"),
+    };
+    format!("{sign}{text}")
+}
+
+/// A JSON value as a table cell (strings without quotes, null as "-").
+pub fn cell(v: &Value) -> String {
+    match v {
+        Value::Null => "-".into(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_align_columns_to_the_widest_cell() {
+        let t = table(
+            &["node", "ok"],
+            &[vec!["m10".into(), "yes".into()], vec!["m2".into(), "no".into()]],
+        );
+        assert_eq!(t, "NODE  OK\nm10   yes\nm2    no\n");
+    }
+
+    #[test]
+    fn durations_read_like_people_write_them() {
+        assert_eq!(human_secs(45.0), "45s");
+        assert_eq!(human_secs(3725.0), "1h2m");
+        assert_eq!(human_secs(-3.0), "-3s");
+        assert_eq!(human_secs(90061.0), "1d1h");
+        assert_eq!(human_secs(61.0), "1m1s");
+    }
+}

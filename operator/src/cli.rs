@@ -1,0 +1,186 @@
+//! The `genesis-operator` command: today the local-mode identity service and its authority
+//! tools. A library function so `genesisctl demo` can run the same code from its own binary.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use crate::identity_service::{serve, IdentityService, LocalTokens};
+use crate::local::{AuthorityConfig, LocalAuthority};
+use clap::{Args, Parser, Subcommand};
+use genesis_trust::{RevocationReason, Role};
+
+#[derive(Parser)]
+#[command(name = "genesis-operator", version, about = "Genesis Mesh operator")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a file-backed Network Authority and its identity service (no cluster).
+    #[command(args_conflicts_with_subcommands = true)]
+    Local {
+        #[command(subcommand)]
+        action: Option<LocalAction>,
+        #[command(flatten)]
+        serve: ServeArgs,
+    },
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// The authority's directory (created if missing).
+    #[arg(long, env = "GENESIS_AUTHORITY_DIR")]
+    dir: Option<PathBuf>,
+    /// Where the identity service listens (port 0 picks one; the address is written to
+    /// DIR/identity-service.addr).
+    #[arg(long, default_value = "127.0.0.1:7443")]
+    listen: String,
+    /// Trust domain of a new authority.
+    #[arg(long, default_value = "demo.local")]
+    trust_domain: String,
+    /// Network of a new authority.
+    #[arg(long, default_value = "demo")]
+    network: String,
+    /// Certificate lifetime of a new authority (Go duration).
+    #[arg(long, default_value = "24h")]
+    cert_duration: String,
+    /// How long each CRL of a new authority is valid (Go duration).
+    #[arg(long, default_value = "12h")]
+    crl_validity: String,
+}
+
+#[derive(Subcommand)]
+enum LocalAction {
+    /// Write a one-time join token for a node and print it.
+    Token {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        node: String,
+        /// anchor, client, operator or admin.
+        #[arg(long, default_value = "client")]
+        role: String,
+    },
+    /// Sign a fresh CRL of the current revocations (new number, new nextUpdate), as the
+    /// authority does before a CRL lapses; push it with `genesisctl crl push`.
+    PublishCrl {
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Revoke every certificate issued to a node and sign a new CRL.
+    Revoke {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        node: String,
+    },
+}
+
+/// Runs the operator with command-line `args` (the first is the program name).
+pub fn main_from(args: impl IntoIterator<Item = OsString>) -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse_from(args);
+    let Command::Local { action, serve: args } = cli.command;
+    let result = match action {
+        Some(LocalAction::Token { dir, node, role }) => token(&dir, &node, &role),
+        Some(LocalAction::Revoke { dir, node }) => revoke(&dir, &node),
+        Some(LocalAction::PublishCrl { dir }) => publish_crl(&dir),
+        None => run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("genesis-operator: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn open(dir: &std::path::Path) -> Result<LocalAuthority, String> {
+    LocalAuthority::open(dir).map_err(|e| e.to_string())
+}
+
+fn token(dir: &std::path::Path, node: &str, role: &str) -> Result<(), String> {
+    let role: Role = role.parse()?;
+    let token = open(dir)?.create_token(node, role).map_err(|e| e.to_string())?;
+    println!("{token}");
+    Ok(())
+}
+
+fn revoke(dir: &std::path::Path, node: &str) -> Result<(), String> {
+    match open(dir)?.revoke_node(node, RevocationReason::Unspecified).map_err(|e| e.to_string())? {
+        Some(crl) => println!("revoked {node}: CRL number {}", crl.number()),
+        None => println!("{node}: nothing to revoke (no certificate issued, or already revoked)"),
+    }
+    Ok(())
+}
+
+fn publish_crl(dir: &std::path::Path) -> Result<(), String> {
+    let authority = open(dir)?;
+    let mut list = authority.revocations().map_err(|e| e.to_string())?;
+    list.refresh();
+    let crl = authority.publish_crl(&list).map_err(|e| e.to_string())?;
+    let valid = crl
+        .next_update()
+        .duration_since(std::time::SystemTime::now())
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    println!(
+        "CRL number {} ({} revoked) valid for {valid}s: {}",
+        crl.number(),
+        crl.revoked().len(),
+        dir.join("crl.der").display()
+    );
+    Ok(())
+}
+
+fn run(args: ServeArgs) -> Result<(), String> {
+    let dir = args.dir.ok_or("--dir is required (or set GENESIS_AUTHORITY_DIR)")?;
+    let cert_duration = genesis_trust::duration::parse_duration(&args.cert_duration)?;
+    let crl_validity = genesis_trust::duration::parse_duration(&args.crl_validity)?;
+    let config = AuthorityConfig {
+        trust_domain: args.trust_domain,
+        network: args.network,
+        // NB: at least 10s; short lifetimes are for tests and demos of rotation.
+        cert_duration_secs: cert_duration.as_secs().max(10),
+        crl_validity_secs: crl_validity.as_secs().max(60),
+    };
+    let authority =
+        Arc::new(LocalAuthority::open_or_create(&dir, config).map_err(|e| e.to_string())?);
+    let runtime =
+        tokio::runtime::Runtime::new().map_err(|e| format!("cannot start the runtime: {e}"))?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(&args.listen)
+            .await
+            .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+        let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        let service =
+            IdentityService::new(authority.clone(), Arc::new(LocalTokens::new(authority.clone())))
+                .map_err(|e| e.to_string())?;
+        std::fs::write(dir.join("identity-service.addr"), addr.to_string()).map_err(|e| {
+            format!("cannot write {}: {e}", dir.join("identity-service.addr").display())
+        })?;
+        tracing::info!(%addr, dir = %dir.display(), "identity service listening");
+        serve(listener, Arc::new(service), shutdown_signal()).await;
+        tracing::info!("identity service stopped");
+        Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
