@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use crate::identity_service::{serve, IdentityService, LocalTokens};
+use crate::identity_service::{serve, serve_metrics, IdentityService, LocalTokens};
 use crate::local::{AuthorityConfig, LocalAuthority};
 use clap::{Args, Parser, Subcommand};
 use genesis_trust::{RevocationReason, Role};
@@ -48,6 +48,9 @@ struct ServeArgs {
     /// Certificate lifetime of a new authority (Go duration).
     #[arg(long, default_value = "24h")]
     cert_duration: String,
+    /// Where to serve Prometheus metrics in plain HTTP (GET /metrics); off when absent.
+    #[arg(long)]
+    metrics_listen: Option<String>,
     /// How long each CRL of a new authority is valid (Go duration).
     #[arg(long, default_value = "12h")]
     crl_validity: String,
@@ -170,7 +173,17 @@ fn run(args: ServeArgs) -> Result<(), String> {
             format!("cannot write {}: {e}", dir.join("identity-service.addr").display())
         })?;
         tracing::info!(%addr, dir = %dir.display(), "identity service listening");
-        serve(listener, Arc::new(service), shutdown_signal()).await;
+        let service = Arc::new(service);
+        if let Some(addr) = &args.metrics_listen {
+            let metrics = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| format!("cannot listen for metrics on {addr}: {e}"))?;
+            let service = service.clone();
+            tokio::spawn(async move {
+                serve_metrics(metrics, service, std::future::pending()).await;
+            });
+        }
+        serve(listener, service, shutdown_signal()).await;
         tracing::info!("identity service stopped");
         Ok(())
     })

@@ -79,6 +79,7 @@ impl Authenticator for LocalTokens {
 
 /// The running service's shared state.
 pub struct IdentityService {
+    pub metrics: crate::metrics::Metrics,
     authority: Arc<LocalAuthority>,
     authenticator: Arc<dyn Authenticator>,
     store: Arc<TrustStore>,
@@ -114,6 +115,7 @@ impl IdentityService {
         let tls =
             genesis_trust::tls::identity_service_server_config(store.clone(), issued.chain, &key)?;
         Ok(IdentityService {
+            metrics: crate::metrics::Metrics::new(),
             authority,
             authenticator,
             store,
@@ -151,6 +153,16 @@ impl IdentityService {
         })
     }
 
+    fn count(&self, endpoint: &str, response: &Response<Full<Bytes>>) {
+        let code = response.status().as_str().to_owned();
+        self.metrics.requests.with_label_values(&[endpoint, &code]).inc();
+    }
+
+    /// The Prometheus text of the operator's metrics.
+    pub fn render_metrics(&self) -> String {
+        self.metrics.render(&self.authority)
+    }
+
     async fn handle(
         self: Arc<Self>,
         req: Request<Incoming>,
@@ -170,23 +182,41 @@ impl IdentityService {
                         return error(StatusCode::BAD_REQUEST, &format!("invalid request: {e}"))
                     }
                 };
-                match self.issue(&request, caller.as_ref()) {
-                    Ok(resp) => json(StatusCode::OK, &resp),
+                let timer = self.metrics.issue_seconds.start_timer();
+                let kind = if caller.is_some() { "renewal" } else { "join" };
+                let response = match self.issue(&request, caller.as_ref()) {
+                    Ok(resp) => {
+                        timer.observe_duration();
+                        self.metrics.issued.with_label_values(&[kind]).inc();
+                        json(StatusCode::OK, &resp)
+                    }
                     Err(e) => {
                         tracing::warn!(node = %request.node, error = %e, "refused certificate request");
-                        error(status_of(&e), &e.to_string())
+                        let status = status_of(&e);
+                        let reason = match status {
+                            StatusCode::UNAUTHORIZED => "unauthenticated",
+                            StatusCode::BAD_REQUEST => "bad_request",
+                            StatusCode::FORBIDDEN => "not_entitled",
+                            _ => "error",
+                        };
+                        self.metrics.refused.with_label_values(&[reason]).inc();
+                        error(status, &e.to_string())
                     }
-                }
+                };
+                self.count(CERTIFICATES_PATH, &response);
+                response
             }
             (&Method::GET, CRL_PATH) => {
                 self.refresh_crl();
-                match self.authority.current_crl() {
+                let response = match self.authority.current_crl() {
                     Ok(crl) => json(
                         StatusCode::OK,
                         &CrlResponse { crl: B64.encode(crl.der()), number: crl.number() },
                     ),
                     Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
-                }
+                };
+                self.count(CRL_PATH, &response);
+                response
             }
             (&Method::GET, "/healthz") => {
                 json(StatusCode::OK, &serde_json::json!({"status": "ok"}))
@@ -284,5 +314,43 @@ async fn connection(service: Arc<IdentityService>, tcp: tokio::net::TcpStream, a
         hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tls), svc).await
     {
         tracing::debug!(%addr, error = %e, "connection ended with an error");
+    }
+}
+
+/// Serves `GET /metrics` (Prometheus text) in plain HTTP until `shutdown` completes.
+pub async fn serve_metrics(
+    listener: TcpListener,
+    service: Arc<IdentityService>,
+    shutdown: impl Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, _) = tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(_) => continue,
+            },
+        };
+        let service = service.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let service = service.clone();
+                async move {
+                    let response = if req.uri().path() == "/metrics" {
+                        Response::builder()
+                            .header("content-type", "text/plain; version=0.0.4")
+                            .body(Full::new(Bytes::from(service.render_metrics())))
+                            .expect("valid response")
+                    } else {
+                        error(StatusCode::NOT_FOUND, "only GET /metrics is served here")
+                    };
+                    Ok::<_, Infallible>(response)
+                }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(tcp), svc)
+                .await;
+        });
     }
 }

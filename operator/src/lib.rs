@@ -6,6 +6,7 @@
 pub mod cli;
 pub mod identity_service;
 pub mod local;
+pub mod metrics;
 
 use std::path::{Path, PathBuf};
 

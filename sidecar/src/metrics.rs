@@ -265,9 +265,9 @@ impl Metrics {
         }
     }
 
-    /// The number of metric families (docs/METRICS.md lists each).
-    pub fn families(&self) -> usize {
-        self.registry.gather().len()
+    /// Names of every exported family (docs/METRICS.md lists each).
+    pub fn family_names(&self) -> Vec<String> {
+        self.registry.gather().iter().map(|f| f.name().to_owned()).collect()
     }
 
     /// Prometheus text exposition.
@@ -327,6 +327,48 @@ impl CloseReason {
             CloseReason::Draining => "draining",
             CloseReason::Policy => "policy",
             CloseReason::ConnectionLost => "connection_lost",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn at_least_thirty_families_are_exported_from_the_start_and_each_is_documented() {
+        let names = Metrics::new().family_names();
+        assert!(names.len() >= 30, "{} families: {names:?}", names.len());
+        let doc = include_str!("../../docs/METRICS.md");
+        for name in &names {
+            assert!(doc.contains(&format!("`{name}`")), "docs/METRICS.md does not list {name}");
+        }
+    }
+
+    #[test]
+    fn the_grafana_dashboard_queries_only_documented_metrics_and_shows_every_sidecar_family() {
+        let doc = include_str!("../../docs/METRICS.md");
+        let dashboard: serde_json::Value =
+            serde_json::from_str(include_str!("../../docs/grafana-dashboard.json"))
+                .expect("the dashboard is JSON");
+        let mut used = std::collections::BTreeSet::new();
+        for panel in dashboard["panels"].as_array().expect("panels") {
+            for target in panel["targets"].as_array().into_iter().flatten() {
+                let expr = target["expr"].as_str().expect("an expression");
+                for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                    if word.starts_with("genesis_") {
+                        let family = ["_bucket", "_sum", "_count"]
+                            .iter()
+                            .find_map(|s| word.strip_suffix(s))
+                            .unwrap_or(word);
+                        assert!(doc.contains(&format!("`{family}`")), "{family} is not documented");
+                        used.insert(family.to_owned());
+                    }
+                }
+            }
+        }
+        for name in Metrics::new().family_names() {
+            assert!(used.contains(&name), "the dashboard does not show {name}");
         }
     }
 }

@@ -84,28 +84,36 @@ pub struct Authority {
     pub dir: tempfile::TempDir,
     pub network: String,
     pub addr: String,
+    /// Where the operator serves Prometheus metrics.
+    pub metrics: String,
     child: Option<Child>,
 }
 
 impl Authority {
     pub fn start(subnet: &Subnet, network: &str, cert_duration: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let child =
-            Self::spawn(dir.path(), &format!("{}:0", subnet.ip(250)), network, cert_duration);
+        let metrics = format!("{}:9090", subnet.ip(250));
+        let child = Self::spawn(
+            dir.path(),
+            &format!("{}:0", subnet.ip(250)),
+            &metrics,
+            network,
+            cert_duration,
+        );
         let addr_file = dir.path().join("identity-service.addr");
         wait_for(Duration::from_secs(20), "the identity service to listen", || addr_file.exists());
         let addr = std::fs::read_to_string(addr_file).unwrap();
-        Authority { dir, network: network.into(), addr, child: Some(child) }
+        Authority { dir, network: network.into(), addr, metrics, child: Some(child) }
     }
 
-    fn spawn(dir: &Path, listen: &str, network: &str, cert_duration: &str) -> Child {
+    fn spawn(dir: &Path, listen: &str, metrics: &str, network: &str, cert_duration: &str) -> Child {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(dir.join("operator.log"))
             .unwrap();
         Command::new(&binaries().operator)
-            .args(["local", "--listen", listen])
+            .args(["local", "--listen", listen, "--metrics-listen", metrics])
             .arg("--dir")
             .arg(dir)
             .args([
@@ -133,7 +141,8 @@ impl Authority {
     /// Starts the identity service again on the same address and directory.
     pub fn restart(&mut self) {
         self.stop();
-        self.child = Some(Self::spawn(self.dir.path(), &self.addr, &self.network, "24h"));
+        self.child =
+            Some(Self::spawn(self.dir.path(), &self.addr, &self.metrics, &self.network, "24h"));
         let addr = self.addr.clone();
         wait_for(Duration::from_secs(20), "the identity service to listen again", || {
             TcpStream::connect(&addr).is_ok()

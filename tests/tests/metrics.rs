@@ -1,5 +1,5 @@
-//! The sidecar's real Prometheus output passes `promtool check metrics` (Debian's prometheus
-//! package; the README's test command installs it).
+//! The real Prometheus output of a sidecar and of the operator passes `promtool check metrics`
+//! (Debian's prometheus package; the README's test command installs it).
 
 use std::io::Write;
 use std::process::{Command, Stdio};
@@ -24,6 +24,31 @@ fn sidecar_metrics_pass_promtool_after_real_traffic() {
     ] {
         assert!(text.contains(family), "{family} missing from\n{text}");
     }
+    promtool(&text);
+    assert!(
+        metric_value(&text, "genesis_sidecar_messages_received_total{kind=\"message\"}") >= 1.0
+    );
+
+    // The operator: the two joins are counted, and its text passes too.
+    let (status, body) = http(&auth.metrics, "GET", "/metrics", b"").unwrap();
+    assert_eq!(status, 200);
+    let text = String::from_utf8(body).unwrap();
+    assert_eq!(
+        metric_value(&text, "genesis_operator_certificates_issued_total{kind=\"join\"}"),
+        2.0,
+        "{text}"
+    );
+    assert!(text.contains("genesis_operator_crl_number"));
+    promtool(&text);
+}
+
+fn metric_value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+}
+
+fn promtool(text: &str) {
     let mut child = Command::new("promtool")
         .args(["check", "metrics"])
         .stdin(Stdio::piped())

@@ -1,0 +1,149 @@
+//! The operator's Prometheus metrics (docs/METRICS.md lists them). Local mode exposes them on
+//! `--metrics-listen`; the cluster controllers add theirs to the same registry.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use prometheus::{
+    Encoder, Gauge, Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+use crate::local::LocalAuthority;
+
+const NS: &str = "genesis_operator";
+
+fn opts(name: &str, help: &str) -> Opts {
+    Opts::new(name, help).namespace(NS)
+}
+
+/// Every metric of the operator.
+pub struct Metrics {
+    registry: Registry,
+    pub issued: IntCounterVec,
+    pub refused: IntCounterVec,
+    pub requests: IntCounterVec,
+    pub issue_seconds: Histogram,
+    pub crl_number: IntGauge,
+    pub revoked: IntGauge,
+    pub crl_expiry: Gauge,
+    pub ca_expiry: Gauge,
+    pub start_time: Gauge,
+    pub build_info: IntGaugeVec,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        macro_rules! reg {
+            ($m:expr) => {{
+                let m = $m.expect("valid metric");
+                registry.register(Box::new(m.clone())).expect("unique metric");
+                m
+            }};
+        }
+        let m = Metrics {
+            issued: reg!(IntCounterVec::new(
+                opts("certificates_issued_total", "Certificates issued, by kind (join, renewal)"),
+                &["kind"]
+            )),
+            refused: reg!(IntCounterVec::new(
+                opts(
+                    "certificate_requests_refused_total",
+                    "Certificate requests refused, by reason"
+                ),
+                &["reason"]
+            )),
+            requests: reg!(IntCounterVec::new(
+                opts("identity_requests_total", "Identity service requests by endpoint and code"),
+                &["endpoint", "code"]
+            )),
+            issue_seconds: reg!(Histogram::with_opts(
+                HistogramOpts::new("issue_duration_seconds", "Time to authenticate and issue")
+                    .namespace(NS)
+                    .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5])
+            )),
+            crl_number: reg!(IntGauge::with_opts(opts(
+                "crl_number",
+                "Number of the authority's newest CRL"
+            ))),
+            revoked: reg!(IntGauge::with_opts(opts(
+                "revoked_certificates",
+                "Certificates on the revocation list"
+            ))),
+            crl_expiry: reg!(Gauge::with_opts(opts(
+                "crl_expiry_seconds",
+                "Seconds until the newest CRL's nextUpdate (negative once stale)"
+            ))),
+            ca_expiry: reg!(Gauge::with_opts(opts(
+                "ca_expiry_seconds",
+                "Seconds until the authority's CA certificate expires"
+            ))),
+            start_time: reg!(Gauge::with_opts(opts(
+                "start_time_seconds",
+                "Unix time the operator started"
+            ))),
+            build_info: reg!(IntGaugeVec::new(
+                opts("build_info", "Operator version (value 1)"),
+                &["version"]
+            )),
+            registry,
+        };
+        for kind in ["join", "renewal"] {
+            m.issued.with_label_values(&[kind]);
+        }
+        for reason in ["unauthenticated", "bad_request", "not_entitled", "error"] {
+            m.refused.with_label_values(&[reason]);
+        }
+        m.start_time.set(secs(SystemTime::now()));
+        m.build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        m
+    }
+
+    /// Refreshes the authority gauges, then renders the Prometheus text.
+    pub fn render(&self, authority: &LocalAuthority) -> String {
+        let now = secs(SystemTime::now());
+        if let Ok(crl) = authority.current_crl() {
+            self.crl_number.set(crl.number() as i64);
+            self.revoked.set(crl.revoked().len() as i64);
+            self.crl_expiry.set(secs(crl.next_update()) - now);
+        }
+        self.ca_expiry.set(secs(authority.ca().not_after()) - now);
+        let mut out = Vec::new();
+        TextEncoder::new().encode(&self.registry.gather(), &mut out).expect("text encoding");
+        String::from_utf8(out).expect("prometheus text is UTF-8")
+    }
+
+    /// Names of every family, for the docs test.
+    pub fn family_names(&self) -> Vec<String> {
+        self.registry.gather().iter().map(|f| f.name().to_owned()).collect()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+fn secs(t: SystemTime) -> f64 {
+    t.duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_family_is_documented() {
+        let doc = include_str!("../../docs/METRICS.md");
+        for name in Metrics::new().family_names() {
+            assert!(doc.contains(&format!("`{name}`")), "docs/METRICS.md does not list {name}");
+        }
+    }
+}
