@@ -39,11 +39,11 @@ pub struct Check {
     pub hint: Option<String>,
 }
 
-fn pass(name: &'static str, detail: String) -> Check {
+pub(crate) fn pass(name: &'static str, detail: String) -> Check {
     Check { name, ok: true, detail, hint: None }
 }
 
-fn fail(name: &'static str, detail: String, hint: String) -> Check {
+pub(crate) fn fail(name: &'static str, detail: String, hint: String) -> Check {
     Check { name, ok: false, detail, hint: Some(hint) }
 }
 
@@ -266,13 +266,20 @@ pub fn run(args: &CheckArgs) -> ExitCode {
 }
 
 fn check(args: &CheckArgs) -> Result<Vec<Check>, String> {
-    let manifest = Manifest::load(&args.mesh.dir())?;
     let secs = |s: &str| genesis_trust::duration::parse_duration(s).map(|d| d.as_secs_f64());
     let min = Thresholds {
         cert: secs(&args.min_cert_validity)?,
         ca: secs(&args.min_ca_validity)?,
         crl: secs(&args.min_crl_validity)?,
     };
+    if let Some(target) = args.mesh.cluster() {
+        let state = crate::cluster::block_on(async {
+            let client = crate::cluster::client(&target).await?;
+            crate::cluster::fetch(&client, &target.operator_namespace).await
+        })??;
+        return Ok(crate::cluster::evaluate(&state, &target.operator_namespace, min));
+    }
+    let manifest = Manifest::load(&args.mesh.dir())?;
     let authority = inspect::authority_state(&manifest)?;
     let states = inspect::members(&manifest, &authority.revoked);
     let identity_service_up = manifest

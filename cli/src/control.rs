@@ -97,6 +97,7 @@ pub fn run(args: &ControlArgs) -> ExitCode {
 }
 
 fn control(args: &ControlArgs) -> Result<(bool, Value, String), String> {
+    args.mesh.local_only("control (injected at a member's /admin/control)")?;
     let manifest = Manifest::load(&args.mesh.dir())?;
     let wait = genesis_trust::duration::parse_duration(&args.wait)?;
     let (cert, key) = match (&args.cert, &args.key) {

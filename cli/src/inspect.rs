@@ -211,8 +211,15 @@ pub fn status(args: &StatusArgs) -> ExitCode {
 }
 
 fn status_report(args: &StatusArgs) -> Result<(Value, String), String> {
-    let manifest = Manifest::load(&args.mesh.dir())?;
     let soon = genesis_trust::duration::parse_duration(&args.expiring_within)?.as_secs_f64();
+    if let Some(target) = args.mesh.cluster() {
+        let state = crate::cluster::block_on(async {
+            let client = crate::cluster::client(&target).await?;
+            crate::cluster::fetch(&client, &target.operator_namespace).await
+        })??;
+        return Ok(crate::cluster::status_report(&state, soon));
+    }
+    let manifest = Manifest::load(&args.mesh.dir())?;
     let authority = authority_state(&manifest)?;
     let states = members(&manifest, &authority.revoked);
     let problems = convergence_problems(&states, &authority);
@@ -286,16 +293,24 @@ pub struct NodeArgs {
 
 /// `peers NODE`: the member's known peers with reputation.
 pub fn peers(args: &NodeArgs) -> ExitCode {
-    table_of(args, "/admin/peers", &["node", "addr", "connected", "score", "level", "rtt_ms"])
+    table_of(
+        args,
+        "peers",
+        "/admin/peers",
+        &["node", "addr", "connected", "score", "level", "rtt_ms"],
+    )
 }
 
 /// `routes NODE`: the member's selected routes with their metrics.
 pub fn routes(args: &NodeArgs) -> ExitCode {
-    table_of(args, "/admin/routes", &["dest", "next_hop", "metric", "hops", "seqno"])
+    table_of(args, "routes", "/admin/routes", &["dest", "next_hop", "metric", "hops", "seqno"])
 }
 
-fn table_of(args: &NodeArgs, path: &str, columns: &[&str]) -> ExitCode {
-    let answer = Manifest::load(&args.mesh.dir())
+fn table_of(args: &NodeArgs, command: &str, path: &str, columns: &[&str]) -> ExitCode {
+    let answer = args
+        .mesh
+        .local_only(command)
+        .and_then(|()| Manifest::load(&args.mesh.dir()))
         .and_then(|m| m.member(&args.node).cloned())
         .and_then(|m| client::get_json(&m.admin, path));
     match answer {

@@ -3,6 +3,7 @@
 
 mod check;
 mod client;
+mod cluster;
 mod control;
 mod crl;
 mod demo;
@@ -33,11 +34,40 @@ pub struct MeshArgs {
     /// table for people, json for machines.
     #[arg(long, short, value_enum, default_value_t = output::Output::Table, global = true)]
     output: output::Output,
+    /// Talk to a cluster through this kubeconfig instead of a local mesh.
+    #[arg(long, global = true, conflicts_with = "mesh")]
+    kubeconfig: Option<PathBuf>,
+    /// The kubeconfig context (default: its current context).
+    #[arg(long, global = true, requires = "kubeconfig")]
+    context: Option<String>,
+    /// The namespace the Helm chart was installed in.
+    #[arg(long, global = true, default_value = "genesis-system")]
+    operator_namespace: String,
 }
 
 impl MeshArgs {
     pub fn dir(&self) -> PathBuf {
         self.mesh.clone().unwrap_or_else(mesh::default_dir)
+    }
+
+    /// The cluster, when `--kubeconfig` was given.
+    pub fn cluster(&self) -> Option<cluster::Target> {
+        Some(cluster::Target {
+            kubeconfig: self.kubeconfig.clone()?,
+            context: self.context.clone(),
+            operator_namespace: self.operator_namespace.clone(),
+        })
+    }
+
+    /// The error for commands that only make sense against a local mesh's admin APIs.
+    pub fn local_only(&self, what: &str) -> Result<(), String> {
+        match self.kubeconfig {
+            Some(_) => Err(format!(
+                "{what} reads a member's admin API, which a cluster does not expose: run \
+                 `kubectl port-forward pod/<pod> 7002` and `curl localhost:7002/admin/...`"
+            )),
+            None => Ok(()),
+        }
     }
 }
 

@@ -17,6 +17,9 @@ use crate::output;
 pub struct RevokeArgs {
     /// The member to revoke.
     node: String,
+    /// In a cluster: the Certificate's namespace, when the node name is not unique.
+    #[arg(long, short = 'n')]
+    namespace: Option<String>,
     /// Give up waiting for the mesh after this long (Go duration).
     #[arg(long, default_value = "10s")]
     timeout: String,
@@ -137,7 +140,43 @@ pub fn revoke_and_wait(
     })
 }
 
+fn run_cluster(args: &RevokeArgs, target: &crate::cluster::Target) -> ExitCode {
+    let result = genesis_trust::duration::parse_duration(&args.timeout).and_then(|timeout| {
+        crate::cluster::block_on(async {
+            let client = crate::cluster::client(target).await?;
+            crate::cluster::revoke(&client, &args.node, args.namespace.as_deref(), timeout).await
+        })?
+    });
+    match result {
+        Ok(r) => {
+            let published = r.crl_after.is_some();
+            output::print(args.mesh.output, &json!(r), || match r.crl_after {
+                Some(n) => format!(
+                    "revoked {}: the authority {} published CRL {n}; the operator pushes it \
+                     through the anchors (`genesisctl check` shows when every network holds it)\n",
+                    r.certificate,
+                    r.authority.as_deref().unwrap_or("?")
+                ),
+                None => format!(
+                    "marked {} revoked, but the authority published no new CRL within {}; is \
+                     the operator running? (`genesisctl check`)\n",
+                    r.certificate, args.timeout
+                ),
+            });
+            if published {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => crate::fail(&e),
+    }
+}
+
 pub fn run(args: &RevokeArgs) -> ExitCode {
+    if let Some(target) = args.mesh.cluster() {
+        return run_cluster(args, &target);
+    }
     let result = Manifest::load(&args.mesh.dir()).and_then(|m| {
         let timeout = genesis_trust::duration::parse_duration(&args.timeout)?;
         revoke_and_wait(&m, &args.node, timeout)

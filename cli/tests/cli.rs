@@ -108,3 +108,32 @@ fn audit_verify_accepts_an_intact_log_and_names_the_first_broken_record() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("check the path"));
 }
+
+#[test]
+fn cluster_mode_errors_say_what_to_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    // An API server address where nothing listens.
+    std::fs::write(
+        &kubeconfig,
+        "apiVersion: v1\nkind: Config\nclusters: [{name: c, cluster: {server: \"https://127.0.0.1:1\"}}]\n\
+         users: [{name: u, user: {token: t}}]\ncontexts: [{name: x, context: {cluster: c, user: u}}]\n\
+         current-context: x\n",
+    )
+    .unwrap();
+    for (args, expected) in [
+        (vec!["check"], "cannot reach the Kubernetes API server"),
+        (vec!["status"], "cannot reach the Kubernetes API server"),
+        (vec!["peers", "m1"], "kubectl port-forward"),
+        (vec!["control", "drain"], "kubectl port-forward"),
+    ] {
+        let out = genesisctl().args(&args).arg("--kubeconfig").arg(&kubeconfig).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(expected) && err.lines().count() == 1, "{args:?}: {err}");
+    }
+    let out =
+        genesisctl().args(["status", "--kubeconfig", "/nonexistent/kubeconfig"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read kubeconfig"));
+}
