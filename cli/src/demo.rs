@@ -76,6 +76,7 @@ struct Figures {
     revocation_applied_ms: Option<f64>,
     revocation_cut_off_ms: Option<f64>,
     cut_off_everywhere: Option<bool>,
+    healed_ms: Option<f64>,
     control_refused: Option<String>,
     audit_records: Option<u64>,
 }
@@ -126,17 +127,14 @@ impl Run {
 }
 
 pub fn run(args: &DemoArgs) -> ExitCode {
-    let temp;
+    let mut temp = None;
     let dir = match (&args.dir, args.keep) {
         (Some(d), _) => d.clone(),
         (None, true) => mesh::default_dir(),
-        (None, false) => {
-            temp = match tempfile::Builder::new().prefix("genesis-demo-").tempdir() {
-                Ok(t) => t,
-                Err(e) => return crate::fail(&format!("cannot create a temporary directory: {e}")),
-            };
-            temp.path().to_owned()
-        }
+        (None, false) => match tempfile::Builder::new().prefix("genesis-demo-").tempdir() {
+            Ok(t) => temp.insert(t).path().to_owned(),
+            Err(e) => return crate::fail(&format!("cannot create a temporary directory: {e}")),
+        },
     };
     if let Err(e) = prepare_dir(&dir) {
         return crate::fail(&e);
@@ -188,10 +186,17 @@ pub fn run(args: &DemoArgs) -> ExitCode {
         ms: 0.0,
         detail: format!("{left} processes left"),
     });
+    let all_ok = run.stages.iter().all(|s| s.ok);
+    if !all_ok {
+        // The logs explain the failure: keep them.
+        if let Some(t) = temp {
+            let _ = t.keep();
+        }
+    }
     if !(args.keep && ok) {
         print_summary(&run, &spec, Some(stopped), args.json);
     }
-    if run.stages.iter().all(|s| s.ok) {
+    if all_ok {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
@@ -609,6 +614,27 @@ fn revoke(run: &mut Run, manifest: &Manifest, spare: &str) -> Result<String, Str
     f.revocation_cut_off_ms = r.cut_off_everywhere_ms;
     let victim_member = manifest.member(&victim)?;
     let isolated = links(victim_member).map(|l| l.is_empty()).unwrap_or(true);
+    // The members that lost a link to it find other peers; the rest routes around the gap.
+    let start = Instant::now();
+    let rest: Vec<&Member> = manifest.members.iter().filter(|m| m.name != victim).collect();
+    let want = rest.len() * (rest.len() - 1);
+    mesh::wait_until(
+        Duration::from_secs(30),
+        "the mesh to route around the revoked member",
+        || {
+            let got: usize = rest
+                .iter()
+                .filter_map(|m| client::get_json(&m.admin, "/admin/routes").ok())
+                .map(|r| {
+                    r.as_array()
+                        .map_or(0, |a| a.iter().filter(|r| r["dest"] != victim.as_str()).count())
+                })
+                .sum();
+            got == want
+        },
+    )?;
+    let healed = start.elapsed().as_secs_f64() * 1e3 + r.cut_off_everywhere_ms.unwrap_or(0.0);
+    run.figures.healed_ms = Some(healed);
     Ok(format!(
         "{victim} ({neighbours} links) revoked: CRL {} pushed via {}, applied by all {} other \
          members in {:.0} ms; verified cut off everywhere (no link, no route) in {:.0} ms{}",
@@ -618,6 +644,9 @@ fn revoke(run: &mut Run, manifest: &Manifest, spare: &str) -> Result<String, Str
         r.applied_everywhere_ms.unwrap_or(0.0),
         r.cut_off_everywhere_ms.unwrap_or(0.0),
         if isolated { "; it now has no links at all" } else { "" }
+    ) + &format!(
+        "; the other {} members route to each other again after {healed:.0} ms",
+        rest.len()
     ))
 }
 
@@ -740,6 +769,7 @@ fn print_summary(run: &Run, spec: &LaunchSpec, stopped: Option<bool>, as_json: b
             format!("{} ({})", ms(f.revocation_applied_ms), f.revoked.as_deref().unwrap_or("-")),
         ],
         vec!["revoked member cut off everywhere".into(), ms(f.revocation_cut_off_ms)],
+        vec!["mesh routes around it".into(), ms(f.healed_ms)],
     ];
     println!("\n{}", output::table(&["summary", ""], &rows));
     let passed = run.stages.iter().filter(|s| s.ok).count();
