@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod cli;
+pub mod decide;
 pub mod identity_service;
 pub mod local;
 pub mod metrics;

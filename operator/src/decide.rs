@@ -1,0 +1,241 @@
+//! The controllers' decisions as pure functions: what to do given what the cluster holds and
+//! the time, with no API calls and no clock of their own. The reconcilers gather the inputs,
+//! call these, and apply the result (server-side apply, Events, status).
+//!
+//! Habits from cert-manager: renew at `renewalTime` (half the lifetime unless `renewBefore`
+//! says otherwise), back off exponentially after a failed issuance, and never replace a valid
+//! certificate by nothing.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, SystemTime};
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+/// First retry after a failed issuance; doubles per failure.
+pub const BACKOFF_BASE: Duration = Duration::from_secs(5);
+/// Longest pause between retries.
+pub const BACKOFF_MAX: Duration = Duration::from_secs(300);
+
+/// The pause after `failures` consecutive failed issuances (0 means none).
+pub fn backoff(failures: u32) -> Duration {
+    if failures == 0 {
+        return Duration::ZERO;
+    }
+    BACKOFF_BASE.saturating_mul(2u32.saturating_pow(failures - 1)).min(BACKOFF_MAX)
+}
+
+/// When to renew a certificate valid from `not_before` to `not_after`: `renew_before` ahead of
+/// expiry, or at half the lifetime; never before `not_before`.
+pub fn renewal_time(
+    not_before: SystemTime,
+    not_after: SystemTime,
+    renew_before: Option<Duration>,
+) -> SystemTime {
+    let lifetime = not_after.duration_since(not_before).unwrap_or_default();
+    let ahead = renew_before.unwrap_or(lifetime / 2).min(lifetime);
+    not_after - ahead
+}
+
+/// What a `delivery: secret` Certificate's Secret holds now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Held {
+    pub serial: String,
+    pub not_before: SystemTime,
+    pub not_after: SystemTime,
+    /// The certificate names the identity the spec asks for (a changed spec means reissue).
+    pub identity_matches: bool,
+}
+
+/// Issuance failures so far (kept in status so they survive restarts).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Failures {
+    pub count: u32,
+    pub last: Option<SystemTime>,
+}
+
+/// Why a certificate is (re)issued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IssueReason {
+    /// No Secret, or one without a readable certificate.
+    Missing,
+    /// The Secret's certificate names another identity.
+    SpecChanged,
+    /// Past its renewal time.
+    Renewal,
+    /// Expired (renewal failed for too long, or the operator was down).
+    Expired,
+}
+
+impl IssueReason {
+    /// The Event / condition reason.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IssueReason::Missing => "Issuing",
+            IssueReason::SpecChanged => "Reissuing",
+            IssueReason::Renewal => "Renewing",
+            IssueReason::Expired => "ReissuingExpired",
+        }
+    }
+}
+
+/// What the Certificate controller does next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CertificateAction {
+    /// Put these serials on the revocation list (the certificate is revoked, or its member
+    /// pod is gone); nothing is issued any more.
+    Revoke { serials: Vec<String>, reason: &'static str },
+    /// Revoked and on the list already: nothing to do, ever.
+    StayRevoked,
+    /// Issue now.
+    Issue(IssueReason),
+    /// Issuance failed recently: wait, keeping whatever valid certificate is held.
+    Backoff { retry_at: SystemTime },
+    /// Valid; look again at the renewal time.
+    UpToDate { renew_at: SystemTime },
+}
+
+/// The Certificate controller's decision.
+///
+/// `revoked`: `spec.revoked`; `member_gone`: its member pod no longer exists (csr members);
+/// `listed`: serials of this certificate already on the revocation list; `issued`: every
+/// serial ever issued to it (status history), so a revocation covers them all.
+#[allow(clippy::too_many_arguments)]
+pub fn certificate(
+    now: SystemTime,
+    revoked: bool,
+    member_gone: bool,
+    held: Option<&Held>,
+    renew_before: Option<Duration>,
+    failures: Failures,
+    issued: &[String],
+    listed: &BTreeSet<String>,
+) -> CertificateAction {
+    if revoked || member_gone {
+        let mut serials: Vec<String> =
+            issued.iter().filter(|s| !listed.contains(*s)).cloned().collect();
+        if let Some(h) =
+            held.filter(|h| !listed.contains(&h.serial) && !serials.contains(&h.serial))
+        {
+            serials.push(h.serial.clone());
+        }
+        if serials.is_empty() {
+            return CertificateAction::StayRevoked;
+        }
+        let reason = if revoked { "Revoked" } else { "MemberGone" };
+        return CertificateAction::Revoke { serials, reason };
+    }
+    let wanted = match held {
+        None => Some(IssueReason::Missing),
+        Some(h) if !h.identity_matches => Some(IssueReason::SpecChanged),
+        Some(h) if now >= h.not_after => Some(IssueReason::Expired),
+        Some(h) if now >= renewal_time(h.not_before, h.not_after, renew_before) => {
+            Some(IssueReason::Renewal)
+        }
+        Some(_) => None,
+    };
+    match (wanted, held) {
+        (Some(reason), _) => {
+            if let Some(last) = failures.last {
+                let retry_at = last + backoff(failures.count);
+                if now < retry_at {
+                    return CertificateAction::Backoff { retry_at };
+                }
+            }
+            CertificateAction::Issue(reason)
+        }
+        (None, Some(h)) => CertificateAction::UpToDate {
+            renew_at: renewal_time(h.not_before, h.not_after, renew_before),
+        },
+        (None, None) => unreachable!("nothing held means Missing"),
+    }
+}
+
+/// Whether the authority must re-sign its CRL: at half its validity (members refuse peers once
+/// it lapses), or at once when the list changed.
+pub fn crl_due(
+    now: SystemTime,
+    this_update: SystemTime,
+    next_update: SystemTime,
+    list_changed: bool,
+) -> bool {
+    let validity = next_update.duration_since(this_update).unwrap_or_default();
+    list_changed || now >= this_update + validity / 2
+}
+
+/// The trust bundle during a CA rotation: both roots until every member holds a leaf from the
+/// new one, then the new root alone. `members_on_new` counts members whose current
+/// certificate chains to the new root.
+pub fn rotation_bundle<'a>(
+    old_root: &'a str,
+    new_root: &'a str,
+    members_on_new: usize,
+    members: usize,
+) -> Vec<&'a str> {
+    if members_on_new >= members {
+        vec![new_root]
+    } else {
+        vec![new_root, old_root]
+    }
+}
+
+/// One candidate for anchor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Candidate {
+    pub node: String,
+    pub ready: bool,
+    /// The pod asked to be an anchor (role label).
+    pub wants_anchor: bool,
+}
+
+/// Anchors for a network: keep current anchors that are still ready (stability: members were
+/// told about them), then add ready members that asked to be anchors, then other ready
+/// members, in name order, up to `want`.
+pub fn anchors(current: &[String], candidates: &[Candidate], want: usize) -> Vec<String> {
+    let ready = |n: &str| candidates.iter().any(|c| c.node == n && c.ready);
+    let mut chosen: Vec<String> = current.iter().filter(|a| ready(a)).take(want).cloned().collect();
+    let mut rest: Vec<&Candidate> =
+        candidates.iter().filter(|c| c.ready && !chosen.contains(&c.node)).collect();
+    rest.sort_by(|a, b| (!a.wants_anchor, &a.node).cmp(&(!b.wants_anchor, &b.node)));
+    for c in rest {
+        if chosen.len() >= want {
+            break;
+        }
+        chosen.push(c.node.clone());
+    }
+    chosen
+}
+
+/// A standard condition, keeping `lastTransitionTime` unless the status changed (the
+/// Kubernetes API conventions).
+pub fn condition(
+    previous: Option<&Condition>,
+    type_: &str,
+    ok: bool,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+    now: SystemTime,
+) -> Condition {
+    let status = if ok { "True" } else { "False" }.to_owned();
+    let last_transition_time = match previous {
+        Some(p) if p.status == status => p.last_transition_time.clone(),
+        _ => Time(timestamp(now)),
+    };
+    Condition {
+        type_: type_.to_owned(),
+        status,
+        reason: reason.to_owned(),
+        message,
+        observed_generation: generation,
+        last_transition_time,
+    }
+}
+
+fn timestamp(t: SystemTime) -> k8s_openapi::jiff::Timestamp {
+    let ms = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_millis();
+    k8s_openapi::jiff::Timestamp::from_millisecond(i64::try_from(ms).unwrap_or(i64::MAX))
+        .unwrap_or(k8s_openapi::jiff::Timestamp::UNIX_EPOCH)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,141 @@
+use super::*;
+
+const HOUR: Duration = Duration::from_secs(3600);
+
+fn t(secs: u64) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000 + secs)
+}
+
+/// A 24 h certificate issued at t(0).
+fn held() -> Held {
+    Held { serial: "0a".into(), not_before: t(0), not_after: t(24 * 3600), identity_matches: true }
+}
+
+fn decide(now: SystemTime, held: Option<&Held>, failures: Failures) -> CertificateAction {
+    certificate(now, false, false, held, None, failures, &[], &BTreeSet::new())
+}
+
+#[test]
+fn first_issuance_then_nothing_until_half_the_lifetime() {
+    assert_eq!(
+        decide(t(0), None, Failures::default()),
+        CertificateAction::Issue(IssueReason::Missing)
+    );
+    let h = held();
+    assert_eq!(
+        decide(t(3600), Some(&h), Failures::default()),
+        CertificateAction::UpToDate { renew_at: t(12 * 3600) }
+    );
+    assert_eq!(
+        decide(t(12 * 3600), Some(&h), Failures::default()),
+        CertificateAction::Issue(IssueReason::Renewal)
+    );
+    assert_eq!(
+        decide(t(24 * 3600), Some(&h), Failures::default()),
+        CertificateAction::Issue(IssueReason::Expired)
+    );
+}
+
+#[test]
+fn renew_before_moves_the_renewal_time_and_never_before_issuance() {
+    let h = held();
+    assert_eq!(renewal_time(h.not_before, h.not_after, Some(2 * HOUR)), t(22 * 3600));
+    assert_eq!(renewal_time(h.not_before, h.not_after, Some(48 * HOUR)), t(0));
+    assert_eq!(renewal_time(h.not_before, h.not_after, None), t(12 * 3600));
+}
+
+#[test]
+fn a_changed_identity_is_reissued() {
+    let h = Held { identity_matches: false, ..held() };
+    assert_eq!(
+        decide(t(60), Some(&h), Failures::default()),
+        CertificateAction::Issue(IssueReason::SpecChanged)
+    );
+}
+
+#[test]
+fn failed_issuance_backs_off_exponentially_and_keeps_the_held_certificate() {
+    assert_eq!(backoff(0), Duration::ZERO);
+    assert_eq!(backoff(1), Duration::from_secs(5));
+    assert_eq!(backoff(3), Duration::from_secs(20));
+    assert_eq!(backoff(30), BACKOFF_MAX);
+    let h = held();
+    let failures = Failures { count: 3, last: Some(t(12 * 3600)) };
+    // Renewal is due but failed 3 times, last at 12h: wait 20 s. The held certificate is not
+    // touched (a Backoff never replaces anything).
+    assert_eq!(
+        decide(t(12 * 3600 + 10), Some(&h), failures),
+        CertificateAction::Backoff { retry_at: t(12 * 3600 + 20) }
+    );
+    assert_eq!(
+        decide(t(12 * 3600 + 20), Some(&h), failures),
+        CertificateAction::Issue(IssueReason::Renewal)
+    );
+    // A valid certificate that is not due is left alone whatever the failure count.
+    assert!(matches!(decide(t(60), Some(&h), failures), CertificateAction::UpToDate { .. }));
+}
+
+#[test]
+fn revocation_covers_every_issued_serial_once() {
+    let h = held();
+    let issued = vec!["09".to_owned(), "0a".to_owned()];
+    let listed = BTreeSet::from(["09".to_owned()]);
+    assert_eq!(
+        certificate(t(60), true, false, Some(&h), None, Failures::default(), &issued, &listed),
+        CertificateAction::Revoke { serials: vec!["0a".into()], reason: "Revoked" }
+    );
+    let all = BTreeSet::from(["09".to_owned(), "0a".to_owned()]);
+    assert_eq!(
+        certificate(t(60), true, false, Some(&h), None, Failures::default(), &issued, &all),
+        CertificateAction::StayRevoked
+    );
+    // A gone member pod revokes too, with its own reason; nothing is issued for it.
+    assert_eq!(
+        certificate(t(60), false, true, None, None, Failures::default(), &issued, &listed),
+        CertificateAction::Revoke { serials: vec!["0a".into()], reason: "MemberGone" }
+    );
+}
+
+#[test]
+fn the_crl_is_resigned_at_half_its_validity_or_at_once_on_a_change() {
+    let (this, next) = (t(0), t(12 * 3600));
+    assert!(!crl_due(t(3600), this, next, false));
+    assert!(crl_due(t(3600), this, next, true));
+    assert!(crl_due(t(6 * 3600), this, next, false));
+}
+
+#[test]
+fn ca_rotation_keeps_both_roots_until_every_member_moved() {
+    assert_eq!(rotation_bundle("old", "new", 0, 3), ["new", "old"]);
+    assert_eq!(rotation_bundle("old", "new", 2, 3), ["new", "old"]);
+    assert_eq!(rotation_bundle("old", "new", 3, 3), ["new"]);
+}
+
+#[test]
+fn anchors_are_stable_ready_and_preferably_volunteers() {
+    let c = |node: &str, ready: bool, wants: bool| Candidate {
+        node: node.into(),
+        ready,
+        wants_anchor: wants,
+    };
+    let candidates =
+        vec![c("a", true, false), c("b", true, true), c("c", false, true), c("d", true, false)];
+    // No anchors yet: the volunteer first, then by name.
+    assert_eq!(anchors(&[], &candidates, 2), ["b", "a"]);
+    // A current ready anchor stays even if others volunteer; an unready one is replaced.
+    assert_eq!(anchors(&["d".into(), "c".into()], &candidates, 2), ["d", "b"]);
+    // Fewer ready members than wanted: all of them.
+    assert_eq!(anchors(&[], &candidates, 5), ["b", "a", "d"]);
+}
+
+#[test]
+fn conditions_keep_their_transition_time_until_the_status_changes() {
+    let first = condition(None, "Ready", true, "Issued", "ok".into(), Some(1), t(0));
+    let same = condition(Some(&first), "Ready", true, "Issued", "still ok".into(), Some(2), t(60));
+    assert_eq!(same.last_transition_time, first.last_transition_time);
+    assert_eq!(same.observed_generation, Some(2));
+    let flipped =
+        condition(Some(&same), "Ready", false, "IssueFailed", "ca down".into(), Some(2), t(120));
+    assert_ne!(flipped.last_transition_time, first.last_transition_time);
+    assert_eq!(flipped.status, "False");
+}
