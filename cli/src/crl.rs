@@ -2,8 +2,6 @@
 //! member's admin API (which checks it and pushes it on to its neighbours at once) and waits
 //! until every listed member reports holding it.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -27,27 +25,8 @@ pub struct PushArgs {
     json: bool,
 }
 
-/// One HTTP/1.1 request with `Connection: close`; (status, body).
 fn http(addr: &str, method: &str, path: &str, body: &[u8]) -> Result<(u16, Vec<u8>), String> {
-    let sock: SocketAddr = addr.parse().map_err(|e| format!("{addr} is not host:port: {e}"))?;
-    let mut s = TcpStream::connect_timeout(&sock, Duration::from_secs(2))
-        .map_err(|e| format!("cannot reach {addr}: {e}"))?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| e.to_string())?;
-    write!(s, "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n", body.len())
-        .and_then(|()| s.write_all(body))
-        .map_err(|e| format!("{addr}: {e}"))?;
-    let mut resp = Vec::new();
-    s.read_to_end(&mut resp).map_err(|e| format!("{addr}: {e}"))?;
-    let end = resp
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or(format!("{addr}: not an HTTP answer"))?;
-    let status = String::from_utf8_lossy(&resp[..end])
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    Ok((status, resp[end + 4..].to_vec()))
+    crate::client::http(addr, method, path, body, Duration::from_secs(10))
 }
 
 fn crl_number(admin: &str) -> Option<u64> {

@@ -24,17 +24,7 @@ pub fn backoff(failures: u32) -> Duration {
     BACKOFF_BASE.saturating_mul(2u32.saturating_pow(failures - 1)).min(BACKOFF_MAX)
 }
 
-/// When to renew a certificate valid from `not_before` to `not_after`: `renew_before` ahead of
-/// expiry, or at half the lifetime; never before `not_before`.
-pub fn renewal_time(
-    not_before: SystemTime,
-    not_after: SystemTime,
-    renew_before: Option<Duration>,
-) -> SystemTime {
-    let lifetime = not_after.duration_since(not_before).unwrap_or_default();
-    let ahead = renew_before.unwrap_or(lifetime / 2).min(lifetime);
-    not_after - ahead
-}
+pub use genesis_trust::renewal_time;
 
 /// What a `delivery: secret` Certificate's Secret holds now.
 #[derive(Debug, Clone, PartialEq, Eq)]
