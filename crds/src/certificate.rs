@@ -136,4 +136,15 @@ pub struct CertificateStatus {
     /// When the certificate was revoked (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revoked_at: Option<String>,
+    /// Serials issued to this certificate that may still be valid (newest last, at most 8);
+    /// a revocation covers all of them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8))]
+    pub issued_serials: Vec<String>,
+    /// Consecutive failed issuances since the last success (retries back off exponentially).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed_issuance_attempts: Option<i32>,
+    /// When the last issuance failed (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failure_time: Option<String>,
 }

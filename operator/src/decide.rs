@@ -30,8 +30,9 @@ pub use genesis_trust::renewal_time;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Held {
     pub serial: String,
-    pub not_before: SystemTime,
     pub not_after: SystemTime,
+    /// When to renew it ([`renewal_time`] from its issuance, as recorded in status).
+    pub renewal_time: SystemTime,
     /// The certificate names the identity the spec asks for (a changed spec means reissue).
     pub identity_matches: bool,
 }
@@ -95,7 +96,6 @@ pub fn certificate(
     revoked: bool,
     member_gone: bool,
     held: Option<&Held>,
-    renew_before: Option<Duration>,
     failures: Failures,
     issued: &[String],
     listed: &BTreeSet<String>,
@@ -118,9 +118,7 @@ pub fn certificate(
         None => Some(IssueReason::Missing),
         Some(h) if !h.identity_matches => Some(IssueReason::SpecChanged),
         Some(h) if now >= h.not_after => Some(IssueReason::Expired),
-        Some(h) if now >= renewal_time(h.not_before, h.not_after, renew_before) => {
-            Some(IssueReason::Renewal)
-        }
+        Some(h) if now >= h.renewal_time => Some(IssueReason::Renewal),
         Some(_) => None,
     };
     match (wanted, held) {
@@ -133,9 +131,7 @@ pub fn certificate(
             }
             CertificateAction::Issue(reason)
         }
-        (None, Some(h)) => CertificateAction::UpToDate {
-            renew_at: renewal_time(h.not_before, h.not_after, renew_before),
-        },
+        (None, Some(h)) => CertificateAction::UpToDate { renew_at: h.renewal_time },
         (None, None) => unreachable!("nothing held means Missing"),
     }
 }

@@ -4,7 +4,10 @@
 #![forbid(unsafe_code)]
 
 pub mod cli;
+pub mod controller;
 pub mod decide;
+#[cfg(any(test, feature = "fake-api"))]
+pub mod fake_api;
 pub mod identity_service;
 pub mod local;
 pub mod metrics;

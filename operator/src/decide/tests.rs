@@ -8,11 +8,16 @@ fn t(secs: u64) -> SystemTime {
 
 /// A 24 h certificate issued at t(0).
 fn held() -> Held {
-    Held { serial: "0a".into(), not_before: t(0), not_after: t(24 * 3600), identity_matches: true }
+    Held {
+        serial: "0a".into(),
+        not_after: t(24 * 3600),
+        renewal_time: renewal_time(t(0), t(24 * 3600), None),
+        identity_matches: true,
+    }
 }
 
 fn decide(now: SystemTime, held: Option<&Held>, failures: Failures) -> CertificateAction {
-    certificate(now, false, false, held, None, failures, &[], &BTreeSet::new())
+    certificate(now, false, false, held, failures, &[], &BTreeSet::new())
 }
 
 #[test]
@@ -38,10 +43,10 @@ fn first_issuance_then_nothing_until_half_the_lifetime() {
 
 #[test]
 fn renew_before_moves_the_renewal_time_and_never_before_issuance() {
-    let h = held();
-    assert_eq!(renewal_time(h.not_before, h.not_after, Some(2 * HOUR)), t(22 * 3600));
-    assert_eq!(renewal_time(h.not_before, h.not_after, Some(48 * HOUR)), t(0));
-    assert_eq!(renewal_time(h.not_before, h.not_after, None), t(12 * 3600));
+    let (from, to) = (t(0), t(24 * 3600));
+    assert_eq!(renewal_time(from, to, Some(2 * HOUR)), t(22 * 3600));
+    assert_eq!(renewal_time(from, to, Some(48 * HOUR)), t(0));
+    assert_eq!(renewal_time(from, to, None), t(12 * 3600));
 }
 
 #[test]
@@ -81,17 +86,17 @@ fn revocation_covers_every_issued_serial_once() {
     let issued = vec!["09".to_owned(), "0a".to_owned()];
     let listed = BTreeSet::from(["09".to_owned()]);
     assert_eq!(
-        certificate(t(60), true, false, Some(&h), None, Failures::default(), &issued, &listed),
+        certificate(t(60), true, false, Some(&h), Failures::default(), &issued, &listed),
         CertificateAction::Revoke { serials: vec!["0a".into()], reason: "Revoked" }
     );
     let all = BTreeSet::from(["09".to_owned(), "0a".to_owned()]);
     assert_eq!(
-        certificate(t(60), true, false, Some(&h), None, Failures::default(), &issued, &all),
+        certificate(t(60), true, false, Some(&h), Failures::default(), &issued, &all),
         CertificateAction::StayRevoked
     );
     // A gone member pod revokes too, with its own reason; nothing is issued for it.
     assert_eq!(
-        certificate(t(60), false, true, None, None, Failures::default(), &issued, &listed),
+        certificate(t(60), false, true, None, Failures::default(), &issued, &listed),
         CertificateAction::Revoke { serials: vec!["0a".into()], reason: "MemberGone" }
     );
 }

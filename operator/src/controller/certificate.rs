@@ -1,0 +1,450 @@
+//! The Certificate controller: for `delivery: secret`, issue into the Secret (tls.crt, tls.key,
+//! ca.crt) and renew at renewalTime with backoff on failure, never replacing a valid
+//! certificate by nothing; for every delivery, put a revoked certificate's serials on its
+//! authority's revocation list. Status says what is held. The decision is
+//! [`crate::decide::certificate`]; this file gathers its inputs and applies its answer with
+//! server-side apply.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use genesis_crds::certificate::Delivery;
+use genesis_crds::{Certificate, MeshNetwork, NetworkAuthority};
+use genesis_trust::{
+    CertInfo, CertificateAuthority, Identity, LeafPolicy, RevocationList, RevocationReason, Serial,
+};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::ByteString;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+
+use crate::decide::{self, CertificateAction, Failures, Held};
+
+/// The field manager of every apply.
+pub const MANAGER: &str = "genesis-operator";
+/// Issued serials kept in status (a revocation covers them all).
+const KEEP_SERIALS: usize = 8;
+
+/// What every reconcile needs.
+pub struct Context {
+    pub client: kube::Client,
+    /// Where authorities keep their CA Secret and revocation ConfigMap.
+    pub operator_namespace: String,
+    /// The clock (injected, so tests move time).
+    pub now: Arc<dyn Fn() -> SystemTime + Send + Sync>,
+}
+
+/// Why a reconcile failed (the controller retries with backoff).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// The Secret holding an authority's CA (tls.crt, tls.key).
+pub fn ca_secret_name(authority: &str) -> String {
+    format!("{authority}-ca")
+}
+
+/// The ConfigMap holding an authority's revocation list (`revocations.json`).
+pub fn revocations_name(authority: &str) -> String {
+    format!("{authority}-revocations")
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    time::OffsetDateTime::from(t)
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+fn parse_rfc3339(s: &str) -> Option<SystemTime> {
+    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+        .ok()
+        .map(SystemTime::from)
+}
+
+fn until(now: SystemTime, t: SystemTime) -> Duration {
+    t.duration_since(now).unwrap_or_default().max(Duration::from_secs(1))
+}
+
+/// The authority of a certificate's network, or why it cannot be found.
+async fn authority_of(
+    ctx: &Context,
+    cert: &Certificate,
+) -> Result<Result<(MeshNetwork, NetworkAuthority), (&'static str, String)>, Error> {
+    let network_name = &cert.spec.network_ref.name;
+    let Some(network) = Api::<MeshNetwork>::all(ctx.client.clone()).get_opt(network_name).await?
+    else {
+        return Ok(Err(("NetworkNotFound", format!("no MeshNetwork {network_name}"))));
+    };
+    let authority_name = &network.spec.authority_ref.name;
+    let Some(authority) =
+        Api::<NetworkAuthority>::all(ctx.client.clone()).get_opt(authority_name).await?
+    else {
+        return Ok(Err((
+            "AuthorityNotFound",
+            format!("MeshNetwork {network_name} names NetworkAuthority {authority_name}, which does not exist"),
+        )));
+    };
+    Ok(Ok((network, authority)))
+}
+
+async fn load_ca(
+    ctx: &Context,
+    authority: &NetworkAuthority,
+) -> Result<CertificateAuthority, String> {
+    let name = ca_secret_name(&authority.name_any());
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ctx.operator_namespace);
+    let secret = secrets.get_opt(&name).await.map_err(|e| e.to_string())?.ok_or_else(|| {
+        format!("the CA Secret {}/{name} does not exist yet", ctx.operator_namespace)
+    })?;
+    let field = |k: &str| {
+        secret
+            .data
+            .as_ref()
+            .and_then(|d| d.get(k))
+            .map(|b| String::from_utf8_lossy(&b.0).into_owned())
+            .ok_or_else(|| format!("the CA Secret {name} has no {k}"))
+    };
+    CertificateAuthority::from_pem(
+        &authority.spec.trust_domain,
+        &field("tls.crt")?,
+        &field("tls.key")?,
+    )
+    .map_err(|e| format!("the CA Secret {name} is unusable: {e}"))
+}
+
+async fn load_revocations(ctx: &Context, authority: &str) -> Result<RevocationList, Error> {
+    let maps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ctx.operator_namespace);
+    let Some(map) = maps.get_opt(&revocations_name(authority)).await? else {
+        return Ok(RevocationList::default());
+    };
+    let text =
+        map.data.as_ref().and_then(|d| d.get("revocations.json")).cloned().unwrap_or_default();
+    if text.is_empty() {
+        return Ok(RevocationList::default());
+    }
+    serde_json::from_str(&text)
+        .map_err(|e| Error::Invalid(format!("revocation ConfigMap of {authority} is corrupt: {e}")))
+}
+
+/// What the certificate's Secret holds, if anything readable. Its renewal time is the one
+/// recorded at issuance (status) when the serials match, else computed from its validity.
+async fn held(
+    ctx: &Context,
+    cert: &Certificate,
+    expected: &Identity,
+    renew_before: Option<Duration>,
+) -> Result<Option<Held>, Error> {
+    let Some(name) = &cert.spec.secret_name else { return Ok(None) };
+    let ns = cert.namespace().unwrap_or_default();
+    let Some(secret) = Api::<Secret>::namespaced(ctx.client.clone(), &ns).get_opt(name).await?
+    else {
+        return Ok(None);
+    };
+    let Some(pem) = secret.data.as_ref().and_then(|d| d.get("tls.crt")) else { return Ok(None) };
+    let Ok(chain) = genesis_trust::certs_from_pem(&String::from_utf8_lossy(&pem.0)) else {
+        return Ok(None);
+    };
+    let Some(info) = chain.first().and_then(|c| CertInfo::parse(c).ok()) else { return Ok(None) };
+    let serial = info.serial.to_string();
+    let status = cert.status.as_ref();
+    let recorded = status
+        .filter(|s| s.serial.as_deref() == Some(serial.as_str()))
+        .and_then(|s| s.renewal_time.as_deref())
+        .and_then(parse_rfc3339);
+    Ok(Some(Held {
+        renewal_time: recorded
+            .unwrap_or_else(|| decide::renewal_time(info.not_before, info.not_after, renew_before)),
+        serial,
+        not_after: info.not_after,
+        identity_matches: info.identity.as_ref() == Some(expected),
+    }))
+}
+
+/// Applies `status` (merged over the current one) through the status subresource.
+async fn set_status(
+    ctx: &Context,
+    cert: &Certificate,
+    status: serde_json::Value,
+) -> Result<(), Error> {
+    let api: Api<Certificate> =
+        Api::namespaced(ctx.client.clone(), &cert.namespace().unwrap_or_default());
+    let patch = json!({
+        "apiVersion": Certificate::api_version(&()), "kind": Certificate::kind(&()),
+        "status": status,
+    });
+    api.patch_status(&cert.name_any(), &PatchParams::apply(MANAGER).force(), &Patch::Apply(patch))
+        .await?;
+    Ok(())
+}
+
+fn condition_json(
+    cert: &Certificate,
+    type_: &str,
+    ok: bool,
+    reason: &str,
+    message: String,
+    now: SystemTime,
+) -> serde_json::Value {
+    let previous =
+        cert.status.as_ref().and_then(|s| s.conditions.iter().find(|c| c.type_ == type_));
+    json!(decide::condition(previous, type_, ok, reason, message, cert.meta().generation, now))
+}
+
+/// One reconcile of one Certificate.
+pub async fn reconcile(cert: Arc<Certificate>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let now = (ctx.now)();
+    let generation = cert.meta().generation;
+    let (network, authority) = match authority_of(&ctx, &cert).await? {
+        Ok(found) => found,
+        Err((reason, message)) => {
+            let ready = condition_json(&cert, "Ready", false, reason, message, now);
+            set_status(
+                &ctx,
+                &cert,
+                json!({"observedGeneration": generation, "conditions": [ready]}),
+            )
+            .await?;
+            return Ok(Action::requeue(Duration::from_secs(60)));
+        }
+    };
+    let authority_name = authority.name_any();
+    let identity = Identity::new(
+        &authority.spec.trust_domain,
+        &network.name_any(),
+        cert.spec.role.into(),
+        &cert.spec.node_name,
+    )
+    .map_err(|e| Error::Invalid(e.to_string()))?;
+    let status = cert.status.clone().unwrap_or_default();
+    let mut list = load_revocations(&ctx, &authority_name).await?;
+    let listed: BTreeSet<String> = list.entries.keys().cloned().collect();
+    let renew_before = cert
+        .spec
+        .renew_before
+        .as_deref()
+        .or(authority.spec.certificate_defaults.renew_before.as_deref())
+        .map(genesis_trust::duration::parse_duration)
+        .transpose()
+        .map_err(Error::Invalid)?;
+    let held = match cert.spec.delivery {
+        Delivery::Secret => held(&ctx, &cert, &identity, renew_before).await?,
+        // Members' certificates come from the identity service; status records them.
+        Delivery::Csr => None,
+    };
+    let failures = Failures {
+        count: status.failed_issuance_attempts.unwrap_or(0).max(0) as u32,
+        last: status.last_failure_time.as_deref().and_then(parse_rfc3339),
+    };
+    let mut issued = status.issued_serials.clone();
+    if let Some(s) = status.serial.as_ref().filter(|s| !issued.contains(s)) {
+        issued.push(s.clone());
+    }
+    let action = if cert.spec.delivery == Delivery::Csr && !cert.spec.revoked {
+        // Issued by the identity service; nothing to decide until revocation.
+        return Ok(Action::await_change());
+    } else {
+        decide::certificate(
+            now,
+            cert.spec.revoked,
+            false,
+            held.as_ref(),
+            failures,
+            &issued,
+            &listed,
+        )
+    };
+    match action {
+        CertificateAction::Revoke { serials, reason } => {
+            for s in &serials {
+                let serial = Serial::from_hex(s).map_err(|e| Error::Invalid(e.to_string()))?;
+                let reason =
+                    cert.spec.revocation_reason.map_or(RevocationReason::Unspecified, Into::into);
+                list.revoke(&serial, reason, now);
+            }
+            let maps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ctx.operator_namespace);
+            let map = json!({
+                "apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": revocations_name(&authority_name), "namespace": ctx.operator_namespace},
+                "data": {"revocations.json": serde_json::to_string(&list).unwrap_or_default()},
+            });
+            maps.patch(
+                &revocations_name(&authority_name),
+                &PatchParams::apply(MANAGER).force(),
+                &Patch::Apply(map),
+            )
+            .await?;
+            let message = format!(
+                "serials {} are on the revocation list (number {})",
+                serials.join(", "),
+                list.number
+            );
+            let ready = condition_json(&cert, "Ready", false, reason, message, now);
+            set_status(&ctx, &cert, json!({
+                "observedGeneration": generation, "revokedAt": rfc3339(now), "conditions": [ready],
+            }))
+            .await?;
+            Ok(Action::await_change())
+        }
+        CertificateAction::StayRevoked => Ok(Action::await_change()),
+        CertificateAction::Backoff { retry_at } => Ok(Action::requeue(until(now, retry_at))),
+        CertificateAction::UpToDate { renew_at } => {
+            let ready = condition_json(
+                &cert,
+                "Ready",
+                true,
+                "Issued",
+                "the certificate is valid".into(),
+                now,
+            );
+            set_status(
+                &ctx,
+                &cert,
+                json!({"observedGeneration": generation, "conditions": [ready]}),
+            )
+            .await?;
+            Ok(Action::requeue(until(now, renew_at)))
+        }
+        CertificateAction::Issue(reason) => {
+            let result = match load_ca(&ctx, &authority).await {
+                Ok(ca) => {
+                    let duration = cert
+                        .spec
+                        .duration
+                        .as_deref()
+                        .unwrap_or(&authority.spec.certificate_defaults.duration);
+                    let policy = LeafPolicy {
+                        duration: genesis_trust::duration::parse_duration(duration)
+                            .map_err(Error::Invalid)?,
+                        renew_before,
+                    };
+                    ca.issue_with_generated_key(
+                        &identity,
+                        authority.spec.key_algorithm.into(),
+                        &policy,
+                        now,
+                    )
+                    .map(|(issued, key)| (issued, key, ca.cert_pem()))
+                    .map_err(|e| e.to_string())
+                }
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok((issued, key, ca_pem)) => {
+                    write_secret(&ctx, &cert, &issued.chain_pem(), &key.to_pem(), &ca_pem).await?;
+                    let serial = issued.serial.to_string();
+                    let serials = keep_serials(&status.issued_serials, &serial);
+                    let ready = condition_json(
+                        &cert,
+                        "Ready",
+                        true,
+                        reason.as_str(),
+                        format!("issued serial {serial}"),
+                        now,
+                    );
+                    let issuing =
+                        condition_json(&cert, "Issuing", true, "Issued", String::new(), now);
+                    set_status(
+                        &ctx,
+                        &cert,
+                        json!({
+                            "observedGeneration": generation,
+                            "notBefore": rfc3339(issued.not_before),
+                            "notAfter": rfc3339(issued.not_after),
+                            "renewalTime": rfc3339(issued.renewal_time),
+                            "serial": serial,
+                            "fingerprint": issued.fingerprint,
+                            "revision": status.revision.unwrap_or(0) + 1,
+                            "issuedSerials": serials,
+                            "failedIssuanceAttempts": null,
+                            "lastFailureTime": null,
+                            "conditions": [ready, issuing],
+                        }),
+                    )
+                    .await?;
+                    Ok(Action::requeue(until(now, issued.renewal_time)))
+                }
+                Err(e) => {
+                    let count = failures.count + 1;
+                    // A held, still valid certificate keeps the member Ready; only Issuing fails.
+                    let valid = held.as_ref().is_some_and(|h| now < h.not_after);
+                    let ready = condition_json(
+                        &cert,
+                        "Ready",
+                        valid,
+                        if valid { "Issued" } else { "IssueFailed" },
+                        if valid {
+                            "the held certificate is still valid".into()
+                        } else {
+                            e.clone()
+                        },
+                        now,
+                    );
+                    let issuing = condition_json(&cert, "Issuing", false, "IssueFailed", e, now);
+                    set_status(
+                        &ctx,
+                        &cert,
+                        json!({
+                            "observedGeneration": generation,
+                            "failedIssuanceAttempts": count,
+                            "lastFailureTime": rfc3339(now),
+                            "conditions": [ready, issuing],
+                        }),
+                    )
+                    .await?;
+                    Ok(Action::requeue(decide::backoff(count)))
+                }
+            }
+        }
+    }
+}
+
+/// The serials to keep in status after issuing `serial`: the previous ones plus it, newest
+/// last, at most [`KEEP_SERIALS`].
+fn keep_serials(previous: &[String], serial: &str) -> Vec<String> {
+    let mut serials: Vec<String> = previous.iter().filter(|s| *s != serial).cloned().collect();
+    serials.push(serial.to_owned());
+    let excess = serials.len().saturating_sub(KEEP_SERIALS);
+    serials.drain(..excess);
+    serials
+}
+
+async fn write_secret(
+    ctx: &Context,
+    cert: &Certificate,
+    chain_pem: &str,
+    key_pem: &str,
+    ca_pem: &str,
+) -> Result<(), Error> {
+    let ns = cert.namespace().unwrap_or_default();
+    let name = cert
+        .spec
+        .secret_name
+        .clone()
+        .ok_or_else(|| Error::Invalid("delivery: secret needs secretName".into()))?;
+    let owner = cert.controller_owner_ref(&()).map(|o| vec![o]).unwrap_or_default();
+    let data: BTreeMap<String, ByteString> =
+        [("tls.crt", chain_pem), ("tls.key", key_pem), ("ca.crt", ca_pem)]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), ByteString(v.as_bytes().to_vec())))
+            .collect();
+    let secret = json!({
+        "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+        "metadata": {"name": name, "namespace": ns, "ownerReferences": owner,
+                     "labels": {"genesis-mesh.io/certificate": cert.name_any()}},
+        "data": data,
+    });
+    Api::<Secret>::namespaced(ctx.client.clone(), &ns)
+        .patch(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(secret))
+        .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,259 @@
+//! The Certificate reconciler against the in-memory API, with a clock the tests move.
+
+use std::sync::Mutex;
+
+use genesis_trust::KeyAlgorithm;
+use serde_json::{json, Value};
+
+use super::*;
+use crate::fake_api::FakeApi;
+
+const OPS: &str = "genesis-system";
+const SECRET: &str = "/api/v1/namespaces/shop/secrets/billing-tls";
+const CERT: &str = "/apis/genesis-mesh.io/v1alpha1/namespaces/shop/certificates/billing";
+const CA: &str = "/api/v1/namespaces/genesis-system/secrets/prod-ca-ca";
+const REVOCATIONS: &str = "/api/v1/namespaces/genesis-system/configmaps/prod-ca-revocations";
+
+fn start() -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000)
+}
+
+struct World {
+    api: FakeApi,
+    clock: Arc<Mutex<SystemTime>>,
+    ca: CertificateAuthority,
+    rt: tokio::runtime::Runtime,
+}
+
+fn b64(s: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+fn ca_secret(ca: &CertificateAuthority) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "prod-ca-ca", "namespace": OPS},
+        "data": {"tls.crt": b64(&ca.cert_pem()), "tls.key": b64(&ca.key_pem())}
+    })
+}
+
+impl World {
+    fn new() -> Self {
+        let api = FakeApi::default();
+        let ca = CertificateAuthority::generate(
+            "prod.example",
+            KeyAlgorithm::EcdsaP256,
+            Duration::from_secs(10 * 365 * 86400),
+            start() - Duration::from_secs(3600),
+        )
+        .unwrap();
+        api.put(ca_secret(&ca));
+        api.put(json!({
+            "apiVersion": "genesis-mesh.io/v1alpha1", "kind": "NetworkAuthority",
+            "metadata": {"name": "prod-ca"},
+            "spec": {"trustDomain": "prod.example", "certificateDefaults": {"duration": "24h"}}
+        }));
+        api.put(json!({
+            "apiVersion": "genesis-mesh.io/v1alpha1", "kind": "MeshNetwork",
+            "metadata": {"name": "payments"},
+            "spec": {"authorityRef": {"name": "prod-ca"}}
+        }));
+        api.put(json!({
+            "apiVersion": "genesis-mesh.io/v1alpha1", "kind": "Certificate",
+            "metadata": {"name": "billing", "namespace": "shop", "uid": "u-1", "generation": 1},
+            "spec": {"networkRef": {"name": "payments"}, "nodeName": "billing",
+                     "delivery": "secret", "secretName": "billing-tls"}
+        }));
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        World { api, clock: Arc::new(Mutex::new(start())), ca, rt }
+    }
+
+    fn at(&self, t: SystemTime) {
+        *self.clock.lock().unwrap() = t;
+    }
+
+    /// One reconcile of the stored Certificate, as the controller would run it.
+    fn reconcile(&self) -> Action {
+        let cert: Certificate = serde_json::from_value(self.api.get(CERT).unwrap()).unwrap();
+        let clock = self.clock.clone();
+        self.rt
+            .block_on(async {
+                let ctx = Arc::new(Context {
+                    client: self.api.client(),
+                    operator_namespace: OPS.into(),
+                    now: Arc::new(move || *clock.lock().unwrap()),
+                });
+                reconcile(Arc::new(cert), ctx).await
+            })
+            .unwrap()
+    }
+
+    fn status(&self) -> Value {
+        self.api.get(CERT).unwrap()["status"].clone()
+    }
+
+    fn condition(&self, type_: &str) -> Value {
+        self.status()["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == type_)
+            .cloned()
+            .unwrap_or(Value::Null)
+    }
+
+    /// The leaf in the Secret, parsed.
+    fn leaf(&self) -> CertInfo {
+        use base64::Engine;
+        let secret = self.api.get(SECRET).expect("the Secret exists");
+        let pem = base64::engine::general_purpose::STANDARD
+            .decode(secret["data"]["tls.crt"].as_str().unwrap())
+            .unwrap();
+        let chain = genesis_trust::certs_from_pem(&String::from_utf8(pem).unwrap()).unwrap();
+        CertInfo::parse(&chain[0]).unwrap()
+    }
+}
+
+#[test]
+fn first_issuance_writes_the_secret_and_status_then_waits_for_the_renewal_time() {
+    let w = World::new();
+    let action = w.reconcile();
+    let leaf = w.leaf();
+    let identity = leaf.identity.clone().unwrap();
+    assert_eq!(identity.uri(), "spiffe://prod.example/mesh/payments/client/billing");
+    let secret = w.api.get(SECRET).unwrap();
+    assert_eq!(secret["type"], "kubernetes.io/tls");
+    for key in ["tls.crt", "tls.key", "ca.crt"] {
+        assert!(secret["data"][key].is_string(), "{key} missing");
+    }
+    assert_eq!(secret["metadata"]["ownerReferences"][0]["name"], "billing");
+    // The leaf chains to the authority's CA.
+    let store = genesis_trust::TrustStore::new(
+        genesis_trust::TrustPolicy {
+            trust_domain: "prod.example".into(),
+            network: Some("payments".into()),
+            require_fresh_crl: false,
+        },
+        genesis_trust::TrustBundle::new(vec![w.ca.cert_der().clone()]).unwrap(),
+    );
+    let chain = genesis_trust::certs_from_pem(&{
+        use base64::Engine;
+        String::from_utf8(
+            base64::engine::general_purpose::STANDARD
+                .decode(secret["data"]["tls.crt"].as_str().unwrap())
+                .unwrap(),
+        )
+        .unwrap()
+    })
+    .unwrap();
+    store.verify(&chain, start(), genesis_trust::PeerRole::Client).unwrap();
+    let status = w.status();
+    assert_eq!(status["serial"], leaf.serial.to_string());
+    assert_eq!(status["revision"], 1);
+    assert_eq!(status["observedGeneration"], 1);
+    assert_eq!(w.condition("Ready")["status"], "True");
+    assert_eq!(w.condition("Ready")["reason"], "Issuing");
+    // Renewal at half of 24 h.
+    assert_eq!(action, Action::requeue(Duration::from_secs(12 * 3600)));
+    assert_eq!(status["renewalTime"], rfc3339(start() + Duration::from_secs(12 * 3600)));
+}
+
+#[test]
+fn renewal_happens_at_the_renewal_time_and_not_before() {
+    let w = World::new();
+    w.reconcile();
+    let first = w.leaf().serial;
+    w.at(start() + Duration::from_secs(6 * 3600));
+    let action = w.reconcile();
+    assert_eq!(w.leaf().serial, first, "renewed too early");
+    assert_eq!(action, Action::requeue(Duration::from_secs(6 * 3600)));
+    w.at(start() + Duration::from_secs(12 * 3600));
+    w.reconcile();
+    assert_ne!(w.leaf().serial, first);
+    let status = w.status();
+    assert_eq!(status["revision"], 2);
+    assert_eq!(status["issuedSerials"].as_array().unwrap().len(), 2);
+    assert_eq!(w.condition("Ready")["reason"], "Renewing");
+}
+
+#[test]
+fn a_failed_issuance_backs_off_and_keeps_the_old_secret() {
+    let w = World::new();
+    w.reconcile();
+    let first = w.leaf().serial;
+    let secret_before = w.api.get(SECRET).unwrap();
+    // The CA Secret becomes unusable; renewal is due.
+    w.api.update(CA, json!({"data": {"tls.key": b64("garbage")}}));
+    let due = start() + Duration::from_secs(12 * 3600);
+    w.at(due);
+    let action = w.reconcile();
+    assert_eq!(action, Action::requeue(decide::backoff(1)));
+    assert_eq!(w.api.get(SECRET).unwrap(), secret_before, "the valid certificate was replaced");
+    assert_eq!(w.status()["failedIssuanceAttempts"], 1);
+    assert_eq!(w.condition("Issuing")["status"], "False");
+    assert!(w.condition("Issuing")["message"].as_str().unwrap().contains("unusable"));
+    assert_eq!(w.condition("Ready")["status"], "True", "still valid, still ready");
+    // Within the backoff: no attempt at all.
+    w.at(due + Duration::from_secs(2));
+    assert_eq!(w.reconcile(), Action::requeue(Duration::from_secs(3)));
+    assert_eq!(w.status()["failedIssuanceAttempts"], 1);
+    // The CA is repaired; after the backoff the renewal succeeds and the failures clear.
+    w.api.put(ca_secret(&w.ca));
+    w.at(due + Duration::from_secs(5));
+    w.reconcile();
+    assert_ne!(w.leaf().serial, first);
+    assert!(w.status()["failedIssuanceAttempts"].is_null());
+    assert_eq!(w.condition("Issuing")["status"], "True");
+}
+
+#[test]
+fn revoking_puts_every_issued_serial_on_the_list_once() {
+    let w = World::new();
+    w.reconcile();
+    w.at(start() + Duration::from_secs(12 * 3600));
+    w.reconcile();
+    let serials: Vec<String> = w.status()["issuedSerials"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap().to_owned())
+        .collect();
+    w.api.update(CERT, json!({"spec": {"revoked": true, "revocationReason": "keyCompromise"}}));
+    assert_eq!(w.reconcile(), Action::await_change());
+    let map = w.api.get(REVOCATIONS).expect("the revocation ConfigMap");
+    let list: RevocationList =
+        serde_json::from_str(map["data"]["revocations.json"].as_str().unwrap()).unwrap();
+    assert_eq!(list.entries.keys().cloned().collect::<Vec<_>>(), {
+        let mut s = serials.clone();
+        s.sort();
+        s
+    });
+    assert_eq!(list.number, 2, "one bump per serial");
+    assert_eq!(w.condition("Ready")["status"], "False");
+    assert_eq!(w.condition("Ready")["reason"], "Revoked");
+    assert!(w.status()["revokedAt"].is_string());
+    // Again: nothing changes (no second bump), nothing is issued.
+    let secret = w.api.get(SECRET).unwrap();
+    w.at(start() + Duration::from_secs(30 * 3600));
+    assert_eq!(w.reconcile(), Action::await_change());
+    let again: RevocationList = serde_json::from_str(
+        w.api.get(REVOCATIONS).unwrap()["data"]["revocations.json"].as_str().unwrap(),
+    )
+    .unwrap();
+    assert_eq!(again.number, 2);
+    assert_eq!(w.api.get(SECRET).unwrap(), secret);
+}
+
+#[test]
+fn a_certificate_of_an_unknown_network_is_not_ready_with_a_reason() {
+    let w = World::new();
+    w.api.update(CERT, json!({"spec": {"networkRef": {"name": "nope"}}}));
+    assert_eq!(w.reconcile(), Action::requeue(Duration::from_secs(60)));
+    let ready = w.condition("Ready");
+    assert_eq!(
+        (ready["status"].as_str(), ready["reason"].as_str()),
+        (Some("False"), Some("NetworkNotFound"))
+    );
+    assert!(w.api.get(SECRET).is_none());
+}

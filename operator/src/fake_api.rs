@@ -1,0 +1,161 @@
+//! An in-memory Kubernetes API for tests: a tower service that stores objects by their REST
+//! path, answers GET (object or collection), JSON merge PATCH and server-side apply PATCH (as a
+//! merge), and 404s the rest with a Status, as the API server does. A real `kube::Client` on
+//! top cannot tell the difference. Compiled for this crate's tests and, with the `fake-api`
+//! feature, for other crates' tests.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+
+use http_body_util::BodyExt;
+use serde_json::{json, Value};
+
+#[derive(Clone, Default)]
+pub struct FakeApi {
+    objects: Arc<Mutex<BTreeMap<String, Value>>>,
+    /// Every PATCH received: (path, body).
+    pub patches: Arc<Mutex<Vec<(String, Value)>>>,
+}
+
+fn plural(kind: &str) -> String {
+    let lower = kind.to_lowercase();
+    match lower.strip_suffix('y') {
+        Some(stem) => format!("{stem}ies"),
+        None if lower.ends_with('s') => lower,
+        None => format!("{lower}s"),
+    }
+}
+
+/// The REST path of an object, and of its collection.
+fn paths(obj: &Value) -> (String, String) {
+    let api_version = obj["apiVersion"].as_str().unwrap();
+    let base =
+        if api_version == "v1" { "/api/v1".to_owned() } else { format!("/apis/{api_version}") };
+    let ns = obj["metadata"]["namespace"].as_str().map(|n| format!("/namespaces/{n}"));
+    let plural = plural(obj["kind"].as_str().unwrap());
+    let collection = format!("{base}{}/{plural}", ns.unwrap_or_default());
+    let name = obj["metadata"]["name"].as_str().unwrap();
+    (format!("{collection}/{name}"), format!("{base}/{plural}"))
+}
+
+fn merge(target: &mut Value, patch: &Value) {
+    match (target, patch) {
+        (Value::Object(t), Value::Object(p)) => {
+            for (k, v) in p {
+                if v.is_null() {
+                    t.remove(k);
+                } else {
+                    merge(t.entry(k.clone()).or_insert(Value::Null), v);
+                }
+            }
+        }
+        (t, p) => *t = p.clone(),
+    }
+}
+
+fn not_found(path: &str) -> (u16, Value) {
+    (
+        404,
+        json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+               "message": format!("{path} not found"), "reason": "NotFound", "code": 404}),
+    )
+}
+
+impl FakeApi {
+    /// Stores (or replaces) an object.
+    pub fn put(&self, obj: Value) {
+        let (path, _) = paths(&obj);
+        self.objects.lock().unwrap().insert(path, obj);
+    }
+
+    /// The object at `path`, if stored.
+    pub fn get(&self, path: &str) -> Option<Value> {
+        self.objects.lock().unwrap().get(path).cloned()
+    }
+
+    /// Merges `patch` into the object at `path`.
+    pub fn update(&self, path: &str, patch: Value) {
+        let mut objects = self.objects.lock().unwrap();
+        merge(objects.get_mut(path).unwrap(), &patch);
+    }
+
+    /// The answer to one request.
+    pub fn answer(
+        &self,
+        method: &http::Method,
+        path: &str,
+        content_type: &str,
+        body: &[u8],
+    ) -> (u16, Value) {
+        let mut objects = self.objects.lock().unwrap();
+        if method == http::Method::PATCH {
+            let patch: Value = serde_json::from_slice(body).unwrap();
+            self.patches.lock().unwrap().push((path.to_owned(), patch.clone()));
+            // The status subresource is part of the stored object here.
+            let object_path = path.strip_suffix("/status").unwrap_or(path);
+            return match objects.get_mut(object_path) {
+                Some(obj) => {
+                    merge(obj, &patch);
+                    (200, obj.clone())
+                }
+                // Server-side apply creates what is missing.
+                None if content_type.starts_with("application/apply-patch") => {
+                    objects.insert(object_path.to_owned(), patch.clone());
+                    (201, patch)
+                }
+                None => not_found(path),
+            };
+        }
+        if let Some(obj) = objects.get(path) {
+            return (200, obj.clone());
+        }
+        // A collection: all namespaces (`/apis/g/v/plural`) or one (`.../namespaces/ns/plural`).
+        let items: Vec<Value> = objects
+            .values()
+            .filter(|o| {
+                let (obj_path, all) = paths(o);
+                all == path || obj_path.rsplit_once('/').is_some_and(|(c, _)| c == path)
+            })
+            .cloned()
+            .collect();
+        let is_collection =
+            ["networkauthorities", "meshnetworks", "certificates", "secrets", "configmaps", "pods"]
+                .iter()
+                .any(|p| path.ends_with(&format!("/{p}")));
+        if !is_collection {
+            return not_found(path);
+        }
+        (
+            200,
+            json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": "1"}, "items": items}),
+        )
+    }
+
+    /// A client whose every request this API answers; call inside a tokio runtime.
+    pub fn client(&self) -> kube::Client {
+        let api = self.clone();
+        let service = tower::service_fn(move |req: http::Request<kube::client::Body>| {
+            let api = api.clone();
+            async move {
+                let (parts, body) = req.into_parts();
+                let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                let content_type = parts
+                    .headers
+                    .get("content-type")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_owned();
+                let (status, value) =
+                    api.answer(&parts.method, parts.uri.path(), &content_type, &body);
+                let response = http::Response::builder()
+                    .status(status)
+                    .header("content-type", "application/json")
+                    .body(kube::client::Body::from(serde_json::to_vec(&value).unwrap()))
+                    .unwrap();
+                Ok::<_, Infallible>(response)
+            }
+        });
+        kube::Client::new(service, "default")
+    }
+}
