@@ -1,6 +1,102 @@
 //! The Kubernetes controllers: one concern each, coordinating through status. Each decides
 //! with a pure function of [`crate::decide`] and applies the result with server-side apply.
-//! Today: the Certificate controller; NetworkAuthority, MeshNetwork and the CRL publisher are
-//! still to come.
+//! Today: Certificate and NetworkAuthority; MeshNetwork and the CRL publisher are still to
+//! come.
 
 pub mod certificate;
+pub mod network_authority;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use genesis_trust::RevocationList;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{Api, Patch, PatchParams};
+
+/// The field manager of every apply.
+pub const MANAGER: &str = "genesis-operator";
+/// What every reconcile needs.
+pub struct Context {
+    pub client: kube::Client,
+    /// Where authorities keep their CA Secret and revocation ConfigMap.
+    pub operator_namespace: String,
+    /// The clock (injected, so tests move time).
+    pub now: Arc<dyn Fn() -> SystemTime + Send + Sync>,
+}
+
+/// Why a reconcile failed (the controller retries with backoff).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// The Secret holding an authority's CA (tls.crt, tls.key).
+pub fn ca_secret_name(authority: &str) -> String {
+    format!("{authority}-ca")
+}
+
+/// The ConfigMap holding an authority's revocation list (`revocations.json`).
+pub fn revocations_name(authority: &str) -> String {
+    format!("{authority}-revocations")
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    time::OffsetDateTime::from(t)
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+fn parse_rfc3339(s: &str) -> Option<SystemTime> {
+    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+        .ok()
+        .map(SystemTime::from)
+}
+
+fn until(now: SystemTime, t: SystemTime) -> Duration {
+    t.duration_since(now).unwrap_or_default().max(Duration::from_secs(1))
+}
+
+/// The ConfigMap holding an authority's newest signed CRL (`crl.pem`).
+pub fn crl_name(authority: &str) -> String {
+    format!("{authority}-crl")
+}
+
+/// The ConfigMap holding an authority's trust bundle (`ca.crt`: every trusted root).
+pub fn bundle_name(authority: &str) -> String {
+    format!("{authority}-bundle")
+}
+
+/// An authority's revocation list (empty until the first revocation).
+pub async fn load_revocations(ctx: &Context, authority: &str) -> Result<RevocationList, Error> {
+    let maps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ctx.operator_namespace);
+    let Some(map) = maps.get_opt(&revocations_name(authority)).await? else {
+        return Ok(RevocationList::default());
+    };
+    let text =
+        map.data.as_ref().and_then(|d| d.get("revocations.json")).cloned().unwrap_or_default();
+    if text.is_empty() {
+        return Ok(RevocationList::default());
+    }
+    serde_json::from_str(&text)
+        .map_err(|e| Error::Invalid(format!("revocation ConfigMap of {authority} is corrupt: {e}")))
+}
+
+/// Applies a ConfigMap in the operator's namespace with one key.
+pub async fn apply_configmap(
+    ctx: &Context,
+    name: &str,
+    key: &str,
+    value: &str,
+) -> Result<(), Error> {
+    let maps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ctx.operator_namespace);
+    let map = serde_json::json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": name, "namespace": ctx.operator_namespace},
+        "data": {key: value},
+    });
+    maps.patch(name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(map)).await?;
+    Ok(())
+}

@@ -12,65 +12,23 @@ use std::time::{Duration, SystemTime};
 use genesis_crds::certificate::Delivery;
 use genesis_crds::{Certificate, MeshNetwork, NetworkAuthority};
 use genesis_trust::{
-    CertInfo, CertificateAuthority, Identity, LeafPolicy, RevocationList, RevocationReason, Serial,
+    CertInfo, CertificateAuthority, Identity, LeafPolicy, RevocationReason, Serial,
 };
-use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::ByteString;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 
+use super::{
+    apply_configmap, ca_secret_name, load_revocations, parse_rfc3339, revocations_name, rfc3339,
+    until, Context, Error, MANAGER,
+};
 use crate::decide::{self, CertificateAction, Failures, Held};
 
-/// The field manager of every apply.
-pub const MANAGER: &str = "genesis-operator";
 /// Issued serials kept in status (a revocation covers them all).
 const KEEP_SERIALS: usize = 8;
-
-/// What every reconcile needs.
-pub struct Context {
-    pub client: kube::Client,
-    /// Where authorities keep their CA Secret and revocation ConfigMap.
-    pub operator_namespace: String,
-    /// The clock (injected, so tests move time).
-    pub now: Arc<dyn Fn() -> SystemTime + Send + Sync>,
-}
-
-/// Why a reconcile failed (the controller retries with backoff).
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("Kubernetes API: {0}")]
-    Kube(#[from] kube::Error),
-    #[error("{0}")]
-    Invalid(String),
-}
-
-/// The Secret holding an authority's CA (tls.crt, tls.key).
-pub fn ca_secret_name(authority: &str) -> String {
-    format!("{authority}-ca")
-}
-
-/// The ConfigMap holding an authority's revocation list (`revocations.json`).
-pub fn revocations_name(authority: &str) -> String {
-    format!("{authority}-revocations")
-}
-
-fn rfc3339(t: SystemTime) -> String {
-    time::OffsetDateTime::from(t)
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
-}
-
-fn parse_rfc3339(s: &str) -> Option<SystemTime> {
-    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
-        .ok()
-        .map(SystemTime::from)
-}
-
-fn until(now: SystemTime, t: SystemTime) -> Duration {
-    t.duration_since(now).unwrap_or_default().max(Duration::from_secs(1))
-}
 
 /// The authority of a certificate's network, or why it cannot be found.
 async fn authority_of(
@@ -117,20 +75,6 @@ async fn load_ca(
         &field("tls.key")?,
     )
     .map_err(|e| format!("the CA Secret {name} is unusable: {e}"))
-}
-
-async fn load_revocations(ctx: &Context, authority: &str) -> Result<RevocationList, Error> {
-    let maps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ctx.operator_namespace);
-    let Some(map) = maps.get_opt(&revocations_name(authority)).await? else {
-        return Ok(RevocationList::default());
-    };
-    let text =
-        map.data.as_ref().and_then(|d| d.get("revocations.json")).cloned().unwrap_or_default();
-    if text.is_empty() {
-        return Ok(RevocationList::default());
-    }
-    serde_json::from_str(&text)
-        .map_err(|e| Error::Invalid(format!("revocation ConfigMap of {authority} is corrupt: {e}")))
 }
 
 /// What the certificate's Secret holds, if anything readable. Its renewal time is the one
@@ -268,18 +212,9 @@ pub async fn reconcile(cert: Arc<Certificate>, ctx: Arc<Context>) -> Result<Acti
                     cert.spec.revocation_reason.map_or(RevocationReason::Unspecified, Into::into);
                 list.revoke(&serial, reason, now);
             }
-            let maps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ctx.operator_namespace);
-            let map = json!({
-                "apiVersion": "v1", "kind": "ConfigMap",
-                "metadata": {"name": revocations_name(&authority_name), "namespace": ctx.operator_namespace},
-                "data": {"revocations.json": serde_json::to_string(&list).unwrap_or_default()},
-            });
-            maps.patch(
-                &revocations_name(&authority_name),
-                &PatchParams::apply(MANAGER).force(),
-                &Patch::Apply(map),
-            )
-            .await?;
+            let json = serde_json::to_string(&list).unwrap_or_default();
+            apply_configmap(&ctx, &revocations_name(&authority_name), "revocations.json", &json)
+                .await?;
             let message = format!(
                 "serials {} are on the revocation list (number {})",
                 serials.join(", "),

@@ -2,7 +2,7 @@
 
 use std::sync::Mutex;
 
-use genesis_trust::KeyAlgorithm;
+use genesis_trust::{KeyAlgorithm, RevocationList};
 use serde_json::{json, Value};
 
 use super::*;

@@ -1,0 +1,191 @@
+//! The NetworkAuthority controller: create (or adopt a user-supplied) CA Secret, publish the
+//! trust bundle ConfigMap, sign the revocation list into a CRL ConfigMap whenever the list
+//! changes and again at half the CRL's validity, and report it all in status.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use genesis_crds::NetworkAuthority;
+use genesis_trust::{CertificateAuthority, Crl};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::ByteString;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+
+use super::{
+    apply_configmap, bundle_name, ca_secret_name, crl_name, load_revocations, revocations_name,
+    rfc3339, until, Context, Error, MANAGER,
+};
+use crate::decide;
+
+/// How far a CRL's thisUpdate is backdated (members' clocks may lag the operator's).
+const CRL_BACKDATE: Duration = Duration::from_secs(60);
+
+fn secret_field(secret: &Secret, key: &str) -> Option<String> {
+    secret.data.as_ref()?.get(key).map(|b| String::from_utf8_lossy(&b.0).into_owned())
+}
+
+/// The CA: the adopted Secret (`spec.caSecretRef`), or ours, generated on first sight.
+async fn ca(
+    ctx: &Context,
+    na: &NetworkAuthority,
+    now: SystemTime,
+) -> Result<Result<CertificateAuthority, String>, Error> {
+    let trust_domain = &na.spec.trust_domain;
+    if let Some(r) = &na.spec.ca_secret_ref {
+        let ns = r.namespace.clone().unwrap_or_else(|| ctx.operator_namespace.clone());
+        let Some(secret) =
+            Api::<Secret>::namespaced(ctx.client.clone(), &ns).get_opt(&r.name).await?
+        else {
+            return Ok(Err(format!("caSecretRef {ns}/{} does not exist", r.name)));
+        };
+        let (Some(cert), Some(key)) =
+            (secret_field(&secret, "tls.crt"), secret_field(&secret, "tls.key"))
+        else {
+            return Ok(Err(format!("caSecretRef {ns}/{} needs tls.crt and tls.key", r.name)));
+        };
+        return Ok(CertificateAuthority::from_pem(trust_domain, &cert, &key).map_err(|e| {
+            format!("caSecretRef {ns}/{} is not a usable CA for {trust_domain}: {e}", r.name)
+        }));
+    }
+    let name = ca_secret_name(&na.name_any());
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ctx.operator_namespace);
+    if let Some(secret) = secrets.get_opt(&name).await? {
+        let (Some(cert), Some(key)) =
+            (secret_field(&secret, "tls.crt"), secret_field(&secret, "tls.key"))
+        else {
+            return Ok(Err(format!(
+                "the CA Secret {name} lost tls.crt or tls.key; restore it from backup"
+            )));
+        };
+        return Ok(CertificateAuthority::from_pem(trust_domain, &cert, &key)
+            .map_err(|e| format!("the CA Secret {name} is unusable: {e}")));
+    }
+    let validity =
+        genesis_trust::duration::parse_duration(&na.spec.ca_validity).map_err(Error::Invalid)?;
+    let ca =
+        CertificateAuthority::generate(trust_domain, na.spec.key_algorithm.into(), validity, now)
+            .map_err(|e| Error::Invalid(e.to_string()))?;
+    let owner = na.controller_owner_ref(&()).map(|o| vec![o]).unwrap_or_default();
+    let data = json!({
+        "tls.crt": ByteString(ca.cert_pem().into_bytes()),
+        "tls.key": ByteString(ca.key_pem().into_bytes()),
+    });
+    let secret = json!({
+        "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+        "metadata": {"name": name, "namespace": ctx.operator_namespace, "ownerReferences": owner},
+        "data": data,
+    });
+    secrets.patch(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(secret)).await?;
+    Ok(Ok(ca))
+}
+
+async fn current_crl(ctx: &Context, authority: &str) -> Result<Option<Crl>, Error> {
+    let maps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ctx.operator_namespace);
+    let Some(map) = maps.get_opt(&crl_name(authority)).await? else { return Ok(None) };
+    Ok(map.data.as_ref().and_then(|d| d.get("crl.pem")).and_then(|pem| Crl::from_pem(pem).ok()))
+}
+
+async fn set_status(
+    ctx: &Context,
+    na: &NetworkAuthority,
+    status: serde_json::Value,
+) -> Result<(), Error> {
+    let patch = json!({
+        "apiVersion": NetworkAuthority::api_version(&()), "kind": NetworkAuthority::kind(&()),
+        "status": status,
+    });
+    Api::<NetworkAuthority>::all(ctx.client.clone())
+        .patch_status(&na.name_any(), &PatchParams::apply(MANAGER).force(), &Patch::Apply(patch))
+        .await?;
+    Ok(())
+}
+
+fn ready(
+    na: &NetworkAuthority,
+    ok: bool,
+    reason: &str,
+    message: String,
+    now: SystemTime,
+) -> serde_json::Value {
+    let previous =
+        na.status.as_ref().and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"));
+    json!(decide::condition(previous, "Ready", ok, reason, message, na.meta().generation, now))
+}
+
+/// One reconcile of one NetworkAuthority.
+pub async fn reconcile(na: Arc<NetworkAuthority>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let now = (ctx.now)();
+    let name = na.name_any();
+    let generation = na.meta().generation;
+    let ca = match ca(&ctx, &na, now).await? {
+        Ok(ca) => ca,
+        Err(message) => {
+            let cond = ready(&na, false, "CAUnavailable", message, now);
+            set_status(&ctx, &na, json!({"observedGeneration": generation, "conditions": [cond]}))
+                .await?;
+            return Ok(Action::requeue(Duration::from_secs(60)));
+        }
+    };
+    apply_configmap(&ctx, &bundle_name(&name), "ca.crt", &ca.cert_pem()).await?;
+    let validity =
+        genesis_trust::duration::parse_duration(&na.spec.crl_validity).map_err(Error::Invalid)?;
+    let mut list = load_revocations(&ctx, &name).await?;
+    let held = current_crl(&ctx, &name).await?;
+    let due = match &held {
+        None => true,
+        Some(crl) => decide::crl_due(
+            now,
+            crl.this_update() + CRL_BACKDATE,
+            crl.next_update(),
+            crl.number() != list.number,
+        ),
+    };
+    let crl = match held {
+        Some(crl) if !due => crl,
+        held => {
+            if held.as_ref().is_some_and(|c| c.number() >= list.number) {
+                // Re-signing the same list: a new CRL still needs a new number (RFC 5280).
+                list.refresh();
+                let json = serde_json::to_string(&list).unwrap_or_default();
+                apply_configmap(&ctx, &revocations_name(&name), "revocations.json", &json).await?;
+            }
+            let crl = ca
+                .sign_crl(&list, now - CRL_BACKDATE, now + validity)
+                .map_err(|e| Error::Invalid(format!("cannot sign the CRL: {e}")))?;
+            apply_configmap(&ctx, &crl_name(&name), "crl.pem", &crl.to_pem()).await?;
+            crl
+        }
+    };
+    let cond = ready(
+        &na,
+        true,
+        "Published",
+        format!("CRL {} signed, valid until {}", crl.number(), rfc3339(crl.next_update())),
+        now,
+    );
+    set_status(
+        &ctx,
+        &na,
+        json!({
+            "observedGeneration": generation,
+            "caFingerprint": ca.fingerprint(),
+            "caNotAfter": rfc3339(ca.not_after()),
+            "crlNumber": crl.number(),
+            "revokedCount": crl.revoked().len(),
+            "trustBundle": ca.cert_pem(),
+            "bundleFingerprints": [ca.fingerprint()],
+            "conditions": [cond],
+        }),
+    )
+    .await?;
+    // Look again when the CRL is half way through its validity (a revocation triggers sooner
+    // through the watch on the revocation ConfigMap).
+    let resign_at = crl.this_update() + CRL_BACKDATE + validity / 2;
+    Ok(Action::requeue(until(now, resign_at)))
+}
+
+#[cfg(test)]
+mod tests;

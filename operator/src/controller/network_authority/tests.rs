@@ -1,0 +1,177 @@
+//! The NetworkAuthority reconciler against the in-memory API, alone and together with the
+//! Certificate reconciler (revoke on flag → a new CRL with the serial on it).
+
+use std::sync::Mutex;
+
+use genesis_crds::Certificate;
+use genesis_trust::{KeyAlgorithm, Serial};
+use serde_json::{json, Value};
+
+use super::*;
+use crate::fake_api::FakeApi;
+
+const OPS: &str = "genesis-system";
+const NA: &str = "/apis/genesis-mesh.io/v1alpha1/networkauthorities/prod-ca";
+const CERT: &str = "/apis/genesis-mesh.io/v1alpha1/namespaces/shop/certificates/billing";
+const CRL: &str = "/api/v1/namespaces/genesis-system/configmaps/prod-ca-crl";
+const BUNDLE: &str = "/api/v1/namespaces/genesis-system/configmaps/prod-ca-bundle";
+const CA: &str = "/api/v1/namespaces/genesis-system/secrets/prod-ca-ca";
+
+fn start() -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000)
+}
+
+struct World {
+    api: FakeApi,
+    clock: Arc<Mutex<SystemTime>>,
+    rt: tokio::runtime::Runtime,
+}
+
+impl World {
+    fn new() -> Self {
+        let api = FakeApi::default();
+        api.put(json!({
+            "apiVersion": "genesis-mesh.io/v1alpha1", "kind": "NetworkAuthority",
+            "metadata": {"name": "prod-ca", "uid": "na-1", "generation": 1},
+            "spec": {"trustDomain": "prod.example", "crlValidity": "12h"}
+        }));
+        api.put(json!({
+            "apiVersion": "genesis-mesh.io/v1alpha1", "kind": "MeshNetwork",
+            "metadata": {"name": "payments"},
+            "spec": {"authorityRef": {"name": "prod-ca"}}
+        }));
+        api.put(json!({
+            "apiVersion": "genesis-mesh.io/v1alpha1", "kind": "Certificate",
+            "metadata": {"name": "billing", "namespace": "shop", "uid": "c-1", "generation": 1},
+            "spec": {"networkRef": {"name": "payments"}, "nodeName": "billing",
+                     "delivery": "secret", "secretName": "billing-tls"}
+        }));
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        World { api, clock: Arc::new(Mutex::new(start())), rt }
+    }
+
+    fn at(&self, t: SystemTime) {
+        *self.clock.lock().unwrap() = t;
+    }
+
+    fn ctx(&self) -> Arc<Context> {
+        let clock = self.clock.clone();
+        Arc::new(Context {
+            client: self.api.client(),
+            operator_namespace: OPS.into(),
+            now: Arc::new(move || *clock.lock().unwrap()),
+        })
+    }
+
+    fn authority(&self) -> Action {
+        let na: NetworkAuthority = serde_json::from_value(self.api.get(NA).unwrap()).unwrap();
+        self.rt.block_on(async { reconcile(Arc::new(na), self.ctx()).await }).unwrap()
+    }
+
+    fn certificate(&self) -> Action {
+        let cert: Certificate = serde_json::from_value(self.api.get(CERT).unwrap()).unwrap();
+        self.rt
+            .block_on(async {
+                super::super::certificate::reconcile(Arc::new(cert), self.ctx()).await
+            })
+            .unwrap()
+    }
+
+    fn status(&self) -> Value {
+        self.api.get(NA).unwrap()["status"].clone()
+    }
+
+    fn crl(&self) -> Crl {
+        Crl::from_pem(self.api.get(CRL).unwrap()["data"]["crl.pem"].as_str().unwrap()).unwrap()
+    }
+}
+
+#[test]
+fn first_sight_creates_the_ca_bundle_and_crl_and_reports_them() {
+    let w = World::new();
+    let action = w.authority();
+    let secret = w.api.get(CA).expect("a CA Secret");
+    assert_eq!(secret["metadata"]["ownerReferences"][0]["name"], "prod-ca");
+    let bundle = w.api.get(BUNDLE).unwrap()["data"]["ca.crt"].as_str().unwrap().to_owned();
+    let status = w.status();
+    assert_eq!(status["trustBundle"], bundle.as_str());
+    assert_eq!(status["crlNumber"], 0);
+    assert_eq!(status["revokedCount"], 0);
+    assert!(status["caNotAfter"].is_string() && status["caFingerprint"].is_string());
+    assert_eq!(status["conditions"][0]["status"], "True");
+    // The CRL is signed by the CA in the bundle.
+    let crl = w.crl();
+    let ca = genesis_trust::certs_from_pem(&bundle).unwrap();
+    crl.verify_signed_by(&ca[0]).unwrap();
+    // Next look: half way through the 12 h validity.
+    assert_eq!(action, Action::requeue(Duration::from_secs(6 * 3600)));
+    // Again, before that: the same CA and CRL (nothing regenerated).
+    let ca_before = w.api.get(CA).unwrap();
+    w.at(start() + Duration::from_secs(60));
+    w.authority();
+    assert_eq!(w.api.get(CA).unwrap(), ca_before);
+    assert_eq!(w.crl().number(), 0);
+}
+
+#[test]
+fn the_crl_is_resigned_with_a_new_number_at_half_its_validity() {
+    let w = World::new();
+    w.authority();
+    w.at(start() + Duration::from_secs(6 * 3600));
+    w.authority();
+    let crl = w.crl();
+    assert_eq!(crl.number(), 1);
+    assert!(crl.next_update() > start() + Duration::from_secs(17 * 3600));
+    assert_eq!(w.status()["crlNumber"], 1);
+}
+
+#[test]
+fn revoking_a_certificate_bumps_the_crl_number_and_lists_its_serial() {
+    let w = World::new();
+    w.authority();
+    w.certificate();
+    let serial = w.api.get(CERT).unwrap()["status"]["serial"].as_str().unwrap().to_owned();
+    w.api.update(CERT, json!({"spec": {"revoked": true}}));
+    w.at(start() + Duration::from_secs(120));
+    w.certificate();
+    w.authority();
+    let crl = w.crl();
+    assert_eq!(crl.number(), 1);
+    assert!(crl.is_revoked(&Serial::from_hex(&serial).unwrap()));
+    assert_eq!(w.status()["crlNumber"], 1);
+    assert_eq!(w.status()["revokedCount"], 1);
+}
+
+#[test]
+fn an_adopted_ca_whose_key_does_not_match_is_refused_with_a_reason() {
+    let w = World::new();
+    let generate = || {
+        CertificateAuthority::generate(
+            "prod.example",
+            KeyAlgorithm::EcdsaP256,
+            Duration::from_secs(86400 * 365),
+            start(),
+        )
+        .unwrap()
+    };
+    let (corp, other) = (generate(), generate());
+    use base64::Engine;
+    let b64 = |s: String| base64::engine::general_purpose::STANDARD.encode(s);
+    w.api.put(json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "corp-ca", "namespace": "pki"},
+        "data": {"tls.crt": b64(corp.cert_pem()), "tls.key": b64(other.key_pem())}
+    }));
+    w.api.update(NA, json!({"spec": {"caSecretRef": {"name": "corp-ca", "namespace": "pki"}}}));
+    assert_eq!(w.authority(), Action::requeue(Duration::from_secs(60)));
+    let cond = &w.status()["conditions"][0];
+    assert_eq!(
+        (cond["status"].as_str(), cond["reason"].as_str()),
+        (Some("False"), Some("CAUnavailable"))
+    );
+    assert!(
+        cond["message"].as_str().unwrap().contains("does not belong to the CA certificate"),
+        "{cond}"
+    );
+    assert!(w.api.get(CA).is_none(), "no CA of our own was generated instead");
+}
