@@ -225,6 +225,9 @@ fn prepare_dir(dir: &std::path::Path) -> Result<(), String> {
 /// Ctrl-C or SIGTERM: stop every child, then exit (130).
 fn stop_on_signal(children: Children) {
     std::thread::spawn(move || {
+        // This handle must not stop the mesh by being dropped (when no signal handler can be
+        // installed); only a signal does.
+        let children = std::mem::ManuallyDrop::new(children);
         let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
             return;
         };

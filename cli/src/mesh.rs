@@ -193,10 +193,10 @@ impl Children {
 }
 
 impl Drop for Children {
+    /// Whoever drops a handle first stops them all (a panicking demo included); stopping
+    /// twice is harmless.
     fn drop(&mut self) {
-        if Arc::strong_count(&self.0) == 1 {
-            self.stop_all(Duration::from_secs(2));
-        }
+        self.stop_all(Duration::from_secs(2));
     }
 }
 
