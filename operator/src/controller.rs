@@ -5,6 +5,8 @@
 
 pub mod certificate;
 pub mod network_authority;
+#[cfg(test)]
+mod testing;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -98,5 +100,38 @@ pub async fn apply_configmap(
         "data": {key: value},
     });
     maps.patch(name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(map)).await?;
+    Ok(())
+}
+
+/// A condition as JSON for a status apply; `lastTransitionTime` is kept from the object's
+/// current condition of that type unless the status flips.
+pub fn condition_json(
+    current: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
+    generation: Option<i64>,
+    type_: &str,
+    ok: bool,
+    reason: &str,
+    message: String,
+    now: SystemTime,
+) -> serde_json::Value {
+    let previous = current.iter().find(|c| c.type_ == type_);
+    serde_json::json!(crate::decide::condition(
+        previous, type_, ok, reason, message, generation, now
+    ))
+}
+
+/// Applies `status` through the status subresource of object `name`.
+pub async fn apply_status<K>(
+    api: &Api<K>,
+    name: &str,
+    status: serde_json::Value,
+) -> Result<(), Error>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let patch = serde_json::json!({
+        "apiVersion": K::api_version(&()), "kind": K::kind(&()), "status": status,
+    });
+    api.patch_status(name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(patch)).await?;
     Ok(())
 }

@@ -22,8 +22,8 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 
 use super::{
-    apply_configmap, ca_secret_name, load_revocations, parse_rfc3339, revocations_name, rfc3339,
-    until, Context, Error, MANAGER,
+    apply_configmap, apply_status, ca_secret_name, load_revocations, parse_rfc3339,
+    revocations_name, rfc3339, until, Context, Error, MANAGER,
 };
 use crate::decide::{self, CertificateAction, Failures, Held};
 
@@ -111,7 +111,6 @@ async fn held(
     }))
 }
 
-/// Applies `status` (merged over the current one) through the status subresource.
 async fn set_status(
     ctx: &Context,
     cert: &Certificate,
@@ -119,13 +118,7 @@ async fn set_status(
 ) -> Result<(), Error> {
     let api: Api<Certificate> =
         Api::namespaced(ctx.client.clone(), &cert.namespace().unwrap_or_default());
-    let patch = json!({
-        "apiVersion": Certificate::api_version(&()), "kind": Certificate::kind(&()),
-        "status": status,
-    });
-    api.patch_status(&cert.name_any(), &PatchParams::apply(MANAGER).force(), &Patch::Apply(patch))
-        .await?;
-    Ok(())
+    apply_status(&api, &cert.name_any(), status).await
 }
 
 fn condition_json(
@@ -136,9 +129,8 @@ fn condition_json(
     message: String,
     now: SystemTime,
 ) -> serde_json::Value {
-    let previous =
-        cert.status.as_ref().and_then(|s| s.conditions.iter().find(|c| c.type_ == type_));
-    json!(decide::condition(previous, type_, ok, reason, message, cert.meta().generation, now))
+    let current = cert.status.as_ref().map_or(&[][..], |s| &s.conditions[..]);
+    super::condition_json(current, cert.meta().generation, type_, ok, reason, message, now)
 }
 
 /// One reconcile of one Certificate.

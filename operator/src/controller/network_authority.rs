@@ -15,8 +15,8 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 
 use super::{
-    apply_configmap, bundle_name, ca_secret_name, crl_name, load_revocations, revocations_name,
-    rfc3339, until, Context, Error, MANAGER,
+    apply_configmap, apply_status, bundle_name, ca_secret_name, crl_name, load_revocations,
+    revocations_name, rfc3339, until, Context, Error, MANAGER,
 };
 use crate::decide;
 
@@ -93,14 +93,7 @@ async fn set_status(
     na: &NetworkAuthority,
     status: serde_json::Value,
 ) -> Result<(), Error> {
-    let patch = json!({
-        "apiVersion": NetworkAuthority::api_version(&()), "kind": NetworkAuthority::kind(&()),
-        "status": status,
-    });
-    Api::<NetworkAuthority>::all(ctx.client.clone())
-        .patch_status(&na.name_any(), &PatchParams::apply(MANAGER).force(), &Patch::Apply(patch))
-        .await?;
-    Ok(())
+    apply_status(&Api::<NetworkAuthority>::all(ctx.client.clone()), &na.name_any(), status).await
 }
 
 fn ready(
@@ -110,9 +103,8 @@ fn ready(
     message: String,
     now: SystemTime,
 ) -> serde_json::Value {
-    let previous =
-        na.status.as_ref().and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"));
-    json!(decide::condition(previous, "Ready", ok, reason, message, na.meta().generation, now))
+    let current = na.status.as_ref().map_or(&[][..], |s| &s.conditions[..]);
+    super::condition_json(current, na.meta().generation, "Ready", ok, reason, message, now)
 }
 
 /// One reconcile of one NetworkAuthority.

@@ -1,28 +1,24 @@
 //! The Certificate reconciler against the in-memory API, with a clock the tests move.
 
-use std::sync::Mutex;
-
 use genesis_trust::{KeyAlgorithm, RevocationList};
 use serde_json::{json, Value};
 
 use super::*;
-use crate::fake_api::FakeApi;
+use crate::controller::testing::{start, Harness, CA, CERT, OPS};
 
-const OPS: &str = "genesis-system";
 const SECRET: &str = "/api/v1/namespaces/shop/secrets/billing-tls";
-const CERT: &str = "/apis/genesis-mesh.io/v1alpha1/namespaces/shop/certificates/billing";
-const CA: &str = "/api/v1/namespaces/genesis-system/secrets/prod-ca-ca";
 const REVOCATIONS: &str = "/api/v1/namespaces/genesis-system/configmaps/prod-ca-revocations";
 
-fn start() -> SystemTime {
-    SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000)
+struct World {
+    h: Harness,
+    ca: CertificateAuthority,
 }
 
-struct World {
-    api: FakeApi,
-    clock: Arc<Mutex<SystemTime>>,
-    ca: CertificateAuthority,
-    rt: tokio::runtime::Runtime,
+impl std::ops::Deref for World {
+    type Target = Harness;
+    fn deref(&self) -> &Harness {
+        &self.h
+    }
 }
 
 fn b64(s: &str) -> String {
@@ -40,7 +36,7 @@ fn ca_secret(ca: &CertificateAuthority) -> Value {
 
 impl World {
     fn new() -> Self {
-        let api = FakeApi::default();
+        let h = Harness::new();
         let ca = CertificateAuthority::generate(
             "prod.example",
             KeyAlgorithm::EcdsaP256,
@@ -48,45 +44,14 @@ impl World {
             start() - Duration::from_secs(3600),
         )
         .unwrap();
-        api.put(ca_secret(&ca));
-        api.put(json!({
-            "apiVersion": "genesis-mesh.io/v1alpha1", "kind": "NetworkAuthority",
-            "metadata": {"name": "prod-ca"},
-            "spec": {"trustDomain": "prod.example", "certificateDefaults": {"duration": "24h"}}
-        }));
-        api.put(json!({
-            "apiVersion": "genesis-mesh.io/v1alpha1", "kind": "MeshNetwork",
-            "metadata": {"name": "payments"},
-            "spec": {"authorityRef": {"name": "prod-ca"}}
-        }));
-        api.put(json!({
-            "apiVersion": "genesis-mesh.io/v1alpha1", "kind": "Certificate",
-            "metadata": {"name": "billing", "namespace": "shop", "uid": "u-1", "generation": 1},
-            "spec": {"networkRef": {"name": "payments"}, "nodeName": "billing",
-                     "delivery": "secret", "secretName": "billing-tls"}
-        }));
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        World { api, clock: Arc::new(Mutex::new(start())), ca, rt }
-    }
-
-    fn at(&self, t: SystemTime) {
-        *self.clock.lock().unwrap() = t;
+        h.api.put(ca_secret(&ca));
+        World { h, ca }
     }
 
     /// One reconcile of the stored Certificate, as the controller would run it.
     fn reconcile(&self) -> Action {
         let cert: Certificate = serde_json::from_value(self.api.get(CERT).unwrap()).unwrap();
-        let clock = self.clock.clone();
-        self.rt
-            .block_on(async {
-                let ctx = Arc::new(Context {
-                    client: self.api.client(),
-                    operator_namespace: OPS.into(),
-                    now: Arc::new(move || *clock.lock().unwrap()),
-                });
-                reconcile(Arc::new(cert), ctx).await
-            })
-            .unwrap()
+        self.run(|ctx| reconcile(Arc::new(cert), ctx)).unwrap()
     }
 
     fn status(&self) -> Value {

@@ -1,80 +1,38 @@
 //! The NetworkAuthority reconciler against the in-memory API, alone and together with the
 //! Certificate reconciler (revoke on flag → a new CRL with the serial on it).
 
-use std::sync::Mutex;
-
 use genesis_crds::Certificate;
 use genesis_trust::{KeyAlgorithm, Serial};
 use serde_json::{json, Value};
 
 use super::*;
-use crate::fake_api::FakeApi;
+use crate::controller::testing::{start, Harness, CA, CERT, NA};
 
-const OPS: &str = "genesis-system";
-const NA: &str = "/apis/genesis-mesh.io/v1alpha1/networkauthorities/prod-ca";
-const CERT: &str = "/apis/genesis-mesh.io/v1alpha1/namespaces/shop/certificates/billing";
 const CRL: &str = "/api/v1/namespaces/genesis-system/configmaps/prod-ca-crl";
 const BUNDLE: &str = "/api/v1/namespaces/genesis-system/configmaps/prod-ca-bundle";
-const CA: &str = "/api/v1/namespaces/genesis-system/secrets/prod-ca-ca";
 
-fn start() -> SystemTime {
-    SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000)
-}
+struct World(Harness);
 
-struct World {
-    api: FakeApi,
-    clock: Arc<Mutex<SystemTime>>,
-    rt: tokio::runtime::Runtime,
+impl std::ops::Deref for World {
+    type Target = Harness;
+    fn deref(&self) -> &Harness {
+        &self.0
+    }
 }
 
 impl World {
     fn new() -> Self {
-        let api = FakeApi::default();
-        api.put(json!({
-            "apiVersion": "genesis-mesh.io/v1alpha1", "kind": "NetworkAuthority",
-            "metadata": {"name": "prod-ca", "uid": "na-1", "generation": 1},
-            "spec": {"trustDomain": "prod.example", "crlValidity": "12h"}
-        }));
-        api.put(json!({
-            "apiVersion": "genesis-mesh.io/v1alpha1", "kind": "MeshNetwork",
-            "metadata": {"name": "payments"},
-            "spec": {"authorityRef": {"name": "prod-ca"}}
-        }));
-        api.put(json!({
-            "apiVersion": "genesis-mesh.io/v1alpha1", "kind": "Certificate",
-            "metadata": {"name": "billing", "namespace": "shop", "uid": "c-1", "generation": 1},
-            "spec": {"networkRef": {"name": "payments"}, "nodeName": "billing",
-                     "delivery": "secret", "secretName": "billing-tls"}
-        }));
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        World { api, clock: Arc::new(Mutex::new(start())), rt }
-    }
-
-    fn at(&self, t: SystemTime) {
-        *self.clock.lock().unwrap() = t;
-    }
-
-    fn ctx(&self) -> Arc<Context> {
-        let clock = self.clock.clone();
-        Arc::new(Context {
-            client: self.api.client(),
-            operator_namespace: OPS.into(),
-            now: Arc::new(move || *clock.lock().unwrap()),
-        })
+        World(Harness::new())
     }
 
     fn authority(&self) -> Action {
         let na: NetworkAuthority = serde_json::from_value(self.api.get(NA).unwrap()).unwrap();
-        self.rt.block_on(async { reconcile(Arc::new(na), self.ctx()).await }).unwrap()
+        self.run(|ctx| reconcile(Arc::new(na), ctx)).unwrap()
     }
 
     fn certificate(&self) -> Action {
         let cert: Certificate = serde_json::from_value(self.api.get(CERT).unwrap()).unwrap();
-        self.rt
-            .block_on(async {
-                super::super::certificate::reconcile(Arc::new(cert), self.ctx()).await
-            })
-            .unwrap()
+        self.run(|ctx| super::super::certificate::reconcile(Arc::new(cert), ctx)).unwrap()
     }
 
     fn status(&self) -> Value {
