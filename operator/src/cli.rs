@@ -20,6 +20,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the controllers in a cluster (in-cluster config, or --kubeconfig).
+    Run(RunArgs),
     /// Run a file-backed Network Authority and its identity service (no cluster).
     #[command(args_conflicts_with_subcommands = true)]
     Local {
@@ -28,6 +30,19 @@ enum Command {
         #[command(flatten)]
         serve: ServeArgs,
     },
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// A kubeconfig (default: in-cluster configuration, else $KUBECONFIG / ~/.kube/config).
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// The namespace holding the authorities' Secrets and ConfigMaps (the chart's namespace).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "genesis-system")]
+    namespace: String,
+    /// Where to serve /healthz, /readyz and /metrics.
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    probe_listen: String,
 }
 
 #[derive(Args)]
@@ -92,7 +107,18 @@ pub fn main_from(args: impl IntoIterator<Item = OsString>) -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse_from(args);
-    let Command::Local { action, serve: args } = cli.command;
+    let (action, args) = match cli.command {
+        Command::Local { action, serve } => (action, serve),
+        Command::Run(args) => {
+            return match run_cluster(args) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("genesis-operator: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    };
     let result = match action {
         Some(LocalAction::Token { dir, node, role }) => token(&dir, &node, &role),
         Some(LocalAction::Revoke { dir, node }) => revoke(&dir, &node),
@@ -125,6 +151,36 @@ fn revoke(dir: &std::path::Path, node: &str) -> Result<(), String> {
         None => println!("{node}: nothing to revoke (no certificate issued, or already revoked)"),
     }
     Ok(())
+}
+
+fn run_cluster(args: RunArgs) -> Result<(), String> {
+    let runtime =
+        tokio::runtime::Runtime::new().map_err(|e| format!("cannot start the runtime: {e}"))?;
+    runtime.block_on(async move {
+        let config = match &args.kubeconfig {
+            Some(path) => {
+                let kubeconfig = kube::config::Kubeconfig::read_from(path)
+                    .map_err(|e| format!("cannot read kubeconfig {}: {e}", path.display()))?;
+                kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+                    .await
+                    .map_err(|e| format!("kubeconfig {}: {e}", path.display()))?
+            }
+            None => kube::Config::infer().await.map_err(|e| {
+                format!("no Kubernetes configuration (in-cluster or kubeconfig): {e}")
+            })?,
+        };
+        let client = kube::Client::try_from(config)
+            .map_err(|e| format!("cannot build a Kubernetes client: {e}"))?;
+        crate::run::crds_installed(&client).await?;
+        let metrics = Arc::new(crate::metrics::Metrics::new());
+        let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let probes = tokio::net::TcpListener::bind(&args.probe_listen)
+            .await
+            .map_err(|e| format!("cannot listen on {}: {e}", args.probe_listen))?;
+        tokio::spawn(crate::run::serve_probes(probes, metrics.clone(), ready.clone()));
+        crate::run::controllers(client, args.namespace, metrics, ready).await;
+        Ok(())
+    })
 }
 
 fn publish_crl(dir: &std::path::Path) -> Result<(), String> {

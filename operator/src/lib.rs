@@ -11,6 +11,7 @@ pub mod fake_api;
 pub mod identity_service;
 pub mod local;
 pub mod metrics;
+pub mod run;
 
 use std::path::{Path, PathBuf};
 

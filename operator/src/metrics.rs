@@ -4,8 +4,8 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use prometheus::{
-    Encoder, Gauge, Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 
 use crate::local::LocalAuthority;
@@ -29,6 +29,8 @@ pub struct Metrics {
     pub ca_expiry: Gauge,
     pub start_time: Gauge,
     pub build_info: IntGaugeVec,
+    pub reconciles: IntCounterVec,
+    pub reconcile_seconds: HistogramVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -92,8 +94,23 @@ impl Metrics {
                 opts("build_info", "Operator version (value 1)"),
                 &["version"]
             )),
+            reconciles: reg!(IntCounterVec::new(
+                opts("reconciles_total", "Reconciles by controller and result (ok, error)"),
+                &["controller", "result"]
+            )),
+            reconcile_seconds: reg!(HistogramVec::new(
+                HistogramOpts::new("reconcile_duration_seconds", "Time one reconcile takes")
+                    .namespace(NS)
+                    .buckets(vec![0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0]),
+                &["controller"]
+            )),
             registry,
         };
+        for controller in ["certificate", "networkauthority"] {
+            for result in ["ok", "error"] {
+                m.reconciles.with_label_values(&[controller, result]);
+            }
+        }
         for kind in ["join", "renewal"] {
             m.issued.with_label_values(&[kind]);
         }
@@ -114,6 +131,11 @@ impl Metrics {
             self.crl_expiry.set(secs(crl.next_update()) - now);
         }
         self.ca_expiry.set(secs(authority.ca().not_after()) - now);
+        self.text()
+    }
+
+    /// The Prometheus text as it stands.
+    pub fn text(&self) -> String {
         let mut out = Vec::new();
         TextEncoder::new().encode(&self.registry.gather(), &mut out).expect("text encoding");
         String::from_utf8(out).expect("prometheus text is UTF-8")

@@ -1,0 +1,201 @@
+//! `genesis-operator run`: the controllers in a cluster. It checks that the CRDs are installed
+//! (a clear message and exit status 1 when not), serves `/healthz`, `/readyz` and `/metrics`,
+//! runs the Certificate and NetworkAuthority controllers until SIGTERM, and counts every
+//! reconcile.
+//!
+//! Not here yet (docs/OPERATOR.md): leader election, the MeshNetwork controller, the CRL
+//! publisher, the webhook and the in-cluster identity service.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use futures::StreamExt;
+use genesis_crds::{Certificate, NetworkAuthority};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::Api;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+
+use crate::controller::{self, Context, Error};
+use crate::metrics::Metrics;
+
+/// Checks that every Genesis Mesh CRD is installed; the error names the missing ones and the
+/// command that installs them.
+pub async fn crds_installed(client: &kube::Client) -> Result<(), String> {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let mut missing = Vec::new();
+    for (_, crd) in genesis_crds::all() {
+        let name = crd.metadata.name.unwrap_or_default();
+        match api.get_opt(&name).await {
+            Ok(Some(_)) => {}
+            Ok(None) => missing.push(name),
+            Err(e) => {
+                return Err(format!(
+                    "cannot read CRD {name} ({e}); is the API server reachable, and may this \
+                     service account get customresourcedefinitions?"
+                ))
+            }
+        }
+    }
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "the Genesis Mesh CRDs are not installed (missing {}): kubectl apply -f crds/, or \
+             install the Helm chart, which carries them",
+            missing.join(", ")
+        ))
+    }
+}
+
+/// Counts a reconcile's outcome and time.
+fn observe(metrics: &Metrics, controller: &str, started: Instant, ok: bool) {
+    let result = if ok { "ok" } else { "error" };
+    metrics.reconciles.with_label_values(&[controller, result]).inc();
+    metrics
+        .reconcile_seconds
+        .with_label_values(&[controller])
+        .observe(started.elapsed().as_secs_f64());
+}
+
+/// Retry a failed reconcile with the controller's own backoff (seconds, growing).
+fn error_policy<K>(_: Arc<K>, error: &Error, _: Arc<Shared>) -> Action {
+    tracing::warn!(%error, "reconcile failed; retrying");
+    Action::requeue(std::time::Duration::from_secs(15))
+}
+
+/// The controllers' shared state.
+pub struct Shared {
+    pub ctx: Arc<Context>,
+    pub metrics: Arc<Metrics>,
+}
+
+async fn certificate(cert: Arc<Certificate>, shared: Arc<Shared>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let result = controller::certificate::reconcile(cert, shared.ctx.clone()).await;
+    observe(&shared.metrics, "certificate", started, result.is_ok());
+    result
+}
+
+async fn authority(na: Arc<NetworkAuthority>, shared: Arc<Shared>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let result = controller::network_authority::reconcile(na, shared.ctx.clone()).await;
+    observe(&shared.metrics, "networkauthority", started, result.is_ok());
+    result
+}
+
+/// Runs the controllers until SIGTERM/SIGINT; `ready` turns true once they are watching.
+pub async fn controllers(
+    client: kube::Client,
+    operator_namespace: String,
+    metrics: Arc<Metrics>,
+    ready: Arc<AtomicBool>,
+) {
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        operator_namespace: operator_namespace.clone(),
+        now: Arc::new(SystemTime::now),
+    });
+    let shared = Arc::new(Shared { ctx, metrics });
+    let wc = watcher::Config::default();
+    let certificates = Controller::new(Api::<Certificate>::all(client.clone()), wc.clone())
+        .owns(Api::<Secret>::all(client.clone()), wc.clone())
+        .shutdown_on_signal()
+        .run(certificate, error_policy, shared.clone())
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "certificate controller");
+            }
+        });
+    // A change of an authority's revocation list (written by the Certificate controller)
+    // triggers its reconcile, which signs the new CRL at once.
+    let authorities = Controller::new(Api::<NetworkAuthority>::all(client.clone()), wc.clone())
+        .watches(Api::<ConfigMap>::namespaced(client.clone(), &operator_namespace), wc, |cm| {
+            let name = cm.metadata.name.unwrap_or_default();
+            name.strip_suffix("-revocations").map(ObjectRef::<NetworkAuthority>::new)
+        })
+        .shutdown_on_signal()
+        .run(authority, error_policy, shared.clone())
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "network authority controller");
+            }
+        });
+    ready.store(true, Ordering::Relaxed);
+    tracing::info!(namespace = %operator_namespace, "controllers running");
+    futures::join!(certificates, authorities);
+    ready.store(false, Ordering::Relaxed);
+    tracing::info!("controllers stopped");
+}
+
+/// Serves `/healthz` (alive), `/readyz` (200 once the controllers run, else 503) and
+/// `/metrics` until the process ends.
+pub async fn serve_probes(
+    listener: tokio::net::TcpListener,
+    metrics: Arc<Metrics>,
+    ready: Arc<AtomicBool>,
+) {
+    use bytes::Bytes;
+    use http_body_util::Full;
+    use hyper::{Response, StatusCode};
+    loop {
+        let Ok((tcp, _)) = listener.accept().await else { continue };
+        let (metrics, ready) = (metrics.clone(), ready.clone());
+        tokio::spawn(async move {
+            let svc =
+                hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let (metrics, ready) = (metrics.clone(), ready.clone());
+                    async move {
+                        let (status, body) = match req.uri().path() {
+                            "/healthz" => (StatusCode::OK, "alive\n".to_owned()),
+                            "/readyz" if ready.load(Ordering::Relaxed) => {
+                                (StatusCode::OK, "ready\n".into())
+                            }
+                            "/readyz" => (
+                                StatusCode::SERVICE_UNAVAILABLE,
+                                "controllers not running\n".into(),
+                            ),
+                            "/metrics" => (StatusCode::OK, metrics.text()),
+                            other => (StatusCode::NOT_FOUND, format!("no endpoint {other}\n")),
+                        };
+                        let response = Response::builder()
+                            .status(status)
+                            .header("content-type", "text/plain; version=0.0.4")
+                            .body(Full::new(Bytes::from(body)))
+                            .expect("valid response");
+                        Ok::<_, std::convert::Infallible>(response)
+                    }
+                });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
+                .await;
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::fake_api::FakeApi;
+
+    #[test]
+    fn missing_crds_are_named_with_the_command_that_installs_them() {
+        let api = FakeApi::default();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let err = rt.block_on(async { crds_installed(&api.client()).await }).unwrap_err();
+        assert!(err.contains("certificates.genesis-mesh.io"), "{err}");
+        assert!(err.contains("kubectl apply -f crds/"), "{err}");
+        for (_, crd) in genesis_crds::all() {
+            let mut v = serde_json::to_value(&crd).unwrap();
+            v["apiVersion"] = json!("apiextensions.k8s.io/v1");
+            v["kind"] = json!("CustomResourceDefinition");
+            api.put(v);
+        }
+        rt.block_on(async { crds_installed(&api.client()).await }).unwrap();
+    }
+}
