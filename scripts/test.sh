@@ -20,6 +20,27 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+# The real Helm engine for the chart tests (tests/tests/chart.rs): PyPI helm-python-sdk (it
+# bundles Helm as a library; no helm binary, no cluster), in a virtualenv of its own.
+venv=.venv-chart
+if ! "$venv/bin/python" -c "import helm_python" >/dev/null 2>&1; then
+  sudo=""
+  [ "$(id -u)" = 0 ] || sudo=sudo
+  if ! command -v python3 >/dev/null 2>&1 || ! python3 -m venv --help >/dev/null 2>&1; then
+    echo "installing python3 and python3-venv (apt-get)"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends python3 python3-venv >/dev/null
+  fi
+  rm -rf "$venv"
+  python3 -m venv "$venv" || {
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends python3-venv >/dev/null
+    python3 -m venv "$venv"
+  }
+  echo "installing helm-python-sdk (pip, into $venv)"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check helm-python-sdk==0.2.2
+fi
+export GENESIS_CHART_PYTHON="$PWD/$venv/bin/python"
+
 # rustfmt and clippy ship with the toolchain; add them where a minimal profile left them out.
 if command -v rustup >/dev/null 2>&1; then
   cargo fmt --version >/dev/null 2>&1 || rustup component add rustfmt

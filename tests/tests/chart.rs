@@ -1,0 +1,204 @@
+//! The Helm chart, linted and rendered by the real Helm engine (PyPI helm-python-sdk, through
+//! scripts/chart.py), for default and non-default values; every rendered manifest is
+//! deserialized into its k8s-openapi type, and what admins rely on is checked.
+
+use std::process::Command;
+
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Service, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::serde::Deserialize;
+use serde_json::{json, Value};
+
+/// Every object of one render, typed.
+#[derive(Default)]
+struct Rendered {
+    deployments: Vec<Deployment>,
+    services: Vec<Service>,
+    webhooks: Vec<MutatingWebhookConfiguration>,
+    cluster_roles: Vec<ClusterRole>,
+    roles: Vec<Role>,
+    bindings: usize,
+    service_accounts: Vec<ServiceAccount>,
+    notes: String,
+}
+
+fn render(values: Value) -> Rendered {
+    let root = genesis_e2e::workspace_root();
+    let python = std::env::var("GENESIS_CHART_PYTHON").unwrap_or_else(|_| "python3".into());
+    let out = Command::new(&python)
+        .arg(root.join("scripts/chart.py"))
+        .arg(root.join("charts/genesis-mesh"))
+        .arg(values.to_string())
+        .output()
+        .unwrap_or_else(|e| panic!("{python}: {e}"));
+    assert!(
+        out.status.success(),
+        "rendering failed (bash scripts/test.sh installs helm-python-sdk and sets \
+         GENESIS_CHART_PYTHON):\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(answer["lint"]["errors"], json!([]), "helm lint: {}", answer["lint"]);
+    let lint_problems: Vec<&Value> = answer["lint"]["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["severity"].as_u64() >= Some(2))
+        .collect();
+    assert!(lint_problems.is_empty(), "helm lint warnings: {lint_problems:?}");
+    // The chart's CRDs are the generated ones (crds/tests/crds.rs checks the bytes).
+    let crds = answer["crds"].as_object().unwrap();
+    assert_eq!(crds.len(), 3);
+    for text in crds.values() {
+        let crd: CustomResourceDefinition = serde_yaml::from_str(text.as_str().unwrap()).unwrap();
+        assert_eq!(crd.spec.group, "genesis-mesh.io");
+    }
+    let mut r = Rendered::default();
+    for (template, text) in answer["manifests"].as_object().unwrap() {
+        let text = text.as_str().unwrap();
+        if template.ends_with("NOTES.txt") {
+            r.notes = text.to_owned();
+            continue;
+        }
+        for doc in serde_yaml::Deserializer::from_str(text) {
+            let value = serde_json::to_value(serde_yaml::Value::deserialize(doc).unwrap()).unwrap();
+            if value.is_null() {
+                continue;
+            }
+            let kind = value["kind"].as_str().unwrap_or_default().to_owned();
+            match kind.as_str() {
+                "Deployment" => r.deployments.push(serde_json::from_value(value).unwrap()),
+                "Service" => r.services.push(serde_json::from_value(value).unwrap()),
+                "MutatingWebhookConfiguration" => {
+                    r.webhooks.push(serde_json::from_value(value).unwrap())
+                }
+                "ClusterRole" => r.cluster_roles.push(serde_json::from_value(value).unwrap()),
+                "Role" => r.roles.push(serde_json::from_value(value).unwrap()),
+                "ClusterRoleBinding" => {
+                    let _: ClusterRoleBinding = serde_json::from_value(value).unwrap();
+                    r.bindings += 1;
+                }
+                "RoleBinding" => {
+                    let _: RoleBinding = serde_json::from_value(value).unwrap();
+                    r.bindings += 1;
+                }
+                "ServiceAccount" => r.service_accounts.push(serde_json::from_value(value).unwrap()),
+                other => panic!("{template} renders an unexpected kind {other:?}"),
+            }
+        }
+    }
+    r
+}
+
+#[test]
+fn default_values_render_an_operator_with_least_privilege_and_no_webhook_yet() {
+    let r = render(json!({}));
+    assert_eq!(r.deployments.len(), 1);
+    let d = &r.deployments[0];
+    assert_eq!(d.metadata.name.as_deref(), Some("genesis-operator"));
+    assert_eq!(d.metadata.namespace.as_deref(), Some("genesis-system"));
+    let spec = d.spec.as_ref().unwrap();
+    assert_eq!(spec.replicas, Some(1));
+    let pod = spec.template.spec.as_ref().unwrap();
+    let c = &pod.containers[0];
+    assert_eq!(c.image.as_deref(), Some("genesis-mesh/operator:0.1.0"));
+    assert_eq!(c.args.as_deref().unwrap()[0], "run");
+    assert_eq!(
+        c.readiness_probe.as_ref().unwrap().http_get.as_ref().unwrap().path.as_deref(),
+        Some("/readyz")
+    );
+    let sc = c.security_context.as_ref().unwrap();
+    assert_eq!(
+        (sc.read_only_root_filesystem, sc.allow_privilege_escalation),
+        (Some(true), Some(false))
+    );
+    assert_eq!(pod.security_context.as_ref().unwrap().run_as_non_root, Some(true));
+    assert_eq!(pod.service_account_name.as_deref(), Some("genesis-operator"));
+    // Least privilege: no wildcard anywhere; Secrets never deleted; the webhook configuration
+    // patchable by name only.
+    let rules: Vec<_> = r
+        .cluster_roles
+        .iter()
+        .flat_map(|cr| cr.rules.clone().unwrap_or_default())
+        .chain(r.roles.iter().flat_map(|r| r.rules.clone().unwrap_or_default()))
+        .collect();
+    assert!(!rules.is_empty());
+    for rule in &rules {
+        let all = rule
+            .verbs
+            .iter()
+            .chain(rule.resources.iter().flatten())
+            .chain(rule.api_groups.iter().flatten());
+        assert!(all.clone().all(|s| s != "*"), "wildcard in {rule:?}");
+        assert!(!rule.verbs.iter().any(|v| v == "delete" || v == "deletecollection"), "{rule:?}");
+    }
+    let webhook_rule = rules
+        .iter()
+        .find(|r| {
+            r.resources
+                .as_ref()
+                .is_some_and(|res| res.contains(&"mutatingwebhookconfigurations".to_owned()))
+        })
+        .unwrap();
+    assert_eq!(
+        webhook_rule.resource_names.as_deref(),
+        Some(&["genesis-mesh-injector".to_owned()][..])
+    );
+    assert_eq!(r.bindings, 2);
+    assert_eq!(r.service_accounts.len(), 1);
+    assert!(r.webhooks.is_empty() && r.services.is_empty(), "the webhook is off by default");
+    assert!(r.notes.contains("genesisctl check"));
+}
+
+#[test]
+fn non_default_values_reach_the_manifests() {
+    let r = render(json!({
+        "operator": {
+            "image": {"repository": "registry.example/genesis/operator", "tag": "v9", "pullPolicy": "Always"},
+            "replicas": 2,
+            "probePort": 9090,
+            "nodeSelector": {"kubernetes.io/os": "linux"},
+            "resources": {"limits": {"memory": "1Gi"}}
+        },
+        "sidecar": {"image": {"repository": "registry.example/genesis/sidecar", "tag": "v9"}},
+        "webhook": {"enabled": true, "failurePolicy": "Ignore", "injectLabel": "mesh.example/inject"},
+        "serviceAccount": {"name": "mesh-operator"},
+        "metrics": {"annotations": false}
+    }));
+    let d = &r.deployments[0];
+    let spec = d.spec.as_ref().unwrap();
+    assert_eq!(spec.replicas, Some(2));
+    let pod_meta = spec.template.metadata.as_ref().unwrap();
+    assert!(pod_meta.annotations.as_ref().is_none_or(|a| !a.contains_key("prometheus.io/scrape")));
+    let pod = spec.template.spec.as_ref().unwrap();
+    assert_eq!(pod.service_account_name.as_deref(), Some("mesh-operator"));
+    assert_eq!(pod.node_selector.as_ref().unwrap()["kubernetes.io/os"], "linux");
+    let c = &pod.containers[0];
+    assert_eq!(c.image.as_deref(), Some("registry.example/genesis/operator:v9"));
+    assert_eq!(c.image_pull_policy.as_deref(), Some("Always"));
+    assert!(c.args.as_ref().unwrap().contains(&"--probe-listen=0.0.0.0:9090".to_owned()));
+    let env = c.env.as_ref().unwrap();
+    let sidecar = env.iter().find(|e| e.name == "GENESIS_SIDECAR_IMAGE").unwrap();
+    assert_eq!(sidecar.value.as_deref(), Some("registry.example/genesis/sidecar:v9"));
+    assert_eq!(c.resources.as_ref().unwrap().limits.as_ref().unwrap()["memory"].0, "1Gi");
+    // The webhook: its Service and configuration, under the names genesisctl check looks for.
+    assert_eq!(r.services[0].metadata.name.as_deref(), Some("genesis-operator-webhook"));
+    let w = &r.webhooks[0];
+    assert_eq!(w.metadata.name.as_deref(), Some("genesis-mesh-injector"));
+    let hooks = w.webhooks.as_ref().unwrap();
+    assert_eq!(hooks.len(), 2);
+    for h in hooks {
+        assert_eq!(h.failure_policy.as_deref(), Some("Ignore"));
+        let svc = h.client_config.service.as_ref().unwrap();
+        assert_eq!(
+            (svc.name.as_str(), svc.namespace.as_str()),
+            ("genesis-operator-webhook", "genesis-system")
+        );
+    }
+    let ns_selector = hooks[0].namespace_selector.as_ref().unwrap().match_labels.as_ref().unwrap();
+    assert_eq!(ns_selector["mesh.example/inject"], "enabled");
+    assert!(r.notes.contains("WARNING: operator.replicas=2"), "{}", r.notes);
+}
