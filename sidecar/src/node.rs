@@ -646,8 +646,9 @@ impl Core {
         let actions = self.peers.on_tick(now);
         self.peer_actions(actions);
         self.metrics().routes.set(self.routes.route_count() as i64);
+        let views = self.peers.views(now);
         for level in [Level::New, Level::Trusted, Level::Suspicious, Level::Banned] {
-            let n = self.peers.views(now).iter().filter(|p| p.level == level).count();
+            let n = views.iter().filter(|p| p.level == level).count();
             self.metrics().peers.with_label_values(&[level.as_str()]).set(n as i64);
         }
         let tls = self.shared.tls.load();
@@ -665,7 +666,7 @@ impl Core {
         self.metrics().streams_active.set(flows as i64);
         let m = self.metrics();
         m.peer_reputation.reset();
-        for p in self.peers.views(now).iter().filter(|p| p.connected) {
+        for p in views.iter().filter(|p| p.connected) {
             m.peer_reputation.with_label_values(&[&p.node]).set(i64::from(p.score));
         }
         m.routes_by_hops.reset();
