@@ -158,6 +158,10 @@ pub async fn reconcile(cert: Arc<Certificate>, ctx: Arc<Context>) -> Result<Acti
         &cert.spec.node_name,
     )
     .map_err(|e| Error::Invalid(e.to_string()))?;
+    if cert.spec.delivery == Delivery::Csr && !cert.spec.revoked {
+        // Issued by the identity service; nothing to decide until revocation.
+        return Ok(Action::await_change());
+    }
     let status = cert.status.clone().unwrap_or_default();
     let mut list = load_revocations(&ctx, &authority_name).await?;
     let listed: BTreeSet<String> = list.entries.keys().cloned().collect();
@@ -182,20 +186,15 @@ pub async fn reconcile(cert: Arc<Certificate>, ctx: Arc<Context>) -> Result<Acti
     if let Some(s) = status.serial.as_ref().filter(|s| !issued.contains(s)) {
         issued.push(s.clone());
     }
-    let action = if cert.spec.delivery == Delivery::Csr && !cert.spec.revoked {
-        // Issued by the identity service; nothing to decide until revocation.
-        return Ok(Action::await_change());
-    } else {
-        decide::certificate(
-            now,
-            cert.spec.revoked,
-            false,
-            held.as_ref(),
-            failures,
-            &issued,
-            &listed,
-        )
-    };
+    let action = decide::certificate(
+        now,
+        cert.spec.revoked,
+        false,
+        held.as_ref(),
+        failures,
+        &issued,
+        &listed,
+    );
     match action {
         CertificateAction::Revoke { serials, reason } => {
             for s in &serials {
