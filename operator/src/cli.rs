@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use crate::identity_service::{serve, serve_metrics, IdentityService, LocalTokens};
+use crate::identity_service::{serve, IdentityService, LocalTokens};
 use crate::local::{AuthorityConfig, LocalAuthority};
 use clap::{Args, Parser, Subcommand};
 use genesis_trust::{RevocationReason, Role};
@@ -177,7 +177,8 @@ fn run_cluster(args: RunArgs) -> Result<(), String> {
         let probes = tokio::net::TcpListener::bind(&args.probe_listen)
             .await
             .map_err(|e| format!("cannot listen on {}: {e}", args.probe_listen))?;
-        tokio::spawn(crate::run::serve_probes(probes, metrics.clone(), ready.clone()));
+        let handler = crate::run::probes(metrics.clone(), ready.clone());
+        tokio::spawn(crate::http::serve_text(probes, handler));
         crate::run::controllers(client, args.namespace, metrics, ready).await;
         Ok(())
     })
@@ -235,9 +236,11 @@ fn run(args: ServeArgs) -> Result<(), String> {
                 .await
                 .map_err(|e| format!("cannot listen for metrics on {addr}: {e}"))?;
             let service = service.clone();
-            tokio::spawn(async move {
-                serve_metrics(metrics, service, std::future::pending()).await;
+            let handler: crate::http::Handler = Arc::new(move |path: &str| match path {
+                "/metrics" => (hyper::StatusCode::OK, service.render_metrics()),
+                _ => (hyper::StatusCode::NOT_FOUND, "only GET /metrics is served here\n".into()),
             });
+            tokio::spawn(crate::http::serve_text(metrics, handler));
         }
         serve(listener, service, shutdown_signal()).await;
         tracing::info!("identity service stopped");

@@ -8,6 +8,7 @@ pub mod controller;
 pub mod decide;
 #[cfg(any(test, feature = "fake-api"))]
 pub mod fake_api;
+pub mod http;
 pub mod identity_service;
 pub mod local;
 pub mod metrics;

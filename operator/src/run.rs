@@ -131,49 +131,16 @@ pub async fn controllers(
     tracing::info!("controllers stopped");
 }
 
-/// Serves `/healthz` (alive), `/readyz` (200 once the controllers run, else 503) and
-/// `/metrics` until the process ends.
-pub async fn serve_probes(
-    listener: tokio::net::TcpListener,
-    metrics: Arc<Metrics>,
-    ready: Arc<AtomicBool>,
-) {
-    use bytes::Bytes;
-    use http_body_util::Full;
-    use hyper::{Response, StatusCode};
-    loop {
-        let Ok((tcp, _)) = listener.accept().await else { continue };
-        let (metrics, ready) = (metrics.clone(), ready.clone());
-        tokio::spawn(async move {
-            let svc =
-                hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                    let (metrics, ready) = (metrics.clone(), ready.clone());
-                    async move {
-                        let (status, body) = match req.uri().path() {
-                            "/healthz" => (StatusCode::OK, "alive\n".to_owned()),
-                            "/readyz" if ready.load(Ordering::Relaxed) => {
-                                (StatusCode::OK, "ready\n".into())
-                            }
-                            "/readyz" => (
-                                StatusCode::SERVICE_UNAVAILABLE,
-                                "controllers not running\n".into(),
-                            ),
-                            "/metrics" => (StatusCode::OK, metrics.text()),
-                            other => (StatusCode::NOT_FOUND, format!("no endpoint {other}\n")),
-                        };
-                        let response = Response::builder()
-                            .status(status)
-                            .header("content-type", "text/plain; version=0.0.4")
-                            .body(Full::new(Bytes::from(body)))
-                            .expect("valid response");
-                        Ok::<_, std::convert::Infallible>(response)
-                    }
-                });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
-                .await;
-        });
-    }
+/// `/healthz` (alive), `/readyz` (200 once the controllers run, else 503) and `/metrics`.
+pub fn probes(metrics: Arc<Metrics>, ready: Arc<AtomicBool>) -> crate::http::Handler {
+    use hyper::StatusCode;
+    Arc::new(move |path: &str| match path {
+        "/healthz" => (StatusCode::OK, "alive\n".to_owned()),
+        "/readyz" if ready.load(Ordering::Relaxed) => (StatusCode::OK, "ready\n".into()),
+        "/readyz" => (StatusCode::SERVICE_UNAVAILABLE, "controllers not running\n".into()),
+        "/metrics" => (StatusCode::OK, metrics.text()),
+        other => (StatusCode::NOT_FOUND, format!("no endpoint {other}\n")),
+    })
 }
 
 #[cfg(test)]
@@ -197,5 +164,19 @@ mod tests {
             api.put(v);
         }
         rt.block_on(async { crds_installed(&api.client()).await }).unwrap();
+    }
+
+    #[test]
+    fn readyz_answers_503_until_the_controllers_run_and_metrics_are_served() {
+        let ready = Arc::new(AtomicBool::new(false));
+        let probes = probes(Arc::new(Metrics::new()), ready.clone());
+        assert_eq!(probes("/healthz").0, hyper::StatusCode::OK);
+        assert_eq!(probes("/readyz").0, hyper::StatusCode::SERVICE_UNAVAILABLE);
+        ready.store(true, Ordering::Relaxed);
+        assert_eq!(probes("/readyz").0, hyper::StatusCode::OK);
+        let (status, text) = probes("/metrics");
+        assert_eq!(status, hyper::StatusCode::OK);
+        assert!(text.contains("genesis_operator_reconciles_total"), "{text}");
+        assert_eq!(probes("/nope").0, hyper::StatusCode::NOT_FOUND);
     }
 }
