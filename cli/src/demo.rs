@@ -605,12 +605,13 @@ fn revoke(run: &mut Run, manifest: &Manifest, spare: &str) -> Result<String, Str
     let r = crate::revoke::revoke_and_wait(manifest, &victim, Duration::from_secs(15))?;
     let f = &mut run.figures;
     f.revoked = Some(victim.clone());
-    f.cut_off_everywhere = Some(r.still_reaching.is_empty());
-    if !r.still_reaching.is_empty() {
+    f.cut_off_everywhere = Some(r.confirmed());
+    if !r.confirmed() {
         return Err(format!(
-            "{} still reach {victim} 15 s after CRL {}",
+            "15 s after CRL {}: still reaching {victim}: [{}]; not answering: [{}]",
+            r.crl_number,
             r.still_reaching.join(", "),
-            r.crl_number
+            r.unreachable.join(", ")
         ));
     }
     f.revocation_applied_ms = r.applied_everywhere_ms;

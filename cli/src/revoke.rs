@@ -38,8 +38,28 @@ pub struct Revocation {
     pub applied_everywhere_ms: Option<f64>,
     /// From the push until every member was seen without link or route to the node.
     pub cut_off_everywhere_ms: Option<f64>,
-    /// Members still reaching the node when we gave up (empty on success).
+    /// Members still holding an older CRL, a link or a route to the node when we gave up
+    /// (empty on success).
     pub still_reaching: Vec<String>,
+    /// Members whose admin API did not answer, so their cut-off is unconfirmed (empty on
+    /// success).
+    pub unreachable: Vec<String>,
+}
+
+impl Revocation {
+    /// Every other member confirmed the cut-off.
+    pub fn confirmed(&self) -> bool {
+        self.still_reaching.is_empty() && self.unreachable.is_empty()
+    }
+}
+
+/// One member, asked whether it has cut the node off.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Probe {
+    /// Cut off; the member applied the CRL at this unix time (ms).
+    CutOff(f64),
+    Reaching,
+    NoAnswer,
 }
 
 fn unix_ms() -> f64 {
@@ -49,18 +69,24 @@ fn unix_ms() -> f64 {
         .unwrap_or(0.0)
 }
 
-/// Whether `member` holds CRL `number` and neither links nor routes to `node`; the time it
-/// applied the CRL (unix ms) when so.
-fn cut_off(member: &Member, node: &str, number: u64) -> Option<f64> {
-    let identity = client::get_json(&member.admin, "/admin/identity").ok()?;
-    if identity["crlNumber"].as_u64()? < number {
-        return None;
+/// Whether `member` holds CRL `number` and neither links nor routes to `node`.
+fn probe(member: &Member, node: &str, number: u64) -> Probe {
+    let ask = |path: &str| client::get_json(&member.admin, path).ok();
+    let (Some(identity), Some(peers), Some(routes)) =
+        (ask("/admin/identity"), ask("/admin/peers"), ask("/admin/routes"))
+    else {
+        return Probe::NoAnswer;
+    };
+    let current = identity["crlNumber"].as_u64().is_some_and(|n| n >= number);
+    let linked = peers
+        .as_array()
+        .is_none_or(|a| a.iter().any(|p| p["node"] == node && p["connected"] == true));
+    let routed = routes.as_array().is_none_or(|a| a.iter().any(|r| r["dest"] == node));
+    if current && !linked && !routed {
+        Probe::CutOff(identity["crlAppliedAtMs"].as_f64().unwrap_or(0.0))
+    } else {
+        Probe::Reaching
     }
-    let peers = client::get_json(&member.admin, "/admin/peers").ok()?;
-    let linked = peers.as_array()?.iter().any(|p| p["node"] == node && p["connected"] == true);
-    let routes = client::get_json(&member.admin, "/admin/routes").ok()?;
-    let routed = routes.as_array()?.iter().any(|r| r["dest"] == node);
-    (!linked && !routed).then(|| identity["crlAppliedAtMs"].as_f64().unwrap_or(0.0))
 }
 
 /// Revokes `node` at the authority, pushes the CRL through a member and waits for the mesh.
@@ -102,34 +128,40 @@ pub fn revoke_and_wait(
         )
     })?;
     let number = crl.number();
-    let mut applied: Vec<Option<f64>> = vec![None; others.len()];
-    while start.elapsed() < timeout && applied.iter().any(Option::is_none) {
+    let pending = |p: &Probe| !matches!(p, Probe::CutOff(_));
+    let mut probes: Vec<Probe> = vec![Probe::Reaching; others.len()];
+    while start.elapsed() < timeout && probes.iter().any(pending) {
         std::thread::scope(|s| {
             let checks: Vec<_> = others
                 .iter()
-                .zip(applied.iter())
-                .map(|(m, done)| {
-                    let m = *m;
-                    let done = *done;
-                    s.spawn(move || done.or_else(|| cut_off(m, node, number)))
+                .zip(probes.iter())
+                .map(|(m, last)| {
+                    let (m, last) = (*m, *last);
+                    s.spawn(move || if pending(&last) { probe(m, node, number) } else { last })
                 })
                 .collect();
-            for (slot, h) in applied.iter_mut().zip(checks) {
+            for (slot, h) in probes.iter_mut().zip(checks) {
                 *slot = h.join().expect("probe does not panic");
             }
         });
-        if applied.iter().any(Option::is_none) {
+        if probes.iter().any(pending) {
             std::thread::sleep(Duration::from_millis(10));
         }
     }
-    let still_reaching: Vec<String> = others
+    let named = |want: Probe| -> Vec<String> {
+        others
+            .iter()
+            .zip(&probes)
+            .filter(|(_, p)| **p == want)
+            .map(|(m, _)| m.name.clone())
+            .collect()
+    };
+    let (still_reaching, unreachable) = (named(Probe::Reaching), named(Probe::NoAnswer));
+    let done = !probes.iter().any(pending);
+    let last_applied = probes
         .iter()
-        .zip(&applied)
-        .filter(|(_, a)| a.is_none())
-        .map(|(m, _)| m.name.clone())
-        .collect();
-    let done = still_reaching.is_empty();
-    let last_applied = applied.iter().flatten().fold(f64::MIN, |a, &b| a.max(b));
+        .filter_map(|p| if let Probe::CutOff(t) = p { Some(*t) } else { None })
+        .fold(f64::MIN, f64::max);
     Ok(Revocation {
         node: node.to_owned(),
         crl_number: crl.number(),
@@ -137,6 +169,7 @@ pub fn revoke_and_wait(
         applied_everywhere_ms: done.then(|| (last_applied - start_ms).max(0.0)),
         cut_off_everywhere_ms: done.then(|| start.elapsed().as_secs_f64() * 1e3),
         still_reaching,
+        unreachable,
     })
 }
 
@@ -183,7 +216,7 @@ pub fn run(args: &RevokeArgs) -> ExitCode {
     });
     match result {
         Ok(r) => {
-            let ok = r.still_reaching.is_empty();
+            let ok = r.confirmed();
             output::print(args.mesh.output, &json!(r), || {
                 if ok {
                     format!(
@@ -196,14 +229,24 @@ pub fn run(args: &RevokeArgs) -> ExitCode {
                         r.cut_off_everywhere_ms.unwrap_or(0.0)
                     )
                 } else {
+                    let mut problems = Vec::new();
+                    if !r.still_reaching.is_empty() {
+                        problems.push(format!("{} still reach it", r.still_reaching.join(", ")));
+                    }
+                    if !r.unreachable.is_empty() {
+                        problems.push(format!(
+                            "{} did not answer (cut-off unconfirmed)",
+                            r.unreachable.join(", ")
+                        ));
+                    }
                     format!(
-                        "revoked {}: CRL {} pushed via {}, but {} still reach it after {}; run \
-                         `genesisctl check` to see why\n",
+                        "revoked {}: CRL {} pushed via {}, but after {} {}; run `genesisctl \
+                         check` to see why\n",
                         r.node,
                         r.crl_number,
                         r.via,
-                        r.still_reaching.join(", "),
-                        args.timeout
+                        args.timeout,
+                        problems.join(" and ")
                     )
                 }
             });

@@ -167,6 +167,7 @@ fn status_peers_routes_control_revoke_check_and_audit_against_a_running_mesh() {
     let (code, r) = mesh.json(&["revoke", victim]);
     assert_eq!(code, Some(0), "{r:#}");
     assert_eq!(r["stillReaching"], serde_json::json!([]));
+    assert_eq!(r["unreachable"], serde_json::json!([]));
     assert!(r["cutOffEverywhereMs"].as_f64().unwrap() > 0.0);
     let (_, status) = mesh.json(&["status"]);
     assert_eq!(status["revoked"].as_array().unwrap().len(), 2);
@@ -225,6 +226,24 @@ fn status_peers_routes_control_revoke_check_and_audit_against_a_running_mesh() {
         .output()
         .unwrap();
     assert!(out.status.success() && stdout(&out).contains("chain intact"));
+
+    // A member that does not answer is reported as unconfirmed, not as still reaching.
+    let manifest_path = dir.join("mesh.json");
+    let original = std::fs::read_to_string(&manifest_path).unwrap();
+    let silent = live[1].as_str();
+    let mut edited: Value = serde_json::from_str(&original).unwrap();
+    for m in edited["members"].as_array_mut().unwrap() {
+        if m["name"] == silent {
+            m["admin"] = Value::from("127.0.0.1:1");
+        }
+    }
+    std::fs::write(&manifest_path, edited.to_string()).unwrap();
+    let out = mesh.run(&["revoke", live[2].as_str(), "--timeout", "2s", "-o", "json"]);
+    std::fs::write(&manifest_path, original).unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["unreachable"], serde_json::json!([silent]), "{r}");
+    assert_eq!(r["stillReaching"], serde_json::json!([]), "{r}");
 
     // Clear one-line errors.
     let out = mesh.run(&["peers", "nosuch"]);

@@ -61,7 +61,8 @@ fn observe(metrics: &Metrics, controller: &str, started: Instant, ok: bool) {
         .observe(started.elapsed().as_secs_f64());
 }
 
-/// Retry a failed reconcile with the controller's own backoff (seconds, growing).
+/// A failed reconcile (API error) is retried after 15 s; issuance failures never get here (the
+/// reconciler records them in status and backs off itself).
 fn error_policy<K>(_: Arc<K>, error: &Error, _: Arc<Shared>) -> Action {
     tracing::warn!(%error, "reconcile failed; retrying");
     Action::requeue(std::time::Duration::from_secs(15))
