@@ -16,6 +16,11 @@ struct Cli {
     /// Settings file (YAML or JSON); flags and GENESIS_* variables override it.
     #[arg(long, env = "GENESIS_CONFIG")]
     config: Option<PathBuf>,
+    /// The network's genesis document (signed by its authority; the operator publishes it).
+    /// Refused unless a root of the trust bundle signed it. It overrides the settings file;
+    /// flags and GENESIS_* variables override it.
+    #[arg(long, env = "GENESIS_DOCUMENT")]
+    genesis: Option<PathBuf>,
     #[command(flatten)]
     settings: Settings,
 }
@@ -34,12 +39,25 @@ pub fn main_from(args: impl IntoIterator<Item = OsString>) -> ExitCode {
         .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
         .init();
     let cli = Cli::parse_from(args);
-    let settings = match &cli.config {
+    let file = match &cli.config {
         Some(path) => match Settings::from_file(path) {
-            Ok(file) => cli.settings.or(file),
+            Ok(file) => file,
             Err(e) => return fail(&e),
         },
-        None => cli.settings,
+        None => Settings::default(),
+    };
+    let settings = match &cli.genesis {
+        Some(path) => {
+            let bundle = cli.settings.trust_bundle.clone().or(file.trust_bundle.clone());
+            let Some(bundle) = bundle else {
+                return fail("--genesis needs --trust-bundle to check the document's signature");
+            };
+            match Settings::from_genesis(path, &bundle) {
+                Ok(genesis) => cli.settings.or(genesis).or(file),
+                Err(e) => return fail(&e),
+            }
+        }
+        None => cli.settings.or(file),
     };
     let config = match Config::resolve(settings) {
         Ok(c) => c,

@@ -68,6 +68,9 @@ pub struct Settings {
     pub hold_time: Option<String>,
     #[arg(long, env = "GENESIS_MAX_HOPS")]
     pub max_hops: Option<u8>,
+    /// Send route updates as soon as a route changes (default true), not only periodically.
+    #[arg(long, env = "GENESIS_TRIGGERED_UPDATES")]
+    pub triggered_updates: Option<bool>,
     #[arg(long, env = "GENESIS_PERIODIC_UPDATE_INTERVAL")]
     pub periodic_update_interval: Option<String>,
     #[arg(long, env = "GENESIS_MIN_PEERS")]
@@ -101,6 +104,30 @@ impl Settings {
         serde_yaml::from_str(&text).map_err(|e| format!("config file {}: {e}", path.display()))
     }
 
+    /// Reads a network's genesis document (the operator's signed sidecar configuration),
+    /// refusing it unless a root of the trust bundle at `bundle` signed it.
+    pub fn from_genesis(path: &Path, bundle: &Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read genesis document {}: {e}", path.display()))?;
+        let signed: genesis_trust::SignedDocument = serde_json::from_str(&text)
+            .map_err(|e| format!("genesis document {}: {e}", path.display()))?;
+        let roots = std::fs::read_to_string(bundle)
+            .map_err(|e| e.to_string())
+            .and_then(|pem| genesis_trust::certs_from_pem(&pem).map_err(|e| e.to_string()))
+            .map_err(|e| format!("trust bundle {}: {e}", bundle.display()))?;
+        let document = signed.verify(&roots).map_err(|e| format!("{}: {e}", path.display()))?;
+        let settings: Settings = serde_json::from_str(document)
+            .map_err(|e| format!("genesis document {}: {e}", path.display()))?;
+        // Per-member settings come from the pod, never from the network's document.
+        if settings.node.is_some() || settings.listen.is_some() || settings.advertise.is_some() {
+            return Err(format!(
+                "genesis document {} sets node, listen or advertise, which are per member",
+                path.display()
+            ));
+        }
+        Ok(settings)
+    }
+
     /// `self` where set, else `fallback`.
     pub fn or(self, fallback: Settings) -> Settings {
         macro_rules! pick {
@@ -125,6 +152,7 @@ impl Settings {
             hello_interval,
             hold_time,
             max_hops,
+            triggered_updates,
             periodic_update_interval,
             min_peers,
             max_peers,
@@ -255,7 +283,7 @@ impl Config {
                 max_hops,
                 periodic_interval: periodic,
                 route_expiry: periodic * 7 / 2,
-                triggered_updates: true,
+                triggered_updates: s.triggered_updates.unwrap_or(true),
             },
             peers: PeerConfig {
                 min_peers,
@@ -285,6 +313,38 @@ mod tests {
             join_token: Some("t".into()),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn a_genesis_document_is_used_only_when_the_authority_signed_it() {
+        use genesis_trust::{CertificateAuthority, KeyAlgorithm, SignedDocument};
+        let dir = tempfile::tempdir().unwrap();
+        let day = Duration::from_secs(86_400);
+        let now = std::time::SystemTime::now();
+        let ca = CertificateAuthority::generate("prod.example", KeyAlgorithm::EcdsaP256, day, now)
+            .unwrap();
+        let bundle = dir.path().join("ca.crt");
+        std::fs::write(&bundle, ca.cert_pem()).unwrap();
+        let write = |doc: &SignedDocument| {
+            let path = dir.path().join("genesis.json");
+            std::fs::write(&path, serde_json::to_string(doc).unwrap()).unwrap();
+            path
+        };
+        let doc = SignedDocument::sign(&ca, r#"{"maxHops":9,"anchors":["10.0.0.7:7000"]}"#.into())
+            .unwrap();
+        let settings = Settings::from_genesis(&write(&doc), &bundle).unwrap();
+        assert_eq!(settings.max_hops, Some(9));
+        assert_eq!(settings.anchors.as_deref(), Some(&["10.0.0.7:7000".to_owned()][..]));
+
+        // Someone edits the ConfigMap: refused, saying why.
+        let edited = SignedDocument { document: doc.document.replace('9', "64"), ..doc.clone() };
+        let e = Settings::from_genesis(&write(&edited), &bundle).unwrap_err();
+        assert!(e.contains("does not match the document"), "{e}");
+
+        // A per-member setting in the network's document is refused even when signed.
+        let doc = SignedDocument::sign(&ca, r#"{"node":"web-1"}"#.into()).unwrap();
+        let e = Settings::from_genesis(&write(&doc), &bundle).unwrap_err();
+        assert!(e.contains("per member"), "{e}");
     }
 
     #[test]

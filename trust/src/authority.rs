@@ -312,6 +312,16 @@ impl CertificateAuthority {
         self.issuer.key().serialize_pem()
     }
 
+    /// Signs `msg` with the CA key (for documents the authority vouches for, such as a
+    /// network's genesis document). Callers prefix a domain-separation context.
+    pub(crate) fn sign(&self, msg: &[u8]) -> Result<Vec<u8>> {
+        use rcgen::SigningKey;
+        self.issuer
+            .key()
+            .sign(msg)
+            .map_err(|source| Error::Signing { action: "sign with the CA key", source })
+    }
+
     /// SHA-256 fingerprint of the root.
     pub fn fingerprint(&self) -> String {
         fingerprint(&self.cert)

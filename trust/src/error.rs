@@ -135,6 +135,10 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// A genesis document (signed sidecar configuration) that must not be used.
+    #[error("genesis document refused: {reason}")]
+    GenesisRefused { reason: String },
+
     /// The audit log's hash chain is broken.
     #[error("audit log is broken: {0}")]
     AuditBroken(AuditBreak),

@@ -12,6 +12,7 @@ pub mod control;
 pub mod crl;
 pub mod duration;
 pub mod error;
+pub mod genesis;
 pub mod identity;
 pub mod join;
 pub mod seqno;
@@ -33,5 +34,6 @@ pub use control::{
 };
 pub use crl::{Crl, RevocationList, RevocationReason};
 pub use error::{Error, Result};
+pub use genesis::SignedDocument;
 pub use identity::{Identity, Role};
 pub use verify::{PeerIdentity, PeerRole, PeerVerifier, TrustBundle, TrustPolicy, TrustStore};
