@@ -4,6 +4,7 @@
 //! come.
 
 pub mod certificate;
+pub mod mesh_network;
 pub mod network_authority;
 #[cfg(test)]
 mod testing;

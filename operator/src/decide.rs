@@ -6,6 +6,8 @@
 //! says otherwise), back off exponentially after a failed issuance, and never replace a valid
 //! certificate by nothing.
 
+pub mod network;
+
 use std::collections::BTreeSet;
 use std::time::{Duration, SystemTime};
 

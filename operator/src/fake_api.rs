@@ -74,6 +74,16 @@ impl FakeApi {
         self.objects.lock().unwrap().get(path).cloned()
     }
 
+    /// Deletes the object at `path` (as the API server does once no finalizer is left).
+    pub fn remove(&self, path: &str) -> Option<Value> {
+        self.objects.lock().unwrap().remove(path)
+    }
+
+    /// Paths of the stored objects under `prefix`.
+    pub fn paths_under(&self, prefix: &str) -> Vec<String> {
+        self.objects.lock().unwrap().keys().filter(|p| p.starts_with(prefix)).cloned().collect()
+    }
+
     /// Merges `patch` into the object at `path`.
     pub fn update(&self, path: &str, patch: Value) {
         let mut objects = self.objects.lock().unwrap();
@@ -119,10 +129,18 @@ impl FakeApi {
             })
             .cloned()
             .collect();
-        let is_collection =
-            ["networkauthorities", "meshnetworks", "certificates", "secrets", "configmaps", "pods"]
-                .iter()
-                .any(|p| path.ends_with(&format!("/{p}")));
+        let is_collection = [
+            "networkauthorities",
+            "meshnetworks",
+            "certificates",
+            "secrets",
+            "configmaps",
+            "pods",
+            "namespaces",
+            "leases",
+        ]
+        .iter()
+        .any(|p| path.ends_with(&format!("/{p}")));
         if !is_collection {
             return not_found(path);
         }

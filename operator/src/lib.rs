@@ -13,6 +13,7 @@ pub mod identity_service;
 pub mod local;
 pub mod metrics;
 pub mod run;
+pub mod webhook;
 
 use std::path::{Path, PathBuf};
 

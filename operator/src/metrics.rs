@@ -31,6 +31,8 @@ pub struct Metrics {
     pub build_info: IntGaugeVec,
     pub reconciles: IntCounterVec,
     pub reconcile_seconds: HistogramVec,
+    pub injections: IntCounterVec,
+    pub leader: IntGauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -104,9 +106,23 @@ impl Metrics {
                     .buckets(vec![0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0]),
                 &["controller"]
             )),
+            injections: reg!(IntCounterVec::new(
+                opts(
+                    "webhook_injections_total",
+                    "Pods the injection webhook answered, by outcome (injected, skipped, refused)"
+                ),
+                &["outcome"]
+            )),
+            leader: reg!(IntGauge::with_opts(opts(
+                "leader",
+                "1 while this replica holds the leader Lease and runs the controllers"
+            ))),
             registry,
         };
-        for controller in ["certificate", "networkauthority"] {
+        for outcome in ["injected", "skipped", "refused"] {
+            m.injections.with_label_values(&[outcome]);
+        }
+        for controller in ["certificate", "networkauthority", "meshnetwork"] {
             for result in ["ok", "error"] {
                 m.reconciles.with_label_values(&[controller, result]);
             }

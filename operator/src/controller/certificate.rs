@@ -14,13 +14,14 @@ use genesis_crds::{Certificate, MeshNetwork, NetworkAuthority};
 use genesis_trust::{
     CertInfo, CertificateAuthority, Identity, LeafPolicy, RevocationReason, Serial,
 };
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::ByteString;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 
+use super::mesh_network::FINALIZER;
 use super::{
     apply_configmap, apply_status, ca_secret_name, load_revocations, parse_rfc3339,
     revocations_name, rfc3339, until, Context, Error, MANAGER,
@@ -52,7 +53,7 @@ async fn authority_of(
     Ok(Ok((network, authority)))
 }
 
-async fn load_ca(
+pub(super) async fn load_ca(
     ctx: &Context,
     authority: &NetworkAuthority,
 ) -> Result<CertificateAuthority, String> {
@@ -137,8 +138,11 @@ fn condition_json(
 pub async fn reconcile(cert: Arc<Certificate>, ctx: Arc<Context>) -> Result<Action, Error> {
     let now = (ctx.now)();
     let generation = cert.meta().generation;
+    let deleting = cert.meta().deletion_timestamp.is_some();
     let (network, authority) = match authority_of(&ctx, &cert).await? {
         Ok(found) => found,
+        // With no authority there is no list to revoke on: let the deletion finish.
+        Err(_) if deleting => return release(&ctx, &cert).await,
         Err((reason, message)) => {
             let ready = condition_json(&cert, "Ready", false, reason, message, now);
             set_status(
@@ -158,7 +162,8 @@ pub async fn reconcile(cert: Arc<Certificate>, ctx: Arc<Context>) -> Result<Acti
         &cert.spec.node_name,
     )
     .map_err(|e| Error::Invalid(e.to_string()))?;
-    if cert.spec.delivery == Delivery::Csr && !cert.spec.revoked {
+    let member_gone = deleting || member_pod_gone(&ctx, &cert).await?;
+    if cert.spec.delivery == Delivery::Csr && !cert.spec.revoked && !member_gone {
         // Issued by the identity service; nothing to decide until revocation.
         return Ok(Action::await_change());
     }
@@ -189,7 +194,7 @@ pub async fn reconcile(cert: Arc<Certificate>, ctx: Arc<Context>) -> Result<Acti
     let action = decide::certificate(
         now,
         cert.spec.revoked,
-        false,
+        member_gone,
         held.as_ref(),
         failures,
         &issued,
@@ -216,8 +221,12 @@ pub async fn reconcile(cert: Arc<Certificate>, ctx: Arc<Context>) -> Result<Acti
                 "observedGeneration": generation, "revokedAt": rfc3339(now), "conditions": [ready],
             }))
             .await?;
+            if deleting {
+                return release(&ctx, &cert).await;
+            }
             Ok(Action::await_change())
         }
+        CertificateAction::StayRevoked if deleting => release(&ctx, &cert).await,
         CertificateAction::StayRevoked => Ok(Action::await_change()),
         CertificateAction::Backoff { retry_at } => Ok(Action::requeue(until(now, retry_at))),
         CertificateAction::UpToDate { renew_at } => {
@@ -329,6 +338,30 @@ pub async fn reconcile(cert: Arc<Certificate>, ctx: Arc<Context>) -> Result<Acti
             }
         }
     }
+}
+
+/// Whether the Certificate belongs to a member pod (its owner) that no longer exists, or was
+/// replaced by another pod of the same name.
+pub(super) async fn member_pod_gone(ctx: &Context, cert: &Certificate) -> Result<bool, Error> {
+    let Some(owner) = cert.owner_references().iter().find(|o| o.kind == "Pod") else {
+        return Ok(false);
+    };
+    let ns = cert.namespace().unwrap_or_default();
+    let pod = Api::<Pod>::namespaced(ctx.client.clone(), &ns).get_opt(&owner.name).await?;
+    Ok(pod.is_none_or(|p| p.metadata.uid.as_deref() != Some(owner.uid.as_str())))
+}
+
+/// Removes our finalizer once the serials are on the revocation list, so the deletion of a
+/// member's Certificate (with its pod) completes.
+async fn release(ctx: &Context, cert: &Certificate) -> Result<Action, Error> {
+    let finalizers: Vec<&String> = cert.finalizers().iter().filter(|f| *f != FINALIZER).collect();
+    if finalizers.len() != cert.finalizers().len() {
+        let api: Api<Certificate> =
+            Api::namespaced(ctx.client.clone(), &cert.namespace().unwrap_or_default());
+        let patch = json!({"metadata": {"finalizers": finalizers}});
+        api.patch(&cert.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
+    }
+    Ok(Action::await_change())
 }
 
 /// The serials to keep in status after issuing `serial`: the previous ones plus it, newest

@@ -70,3 +70,18 @@ impl Harness {
         })
     }
 }
+
+/// Base64, as Secret data holds it.
+pub fn b64(s: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+/// The CA Secret of authority `prod-ca` holding `ca`.
+pub fn ca_secret(ca: &genesis_trust::CertificateAuthority) -> serde_json::Value {
+    json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "prod-ca-ca", "namespace": OPS},
+        "data": {"tls.crt": b64(&ca.cert_pem()), "tls.key": b64(&ca.key_pem())}
+    })
+}

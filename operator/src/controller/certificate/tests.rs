@@ -4,7 +4,7 @@ use genesis_trust::{KeyAlgorithm, RevocationList};
 use serde_json::{json, Value};
 
 use super::*;
-use crate::controller::testing::{start, Harness, CA, CERT, OPS};
+use crate::controller::testing::{b64, ca_secret, start, Harness, CA, CERT};
 
 const SECRET: &str = "/api/v1/namespaces/shop/secrets/billing-tls";
 const REVOCATIONS: &str = "/api/v1/namespaces/genesis-system/configmaps/prod-ca-revocations";
@@ -19,19 +19,6 @@ impl std::ops::Deref for World {
     fn deref(&self) -> &Harness {
         &self.h
     }
-}
-
-fn b64(s: &str) -> String {
-    use base64::Engine;
-    base64::engine::general_purpose::STANDARD.encode(s)
-}
-
-fn ca_secret(ca: &CertificateAuthority) -> Value {
-    json!({
-        "apiVersion": "v1", "kind": "Secret",
-        "metadata": {"name": "prod-ca-ca", "namespace": OPS},
-        "data": {"tls.crt": b64(&ca.cert_pem()), "tls.key": b64(&ca.key_pem())}
-    })
 }
 
 impl World {

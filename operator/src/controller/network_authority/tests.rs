@@ -133,3 +133,62 @@ fn an_adopted_ca_whose_key_does_not_match_is_refused_with_a_reason() {
     );
     assert!(w.api.get(CA).is_none(), "no CA of our own was generated instead");
 }
+
+#[test]
+fn a_member_certificate_is_revoked_when_its_pod_goes_and_the_crl_number_bumps() {
+    use crate::controller::mesh_network::FINALIZER;
+    let w = World::new();
+    w.authority();
+    let member = "/apis/genesis-mesh.io/v1alpha1/namespaces/shop/certificates/api-0";
+    let pod = "/api/v1/namespaces/shop/pods/api-0";
+    let serial = "01f2e3d4c5b6a798";
+    w.api.put(json!({"apiVersion": "v1", "kind": "Pod",
+                     "metadata": {"name": "api-0", "namespace": "shop", "uid": "p-1"}}));
+    w.api.put(json!({
+        "apiVersion": "genesis-mesh.io/v1alpha1", "kind": "Certificate",
+        "metadata": {"name": "api-0", "namespace": "shop", "uid": "c-2", "generation": 1,
+                     "finalizers": [FINALIZER],
+                     "ownerReferences": [{"apiVersion": "v1", "kind": "Pod", "name": "api-0",
+                                          "uid": "p-1", "controller": true}]},
+        "spec": {"networkRef": {"name": "payments"}, "nodeName": "api-0.shop", "delivery": "csr"},
+        "status": {"serial": serial},
+    }));
+    let reconcile_member = || {
+        let cert: Certificate = serde_json::from_value(w.api.get(member).unwrap()).unwrap();
+        w.run(|ctx| super::super::certificate::reconcile(Arc::new(cert), ctx)).unwrap()
+    };
+    // The pod lives: nothing to do.
+    assert_eq!(reconcile_member(), Action::await_change());
+    w.authority();
+    assert_eq!(w.crl().number(), 0);
+
+    // The pod is gone (the Certificate's deletion by the garbage collector may lag): the
+    // serial goes on the list at once, and the next CRL carries it.
+    w.api.remove(pod);
+    w.at(start() + Duration::from_secs(30));
+    reconcile_member();
+    let ready = &w.api.get(member).unwrap()["status"]["conditions"][0];
+    assert_eq!(
+        (ready["status"].as_str(), ready["reason"].as_str()),
+        (Some("False"), Some("MemberGone"))
+    );
+    w.authority();
+    assert_eq!(w.crl().number(), 1);
+    assert!(w.crl().is_revoked(&Serial::from_hex(serial).unwrap()));
+
+    // The garbage collector deletes the Certificate: the finalizer is released, and
+    // nothing is revoked twice.
+    w.api.update(member, json!({"metadata": {"deletionTimestamp": "2027-01-15T08:00:00Z"}}));
+    reconcile_member();
+    assert_eq!(w.api.get(member).unwrap()["metadata"]["finalizers"], json!([]));
+    w.authority();
+    assert_eq!(w.crl().number(), 1);
+
+    // A pod of the same name is another pod: the old Certificate's uid no longer matches.
+    w.api.put(json!({"apiVersion": "v1", "kind": "Pod",
+                     "metadata": {"name": "api-0", "namespace": "shop", "uid": "p-2"}}));
+    let cert: Certificate = serde_json::from_value(w.api.get(member).unwrap()).unwrap();
+    assert!(w
+        .run(|ctx| async move { super::super::certificate::member_pod_gone(&ctx, &cert).await })
+        .unwrap());
+}

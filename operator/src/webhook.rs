@@ -1,0 +1,191 @@
+//! Sidecar injection: a mutating admission webhook for pods labelled
+//! `genesis-mesh.io/network: <name>` or in a namespace with that label. It adds the sidecar
+//! container, the projected ServiceAccount token it joins with, and the network's genesis
+//! ConfigMap (signed configuration and trust bundle); it refuses, with a reason the user sees
+//! in `kubectl`, a pod it cannot inject. [`injection`] decides (pure); [`server`] serves it
+//! over HTTPS with its own certificate and keeps the webhook configuration's caBundle.
+
+pub mod server;
+
+use std::collections::BTreeMap;
+
+use genesis_crds::MeshNetwork;
+use k8s_openapi::api::core::v1::Pod;
+use kube::ResourceExt;
+use serde_json::{json, Value};
+
+use crate::decide::network::{self as decide_network, NETWORK_LABEL, PEER_PORT};
+
+/// The injected container's name.
+pub const SIDECAR_CONTAINER: &str = "genesis-sidecar";
+/// `genesis-mesh.io/inject: "false"` opts a pod out in a labelled namespace.
+pub const INJECT_ANNOTATION: &str = "genesis-mesh.io/inject";
+/// Set on injected pods: the network they were injected for.
+pub const INJECTED_ANNOTATION: &str = "genesis-mesh.io/injected";
+/// The audience of the projected token sidecars present to the identity service.
+pub const TOKEN_AUDIENCE: &str = "genesis-mesh.io";
+/// The sidecar's admin port (health, metrics, CRL push).
+pub const ADMIN_PORT: u16 = 7002;
+/// Ports the sidecar takes in the pod's network namespace.
+const SIDECAR_PORTS: [u16; 3] = [PEER_PORT, 7001, ADMIN_PORT];
+const CONFIG_DIR: &str = "/etc/genesis-mesh";
+const TOKEN_DIR: &str = "/var/run/secrets/genesis-mesh.io";
+const STATE_DIR: &str = "/var/lib/genesis-mesh";
+
+/// What the webhook knows besides the pod.
+#[derive(Debug, Clone)]
+pub struct InjectConfig {
+    /// host:port of the identity service.
+    pub identity_service: String,
+    /// Lifetime of the projected token (the Kubernetes minimum is 600 s).
+    pub token_seconds: i64,
+}
+
+/// The webhook's answer for one pod.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Injection {
+    /// Admit unchanged, for this reason (not a member, opted out, already injected).
+    Skip(String),
+    /// Admit with this JSON Patch (RFC 6902).
+    Patch(Value),
+    /// Refuse the pod; the message tells the user why and what to change.
+    Refuse(String),
+}
+
+/// JSON Pointer escaping of one path segment (RFC 6901).
+fn escape(segment: &str) -> String {
+    segment.replace('~', "~0").replace('/', "~1")
+}
+
+/// Decides the injection of `pod` (in a namespace labelled `namespace_labels`), given the
+/// cluster's MeshNetworks.
+pub fn injection(
+    pod: &Pod,
+    namespace_labels: &BTreeMap<String, String>,
+    networks: &[MeshNetwork],
+    config: &InjectConfig,
+) -> Injection {
+    let labels = pod.labels();
+    let network_name = match labels.get(NETWORK_LABEL).or(namespace_labels.get(NETWORK_LABEL)) {
+        Some(n) => n.clone(),
+        None => {
+            return Injection::Skip("not a mesh member (no genesis-mesh.io/network label)".into())
+        }
+    };
+    if pod.annotations().get(INJECT_ANNOTATION).is_some_and(|v| v == "false") {
+        return Injection::Skip(format!("{INJECT_ANNOTATION}: \"false\""));
+    }
+    let Some(spec) = pod.spec.as_ref() else {
+        return Injection::Refuse("the pod has no spec".into());
+    };
+    if spec.containers.iter().any(|c| c.name == SIDECAR_CONTAINER) {
+        return Injection::Skip("already injected".into());
+    }
+    let Some(network) = networks.iter().find(|n| n.name_any() == network_name) else {
+        return Injection::Refuse(format!(
+            "the pod asks for Genesis Mesh network {network_name:?}, but no MeshNetwork of that \
+             name exists; create it first or fix the genesis-mesh.io/network label"
+        ));
+    };
+    if spec.host_network == Some(true) {
+        return Injection::Refuse(
+            "Genesis Mesh cannot inject a pod with hostNetwork: true (the sidecar's ports would \
+             be the node's); set genesis-mesh.io/inject: \"false\" to run it outside the mesh"
+                .into(),
+        );
+    }
+    for c in &spec.containers {
+        for p in c.ports.iter().flatten() {
+            if SIDECAR_PORTS.iter().any(|s| i32::from(*s) == p.container_port) {
+                return Injection::Refuse(format!(
+                    "container {} uses port {}, which the Genesis Mesh sidecar needs (it takes \
+                     {PEER_PORT}, 7001 and {ADMIN_PORT})",
+                    c.name, p.container_port
+                ));
+            }
+        }
+    }
+    if let Some(v) =
+        spec.volumes.iter().flatten().find(|v| {
+            ["genesis-config", "genesis-token", "genesis-state"].contains(&v.name.as_str())
+        })
+    {
+        return Injection::Refuse(format!(
+            "the pod already has a volume named {}, which the Genesis Mesh sidecar needs",
+            v.name
+        ));
+    }
+
+    let role = decide_network::role(labels);
+    let sidecar = &network.spec.sidecar;
+    let env = |name: &str, value: &str| json!({"name": name, "value": value});
+    let field = |name: &str, path: &str| json!({"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}});
+    let container = json!({
+        "name": SIDECAR_CONTAINER,
+        "image": sidecar.image,
+        "args": ["--genesis", format!("{CONFIG_DIR}/genesis.json")],
+        "env": [
+            field("GENESIS_POD_NAME", "metadata.name"),
+            field("GENESIS_POD_NAMESPACE", "metadata.namespace"),
+            field("GENESIS_POD_IP", "status.podIP"),
+            env("GENESIS_NODE", "$(GENESIS_POD_NAME).$(GENESIS_POD_NAMESPACE)"),
+            env("GENESIS_ROLE", if role == genesis_crds::MemberRole::Anchor { "anchor" } else { "client" }),
+            env("GENESIS_IDENTITY_SERVICE", &config.identity_service),
+            env("GENESIS_TRUST_BUNDLE", &format!("{CONFIG_DIR}/ca.crt")),
+            env("GENESIS_JOIN_TOKEN_FILE", &format!("{TOKEN_DIR}/token")),
+            env("GENESIS_LISTEN", &format!("0.0.0.0:{PEER_PORT}")),
+            env("GENESIS_ADVERTISE", &format!("$(GENESIS_POD_IP):{PEER_PORT}")),
+            env("GENESIS_ADMIN_LISTEN", &format!("0.0.0.0:{ADMIN_PORT}")),
+            env("GENESIS_AUDIT_LOG", &format!("{STATE_DIR}/audit.log")),
+        ],
+        "ports": [
+            {"name": "genesis-peer", "containerPort": PEER_PORT},
+            {"name": "genesis-admin", "containerPort": ADMIN_PORT},
+        ],
+        "readinessProbe": {"httpGet": {"path": "/readyz", "port": ADMIN_PORT}, "periodSeconds": 2},
+        "livenessProbe": {"httpGet": {"path": "/healthz", "port": ADMIN_PORT}, "periodSeconds": 10},
+        "resources": sidecar.resources,
+        "securityContext": {
+            "runAsNonRoot": true, "runAsUser": 65532, "readOnlyRootFilesystem": true,
+            "allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]},
+        },
+        "volumeMounts": [
+            {"name": "genesis-config", "mountPath": CONFIG_DIR, "readOnly": true},
+            {"name": "genesis-token", "mountPath": TOKEN_DIR, "readOnly": true},
+            {"name": "genesis-state", "mountPath": STATE_DIR},
+        ],
+    });
+    let volumes = [
+        json!({"name": "genesis-config", "configMap": {
+            "name": crate::controller::mesh_network::genesis_configmap_name(&network_name)}}),
+        json!({"name": "genesis-token", "projected": {"sources": [{"serviceAccountToken": {
+            "audience": TOKEN_AUDIENCE, "expirationSeconds": config.token_seconds,
+            "path": "token"}}]}}),
+        json!({"name": "genesis-state", "emptyDir": {}}),
+    ];
+    let mut ops = vec![json!({"op": "add", "path": "/spec/containers/-", "value": container})];
+    if spec.volumes.is_none() {
+        ops.push(json!({"op": "add", "path": "/spec/volumes", "value": volumes}));
+    } else {
+        ops.extend(
+            volumes
+                .into_iter()
+                .map(|v| json!({"op": "add", "path": "/spec/volumes/-", "value": v})),
+        );
+    }
+    // The pod label makes namespace-selected pods visible to the MeshNetwork controller.
+    if pod.metadata.labels.is_none() {
+        ops.push(json!({"op": "add", "path": "/metadata/labels", "value": {NETWORK_LABEL: network_name}}));
+    } else if !labels.contains_key(NETWORK_LABEL) {
+        ops.push(json!({"op": "add", "path": format!("/metadata/labels/{}", escape(NETWORK_LABEL)), "value": network_name}));
+    }
+    if pod.metadata.annotations.is_none() {
+        ops.push(json!({"op": "add", "path": "/metadata/annotations", "value": {INJECTED_ANNOTATION: network_name}}));
+    } else {
+        ops.push(json!({"op": "add", "path": format!("/metadata/annotations/{}", escape(INJECTED_ANNOTATION)), "value": network_name}));
+    }
+    Injection::Patch(Value::Array(ops))
+}
+
+#[cfg(test)]
+mod tests;
