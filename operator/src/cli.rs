@@ -43,6 +43,19 @@ struct RunArgs {
     /// Where to serve /healthz, /readyz and /metrics.
     #[arg(long, default_value = "0.0.0.0:8080")]
     probe_listen: String,
+    /// Where to serve the injection webhook (HTTPS, POST /inject).
+    #[arg(long, default_value = "0.0.0.0:9443")]
+    webhook_listen: String,
+    /// Do not serve the webhook (the chart's webhook.enabled=false).
+    #[arg(long)]
+    no_webhook: bool,
+    /// This replica's name in the leader Lease (the pod name).
+    #[arg(long, env = "POD_NAME")]
+    pod_name: Option<String>,
+    /// host:port of the identity service injected sidecars join through
+    /// (default genesis-operator-identity.<namespace>.svc:7443).
+    #[arg(long)]
+    identity_service: Option<String>,
 }
 
 #[derive(Args)]
@@ -179,8 +192,21 @@ fn run_cluster(args: RunArgs) -> Result<(), String> {
             .map_err(|e| format!("cannot listen on {}: {e}", args.probe_listen))?;
         let handler = crate::run::probes(metrics.clone(), ready.clone());
         tokio::spawn(crate::http::serve_text(probes, handler));
-        crate::run::controllers(client, args.namespace, metrics, ready).await;
-        Ok(())
+        let identity = args.pod_name.clone().unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+            format!("{}-{}", host.trim(), std::process::id())
+        });
+        let identity_service = args
+            .identity_service
+            .clone()
+            .unwrap_or_else(|| format!("genesis-operator-identity.{}.svc:7443", args.namespace));
+        let options = crate::run::Options {
+            namespace: args.namespace.clone(),
+            identity,
+            webhook_listen: (!args.no_webhook).then(|| args.webhook_listen.clone()),
+            inject: crate::webhook::InjectConfig { identity_service, token_seconds: 3600 },
+        };
+        crate::run::run(client, options, metrics, ready).await
     })
 }
 

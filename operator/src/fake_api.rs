@@ -16,6 +16,7 @@ pub struct FakeApi {
     objects: Arc<Mutex<BTreeMap<String, Value>>>,
     /// Every PATCH received: (path, body).
     pub patches: Arc<Mutex<Vec<(String, Value)>>>,
+    versions: Arc<std::sync::atomic::AtomicU64>,
 }
 
 fn plural(kind: &str) -> String {
@@ -99,6 +100,9 @@ impl FakeApi {
         body: &[u8],
     ) -> (u16, Value) {
         let mut objects = self.objects.lock().unwrap();
+        if method == http::Method::POST || method == http::Method::PUT {
+            return self.write(&mut objects, method, path, body);
+        }
         if method == http::Method::PATCH {
             let patch: Value = serde_json::from_slice(body).unwrap();
             self.patches.lock().unwrap().push((path.to_owned(), patch.clone()));
@@ -148,6 +152,41 @@ impl FakeApi {
             200,
             json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": "1"}, "items": items}),
         )
+    }
+
+    /// POST (create: 409 when it exists) and PUT (replace: 409 unless the body's
+    /// resourceVersion is the stored one), which is what optimistic concurrency (leader
+    /// election) relies on. Every write gets a new resourceVersion.
+    fn write(
+        &self,
+        objects: &mut BTreeMap<String, Value>,
+        method: &http::Method,
+        path: &str,
+        body: &[u8],
+    ) -> (u16, Value) {
+        let mut obj: Value = serde_json::from_slice(body).unwrap();
+        let target = if method == http::Method::POST {
+            format!("{path}/{}", obj["metadata"]["name"].as_str().unwrap_or_default())
+        } else {
+            path.to_owned()
+        };
+        let stored_version = objects.get(&target).map(|o| o["metadata"]["resourceVersion"].clone());
+        let conflict = match (method == http::Method::POST, &stored_version) {
+            (true, Some(_)) => true,
+            (false, None) => return not_found(path),
+            (false, Some(v)) => *v != obj["metadata"]["resourceVersion"],
+            (true, None) => false,
+        };
+        if conflict {
+            let status = json!({"kind": "Status", "apiVersion": "v1", "metadata": {},
+                "status": "Failure", "reason": "Conflict", "code": 409,
+                "message": format!("{target}: the object has been modified")});
+            return (409, status);
+        }
+        let version = self.versions.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        obj["metadata"]["resourceVersion"] = json!(version.to_string());
+        objects.insert(target, obj.clone());
+        (if method == http::Method::POST { 201 } else { 200 }, obj)
     }
 
     /// A client whose every request this API answers; call inside a tokio runtime.

@@ -10,6 +10,7 @@ pub mod decide;
 pub mod fake_api;
 pub mod http;
 pub mod identity_service;
+pub mod leader;
 pub mod local;
 pub mod metrics;
 pub mod run;

@@ -3,16 +3,16 @@
 //! runs the Certificate and NetworkAuthority controllers until SIGTERM, and counts every
 //! reconcile.
 //!
-//! Not here yet (docs/OPERATOR.md): leader election, the MeshNetwork controller, the CRL
-//! publisher, the webhook and the in-cluster identity service.
+//! Every replica serves the webhook; only the holder of the leader Lease runs the controllers.
+//! Not here yet (docs/OPERATOR.md): the CRL publisher and the in-cluster identity service.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use futures::StreamExt;
-use genesis_crds::{Certificate, NetworkAuthority};
-use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use genesis_crds::{Certificate, MeshNetwork, NetworkAuthority};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::Api;
 use kube::runtime::controller::{Action, Controller};
@@ -81,6 +81,13 @@ async fn certificate(cert: Arc<Certificate>, shared: Arc<Shared>) -> Result<Acti
     result
 }
 
+async fn network(mn: Arc<MeshNetwork>, shared: Arc<Shared>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let result = controller::mesh_network::reconcile(mn, shared.ctx.clone()).await;
+    observe(&shared.metrics, "meshnetwork", started, result.is_ok());
+    result
+}
+
 async fn authority(na: Arc<NetworkAuthority>, shared: Arc<Shared>) -> Result<Action, Error> {
     let started = Instant::now();
     let result = controller::network_authority::reconcile(na, shared.ctx.clone()).await;
@@ -88,13 +95,8 @@ async fn authority(na: Arc<NetworkAuthority>, shared: Arc<Shared>) -> Result<Act
     result
 }
 
-/// Runs the controllers until SIGTERM/SIGINT; `ready` turns true once they are watching.
-pub async fn controllers(
-    client: kube::Client,
-    operator_namespace: String,
-    metrics: Arc<Metrics>,
-    ready: Arc<AtomicBool>,
-) {
+/// Runs the controllers until SIGTERM/SIGINT.
+pub async fn controllers(client: kube::Client, operator_namespace: String, metrics: Arc<Metrics>) {
     let ctx = Arc::new(Context {
         client: client.clone(),
         operator_namespace: operator_namespace.clone(),
@@ -125,20 +127,120 @@ pub async fn controllers(
                 tracing::debug!(error = %e, "network authority controller");
             }
         });
-    ready.store(true, Ordering::Relaxed);
+    // A member pod's change (created, ready, gone) triggers its network's reconcile; pods
+    // selected only by memberSelector are picked up at the periodic resync.
+    let pods = watcher::Config::default().labels(crate::decide::network::NETWORK_LABEL);
+    let networks =
+        Controller::new(Api::<MeshNetwork>::all(client.clone()), watcher::Config::default())
+            .watches(Api::<Pod>::all(client.clone()), pods, |pod| {
+                let labels = pod.metadata.labels.unwrap_or_default();
+                labels.get(crate::decide::network::NETWORK_LABEL).map(|n| ObjectRef::new(n))
+            })
+            .shutdown_on_signal()
+            .run(network, error_policy, shared.clone())
+            .for_each(|r| async move {
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, "mesh network controller");
+                }
+            });
     tracing::info!(namespace = %operator_namespace, "controllers running");
-    futures::join!(certificates, authorities);
-    ready.store(false, Ordering::Relaxed);
+    futures::join!(certificates, authorities, networks);
     tracing::info!("controllers stopped");
 }
 
-/// `/healthz` (alive), `/readyz` (200 once the controllers run, else 503) and `/metrics`.
+/// What `genesis-operator run` was asked to do.
+pub struct Options {
+    /// Where the authorities' Secrets and ConfigMaps, the Lease and the webhook's Secret live.
+    pub namespace: String,
+    /// This replica's name in the leader Lease.
+    pub identity: String,
+    /// Where to serve the webhook (None: not at all).
+    pub webhook_listen: Option<String>,
+    /// What injected sidecars are told.
+    pub inject: crate::webhook::InjectConfig,
+}
+
+/// Every replica: the webhook (its certificate, the caBundle, HTTPS). The leader: the
+/// controllers. Returns on SIGTERM/SIGINT (releasing the Lease) or with an error when the
+/// Lease is lost, so the process exits and Kubernetes restarts it as a follower.
+pub async fn run(
+    client: kube::Client,
+    options: Options,
+    metrics: Arc<Metrics>,
+    ready: Arc<AtomicBool>,
+) -> Result<(), String> {
+    let ns = options.namespace.clone();
+    if let Some(listen) = &options.webhook_listen {
+        let serving = crate::webhook::server::ensure_serving_cert(&client, &ns, SystemTime::now())
+            .await
+            .map_err(|e| format!("cannot set up the webhook's certificate: {e}"))?;
+        let acceptor = serving.acceptor()?;
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(|e| format!("cannot listen on {listen} for the webhook: {e}"))?;
+        let webhook = Arc::new(crate::webhook::server::Webhook {
+            client: client.clone(),
+            config: options.inject.clone(),
+            acceptor,
+            metrics: metrics.clone(),
+        });
+        tokio::spawn(crate::webhook::server::serve(listener, webhook, std::future::pending()));
+        // A Helm upgrade re-renders the configuration without a caBundle: keep writing it.
+        let (client, ca) = (client.clone(), serving.ca_pem.clone());
+        tokio::spawn(async move {
+            loop {
+                match crate::webhook::server::ensure_ca_bundle(&client, &ca).await {
+                    Ok(true) => tracing::info!("wrote the webhook caBundle"),
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!(error = %e, "cannot write the webhook caBundle"),
+                }
+                tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+            }
+        });
+        tracing::info!(%listen, "webhook serving /inject");
+    }
+    ready.store(true, Ordering::Relaxed);
+    let lost = tokio::select! {
+        lost = crate::leader::lead(client.clone(), ns.clone(), options.identity.clone()) => lost,
+        _ = shutdown_signal() => return Ok(()),
+    };
+    metrics.leader.set(1);
+    let outcome = tokio::select! {
+        _ = controllers(client.clone(), ns.clone(), metrics.clone()) => Ok(()),
+        _ = lost => Err("lost the leader Lease; exiting so this replica restarts as a follower".to_owned()),
+    };
+    metrics.leader.set(0);
+    if outcome.is_ok() {
+        if let Err(e) = crate::leader::release(&client, &ns, &options.identity).await {
+            tracing::warn!(error = %e, "cannot release the leader Lease; it lapses on its own");
+        }
+    }
+    outcome
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+/// `/healthz` (alive), `/readyz` (200 once the webhook serves and the replica is set up,
+/// leader or not, else 503) and `/metrics` (`genesis_operator_leader` says who leads).
 pub fn probes(metrics: Arc<Metrics>, ready: Arc<AtomicBool>) -> crate::http::Handler {
     use hyper::StatusCode;
     Arc::new(move |path: &str| match path {
         "/healthz" => (StatusCode::OK, "alive\n".to_owned()),
         "/readyz" if ready.load(Ordering::Relaxed) => (StatusCode::OK, "ready\n".into()),
-        "/readyz" => (StatusCode::SERVICE_UNAVAILABLE, "controllers not running\n".into()),
+        "/readyz" => (StatusCode::SERVICE_UNAVAILABLE, "starting\n".into()),
         "/metrics" => (StatusCode::OK, metrics.text()),
         other => (StatusCode::NOT_FOUND, format!("no endpoint {other}\n")),
     })

@@ -106,6 +106,7 @@ fn default_values_render_an_operator_with_least_privilege_and_no_webhook_yet() {
     let c = &pod.containers[0];
     assert_eq!(c.image.as_deref(), Some("genesis-mesh/operator:0.1.0"));
     assert_eq!(c.args.as_deref().unwrap()[0], "run");
+    assert!(c.args.as_ref().unwrap().contains(&"--no-webhook".to_owned()), "webhook off");
     assert_eq!(
         c.readiness_probe.as_ref().unwrap().http_get.as_ref().unwrap().path.as_deref(),
         Some("/readyz")
@@ -163,8 +164,7 @@ fn non_default_values_reach_the_manifests() {
             "nodeSelector": {"kubernetes.io/os": "linux"},
             "resources": {"limits": {"memory": "1Gi"}}
         },
-        "sidecar": {"image": {"repository": "registry.example/genesis/sidecar", "tag": "v9"}},
-        "webhook": {"enabled": true, "failurePolicy": "Ignore", "injectLabel": "mesh.example/inject"},
+        "webhook": {"enabled": true, "failurePolicy": "Ignore", "port": 8443},
         "serviceAccount": {"name": "mesh-operator"},
         "metrics": {"annotations": false}
     }));
@@ -180,9 +180,13 @@ fn non_default_values_reach_the_manifests() {
     assert_eq!(c.image.as_deref(), Some("registry.example/genesis/operator:v9"));
     assert_eq!(c.image_pull_policy.as_deref(), Some("Always"));
     assert!(c.args.as_ref().unwrap().contains(&"--probe-listen=0.0.0.0:9090".to_owned()));
+    assert!(c.args.as_ref().unwrap().contains(&"--webhook-listen=0.0.0.0:8443".to_owned()));
     let env = c.env.as_ref().unwrap();
-    let sidecar = env.iter().find(|e| e.name == "GENESIS_SIDECAR_IMAGE").unwrap();
-    assert_eq!(sidecar.value.as_deref(), Some("registry.example/genesis/sidecar:v9"));
+    let pod_name = env.iter().find(|e| e.name == "POD_NAME").unwrap();
+    let field = pod_name.value_from.as_ref().unwrap().field_ref.as_ref().unwrap();
+    assert_eq!(field.field_path, "metadata.name", "the leader Lease names the pod");
+    let port = c.ports.as_ref().unwrap().iter().find(|p| p.name.as_deref() == Some("webhook"));
+    assert_eq!(port.unwrap().container_port, 8443);
     assert_eq!(c.resources.as_ref().unwrap().limits.as_ref().unwrap()["memory"].0, "1Gi");
     // The webhook: its Service and configuration, under the names genesisctl check looks for.
     assert_eq!(r.services[0].metadata.name.as_deref(), Some("genesis-operator-webhook"));
@@ -198,7 +202,14 @@ fn non_default_values_reach_the_manifests() {
             ("genesis-operator-webhook", "genesis-system")
         );
     }
-    let ns_selector = hooks[0].namespace_selector.as_ref().unwrap().match_labels.as_ref().unwrap();
-    assert_eq!(ns_selector["mesh.example/inject"], "enabled");
-    assert!(r.notes.contains("WARNING: operator.replicas=2"), "{}", r.notes);
+    // Labelled namespaces, and labelled pods elsewhere: the label the controller reads.
+    let selector = |s: &Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector>| {
+        let e = &s.as_ref().unwrap().match_expressions.as_ref().unwrap()[0];
+        (e.key.clone(), e.operator.clone())
+    };
+    let label = "genesis-mesh.io/network".to_owned();
+    assert_eq!(selector(&hooks[0].namespace_selector), (label.clone(), "Exists".into()));
+    assert_eq!(selector(&hooks[1].namespace_selector), (label.clone(), "DoesNotExist".into()));
+    assert_eq!(selector(&hooks[1].object_selector), (label, "Exists".into()));
+    assert!(r.notes.contains("one replica leads (Lease genesis-operator)"), "{}", r.notes);
 }

@@ -311,7 +311,7 @@ async fn apply_member_certificate(
     let labels = m.pod.meta().labels.clone().unwrap_or_default();
     let owner = json!({
         "apiVersion": "v1", "kind": "Pod", "name": m.name,
-        "uid": m.pod.meta().uid, "controller": true, "blockOwnerDeletion": true,
+        "uid": m.pod.meta().uid, "controller": true,
     });
     let cert = json!({
         "apiVersion": "genesis-mesh.io/v1alpha1", "kind": "Certificate",
