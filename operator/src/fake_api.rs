@@ -16,6 +16,8 @@ pub struct FakeApi {
     objects: Arc<Mutex<BTreeMap<String, Value>>>,
     /// Every PATCH received: (path, body).
     pub patches: Arc<Mutex<Vec<(String, Value)>>>,
+    /// TokenReview answers: token → status (unknown tokens are not authenticated).
+    pub token_reviews: Arc<Mutex<BTreeMap<String, Value>>>,
     versions: Arc<std::sync::atomic::AtomicU64>,
 }
 
@@ -124,15 +126,6 @@ impl FakeApi {
         if let Some(obj) = objects.get(path) {
             return (200, obj.clone());
         }
-        // A collection: all namespaces (`/apis/g/v/plural`) or one (`.../namespaces/ns/plural`).
-        let items: Vec<Value> = objects
-            .values()
-            .filter(|o| {
-                let (obj_path, all) = paths(o);
-                all == path || obj_path.rsplit_once('/').is_some_and(|(c, _)| c == path)
-            })
-            .cloned()
-            .collect();
         let is_collection = [
             "networkauthorities",
             "meshnetworks",
@@ -148,6 +141,15 @@ impl FakeApi {
         if !is_collection {
             return not_found(path);
         }
+        // A collection: all namespaces (`/apis/g/v/plural`) or one (`.../namespaces/ns/plural`).
+        let items: Vec<Value> = objects
+            .values()
+            .filter(|o| {
+                let (obj_path, all) = paths(o);
+                all == path || obj_path.rsplit_once('/').is_some_and(|(c, _)| c == path)
+            })
+            .cloned()
+            .collect();
         (
             200,
             json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": "1"}, "items": items}),
@@ -165,6 +167,14 @@ impl FakeApi {
         body: &[u8],
     ) -> (u16, Value) {
         let mut obj: Value = serde_json::from_slice(body).unwrap();
+        if path.ends_with("/tokenreviews") {
+            let token = obj["spec"]["token"].as_str().unwrap_or_default().to_owned();
+            let status = self.token_reviews.lock().unwrap().get(&token).cloned().unwrap_or_else(
+                || json!({"authenticated": false, "error": "invalid bearer token"}),
+            );
+            obj["status"] = status;
+            return (201, obj);
+        }
         let target = if method == http::Method::POST {
             format!("{path}/{}", obj["metadata"]["name"].as_str().unwrap_or_default())
         } else {

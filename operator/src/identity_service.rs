@@ -32,14 +32,29 @@ use tokio_rustls::TlsAcceptor;
 use crate::local::{unix, LocalAuthority};
 use crate::{Error, Result};
 
+/// What an [`Authenticator`] returns: the identity, decided asynchronously (a cluster asks
+/// the API server).
+pub type Authenticated<'a> = std::pin::Pin<Box<dyn Future<Output = Result<Identity>> + Send + 'a>>;
+
 /// Decides which identity a request may be issued.
 pub trait Authenticator: Send + Sync {
     /// `caller` is the verified identity of a client that presented a certificate (a renewal).
-    fn authenticate(
-        &self,
-        request: &CertificateRequest,
-        caller: Option<&PeerIdentity>,
-    ) -> Result<Identity>;
+    fn authenticate<'a>(
+        &'a self,
+        request: &'a CertificateRequest,
+        caller: Option<&'a PeerIdentity>,
+    ) -> Authenticated<'a>;
+}
+
+/// A renewal: the current certificate (verified over mutual TLS) may renew its own node only.
+pub fn renewal_identity(request: &CertificateRequest, caller: &PeerIdentity) -> Result<Identity> {
+    if caller.identity.node() != request.node {
+        return Err(Error::Unauthenticated(format!(
+            "certificate of {} cannot renew node {:?}",
+            caller.identity, request.node
+        )));
+    }
+    Ok(caller.identity.clone())
 }
 
 /// Local mode: one-time join tokens written by the authority, or the current certificate.
@@ -54,26 +69,25 @@ impl LocalTokens {
 }
 
 impl Authenticator for LocalTokens {
-    fn authenticate(
-        &self,
-        request: &CertificateRequest,
-        caller: Option<&PeerIdentity>,
-    ) -> Result<Identity> {
-        if let Some(peer) = caller {
-            if peer.identity.node() != request.node {
-                return Err(Error::Unauthenticated(format!(
-                    "certificate of {} cannot renew node {:?}",
-                    peer.identity, request.node
-                )));
-            }
-            return Ok(peer.identity.clone());
-        }
-        let token = request.token.as_deref().ok_or_else(|| {
-            Error::Unauthenticated(
-                "a first join needs a token; a renewal needs the current certificate".into(),
-            )
-        })?;
-        self.authority.spend_token(&request.node, token)
+    fn authenticate<'a>(
+        &'a self,
+        request: &'a CertificateRequest,
+        caller: Option<&'a PeerIdentity>,
+    ) -> Authenticated<'a> {
+        let decided = match caller {
+            Some(peer) => renewal_identity(request, peer),
+            None => request
+                .token
+                .as_deref()
+                .ok_or_else(|| {
+                    Error::Unauthenticated(
+                        "a first join needs a token; a renewal needs the current certificate"
+                            .into(),
+                    )
+                })
+                .and_then(|token| self.authority.spend_token(&request.node, token)),
+        };
+        Box::pin(std::future::ready(decided))
     }
 }
 
@@ -132,7 +146,7 @@ impl IdentityService {
         }
     }
 
-    fn issue(
+    async fn issue(
         &self,
         request: &CertificateRequest,
         caller: Option<&PeerIdentity>,
@@ -140,7 +154,7 @@ impl IdentityService {
         let csr = B64
             .decode(&request.csr)
             .map_err(|e| Error::BadRequest(format!("csr is not base64: {e}")))?;
-        let identity = self.authenticator.authenticate(request, caller)?;
+        let identity = self.authenticator.authenticate(request, caller).await?;
         let issued = self.authority.issue(&csr, &identity)?;
         let crl = self.authority.current_crl()?;
         tracing::info!(identity = %identity, serial = %issued.serial, renewal = caller.is_some(), "issued certificate");
@@ -184,7 +198,7 @@ impl IdentityService {
                 };
                 let timer = self.metrics.issue_seconds.start_timer();
                 let kind = if caller.is_some() { "renewal" } else { "join" };
-                let response = match self.issue(&request, caller.as_ref()) {
+                let response = match self.issue(&request, caller.as_ref()).await {
                     Ok(resp) => {
                         timer.observe_duration();
                         self.metrics.issued.with_label_values(&[kind]).inc();

@@ -14,6 +14,7 @@ pub mod leader;
 pub mod local;
 pub mod metrics;
 pub mod run;
+pub mod token_review;
 pub mod webhook;
 
 use std::path::{Path, PathBuf};
