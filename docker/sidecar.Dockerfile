@@ -1,0 +1,12 @@
+# The sidecar image: `docker build -f docker/sidecar.Dockerfile -t genesis-mesh/sidecar:0.1.0 .`
+# (from the repository root). The webhook injects it with `--genesis <file>` and GENESIS_*
+# variables (docs/OPERATOR.md, "Injection").
+FROM rust:1.95-bookworm AS build
+WORKDIR /src
+COPY . .
+RUN cargo build --release --locked -p genesis-sidecar --bin genesis-sidecar
+
+FROM gcr.io/distroless/cc-debian12:nonroot
+COPY --from=build /src/target/release/genesis-sidecar /usr/local/bin/genesis-sidecar
+USER 65532:65532
+ENTRYPOINT ["/usr/local/bin/genesis-sidecar"]
