@@ -51,6 +51,7 @@ fn context(api: &FakeApi) -> Arc<Context> {
         client: api.client(),
         operator_namespace: OPS.into(),
         now: Arc::new(SystemTime::now),
+        recorder: None,
     })
 }
 

@@ -25,6 +25,43 @@ pub struct Context {
     pub operator_namespace: String,
     /// The clock (injected, so tests move time).
     pub now: Arc<dyn Fn() -> SystemTime + Send + Sync>,
+    /// Records Kubernetes Events (None: not at all, as in the benchmark).
+    pub recorder: Option<kube::runtime::events::Recorder>,
+}
+
+impl Context {
+    /// Records an Event on `object` (`kubectl describe` shows it). A failure to record is
+    /// logged, never a failed reconcile.
+    pub async fn event<K: kube::Resource<DynamicType = ()>>(
+        &self,
+        object: &K,
+        warning: bool,
+        reason: &str,
+        action: &str,
+        note: String,
+    ) {
+        let Some(recorder) = &self.recorder else { return };
+        use kube::runtime::events::{Event, EventType};
+        let event = Event {
+            type_: if warning { EventType::Warning } else { EventType::Normal },
+            reason: reason.to_owned(),
+            note: Some(note),
+            action: action.to_owned(),
+            secondary: None,
+        };
+        if let Err(e) = recorder.publish(&event, &object.object_ref(&())).await {
+            tracing::warn!(error = %e, reason, "cannot record an Event");
+        }
+    }
+}
+
+/// The Event recorder of this operator replica.
+pub fn recorder(
+    client: &kube::Client,
+    instance: Option<String>,
+) -> kube::runtime::events::Recorder {
+    let reporter = kube::runtime::events::Reporter { controller: MANAGER.into(), instance };
+    kube::runtime::events::Recorder::new(client.clone(), reporter)
 }
 
 /// Why a reconcile failed (the controller retries with backoff).

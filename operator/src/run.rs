@@ -101,6 +101,7 @@ pub async fn controllers(client: kube::Client, operator_namespace: String, metri
         client: client.clone(),
         operator_namespace: operator_namespace.clone(),
         now: Arc::new(SystemTime::now),
+        recorder: Some(controller::recorder(&client, std::env::var("POD_NAME").ok())),
     });
     let shared = Arc::new(Shared { ctx, metrics });
     let wc = watcher::Config::default();

@@ -216,6 +216,7 @@ pub async fn reconcile(cert: Arc<Certificate>, ctx: Arc<Context>) -> Result<Acti
                 serials.join(", "),
                 list.number
             );
+            ctx.event(&*cert, false, reason, "Revoke", message.clone()).await;
             let ready = condition_json(&cert, "Ready", false, reason, message, now);
             set_status(&ctx, &cert, json!({
                 "observedGeneration": generation, "revokedAt": rfc3339(now), "conditions": [ready],
@@ -274,6 +275,12 @@ pub async fn reconcile(cert: Arc<Certificate>, ctx: Arc<Context>) -> Result<Acti
                 Ok((issued, key, ca_pem)) => {
                     write_secret(&ctx, &cert, &issued.chain_pem(), &key.to_pem(), &ca_pem).await?;
                     let serial = issued.serial.to_string();
+                    let note = format!(
+                        "issued serial {serial} into Secret {}, valid until {}",
+                        cert.spec.secret_name.as_deref().unwrap_or_default(),
+                        rfc3339(issued.not_after)
+                    );
+                    ctx.event(&*cert, false, reason.as_str(), "Issue", note).await;
                     let serials = keep_serials(&status.issued_serials, &serial);
                     let ready = condition_json(
                         &cert,
@@ -307,6 +314,8 @@ pub async fn reconcile(cert: Arc<Certificate>, ctx: Arc<Context>) -> Result<Acti
                 }
                 Err(e) => {
                     let count = failures.count + 1;
+                    let note = format!("{e}; retrying in {:?}", decide::backoff(count));
+                    ctx.event(&*cert, true, "IssueFailed", "Issue", note).await;
                     // A held, still valid certificate keeps the member Ready; only Issuing fails.
                     let valid = held.as_ref().is_some_and(|h| now < h.not_after);
                     let ready = condition_json(

@@ -91,6 +91,14 @@ async fn not_ready(
     message: String,
     now: SystemTime,
 ) -> Result<Action, Error> {
+    let unchanged = mn.status.as_ref().is_some_and(|s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.reason == reason && c.message == message)
+    });
+    if !unchanged {
+        ctx.event(mn, true, reason, "Publish", message.clone()).await;
+    }
     let ready = condition(mn, "Ready", false, reason, message, now);
     set_status(ctx, mn, json!({"observedGeneration": mn.meta().generation, "conditions": [ready]}))
         .await?;
@@ -259,6 +267,14 @@ pub async fn reconcile(mn: Arc<MeshNetwork>, ctx: Arc<Context>) -> Result<Action
         maps.patch(&maps_name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(map)).await?;
     }
 
+    if revision != recorded {
+        let note = format!(
+            "genesis document revision {revision} published in {} namespaces; anchors {}",
+            target_namespaces.len(),
+            anchors.join(", ")
+        );
+        ctx.event(&*mn, false, "GenesisPublished", "Publish", note).await;
+    }
     let total = members.len();
     let ready_count = members.iter().filter(|m| m.ready).count();
     let ready = condition(

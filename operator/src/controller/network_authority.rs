@@ -115,6 +115,7 @@ pub async fn reconcile(na: Arc<NetworkAuthority>, ctx: Arc<Context>) -> Result<A
     let ca = match ca(&ctx, &na, now).await? {
         Ok(ca) => ca,
         Err(message) => {
+            ctx.event(&*na, true, "CAUnavailable", "LoadCA", message.clone()).await;
             let cond = ready(&na, false, "CAUnavailable", message, now);
             set_status(&ctx, &na, json!({"observedGeneration": generation, "conditions": [cond]}))
                 .await?;
@@ -148,6 +149,13 @@ pub async fn reconcile(na: Arc<NetworkAuthority>, ctx: Arc<Context>) -> Result<A
                 .sign_crl(&list, now - CRL_BACKDATE, now + validity)
                 .map_err(|e| Error::Invalid(format!("cannot sign the CRL: {e}")))?;
             apply_configmap(&ctx, &crl_name(&name), "crl.pem", &crl.to_pem()).await?;
+            let note = format!(
+                "CRL {} lists {} serials, valid until {}",
+                crl.number(),
+                crl.revoked().len(),
+                rfc3339(crl.next_update())
+            );
+            ctx.event(&*na, false, "CRLPublished", "SignCRL", note).await;
             crl
         }
     };

@@ -65,6 +65,7 @@ impl Harness {
                 client: self.api.client(),
                 operator_namespace: OPS.into(),
                 now: Arc::new(move || *clock.lock().unwrap()),
+                recorder: Some(super::recorder(&self.api.client(), Some("test".into()))),
             });
             f(ctx).await
         })
@@ -84,4 +85,19 @@ pub fn ca_secret(ca: &genesis_trust::CertificateAuthority) -> serde_json::Value 
         "metadata": {"name": "prod-ca-ca", "namespace": OPS},
         "data": {"tls.crt": b64(&ca.cert_pem()), "tls.key": b64(&ca.key_pem())}
     })
+}
+
+impl Harness {
+    /// The Events recorded so far: (object name, type, reason, note).
+    pub fn events(&self) -> Vec<(String, String, String, String)> {
+        self.api
+            .paths_under("/apis/events.k8s.io/v1/")
+            .into_iter()
+            .filter_map(|p| self.api.get(&p))
+            .map(|e| {
+                let s = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_owned();
+                (s(&e["regarding"]["name"]), s(&e["type"]), s(&e["reason"]), s(&e["note"]))
+            })
+            .collect()
+    }
 }

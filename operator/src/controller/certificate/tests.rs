@@ -157,6 +157,17 @@ fn a_failed_issuance_backs_off_and_keeps_the_old_secret() {
     assert_ne!(w.leaf().serial, first);
     assert!(w.status()["failedIssuanceAttempts"].is_null());
     assert_eq!(w.condition("Issuing")["status"], "True");
+    // `kubectl describe` tells the story: issued, failed (why, and when it retries), renewed.
+    let reasons: Vec<(String, String)> =
+        w.events().into_iter().map(|(_, kind, reason, _)| (kind, reason)).collect();
+    for expected in [("Normal", "Issuing"), ("Warning", "IssueFailed"), ("Normal", "Renewing")] {
+        assert!(
+            reasons.contains(&(expected.0.into(), expected.1.into())),
+            "{expected:?} not in {reasons:?}"
+        );
+    }
+    let failed = w.events().into_iter().find(|e| e.2 == "IssueFailed").unwrap();
+    assert!(failed.3.contains("unusable") && failed.3.contains("retrying in 5s"), "{failed:?}");
 }
 
 #[test]

@@ -171,6 +171,8 @@ fn members_get_certificates_anchors_and_a_signed_genesis_document() {
         assert_eq!(w.genesis(ns).unwrap()["metadata"]["annotations"][REVISION], "2");
     }
     assert!(w.document("shop").document.contains("\"allowedPorts\":[8080]"));
+    let published: Vec<_> = w.events().into_iter().filter(|e| e.2 == "GenesisPublished").collect();
+    assert_eq!(published.len(), 2, "one Event per revision: {published:?}");
 }
 
 #[test]
@@ -218,6 +220,11 @@ fn an_invalid_spec_or_a_missing_authority_is_not_ready_with_a_reason() {
     );
     assert!(ready["message"].as_str().unwrap().contains("minPeers (9) exceeds"), "{ready}");
     assert!(w.genesis("shop").is_none(), "nothing invalid is published");
+    // Recorded once as a Warning Event, not again while nothing changes.
+    w.reconcile();
+    let invalid: Vec<_> = w.events().into_iter().filter(|e| e.2 == "InvalidSpec").collect();
+    assert_eq!(invalid.len(), 1, "{invalid:?}");
+    assert_eq!((invalid[0].0.as_str(), invalid[0].1.as_str()), ("payments", "Warning"));
 
     w.api.update(
         MN,

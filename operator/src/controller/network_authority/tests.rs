@@ -98,6 +98,9 @@ fn revoking_a_certificate_bumps_the_crl_number_and_lists_its_serial() {
     assert!(crl.is_revoked(&Serial::from_hex(&serial).unwrap()));
     assert_eq!(w.status()["crlNumber"], 1);
     assert_eq!(w.status()["revokedCount"], 1);
+    let published =
+        w.events().into_iter().find(|e| e.2 == "CRLPublished" && e.3.starts_with("CRL 1 "));
+    assert!(published.is_some_and(|e| e.0 == "prod-ca" && e.3.contains("lists 1 serials")));
 }
 
 #[test]
