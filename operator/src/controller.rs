@@ -158,6 +158,34 @@ pub fn condition_json(
     ))
 }
 
+/// A resource whose status carries standard conditions.
+pub trait Conditioned: kube::Resource {
+    fn conditions(&self) -> &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition];
+}
+
+macro_rules! conditioned {
+    ($($k:ty),*) => {$(
+        impl Conditioned for $k {
+            fn conditions(&self) -> &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition] {
+                self.status.as_ref().map_or(&[][..], |s| &s.conditions[..])
+            }
+        }
+    )*};
+}
+conditioned!(genesis_crds::Certificate, genesis_crds::MeshNetwork, genesis_crds::NetworkAuthority);
+
+/// The condition `type_` of `object` as JSON for a status apply ([`condition_json`]).
+pub fn condition_of<K: Conditioned>(
+    object: &K,
+    type_: &str,
+    ok: bool,
+    reason: &str,
+    message: String,
+    now: SystemTime,
+) -> serde_json::Value {
+    condition_json(object.conditions(), object.meta().generation, type_, ok, reason, message, now)
+}
+
 /// Applies `status` through the status subresource of object `name`.
 pub async fn apply_status<K>(
     api: &Api<K>,

@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use genesis_crds::certificate::Delivery;
 use genesis_crds::{Certificate, MeshNetwork, NetworkAuthority};
@@ -23,7 +23,7 @@ use serde_json::json;
 
 use super::mesh_network::FINALIZER;
 use super::{
-    apply_configmap, apply_status, ca_secret_name, load_revocations, parse_rfc3339,
+    apply_configmap, apply_status, ca_secret_name, condition_of, load_revocations, parse_rfc3339,
     revocations_name, rfc3339, until, Context, Error, MANAGER,
 };
 use crate::decide::{self, CertificateAction, Failures, Held};
@@ -122,18 +122,6 @@ async fn set_status(
     apply_status(&api, &cert.name_any(), status).await
 }
 
-fn condition_json(
-    cert: &Certificate,
-    type_: &str,
-    ok: bool,
-    reason: &str,
-    message: String,
-    now: SystemTime,
-) -> serde_json::Value {
-    let current = cert.status.as_ref().map_or(&[][..], |s| &s.conditions[..]);
-    super::condition_json(current, cert.meta().generation, type_, ok, reason, message, now)
-}
-
 /// One reconcile of one Certificate.
 pub async fn reconcile(cert: Arc<Certificate>, ctx: Arc<Context>) -> Result<Action, Error> {
     let now = (ctx.now)();
@@ -144,7 +132,7 @@ pub async fn reconcile(cert: Arc<Certificate>, ctx: Arc<Context>) -> Result<Acti
         // With no authority there is no list to revoke on: let the deletion finish.
         Err(_) if deleting => return release(&ctx, &cert).await,
         Err((reason, message)) => {
-            let ready = condition_json(&cert, "Ready", false, reason, message, now);
+            let ready = condition_of(&*cert, "Ready", false, reason, message, now);
             set_status(
                 &ctx,
                 &cert,
@@ -217,7 +205,7 @@ pub async fn reconcile(cert: Arc<Certificate>, ctx: Arc<Context>) -> Result<Acti
                 list.number
             );
             ctx.event(&*cert, false, reason, "Revoke", message.clone()).await;
-            let ready = condition_json(&cert, "Ready", false, reason, message, now);
+            let ready = condition_of(&*cert, "Ready", false, reason, message, now);
             set_status(&ctx, &cert, json!({
                 "observedGeneration": generation, "revokedAt": rfc3339(now), "conditions": [ready],
             }))
@@ -231,8 +219,8 @@ pub async fn reconcile(cert: Arc<Certificate>, ctx: Arc<Context>) -> Result<Acti
         CertificateAction::StayRevoked => Ok(Action::await_change()),
         CertificateAction::Backoff { retry_at } => Ok(Action::requeue(until(now, retry_at))),
         CertificateAction::UpToDate { renew_at } => {
-            let ready = condition_json(
-                &cert,
+            let ready = condition_of(
+                &*cert,
                 "Ready",
                 true,
                 "Issued",
@@ -282,8 +270,8 @@ pub async fn reconcile(cert: Arc<Certificate>, ctx: Arc<Context>) -> Result<Acti
                     );
                     ctx.event(&*cert, false, reason.as_str(), "Issue", note).await;
                     let serials = keep_serials(&status.issued_serials, &serial);
-                    let ready = condition_json(
-                        &cert,
+                    let ready = condition_of(
+                        &*cert,
                         "Ready",
                         true,
                         reason.as_str(),
@@ -291,7 +279,7 @@ pub async fn reconcile(cert: Arc<Certificate>, ctx: Arc<Context>) -> Result<Acti
                         now,
                     );
                     let issuing =
-                        condition_json(&cert, "Issuing", true, "Issued", String::new(), now);
+                        condition_of(&*cert, "Issuing", true, "Issued", String::new(), now);
                     set_status(
                         &ctx,
                         &cert,
@@ -318,8 +306,8 @@ pub async fn reconcile(cert: Arc<Certificate>, ctx: Arc<Context>) -> Result<Acti
                     ctx.event(&*cert, true, "IssueFailed", "Issue", note).await;
                     // A held, still valid certificate keeps the member Ready; only Issuing fails.
                     let valid = held.as_ref().is_some_and(|h| now < h.not_after);
-                    let ready = condition_json(
-                        &cert,
+                    let ready = condition_of(
+                        &*cert,
                         "Ready",
                         valid,
                         if valid { "Issued" } else { "IssueFailed" },
@@ -330,7 +318,7 @@ pub async fn reconcile(cert: Arc<Certificate>, ctx: Arc<Context>) -> Result<Acti
                         },
                         now,
                     );
-                    let issuing = condition_json(&cert, "Issuing", false, "IssueFailed", e, now);
+                    let issuing = condition_of(&*cert, "Issuing", false, "IssueFailed", e, now);
                     set_status(
                         &ctx,
                         &cert,

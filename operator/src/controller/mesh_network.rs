@@ -18,7 +18,7 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-use super::{apply_status, bundle_name, Context, Error, MANAGER};
+use super::{apply_status, bundle_name, condition_of, Context, Error, MANAGER};
 use crate::decide::network::{self as decide_network, NETWORK_LABEL, PEER_PORT};
 use crate::decide::{self, Candidate};
 
@@ -72,18 +72,6 @@ async fn set_status(
     apply_status(&Api::<MeshNetwork>::all(ctx.client.clone()), &mn.name_any(), status).await
 }
 
-fn condition(
-    mn: &MeshNetwork,
-    type_: &str,
-    ok: bool,
-    reason: &str,
-    message: String,
-    now: SystemTime,
-) -> serde_json::Value {
-    let current = mn.status.as_ref().map_or(&[][..], |s| &s.conditions[..]);
-    super::condition_json(current, mn.meta().generation, type_, ok, reason, message, now)
-}
-
 async fn not_ready(
     ctx: &Context,
     mn: &MeshNetwork,
@@ -99,7 +87,7 @@ async fn not_ready(
     if !unchanged {
         ctx.event(mn, true, reason, "Publish", message.clone()).await;
     }
-    let ready = condition(mn, "Ready", false, reason, message, now);
+    let ready = condition_of(mn, "Ready", false, reason, message, now);
     set_status(ctx, mn, json!({"observedGeneration": mn.meta().generation, "conditions": [ready]}))
         .await?;
     Ok(Action::requeue(RESYNC))
@@ -277,8 +265,8 @@ pub async fn reconcile(mn: Arc<MeshNetwork>, ctx: Arc<Context>) -> Result<Action
     }
     let total = members.len();
     let ready_count = members.iter().filter(|m| m.ready).count();
-    let ready = condition(
-        &mn,
+    let ready = condition_of(
+        &*mn,
         "Ready",
         true,
         "Published",
@@ -286,8 +274,8 @@ pub async fn reconcile(mn: Arc<MeshNetwork>, ctx: Arc<Context>) -> Result<Action
         now,
     );
     let degraded = ready_count < total || (total > 0 && anchors.is_empty());
-    let degraded = condition(
-        &mn,
+    let degraded = condition_of(
+        &*mn,
         "Degraded",
         degraded,
         if degraded { "MembersNotReady" } else { "AllMembersReady" },

@@ -103,8 +103,7 @@ fn ready(
     message: String,
     now: SystemTime,
 ) -> serde_json::Value {
-    let current = na.status.as_ref().map_or(&[][..], |s| &s.conditions[..]);
-    super::condition_json(current, na.meta().generation, "Ready", ok, reason, message, now)
+    super::condition_of(na, "Ready", ok, reason, message, now)
 }
 
 /// One reconcile of one NetworkAuthority.

@@ -88,6 +88,20 @@ pub fn ca_secret(ca: &genesis_trust::CertificateAuthority) -> serde_json::Value 
 }
 
 impl Harness {
+    /// A CA for `prod-ca` (created an hour before time zero, valid ten years), stored as its
+    /// CA Secret.
+    pub fn seed_ca(&self) -> genesis_trust::CertificateAuthority {
+        let ca = genesis_trust::CertificateAuthority::generate(
+            "prod.example",
+            genesis_trust::KeyAlgorithm::EcdsaP256,
+            Duration::from_secs(10 * 365 * 86400),
+            start() - Duration::from_secs(3600),
+        )
+        .unwrap();
+        self.api.put(ca_secret(&ca));
+        ca
+    }
+
     /// The Events recorded so far: (object name, type, reason, note).
     pub fn events(&self) -> Vec<(String, String, String, String)> {
         self.api

@@ -1,6 +1,6 @@
 //! The Certificate reconciler against the in-memory API, with a clock the tests move.
 
-use genesis_trust::{KeyAlgorithm, RevocationList};
+use genesis_trust::RevocationList;
 use serde_json::{json, Value};
 
 use super::*;
@@ -24,14 +24,7 @@ impl std::ops::Deref for World {
 impl World {
     fn new() -> Self {
         let h = Harness::new();
-        let ca = CertificateAuthority::generate(
-            "prod.example",
-            KeyAlgorithm::EcdsaP256,
-            Duration::from_secs(10 * 365 * 86400),
-            start() - Duration::from_secs(3600),
-        )
-        .unwrap();
-        h.api.put(ca_secret(&ca));
+        let ca = h.seed_ca();
         World { h, ca }
     }
 

@@ -1,11 +1,11 @@
 //! The MeshNetwork reconciler against the in-memory API: members, their Certificates,
 //! anchors, the signed genesis document in every member namespace, and status.
 
-use genesis_trust::{CertificateAuthority, KeyAlgorithm};
+use genesis_trust::CertificateAuthority;
 use serde_json::{json, Value};
 
 use super::*;
-use crate::controller::testing::{ca_secret, start, Harness, OPS};
+use crate::controller::testing::{Harness, OPS};
 
 const MN: &str = "/apis/genesis-mesh.io/v1alpha1/meshnetworks/payments";
 
@@ -42,14 +42,7 @@ impl World {
     /// shop/leaving (terminating).
     fn new() -> Self {
         let h = Harness::new();
-        let ca = CertificateAuthority::generate(
-            "prod.example",
-            KeyAlgorithm::EcdsaP256,
-            Duration::from_secs(10 * 365 * 86400),
-            start() - Duration::from_secs(3600),
-        )
-        .unwrap();
-        h.api.put(ca_secret(&ca));
+        let ca = h.seed_ca();
         h.api.update(MN, json!({"metadata": {"uid": "mn-1", "generation": 1}}));
         for (ns, labels) in
             [("shop", json!({NETWORK_LABEL: "payments"})), ("web", json!({})), ("blog", json!({}))]
