@@ -172,6 +172,16 @@ impl Crl {
         if !rest.is_empty() {
             return Err(malformed(format!("{} trailing bytes", rest.len())));
         }
+        // RFC 5280 5.1.1.2: the outer signatureAlgorithm must be the tbsCertList's signature
+        // field. It lies outside the signed bytes, and the parser accepts it under a wrong
+        // tag, so one CRL could have two encodings: compare the encodings byte for byte.
+        if outer_algorithm(der, crl.tbs_cert_list.as_ref())
+            != inner_algorithm(crl.tbs_cert_list.as_ref())
+        {
+            return Err(malformed(
+                "signatureAlgorithm differs from the tbsCertList's signature field".into(),
+            ));
+        }
         let number = crl
             .crl_number()
             .ok_or_else(|| malformed("no CRL Number extension".into()))?
@@ -263,6 +273,41 @@ impl Crl {
         }
         Ok(())
     }
+}
+
+/// Length of the DER element at the start of `b` (header and content), if well formed.
+fn element_len(b: &[u8]) -> Option<usize> {
+    let first = *b.get(1)?;
+    if first < 0x80 {
+        return Some(2 + usize::from(first));
+    }
+    let n = usize::from(first & 0x7f);
+    if n == 0 || n > 4 {
+        return None;
+    }
+    let len = b.get(2..2 + n)?.iter().fold(0usize, |acc, &x| (acc << 8) | usize::from(x));
+    Some(2 + n + len)
+}
+
+/// Length of the header of the DER element at the start of `b`.
+fn header_len(b: &[u8]) -> Option<usize> {
+    let first = *b.get(1)?;
+    Some(if first < 0x80 { 2 } else { 2 + usize::from(first & 0x7f) })
+}
+
+/// The encoded signatureAlgorithm that follows `tbs` in the CRL `der`.
+fn outer_algorithm<'a>(der: &'a [u8], tbs: &[u8]) -> Option<&'a [u8]> {
+    let rest = der.get(header_len(der)? + tbs.len()..)?;
+    rest.get(..element_len(rest)?)
+}
+
+/// The encoded signature field of the tbsCertList (after the optional version).
+fn inner_algorithm(tbs: &[u8]) -> Option<&[u8]> {
+    let mut rest = tbs.get(header_len(tbs)?..)?;
+    if rest.first() == Some(&0x02) {
+        rest = rest.get(element_len(rest)?..)?;
+    }
+    rest.get(..element_len(rest)?)
 }
 
 #[cfg(test)]

@@ -99,3 +99,26 @@ fn crl_from_another_authority_fails_signature_check() {
     let crl = theirs.sign_crl(&RevocationList::default(), now, now + hours(1)).unwrap();
     assert!(matches!(crl.verify_signed_by(ours.cert_der()), Err(Error::CrlSignature { .. })));
 }
+
+/// The outer signatureAlgorithm is not covered by the signature; a CRL whose copy of it is
+/// encoded differently (here: the SEQUENCE tag flipped to an application tag, which the
+/// parser accepts) would be a second, still verifying encoding. The hostile-input test found
+/// it.
+#[test]
+fn an_outer_signature_algorithm_that_differs_from_the_signed_one_is_refused() {
+    let now = SystemTime::now();
+    let ca = ca(now);
+    let crl = ca.sign_crl(&RevocationList::default(), now, now + hours(12)).unwrap();
+    let der = crl.der().to_vec();
+    let tbs_end = {
+        let (_, parsed) =
+            x509_parser::revocation_list::CertificateRevocationList::from_der(&der).unwrap();
+        header_len(&der).unwrap() + parsed.tbs_cert_list.as_ref().len()
+    };
+    assert_eq!(der[tbs_end], 0x30, "the outer AlgorithmIdentifier SEQUENCE");
+    let mut other = der.clone();
+    other[tbs_end] = 0x70;
+    let e = Crl::parse(&other).unwrap_err().to_string();
+    assert!(e.contains("signatureAlgorithm differs"), "{e}");
+    assert!(Crl::parse(&der).is_ok());
+}
