@@ -193,8 +193,11 @@ impl LocalAuthority {
             .append(true)
             .open(&path)
             .map_err(|e| Error::io("open", &path, e))?;
-        let line = serde_json::to_string(&record).expect("record serializes");
-        writeln!(f, "{line}").map_err(|e| Error::io("append to", &path, e))?;
+        let line = serde_json::to_string(&record).expect("record serializes") + "\n";
+        // NB: one write of the whole line. `writeln!` writes the record and the newline
+        // separately, and concurrent issuances (members joining at once) interleaved them
+        // into `{a}{b}\n\n`, which made the file unreadable.
+        f.write_all(line.as_bytes()).map_err(|e| Error::io("append to", &path, e))?;
         Ok(issued)
     }
 

@@ -93,3 +93,27 @@ fn token_and_revoke_tools_never_create_an_authority() {
         .collect();
     assert!(leftovers.is_empty(), "temporary files left behind");
 }
+
+/// Members join at once: concurrent issuances must leave one readable record each (the
+/// record and its newline used to be two writes, and interleaved).
+#[test]
+fn concurrent_issuances_leave_one_readable_record_each() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = authority(dir.path());
+    let cfg = a.config().clone();
+    std::thread::scope(|s| {
+        for t in 0..8 {
+            let a = &a;
+            let cfg = &cfg;
+            s.spawn(move || {
+                for i in 0..25 {
+                    let node = format!("n{t}-{i}");
+                    let id = Identity::new(&cfg.trust_domain, &cfg.network, Role::Client, &node)
+                        .unwrap();
+                    a.issue(&csr_for(&id), &id).unwrap();
+                }
+            });
+        }
+    });
+    assert_eq!(a.issued().unwrap().len(), 200);
+}
