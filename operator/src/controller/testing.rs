@@ -102,6 +102,19 @@ impl Harness {
         ca
     }
 
+    /// The status of the object at `path`.
+    pub fn status(&self, path: &str) -> serde_json::Value {
+        self.api.get(path).unwrap()["status"].clone()
+    }
+
+    /// Condition `type_` of the object at `path`; panics, showing the status, when absent.
+    pub fn condition(&self, path: &str, type_: &str) -> serde_json::Value {
+        let status = self.status(path);
+        let found =
+            status["conditions"].as_array().into_iter().flatten().find(|c| c["type"] == type_);
+        found.cloned().unwrap_or_else(|| panic!("no {type_} condition in {status}"))
+    }
+
     /// The Events recorded so far: (object name, type, reason, note).
     pub fn events(&self) -> Vec<(String, String, String, String)> {
         self.api

@@ -35,17 +35,11 @@ impl World {
     }
 
     fn status(&self) -> Value {
-        self.api.get(CERT).unwrap()["status"].clone()
+        self.h.status(CERT)
     }
 
     fn condition(&self, type_: &str) -> Value {
-        self.status()["conditions"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["type"] == type_)
-            .cloned()
-            .unwrap_or(Value::Null)
+        self.h.condition(CERT, type_)
     }
 
     /// The leaf in the Secret, parsed.

@@ -70,13 +70,11 @@ impl World {
     }
 
     fn status(&self) -> Value {
-        self.api.get(MN).unwrap()["status"].clone()
+        self.h.status(MN)
     }
 
     fn condition(&self, type_: &str) -> Value {
-        let status = self.status();
-        let found = status["conditions"].as_array().unwrap().iter().find(|c| c["type"] == type_);
-        found.cloned().unwrap_or_else(|| panic!("no {type_} condition in {status}"))
+        self.h.condition(MN, type_)
     }
 
     fn genesis(&self, ns: &str) -> Option<Value> {

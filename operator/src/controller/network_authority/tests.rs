@@ -36,7 +36,7 @@ impl World {
     }
 
     fn status(&self) -> Value {
-        self.api.get(NA).unwrap()["status"].clone()
+        self.0.status(NA)
     }
 
     fn crl(&self) -> Crl {
