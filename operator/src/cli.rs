@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use crate::identity_service::{serve, IdentityService, LocalTokens};
+use crate::identity_service::{serve, IdentityService, LocalIssuer, LocalTokens};
 use crate::local::{AuthorityConfig, LocalAuthority};
 use clap::{Args, Parser, Subcommand};
 use genesis_trust::{RevocationReason, Role};
@@ -56,6 +56,12 @@ struct RunArgs {
     /// (default genesis-operator-identity.<namespace>.svc:7443).
     #[arg(long)]
     identity_service: Option<String>,
+    /// Where to serve the identity service (HTTPS; each network's authority answers).
+    #[arg(long, default_value = "0.0.0.0:7443")]
+    identity_listen: String,
+    /// Do not serve the identity service.
+    #[arg(long)]
+    no_identity_service: bool,
 }
 
 #[derive(Args)]
@@ -204,6 +210,7 @@ fn run_cluster(args: RunArgs) -> Result<(), String> {
             namespace: args.namespace.clone(),
             identity,
             webhook_listen: (!args.no_webhook).then(|| args.webhook_listen.clone()),
+            identity_listen: (!args.no_identity_service).then(|| args.identity_listen.clone()),
             inject: crate::webhook::InjectConfig { identity_service, token_seconds: 3600 },
         };
         crate::run::run(client, options, metrics, ready).await
@@ -249,24 +256,28 @@ fn run(args: ServeArgs) -> Result<(), String> {
             .await
             .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
-        let service =
-            IdentityService::new(authority.clone(), Arc::new(LocalTokens::new(authority.clone())))
-                .map_err(|e| e.to_string())?;
+        let issuer = LocalIssuer::new(authority.clone()).map_err(|e| e.to_string())?;
+        let metrics = Arc::new(crate::metrics::Metrics::new());
+        let service = IdentityService::new(
+            Arc::new(issuer),
+            Arc::new(LocalTokens::new(authority.clone())),
+            metrics.clone(),
+        );
         std::fs::write(dir.join("identity-service.addr"), addr.to_string()).map_err(|e| {
             format!("cannot write {}: {e}", dir.join("identity-service.addr").display())
         })?;
         tracing::info!(%addr, dir = %dir.display(), "identity service listening");
         let service = Arc::new(service);
         if let Some(addr) = &args.metrics_listen {
-            let metrics = tokio::net::TcpListener::bind(addr)
+            let listener = tokio::net::TcpListener::bind(addr)
                 .await
                 .map_err(|e| format!("cannot listen for metrics on {addr}: {e}"))?;
-            let service = service.clone();
+            let authority = authority.clone();
             let handler: crate::http::Handler = Arc::new(move |path: &str| match path {
-                "/metrics" => (hyper::StatusCode::OK, service.render_metrics()),
+                "/metrics" => (hyper::StatusCode::OK, metrics.render(&authority)),
                 _ => (hyper::StatusCode::NOT_FOUND, "only GET /metrics is served here\n".into()),
             });
-            tokio::spawn(crate::http::serve_text(metrics, handler));
+            tokio::spawn(crate::http::serve_text(listener, handler));
         }
         serve(listener, service, shutdown_signal()).await;
         tracing::info!("identity service stopped");

@@ -7,7 +7,7 @@ pub mod certificate;
 pub mod mesh_network;
 pub mod network_authority;
 #[cfg(test)]
-mod testing;
+pub(crate) mod testing;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -78,12 +78,49 @@ pub fn ca_secret_name(authority: &str) -> String {
     format!("{authority}-ca")
 }
 
+fn secret_field(secret: &k8s_openapi::api::core::v1::Secret, key: &str) -> Option<String> {
+    secret.data.as_ref()?.get(key).map(|b| String::from_utf8_lossy(&b.0).into_owned())
+}
+
+/// An authority's CA: the adopted Secret (`spec.caSecretRef`), or ours (`<name>-ca` in the
+/// operator's namespace). `None`: ours does not exist yet (the NetworkAuthority controller
+/// generates it); `Some(Err)`: a Secret exists but is unusable, and why.
+pub async fn read_ca(
+    client: &kube::Client,
+    operator_namespace: &str,
+    na: &genesis_crds::NetworkAuthority,
+) -> Result<Option<Result<genesis_trust::CertificateAuthority, String>>, Error> {
+    use k8s_openapi::api::core::v1::Secret;
+    use kube::ResourceExt;
+    let (ns, name, adopted) = match &na.spec.ca_secret_ref {
+        Some(r) => {
+            (r.namespace.clone().unwrap_or_else(|| operator_namespace.into()), r.name.clone(), true)
+        }
+        None => (operator_namespace.to_owned(), ca_secret_name(&na.name_any()), false),
+    };
+    let what = if adopted { "caSecretRef" } else { "the CA Secret" };
+    let Some(secret) = Api::<Secret>::namespaced(client.clone(), &ns).get_opt(&name).await? else {
+        return Ok(adopted.then(|| Err(format!("caSecretRef {ns}/{name} does not exist"))));
+    };
+    let (Some(cert), Some(key)) =
+        (secret_field(&secret, "tls.crt"), secret_field(&secret, "tls.key"))
+    else {
+        let fix = if adopted { "add them" } else { "restore them from backup" };
+        return Ok(Some(Err(format!("{what} {ns}/{name} lacks tls.crt or tls.key; {fix}"))));
+    };
+    let trust_domain = &na.spec.trust_domain;
+    Ok(Some(
+        genesis_trust::CertificateAuthority::from_pem(trust_domain, &cert, &key)
+            .map_err(|e| format!("{what} {ns}/{name} is not a usable CA for {trust_domain}: {e}")),
+    ))
+}
+
 /// The ConfigMap holding an authority's revocation list (`revocations.json`).
 pub fn revocations_name(authority: &str) -> String {
     format!("{authority}-revocations")
 }
 
-fn rfc3339(t: SystemTime) -> String {
+pub(crate) fn rfc3339(t: SystemTime) -> String {
     time::OffsetDateTime::from(t)
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default()

@@ -1,8 +1,8 @@
 //! An in-memory Kubernetes API for tests: a tower service that stores objects by their REST
 //! path, answers GET (object or collection), JSON merge PATCH and server-side apply PATCH (as a
-//! merge), and 404s the rest with a Status, as the API server does. A real `kube::Client` on
-//! top cannot tell the difference. Compiled for this crate's tests and, with the `fake-api`
-//! feature, for other crates' tests.
+//! merge; a resourceVersion in a patch is a precondition), and 404s the rest with a Status,
+//! as the API server does. A real `kube::Client` on top cannot tell the difference. Compiled
+//! for this crate's tests and, with the `fake-api` feature, for other crates' tests.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -19,6 +19,9 @@ pub struct FakeApi {
     /// TokenReview answers: token → status (unknown tokens are not authenticated).
     pub token_reviews: Arc<Mutex<BTreeMap<String, Value>>>,
     versions: Arc<std::sync::atomic::AtomicU64>,
+    /// How many of the next patches that name a resourceVersion lose a race: another writer
+    /// changes the object first, so they get 409 Conflict.
+    pub races: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 fn plural(kind: &str) -> String {
@@ -62,6 +65,15 @@ fn not_found(path: &str) -> (u16, Value) {
         404,
         json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
                "message": format!("{path} not found"), "reason": "NotFound", "code": 404}),
+    )
+}
+
+fn conflict_status(path: &str) -> (u16, Value) {
+    (
+        409,
+        json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+               "reason": "Conflict", "code": 409,
+               "message": format!("{path}: the object has been modified")}),
     )
 }
 
@@ -110,9 +122,31 @@ impl FakeApi {
             self.patches.lock().unwrap().push((path.to_owned(), patch.clone()));
             // The status subresource is part of the stored object here.
             let object_path = path.strip_suffix("/status").unwrap_or(path);
+            let guarded = patch["metadata"]["resourceVersion"].is_string();
+            let race = |n: usize| n.checked_sub(1);
+            use std::sync::atomic::Ordering::SeqCst;
+            if guarded && self.races.fetch_update(SeqCst, SeqCst, race).is_ok() {
+                if let Some(obj) = objects.get_mut(object_path) {
+                    let version = self.versions.fetch_add(1, SeqCst) + 1;
+                    obj["metadata"]["resourceVersion"] = json!(version.to_string());
+                }
+                return conflict_status(path);
+            }
             return match objects.get_mut(object_path) {
+                // A patch that names a resourceVersion is a precondition (optimistic
+                // concurrency), as in the API server.
+                Some(obj)
+                    if patch["metadata"]["resourceVersion"].is_string()
+                        && patch["metadata"]["resourceVersion"]
+                            != obj["metadata"]["resourceVersion"] =>
+                {
+                    conflict_status(path)
+                }
                 Some(obj) => {
                     merge(obj, &patch);
+                    let version =
+                        self.versions.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                    obj["metadata"]["resourceVersion"] = json!(version.to_string());
                     (200, obj.clone())
                 }
                 // Server-side apply creates what is missing.
@@ -188,10 +222,7 @@ impl FakeApi {
             (true, None) => false,
         };
         if conflict {
-            let status = json!({"kind": "Status", "apiVersion": "v1", "metadata": {},
-                "status": "Failure", "reason": "Conflict", "code": 409,
-                "message": format!("{target}: the object has been modified")});
-            return (409, status);
+            return conflict_status(&target);
         }
         let version = self.versions.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
         obj["metadata"]["resourceVersion"] = json!(version.to_string());

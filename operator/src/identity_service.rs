@@ -2,7 +2,8 @@
 //!
 //! Who may get which identity is decided behind one seam, [`Authenticator`]. In local mode
 //! ([`LocalTokens`]) a first join spends a one-time token the authority wrote for the node; in a
-//! cluster a TokenReview of the pod's projected ServiceAccount token will (operator issue). A
+//! cluster a TokenReview of the pod's projected ServiceAccount token does
+//! ([`crate::token_review::TokenReviews`]). Who signs is the other seam, [`Issuer`]. A
 //! renewal is authenticated by the member's current, still-valid certificate over mutual TLS,
 //! so a token is spent once.
 
@@ -27,14 +28,14 @@ use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
-use tokio_rustls::TlsAcceptor;
+use tokio_rustls::LazyConfigAcceptor;
 
 use crate::local::{unix, LocalAuthority};
 use crate::{Error, Result};
 
 /// What an [`Authenticator`] returns: the identity, decided asynchronously (a cluster asks
 /// the API server).
-pub type Authenticated<'a> = std::pin::Pin<Box<dyn Future<Output = Result<Identity>> + Send + 'a>>;
+pub type Authenticated<'a> = Pending<'a, Identity>;
 
 /// Decides which identity a request may be issued.
 pub trait Authenticator: Send + Sync {
@@ -91,22 +92,48 @@ impl Authenticator for LocalTokens {
     }
 }
 
-/// The running service's shared state.
-pub struct IdentityService {
-    pub metrics: crate::metrics::Metrics,
-    authority: Arc<LocalAuthority>,
-    authenticator: Arc<dyn Authenticator>,
-    store: Arc<TrustStore>,
-    acceptor: TlsAcceptor,
+/// The trust one connection is served with, chosen from the network its ClientHello names
+/// ([`genesis_trust::join::identity_server_name`]).
+pub struct Served {
+    /// The network this connection issues for.
+    pub network: String,
+    /// The serving certificate (an `operator` identity of that network) and client verifier.
+    pub config: Arc<rustls::ServerConfig>,
+    /// Verifies a renewing member's certificate (bundle and current CRL).
+    pub store: Arc<TrustStore>,
 }
 
-impl IdentityService {
-    /// Builds the service: a serving certificate for `operator/genesis-operator` from the
-    /// authority, and a trust store (with the current CRL) to verify renewing members.
-    pub fn new(
-        authority: Arc<LocalAuthority>,
-        authenticator: Arc<dyn Authenticator>,
-    ) -> Result<Self> {
+/// An answer decided asynchronously.
+pub type Pending<'a, T> = std::pin::Pin<Box<dyn Future<Output = Result<T>> + Send + 'a>>;
+
+/// Signs what the [`Authenticator`] allowed. Local mode signs with the file-backed authority
+/// ([`LocalIssuer`]); in a cluster each network's authority signs and the member's
+/// Certificate records it ([`crate::cluster_identity::ClusterIssuer`]).
+pub trait Issuer: Send + Sync {
+    /// The trust for a connection whose ClientHello named `server_name`, or why there is none.
+    fn served<'a>(&'a self, server_name: Option<&'a str>) -> Pending<'a, Arc<Served>>;
+    /// Issues `identity` (already authenticated) a certificate for `csr` (DER).
+    fn issue<'a>(
+        &'a self,
+        served: &'a Served,
+        csr: &'a [u8],
+        identity: &'a Identity,
+        renewal: bool,
+    ) -> Pending<'a, CertificateResponse>;
+    /// The newest CRL of the connection's authority.
+    fn crl<'a>(&'a self, served: &'a Served) -> Pending<'a, CrlResponse>;
+}
+
+/// Local mode's issuer: the file-backed authority, one network.
+pub struct LocalIssuer {
+    authority: Arc<LocalAuthority>,
+    served: Arc<Served>,
+}
+
+impl LocalIssuer {
+    /// A serving certificate for `operator/genesis-operator` from the authority, and a trust
+    /// store (with the current CRL) to verify renewing members.
+    pub fn new(authority: Arc<LocalAuthority>) -> Result<Self> {
         let cfg = authority.config().clone();
         let bundle = TrustBundle::new(vec![authority.ca().cert_der().clone()])?;
         let store = Arc::new(TrustStore::new(
@@ -128,26 +155,77 @@ impl IdentityService {
         )?;
         let tls =
             genesis_trust::tls::identity_service_server_config(store.clone(), issued.chain, &key)?;
-        Ok(IdentityService {
-            metrics: crate::metrics::Metrics::new(),
-            authority,
-            authenticator,
-            store,
-            acceptor: TlsAcceptor::from(Arc::new(tls)),
-        })
+        let served = Arc::new(Served { network: cfg.network, config: Arc::new(tls), store });
+        Ok(LocalIssuer { authority, served })
     }
 
-    /// Picks up a CRL written by `genesis-operator local revoke` (or a re-sign).
+    /// Picks up a CRL written by `genesis-operator local revoke` (or a re-sign), so a revoked
+    /// member cannot renew.
     fn refresh_crl(&self) {
         if let Ok(crl) = self.authority.current_crl() {
-            if self.store.crl_number().is_none_or(|n| crl.number() > n) {
-                let _ = self.store.install_crl(&crl, SystemTime::now());
+            if self.served.store.crl_number().is_none_or(|n| crl.number() > n) {
+                let _ = self.served.store.install_crl(&crl, SystemTime::now());
             }
         }
+    }
+}
+
+impl Issuer for LocalIssuer {
+    fn served<'a>(&'a self, _: Option<&'a str>) -> Pending<'a, Arc<Served>> {
+        self.refresh_crl();
+        Box::pin(std::future::ready(Ok(self.served.clone())))
+    }
+
+    fn issue<'a>(
+        &'a self,
+        _: &'a Served,
+        csr: &'a [u8],
+        identity: &'a Identity,
+        _: bool,
+    ) -> Pending<'a, CertificateResponse> {
+        let answer = (|| {
+            let issued = self.authority.issue(csr, identity)?;
+            let crl = self.authority.current_crl()?;
+            Ok(CertificateResponse {
+                chain_pem: issued.chain_pem(),
+                bundle_pem: self.authority.ca().cert_pem(),
+                crl: B64.encode(crl.der()),
+                not_after: unix(issued.not_after),
+                renewal_time: unix(issued.renewal_time),
+            })
+        })();
+        Box::pin(std::future::ready(answer))
+    }
+
+    fn crl<'a>(&'a self, _: &'a Served) -> Pending<'a, CrlResponse> {
+        self.refresh_crl();
+        let answer = self
+            .authority
+            .current_crl()
+            .map(|crl| CrlResponse { crl: B64.encode(crl.der()), number: crl.number() });
+        Box::pin(std::future::ready(answer))
+    }
+}
+
+/// The running service's shared state.
+pub struct IdentityService {
+    pub metrics: Arc<crate::metrics::Metrics>,
+    issuer: Arc<dyn Issuer>,
+    authenticator: Arc<dyn Authenticator>,
+}
+
+impl IdentityService {
+    pub fn new(
+        issuer: Arc<dyn Issuer>,
+        authenticator: Arc<dyn Authenticator>,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> Self {
+        IdentityService { metrics, issuer, authenticator }
     }
 
     async fn issue(
         &self,
+        served: &Served,
         request: &CertificateRequest,
         caller: Option<&PeerIdentity>,
     ) -> Result<CertificateResponse> {
@@ -155,16 +233,18 @@ impl IdentityService {
             .decode(&request.csr)
             .map_err(|e| Error::BadRequest(format!("csr is not base64: {e}")))?;
         let identity = self.authenticator.authenticate(request, caller).await?;
-        let issued = self.authority.issue(&csr, &identity)?;
-        let crl = self.authority.current_crl()?;
-        tracing::info!(identity = %identity, serial = %issued.serial, renewal = caller.is_some(), "issued certificate");
-        Ok(CertificateResponse {
-            chain_pem: issued.chain_pem(),
-            bundle_pem: self.authority.ca().cert_pem(),
-            crl: B64.encode(crl.der()),
-            not_after: unix(issued.not_after),
-            renewal_time: unix(issued.renewal_time),
-        })
+        if identity.network() != served.network {
+            return Err(Error::Unauthenticated(format!(
+                "{identity} is a member of network {}, but this connection named network {} \
+                 (the sidecar's GENESIS_NETWORK)",
+                identity.network(),
+                served.network
+            )));
+        }
+        let renewal = caller.is_some();
+        let response = self.issuer.issue(served, &csr, &identity, renewal).await?;
+        tracing::info!(identity = %identity, renewal, "issued certificate");
+        Ok(response)
     }
 
     fn count(&self, endpoint: &str, response: &Response<Full<Bytes>>) {
@@ -172,14 +252,10 @@ impl IdentityService {
         self.metrics.requests.with_label_values(&[endpoint, &code]).inc();
     }
 
-    /// The Prometheus text of the operator's metrics.
-    pub fn render_metrics(&self) -> String {
-        self.metrics.render(&self.authority)
-    }
-
     async fn handle(
         self: Arc<Self>,
         req: Request<Incoming>,
+        served: Arc<Served>,
         caller: Option<PeerIdentity>,
     ) -> Response<Full<Bytes>> {
         match (req.method(), req.uri().path()) {
@@ -198,7 +274,7 @@ impl IdentityService {
                 };
                 let timer = self.metrics.issue_seconds.start_timer();
                 let kind = if caller.is_some() { "renewal" } else { "join" };
-                let response = match self.issue(&request, caller.as_ref()).await {
+                let response = match self.issue(&served, &request, caller.as_ref()).await {
                     Ok(resp) => {
                         timer.observe_duration();
                         self.metrics.issued.with_label_values(&[kind]).inc();
@@ -221,12 +297,8 @@ impl IdentityService {
                 response
             }
             (&Method::GET, CRL_PATH) => {
-                self.refresh_crl();
-                let response = match self.authority.current_crl() {
-                    Ok(crl) => json(
-                        StatusCode::OK,
-                        &CrlResponse { crl: B64.encode(crl.der()), number: crl.number() },
-                    ),
+                let response = match self.issuer.crl(&served).await {
+                    Ok(crl) => json(StatusCode::OK, &crl),
                     Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
                 };
                 self.count(CRL_PATH, &response);
@@ -265,8 +337,6 @@ fn error(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
     json(status, &ErrorResponse { error: message.to_owned() })
 }
 
-/// How often the service looks for a CRL written by another process.
-const CRL_POLL: Duration = Duration::from_millis(500);
 /// A TLS handshake must finish within this.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -276,15 +346,6 @@ pub async fn serve(
     service: Arc<IdentityService>,
     shutdown: impl Future<Output = ()>,
 ) {
-    let poller = {
-        let service = service.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(CRL_POLL).await;
-                service.refresh_crl();
-            }
-        })
-    };
     tokio::pin!(shutdown);
     loop {
         let (tcp, addr) = tokio::select! {
@@ -300,14 +361,29 @@ pub async fn serve(
         let service = service.clone();
         tokio::spawn(async move { connection(service, tcp, addr).await });
     }
-    poller.abort();
 }
 
+/// One connection: the ClientHello's server name picks the network's trust, then TLS, then
+/// HTTP/1.1.
 async fn connection(service: Arc<IdentityService>, tcp: tokio::net::TcpStream, addr: SocketAddr) {
-    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, service.acceptor.accept(tcp)).await {
-        Ok(Ok(tls)) => tls,
+    let handshake = async {
+        let acceptor = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp);
+        let start = acceptor.await.map_err(|e| format!("no ClientHello: {e}"))?;
+        let name = start.client_hello().server_name().map(str::to_owned);
+        let served = service.issuer.served(name.as_deref()).await.map_err(|e| {
+            service.metrics.refused.with_label_values(&["unknown_network"]).inc();
+            format!("server name {name:?}: {e}")
+        })?;
+        let tls = start
+            .into_stream(served.config.clone())
+            .await
+            .map_err(|e| format!("TLS handshake refused: {e}"))?;
+        Ok::<_, String>((tls, served))
+    };
+    let (tls, served) = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
+        Ok(Ok(accepted)) => accepted,
         Ok(Err(e)) => {
-            tracing::warn!(%addr, error = %e, "TLS handshake refused");
+            tracing::warn!(%addr, error = %e, "connection refused");
             return;
         }
         Err(_) => {
@@ -315,14 +391,14 @@ async fn connection(service: Arc<IdentityService>, tcp: tokio::net::TcpStream, a
             return;
         }
     };
-    let caller =
-        tls.get_ref().1.peer_certificates().and_then(|chain| {
-            service.store.verify(chain, SystemTime::now(), PeerRole::Client).ok()
-        });
+    let caller = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|chain| served.store.verify(chain, SystemTime::now(), PeerRole::Client).ok());
     let svc = hyper::service::service_fn(move |req| {
-        let service = service.clone();
-        let caller = caller.clone();
-        async move { Ok::<_, Infallible>(service.handle(req, caller).await) }
+        let (service, served, caller) = (service.clone(), served.clone(), caller.clone());
+        async move { Ok::<_, Infallible>(service.handle(req, served, caller).await) }
     });
     if let Err(e) =
         hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tls), svc).await

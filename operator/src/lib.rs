@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod cli;
+pub mod cluster_identity;
 pub mod controller;
 pub mod decide;
 #[cfg(any(test, feature = "fake-api"))]

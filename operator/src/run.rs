@@ -3,8 +3,8 @@
 //! runs the Certificate and NetworkAuthority controllers until SIGTERM, and counts every
 //! reconcile.
 //!
-//! Every replica serves the webhook; only the holder of the leader Lease runs the controllers.
-//! Not here yet (docs/OPERATOR.md): the CRL publisher and the in-cluster identity service.
+//! Every replica serves the webhook and the identity service; only the holder of the leader
+//! Lease runs the controllers.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -157,12 +157,14 @@ pub struct Options {
     pub identity: String,
     /// Where to serve the webhook (None: not at all).
     pub webhook_listen: Option<String>,
+    /// Where to serve the identity service (None: not at all).
+    pub identity_listen: Option<String>,
     /// What injected sidecars are told.
     pub inject: crate::webhook::InjectConfig,
 }
 
-/// Every replica: the webhook (its certificate, the caBundle, HTTPS). The leader: the
-/// controllers. Returns on SIGTERM/SIGINT (releasing the Lease) or with an error when the
+/// Every replica: the webhook (its certificate, the caBundle, HTTPS) and the identity
+/// service. The leader: the controllers. Returns on SIGTERM/SIGINT (releasing the Lease) or with an error when the
 /// Lease is lost, so the process exits and Kubernetes restarts it as a follower.
 pub async fn run(
     client: kube::Client,
@@ -199,6 +201,24 @@ pub async fn run(
             }
         });
         tracing::info!(%listen, "webhook serving /inject");
+    }
+    if let Some(listen) = &options.identity_listen {
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(|e| format!("cannot listen on {listen} for the identity service: {e}"))?;
+        let ctx = Arc::new(Context {
+            client: client.clone(),
+            operator_namespace: ns.clone(),
+            now: Arc::new(SystemTime::now),
+            recorder: Some(controller::recorder(&client, Some(options.identity.clone()))),
+        });
+        let service = Arc::new(crate::identity_service::IdentityService::new(
+            Arc::new(crate::cluster_identity::ClusterIssuer::new(ctx)),
+            Arc::new(crate::token_review::TokenReviews { client: client.clone() }),
+            metrics.clone(),
+        ));
+        tokio::spawn(crate::identity_service::serve(listener, service, std::future::pending()));
+        tracing::info!(%listen, "identity service serving joins and renewals");
     }
     ready.store(true, Ordering::Relaxed);
     let lost = tokio::select! {

@@ -95,14 +95,14 @@ async fn request(
     .expect("request serializes");
     let tls =
         genesis_trust::tls::identity_client_config(store, current).map_err(|e| e.to_string())?;
-    let response = tokio::time::timeout(REQUEST_TIMEOUT, post(&config.identity_service, tls, body))
-        .await
-        .map_err(|_| {
-            format!(
-                "identity service {} did not answer within {REQUEST_TIMEOUT:?}",
-                config.identity_service
-            )
-        })??;
+    let server_name = genesis_trust::join::identity_server_name(&config.network);
+    let post = post(&config.identity_service, &server_name, tls, body);
+    let response = tokio::time::timeout(REQUEST_TIMEOUT, post).await.map_err(|_| {
+        format!(
+            "identity service {} did not answer within {REQUEST_TIMEOUT:?}",
+            config.identity_service
+        )
+    })??;
     let chain = certs_from_pem(&response.chain_pem).map_err(|e| format!("issued chain: {e}"))?;
     let issued =
         CertInfo::require_identity(&chain[0]).map_err(|e| format!("issued certificate: {e}"))?;
@@ -126,15 +126,18 @@ async fn request(
     })
 }
 
+/// Sends the request to `addr`, naming `server_name` (which says the network) in TLS.
 async fn post(
     addr: &str,
+    server_name: &str,
     tls: rustls::ClientConfig,
     body: Vec<u8>,
 ) -> Result<CertificateResponse, String> {
     let tcp = tokio::net::TcpStream::connect(addr)
         .await
         .map_err(|e| format!("cannot reach the identity service at {addr}: {e}"))?;
-    let name = ServerName::try_from("identity.genesis-mesh.invalid").expect("valid name");
+    let name = ServerName::try_from(server_name.to_owned())
+        .map_err(|e| format!("{server_name} is not a server name: {e}"))?;
     let stream = TlsConnector::from(Arc::new(tls))
         .connect(name, tcp)
         .await
@@ -153,7 +156,7 @@ async fn post(
         .map_err(|e| format!("HTTP handshake with the identity service failed: {e}"))?;
     tokio::spawn(conn);
     let req = hyper::Request::post(CERTIFICATES_PATH)
-        .header("host", "identity.genesis-mesh.invalid")
+        .header("host", server_name)
         .header("content-type", "application/json")
         .body(Full::new(Bytes::from(body)))
         .expect("valid request");

@@ -94,7 +94,7 @@ fn render(values: Value) -> Rendered {
 }
 
 #[test]
-fn default_values_render_an_operator_with_least_privilege_and_no_webhook_yet() {
+fn default_values_render_an_operator_with_least_privilege_identity_service_and_webhook() {
     let r = render(json!({}));
     assert_eq!(r.deployments.len(), 1);
     let d = &r.deployments[0];
@@ -106,7 +106,19 @@ fn default_values_render_an_operator_with_least_privilege_and_no_webhook_yet() {
     let c = &pod.containers[0];
     assert_eq!(c.image.as_deref(), Some("genesis-mesh/operator:0.1.0"));
     assert_eq!(c.args.as_deref().unwrap()[0], "run");
-    assert!(c.args.as_ref().unwrap().contains(&"--no-webhook".to_owned()), "webhook off");
+    let args = c.args.as_ref().unwrap();
+    for arg in [
+        "--webhook-listen=0.0.0.0:9443",
+        "--identity-listen=0.0.0.0:7443",
+        "--identity-service=genesis-operator-identity.genesis-system.svc:7443",
+    ] {
+        assert!(args.contains(&arg.to_owned()), "{arg} missing from {args:?}");
+    }
+    let port = |name: &str| {
+        let found = c.ports.iter().flatten().find(|p| p.name.as_deref() == Some(name));
+        found.unwrap_or_else(|| panic!("no port {name}")).container_port
+    };
+    assert_eq!((port("identity"), port("webhook")), (7443, 9443));
     assert_eq!(
         c.readiness_probe.as_ref().unwrap().http_get.as_ref().unwrap().path.as_deref(),
         Some("/readyz")
@@ -150,7 +162,19 @@ fn default_values_render_an_operator_with_least_privilege_and_no_webhook_yet() {
     );
     assert_eq!(r.bindings, 2);
     assert_eq!(r.service_accounts.len(), 1);
-    assert!(r.webhooks.is_empty() && r.services.is_empty(), "the webhook is off by default");
+    // Injected sidecars reach the identity service by the name the operator tells them.
+    let identity = r
+        .services
+        .iter()
+        .find(|s| s.metadata.name.as_deref() == Some("genesis-operator-identity"))
+        .expect("the identity Service");
+    let ports = identity.spec.as_ref().unwrap().ports.as_ref().unwrap();
+    assert_eq!(ports[0].port, 7443);
+    assert_eq!(
+        ports[0].target_port,
+        Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String("identity".into()))
+    );
+    assert_eq!(r.webhooks.len(), 1, "the webhook is on by default");
     assert!(r.notes.contains("genesisctl check"));
 }
 
@@ -165,6 +189,7 @@ fn non_default_values_reach_the_manifests() {
             "resources": {"limits": {"memory": "1Gi"}}
         },
         "webhook": {"enabled": true, "failurePolicy": "Ignore", "port": 8443},
+        "identity": {"port": 8643},
         "serviceAccount": {"name": "mesh-operator"},
         "metrics": {"annotations": false}
     }));
@@ -181,6 +206,7 @@ fn non_default_values_reach_the_manifests() {
     assert_eq!(c.image_pull_policy.as_deref(), Some("Always"));
     assert!(c.args.as_ref().unwrap().contains(&"--probe-listen=0.0.0.0:9090".to_owned()));
     assert!(c.args.as_ref().unwrap().contains(&"--webhook-listen=0.0.0.0:8443".to_owned()));
+    assert!(c.args.as_ref().unwrap().contains(&"--identity-listen=0.0.0.0:8643".to_owned()));
     let env = c.env.as_ref().unwrap();
     let pod_name = env.iter().find(|e| e.name == "POD_NAME").unwrap();
     let field = pod_name.value_from.as_ref().unwrap().field_ref.as_ref().unwrap();
@@ -189,7 +215,9 @@ fn non_default_values_reach_the_manifests() {
     assert_eq!(port.unwrap().container_port, 8443);
     assert_eq!(c.resources.as_ref().unwrap().limits.as_ref().unwrap()["memory"].0, "1Gi");
     // The webhook: its Service and configuration, under the names genesisctl check looks for.
-    assert_eq!(r.services[0].metadata.name.as_deref(), Some("genesis-operator-webhook"));
+    let webhook_service =
+        r.services.iter().find(|s| s.metadata.name.as_deref() == Some("genesis-operator-webhook"));
+    assert!(webhook_service.is_some(), "the webhook Service");
     let w = &r.webhooks[0];
     assert_eq!(w.metadata.name.as_deref(), Some("genesis-mesh-injector"));
     let hooks = w.webhooks.as_ref().unwrap();
@@ -212,4 +240,15 @@ fn non_default_values_reach_the_manifests() {
     assert_eq!(selector(&hooks[1].namespace_selector), (label.clone(), "DoesNotExist".into()));
     assert_eq!(selector(&hooks[1].object_selector), (label, "Exists".into()));
     assert!(r.notes.contains("one replica leads (Lease genesis-operator)"), "{}", r.notes);
+}
+
+#[test]
+fn the_webhook_can_be_turned_off() {
+    let r = render(json!({"webhook": {"enabled": false}}));
+    let c = &r.deployments[0].spec.as_ref().unwrap().template.spec.as_ref().unwrap().containers[0];
+    assert!(c.args.as_ref().unwrap().contains(&"--no-webhook".to_owned()));
+    assert!(r.webhooks.is_empty());
+    let names: Vec<_> = r.services.iter().filter_map(|s| s.metadata.name.as_deref()).collect();
+    assert_eq!(names, ["genesis-operator-identity"], "the identity service stays");
+    assert!(r.notes.contains("add sidecars yourself"), "{}", r.notes);
 }

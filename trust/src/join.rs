@@ -57,3 +57,34 @@ pub struct CrlResponse {
 pub struct ErrorResponse {
     pub error: String,
 }
+
+/// The domain under which a member names the network it joins, in TLS SNI.
+const SERVER_NAME_SUFFIX: &str = ".identity.genesis-mesh.invalid";
+
+/// The TLS server name a member sends to the identity service: `<network>.identity.genesis-mesh.invalid`.
+/// One identity service (the operator's in a cluster) serves every network, and answers each
+/// with that network's authority; the name says which. Network names are DNS labels, so the
+/// name is always valid.
+pub fn identity_server_name(network: &str) -> String {
+    format!("{network}{SERVER_NAME_SUFFIX}")
+}
+
+/// The network a server name asks for ([`identity_server_name`]), if it is one.
+pub fn network_of_server_name(name: &str) -> Option<&str> {
+    name.strip_suffix(SERVER_NAME_SUFFIX).filter(|n| !n.is_empty() && !n.contains('.'))
+}
+
+#[cfg(test)]
+mod server_name_tests {
+    use super::*;
+
+    #[test]
+    fn the_server_name_carries_the_network_and_nothing_else() {
+        assert_eq!(identity_server_name("payments"), "payments.identity.genesis-mesh.invalid");
+        assert_eq!(network_of_server_name(&identity_server_name("payments")), Some("payments"));
+        assert_eq!(network_of_server_name("identity.genesis-mesh.invalid"), None);
+        assert_eq!(network_of_server_name(".identity.genesis-mesh.invalid"), None);
+        assert_eq!(network_of_server_name("a.b.identity.genesis-mesh.invalid"), None);
+        assert_eq!(network_of_server_name("payments.example.com"), None);
+    }
+}

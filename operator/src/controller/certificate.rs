@@ -24,7 +24,7 @@ use serde_json::json;
 use super::mesh_network::FINALIZER;
 use super::{
     apply_configmap, apply_status, ca_secret_name, condition_of, load_revocations, parse_rfc3339,
-    revocations_name, rfc3339, until, Context, Error, MANAGER,
+    read_ca, revocations_name, rfc3339, until, Context, Error, MANAGER,
 };
 use crate::decide::{self, CertificateAction, Failures, Held};
 
@@ -53,29 +53,20 @@ async fn authority_of(
     Ok(Ok((network, authority)))
 }
 
-pub(super) async fn load_ca(
+/// The authority's CA, or why it cannot be used yet.
+pub(crate) async fn load_ca(
     ctx: &Context,
     authority: &NetworkAuthority,
 ) -> Result<CertificateAuthority, String> {
-    let name = ca_secret_name(&authority.name_any());
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ctx.operator_namespace);
-    let secret = secrets.get_opt(&name).await.map_err(|e| e.to_string())?.ok_or_else(|| {
-        format!("the CA Secret {}/{name} does not exist yet", ctx.operator_namespace)
-    })?;
-    let field = |k: &str| {
-        secret
-            .data
-            .as_ref()
-            .and_then(|d| d.get(k))
-            .map(|b| String::from_utf8_lossy(&b.0).into_owned())
-            .ok_or_else(|| format!("the CA Secret {name} has no {k}"))
-    };
-    CertificateAuthority::from_pem(
-        &authority.spec.trust_domain,
-        &field("tls.crt")?,
-        &field("tls.key")?,
-    )
-    .map_err(|e| format!("the CA Secret {name} is unusable: {e}"))
+    match read_ca(&ctx.client, &ctx.operator_namespace, authority).await {
+        Ok(Some(found)) => found,
+        Ok(None) => Err(format!(
+            "the CA Secret {}/{} does not exist yet",
+            ctx.operator_namespace,
+            ca_secret_name(&authority.name_any())
+        )),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// What the certificate's Secret holds, if anything readable. Its renewal time is the one
@@ -363,7 +354,7 @@ async fn release(ctx: &Context, cert: &Certificate) -> Result<Action, Error> {
 
 /// The serials to keep in status after issuing `serial`: the previous ones plus it, newest
 /// last, at most [`KEEP_SERIALS`].
-fn keep_serials(previous: &[String], serial: &str) -> Vec<String> {
+pub(crate) fn keep_serials(previous: &[String], serial: &str) -> Vec<String> {
     let mut serials: Vec<String> = previous.iter().filter(|s| *s != serial).cloned().collect();
     serials.push(serial.to_owned());
     let excess = serials.len().saturating_sub(KEEP_SERIALS);

@@ -16,16 +16,12 @@ use serde_json::json;
 
 use super::{
     apply_configmap, apply_status, bundle_name, ca_secret_name, crl_name, load_revocations,
-    revocations_name, rfc3339, until, Context, Error, MANAGER,
+    read_ca, revocations_name, rfc3339, until, Context, Error, MANAGER,
 };
 use crate::decide;
 
 /// How far a CRL's thisUpdate is backdated (members' clocks may lag the operator's).
 const CRL_BACKDATE: Duration = Duration::from_secs(60);
-
-fn secret_field(secret: &Secret, key: &str) -> Option<String> {
-    secret.data.as_ref()?.get(key).map(|b| String::from_utf8_lossy(&b.0).into_owned())
-}
 
 /// The CA: the adopted Secret (`spec.caSecretRef`), or ours, generated on first sight.
 async fn ca(
@@ -33,41 +29,19 @@ async fn ca(
     na: &NetworkAuthority,
     now: SystemTime,
 ) -> Result<Result<CertificateAuthority, String>, Error> {
-    let trust_domain = &na.spec.trust_domain;
-    if let Some(r) = &na.spec.ca_secret_ref {
-        let ns = r.namespace.clone().unwrap_or_else(|| ctx.operator_namespace.clone());
-        let Some(secret) =
-            Api::<Secret>::namespaced(ctx.client.clone(), &ns).get_opt(&r.name).await?
-        else {
-            return Ok(Err(format!("caSecretRef {ns}/{} does not exist", r.name)));
-        };
-        let (Some(cert), Some(key)) =
-            (secret_field(&secret, "tls.crt"), secret_field(&secret, "tls.key"))
-        else {
-            return Ok(Err(format!("caSecretRef {ns}/{} needs tls.crt and tls.key", r.name)));
-        };
-        return Ok(CertificateAuthority::from_pem(trust_domain, &cert, &key).map_err(|e| {
-            format!("caSecretRef {ns}/{} is not a usable CA for {trust_domain}: {e}", r.name)
-        }));
+    if let Some(found) = read_ca(&ctx.client, &ctx.operator_namespace, na).await? {
+        return Ok(found);
     }
     let name = ca_secret_name(&na.name_any());
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ctx.operator_namespace);
-    if let Some(secret) = secrets.get_opt(&name).await? {
-        let (Some(cert), Some(key)) =
-            (secret_field(&secret, "tls.crt"), secret_field(&secret, "tls.key"))
-        else {
-            return Ok(Err(format!(
-                "the CA Secret {name} lost tls.crt or tls.key; restore it from backup"
-            )));
-        };
-        return Ok(CertificateAuthority::from_pem(trust_domain, &cert, &key)
-            .map_err(|e| format!("the CA Secret {name} is unusable: {e}")));
-    }
     let validity =
         genesis_trust::duration::parse_duration(&na.spec.ca_validity).map_err(Error::Invalid)?;
-    let ca =
-        CertificateAuthority::generate(trust_domain, na.spec.key_algorithm.into(), validity, now)
-            .map_err(|e| Error::Invalid(e.to_string()))?;
+    let ca = CertificateAuthority::generate(
+        &na.spec.trust_domain,
+        na.spec.key_algorithm.into(),
+        validity,
+        now,
+    )
+    .map_err(|e| Error::Invalid(e.to_string()))?;
     let owner = na.controller_owner_ref(&()).map(|o| vec![o]).unwrap_or_default();
     let data = json!({
         "tls.crt": ByteString(ca.cert_pem().into_bytes()),
@@ -78,6 +52,7 @@ async fn ca(
         "metadata": {"name": name, "namespace": ctx.operator_namespace, "ownerReferences": owner},
         "data": data,
     });
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ctx.operator_namespace);
     secrets.patch(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(secret)).await?;
     Ok(Ok(ca))
 }

@@ -131,7 +131,10 @@ fn a_failed_issuance_backs_off_and_keeps_the_old_secret() {
     assert_eq!(w.api.get(SECRET).unwrap(), secret_before, "the valid certificate was replaced");
     assert_eq!(w.status()["failedIssuanceAttempts"], 1);
     assert_eq!(w.condition("Issuing")["status"], "False");
-    assert!(w.condition("Issuing")["message"].as_str().unwrap().contains("unusable"));
+    assert!(w.condition("Issuing")["message"]
+        .as_str()
+        .unwrap()
+        .contains("is not a usable CA for prod.example"));
     assert_eq!(w.condition("Ready")["status"], "True", "still valid, still ready");
     // Within the backoff: no attempt at all.
     w.at(due + Duration::from_secs(2));
@@ -154,7 +157,10 @@ fn a_failed_issuance_backs_off_and_keeps_the_old_secret() {
         );
     }
     let failed = w.events().into_iter().find(|e| e.2 == "IssueFailed").unwrap();
-    assert!(failed.3.contains("unusable") && failed.3.contains("retrying in 5s"), "{failed:?}");
+    assert!(
+        failed.3.contains("is not a usable CA") && failed.3.contains("retrying in 5s"),
+        "{failed:?}"
+    );
 }
 
 #[test]

@@ -104,6 +104,46 @@ fn revoking_a_certificate_bumps_the_crl_number_and_lists_its_serial() {
 }
 
 #[test]
+fn an_adopted_ca_signs_the_crl_and_the_certificates() {
+    let w = World::new();
+    let corp = CertificateAuthority::generate(
+        "prod.example",
+        KeyAlgorithm::EcdsaP256,
+        Duration::from_secs(86400 * 365),
+        start() - Duration::from_secs(3600),
+    )
+    .unwrap();
+    let mut secret = crate::controller::testing::ca_secret(&corp);
+    secret["metadata"] = json!({"name": "corp-ca", "namespace": "pki"});
+    w.api.put(secret);
+    w.api.update(NA, json!({"spec": {"caSecretRef": {"name": "corp-ca", "namespace": "pki"}}}));
+    w.authority();
+    assert_eq!(w.status()["caFingerprint"], json!(corp.fingerprint()));
+    w.crl().verify_signed_by(corp.cert_der()).unwrap();
+    assert!(w.api.get(CA).is_none(), "no CA of our own was generated");
+    // Before the fix the Certificate controller read only <authority>-ca, so an adopted CA
+    // issued nothing ("does not exist yet").
+    w.certificate();
+    let issued = w.0.condition(CERT, "Ready");
+    assert_eq!(issued["status"], "True", "{issued}");
+    let secret = w.api.get("/api/v1/namespaces/shop/secrets/billing-tls").unwrap();
+    use base64::Engine;
+    let pem = base64::engine::general_purpose::STANDARD
+        .decode(secret["data"]["tls.crt"].as_str().unwrap())
+        .unwrap();
+    let chain = genesis_trust::certs_from_pem(&String::from_utf8(pem).unwrap()).unwrap();
+    let store = genesis_trust::TrustStore::new(
+        genesis_trust::TrustPolicy {
+            trust_domain: "prod.example".into(),
+            network: Some("payments".into()),
+            require_fresh_crl: false,
+        },
+        genesis_trust::TrustBundle::new(vec![corp.cert_der().clone()]).unwrap(),
+    );
+    store.verify(&chain, start(), genesis_trust::PeerRole::Client).unwrap();
+}
+
+#[test]
 fn an_adopted_ca_whose_key_does_not_match_is_refused_with_a_reason() {
     let w = World::new();
     let generate = || {
