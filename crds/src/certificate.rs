@@ -114,6 +114,7 @@ pub struct CertificateStatus {
     pub observed_generation: Option<i64>,
     /// Ready, Issuing, Revoked.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
     /// Start of validity (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -345,6 +345,7 @@ pub struct MeshNetworkStatus {
     pub observed_generation: Option<i64>,
     /// Ready, Degraded, CRLConverged.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
     /// Member pods with a Certificate.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -107,6 +107,7 @@ pub struct NetworkAuthorityStatus {
     pub observed_generation: Option<i64>,
     /// Ready, CRLPublished, MeshConverged, Rotating.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
     /// SHA-256 fingerprint of the current CA certificate.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -1,9 +1,9 @@
 //! The Kubernetes controllers: one concern each, coordinating through status. Each decides
 //! with a pure function of [`crate::decide`] and applies the result with server-side apply.
-//! Today: Certificate and NetworkAuthority; MeshNetwork and the CRL publisher are still to
-//! come.
+//! Certificate, NetworkAuthority, MeshNetwork, and the CRL publisher.
 
 pub mod certificate;
+pub mod crl_publisher;
 pub mod mesh_network;
 pub mod network_authority;
 #[cfg(test)]

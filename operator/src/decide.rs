@@ -166,6 +166,74 @@ pub fn rotation_bundle<'a>(
     }
 }
 
+/// What one member's sidecar said about its CRL (`None`: it did not answer).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberCrl {
+    pub node: String,
+    pub number: Option<u64>,
+}
+
+/// How far a CRL has spread through a network's members.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Spread {
+    /// Every member holds the CRL (or a newer one).
+    pub converged: bool,
+    /// Members that answered with an older CRL, or none.
+    pub behind: Vec<String>,
+    /// Members that did not answer.
+    pub unreachable: Vec<String>,
+    /// The lowest CRL number a member reported (the network's `crlNumberSeen`).
+    pub lowest: Option<u64>,
+    /// Members holding the CRL.
+    pub holding: usize,
+}
+
+/// How far CRL `current` has spread among `members`. A member that does not answer is not
+/// counted as holding it: convergence means every member said so.
+pub fn crl_spread(current: u64, members: &[MemberCrl]) -> Spread {
+    let mut spread = Spread::default();
+    for m in members {
+        match m.number {
+            None => spread.unreachable.push(m.node.clone()),
+            Some(n) if n >= current => spread.holding += 1,
+            Some(_) => spread.behind.push(m.node.clone()),
+        }
+        spread.lowest = match (spread.lowest, m.number) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+    }
+    spread.converged = spread.holding == members.len();
+    spread
+}
+
+/// Who the CRL publisher pushes CRL `current` to. Anchors that are behind get it first (gossip
+/// carries it from them to every member in well under a second); a member still behind once
+/// `grace` has passed since the anchors were pushed to gets it directly (an anchor down, a
+/// partition). `pushed_at` is when the anchors were pushed this CRL, if they were.
+pub fn crl_push_targets(
+    spread: &Spread,
+    anchors: &[String],
+    pushed_at: Option<SystemTime>,
+    now: SystemTime,
+    grace: Duration,
+) -> Vec<String> {
+    match pushed_at {
+        None => {
+            let anchors: Vec<String> =
+                anchors.iter().filter(|a| spread.behind.contains(a)).cloned().collect();
+            // No anchor to carry it (none answers, or they hold it already): push directly.
+            if anchors.is_empty() {
+                spread.behind.clone()
+            } else {
+                anchors
+            }
+        }
+        Some(t) if now >= t + grace => spread.behind.clone(),
+        Some(_) => Vec::new(),
+    }
+}
+
 /// One candidate for anchor.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Candidate {

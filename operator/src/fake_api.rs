@@ -22,6 +22,8 @@ pub struct FakeApi {
     /// How many of the next patches that name a resourceVersion lose a race: another writer
     /// changes the object first, so they get 409 Conflict.
     pub races: Arc<std::sync::atomic::AtomicUsize>,
+    /// Which field manager last applied each condition: (object path, type) → manager.
+    condition_owners: Arc<Mutex<BTreeMap<(String, String), String>>>,
 }
 
 fn plural(kind: &str) -> String {
@@ -105,23 +107,74 @@ impl FakeApi {
         merge(objects.get_mut(path).unwrap(), &patch);
     }
 
+    /// Server-side apply of `conditions` (`x-kubernetes-list-type: map`, key `type`): the
+    /// applied list replaces what this manager applied before, and keeps what other managers
+    /// applied. Returns the list to store.
+    fn apply_conditions(
+        &self,
+        path: &str,
+        manager: &str,
+        stored: &Value,
+        applied: &Value,
+    ) -> Value {
+        let mut owners = self.condition_owners.lock().unwrap();
+        let applied: Vec<Value> = applied.as_array().cloned().unwrap_or_default();
+        let types: Vec<String> =
+            applied.iter().filter_map(|c| c["type"].as_str().map(str::to_owned)).collect();
+        let mut kept: Vec<Value> = stored
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|c| {
+                let t = c["type"].as_str().unwrap_or_default().to_owned();
+                let owner = owners.get(&(path.to_owned(), t.clone()));
+                !types.contains(&t) && owner.is_some_and(|o| o != manager)
+            })
+            .cloned()
+            .collect();
+        owners.retain(|(p, _), o| p != path || o != manager);
+        for t in types {
+            owners.insert((path.to_owned(), t), manager.to_owned());
+        }
+        kept.extend(applied);
+        Value::Array(kept)
+    }
+
     /// The answer to one request.
     pub fn answer(
         &self,
         method: &http::Method,
-        path: &str,
+        uri: &http::Uri,
         content_type: &str,
         body: &[u8],
     ) -> (u16, Value) {
+        let path = uri.path();
+        let manager = uri
+            .query()
+            .into_iter()
+            .flat_map(|q| q.split('&'))
+            .find_map(|kv| kv.strip_prefix("fieldManager="))
+            .unwrap_or_default()
+            .to_owned();
         let mut objects = self.objects.lock().unwrap();
         if method == http::Method::POST || method == http::Method::PUT {
             return self.write(&mut objects, method, path, body);
         }
         if method == http::Method::PATCH {
-            let patch: Value = serde_json::from_slice(body).unwrap();
+            let mut patch: Value = serde_json::from_slice(body).unwrap();
             self.patches.lock().unwrap().push((path.to_owned(), patch.clone()));
             // The status subresource is part of the stored object here.
             let object_path = path.strip_suffix("/status").unwrap_or(path);
+            let applying = content_type.starts_with("application/apply-patch");
+            if applying && patch["status"]["conditions"].is_array() {
+                let stored = objects
+                    .get(object_path)
+                    .map(|o| o["status"]["conditions"].clone())
+                    .unwrap_or(Value::Null);
+                let applied = &patch["status"]["conditions"];
+                patch["status"]["conditions"] =
+                    self.apply_conditions(object_path, &manager, &stored, applied);
+            }
             let guarded = patch["metadata"]["resourceVersion"].is_string();
             let race = |n: usize| n.checked_sub(1);
             use std::sync::atomic::Ordering::SeqCst;
@@ -150,7 +203,7 @@ impl FakeApi {
                     (200, obj.clone())
                 }
                 // Server-side apply creates what is missing.
-                None if content_type.starts_with("application/apply-patch") => {
+                None if applying => {
                     objects.insert(object_path.to_owned(), patch.clone());
                     (201, patch)
                 }
@@ -244,8 +297,7 @@ impl FakeApi {
                     .and_then(|v| v.to_str().ok())
                     .unwrap_or("")
                     .to_owned();
-                let (status, value) =
-                    api.answer(&parts.method, parts.uri.path(), &content_type, &body);
+                let (status, value) = api.answer(&parts.method, &parts.uri, &content_type, &body);
                 let response = http::Response::builder()
                     .status(status)
                     .header("content-type", "application/json")

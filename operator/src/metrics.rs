@@ -33,6 +33,7 @@ pub struct Metrics {
     pub reconcile_seconds: HistogramVec,
     pub injections: IntCounterVec,
     pub leader: IntGauge,
+    pub crl_pushes: IntCounterVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -117,12 +118,24 @@ impl Metrics {
                 "leader",
                 "1 while this replica holds the leader Lease and runs the controllers"
             ))),
+            crl_pushes: reg!(IntCounterVec::new(
+                opts(
+                    "crl_pushes_total",
+                    "CRLs pushed into the mesh by target (anchor, member) and outcome (applied, failed)"
+                ),
+                &["target", "outcome"]
+            )),
             registry,
         };
+        for target in ["anchor", "member"] {
+            for outcome in ["applied", "failed"] {
+                m.crl_pushes.with_label_values(&[target, outcome]);
+            }
+        }
         for outcome in ["injected", "skipped", "refused"] {
             m.injections.with_label_values(&[outcome]);
         }
-        for controller in ["certificate", "networkauthority", "meshnetwork"] {
+        for controller in ["certificate", "networkauthority", "meshnetwork", "crlpublisher"] {
             for result in ["ok", "error"] {
                 m.reconciles.with_label_values(&[controller, result]);
             }
@@ -130,7 +143,8 @@ impl Metrics {
         for kind in ["join", "renewal"] {
             m.issued.with_label_values(&[kind]);
         }
-        for reason in ["unauthenticated", "bad_request", "not_entitled", "error"] {
+        for reason in ["unauthenticated", "bad_request", "not_entitled", "unknown_network", "error"]
+        {
             m.refused.with_label_values(&[reason]);
         }
         m.start_time.set(secs(SystemTime::now()));

@@ -63,7 +63,7 @@ fn observe(metrics: &Metrics, controller: &str, started: Instant, ok: bool) {
 
 /// A failed reconcile (API error) is retried after 15 s; issuance failures never get here (the
 /// reconciler records them in status and backs off itself).
-fn error_policy<K>(_: Arc<K>, error: &Error, _: Arc<Shared>) -> Action {
+fn error_policy<K, C>(_: Arc<K>, error: &Error, _: Arc<C>) -> Action {
     tracing::warn!(%error, "reconcile failed; retrying");
     Action::requeue(std::time::Duration::from_secs(15))
 }
@@ -95,6 +95,16 @@ async fn authority(na: Arc<NetworkAuthority>, shared: Arc<Shared>) -> Result<Act
     result
 }
 
+async fn publish_crls(
+    na: Arc<NetworkAuthority>,
+    shared: Arc<(Arc<Shared>, controller::crl_publisher::Publisher)>,
+) -> Result<Action, Error> {
+    let started = Instant::now();
+    let result = shared.1.reconcile(na).await;
+    observe(&shared.0.metrics, "crlpublisher", started, result.is_ok());
+    result
+}
+
 /// Runs the controllers until SIGTERM/SIGINT.
 pub async fn controllers(client: kube::Client, operator_namespace: String, metrics: Arc<Metrics>) {
     let ctx = Arc::new(Context {
@@ -117,10 +127,14 @@ pub async fn controllers(client: kube::Client, operator_namespace: String, metri
     // A change of an authority's revocation list (written by the Certificate controller)
     // triggers its reconcile, which signs the new CRL at once.
     let authorities = Controller::new(Api::<NetworkAuthority>::all(client.clone()), wc.clone())
-        .watches(Api::<ConfigMap>::namespaced(client.clone(), &operator_namespace), wc, |cm| {
-            let name = cm.metadata.name.unwrap_or_default();
-            name.strip_suffix("-revocations").map(ObjectRef::<NetworkAuthority>::new)
-        })
+        .watches(
+            Api::<ConfigMap>::namespaced(client.clone(), &operator_namespace),
+            wc.clone(),
+            |cm| {
+                let name = cm.metadata.name.unwrap_or_default();
+                name.strip_suffix("-revocations").map(ObjectRef::<NetworkAuthority>::new)
+            },
+        )
         .shutdown_on_signal()
         .run(authority, error_policy, shared.clone())
         .for_each(|r| async move {
@@ -144,8 +158,35 @@ pub async fn controllers(client: kube::Client, operator_namespace: String, metri
                     tracing::debug!(error = %e, "mesh network controller");
                 }
             });
+    // The CRL publisher: a new CRL (its ConfigMap) or a network's change (members, anchors)
+    // triggers the authority's pass; while a CRL spreads it requeues itself.
+    let publisher = controller::crl_publisher::Publisher::new(
+        shared.ctx.clone(),
+        controller::crl_publisher::ADMIN_PORT,
+        Some(shared.metrics.clone()),
+    );
+    let publishing = Arc::new((shared.clone(), publisher));
+    let crls = Controller::new(Api::<NetworkAuthority>::all(client.clone()), wc.clone())
+        .watches(
+            Api::<ConfigMap>::namespaced(client.clone(), &operator_namespace),
+            wc.clone(),
+            |cm| {
+                let name = cm.metadata.name.unwrap_or_default();
+                name.strip_suffix("-crl").map(ObjectRef::<NetworkAuthority>::new)
+            },
+        )
+        .watches(Api::<MeshNetwork>::all(client.clone()), wc.clone(), |mn| {
+            Some(ObjectRef::<NetworkAuthority>::new(&mn.spec.authority_ref.name))
+        })
+        .shutdown_on_signal()
+        .run(publish_crls, error_policy, publishing)
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "CRL publisher");
+            }
+        });
     tracing::info!(namespace = %operator_namespace, "controllers running");
-    futures::join!(certificates, authorities, networks);
+    futures::join!(certificates, authorities, networks, crls);
     tracing::info!("controllers stopped");
 }
 

@@ -46,7 +46,36 @@ struct Member<'a> {
     ip: Option<String>,
 }
 
-fn pod_ready(pod: &Pod) -> bool {
+/// The running pods `mn` selects (its label on the pod or namespace, or its memberSelector).
+pub(crate) async fn member_pods(ctx: &Context, mn: &MeshNetwork) -> Result<Vec<Pod>, Error> {
+    let namespaces: BTreeMap<String, BTreeMap<String, String>> =
+        Api::<Namespace>::all(ctx.client.clone())
+            .list(&ListParams::default())
+            .await?
+            .items
+            .into_iter()
+            .map(|n| (n.name_any(), n.metadata.labels.unwrap_or_default()))
+            .collect();
+    let pods = Api::<Pod>::all(ctx.client.clone()).list(&ListParams::default()).await?.items;
+    let no_labels = BTreeMap::new();
+    let network = mn.name_any();
+    Ok(pods
+        .into_iter()
+        .filter(running)
+        .filter(|p| {
+            let ns = p.namespace().unwrap_or_default();
+            decide_network::is_member(
+                &network,
+                &mn.spec,
+                p.meta().labels.as_ref().unwrap_or(&no_labels),
+                namespaces.get(&ns).unwrap_or(&no_labels),
+            )
+        })
+        .collect())
+}
+
+/// Whether the member's sidecar (or, without one, the pod) is ready.
+pub(crate) fn pod_ready(pod: &Pod) -> bool {
     let status = pod.status.as_ref();
     let sidecar = status
         .and_then(|s| s.container_statuses.as_ref())
@@ -106,28 +135,10 @@ pub async fn reconcile(mn: Arc<MeshNetwork>, ctx: Arc<Context>) -> Result<Action
     };
 
     // Members: running pods the network selects.
-    let namespaces: BTreeMap<String, BTreeMap<String, String>> =
-        Api::<Namespace>::all(ctx.client.clone())
-            .list(&ListParams::default())
-            .await?
-            .items
-            .into_iter()
-            .map(|n| (n.name_any(), n.metadata.labels.unwrap_or_default()))
-            .collect();
-    let pods = Api::<Pod>::all(ctx.client.clone()).list(&ListParams::default()).await?.items;
+    let pods = member_pods(&ctx, &mn).await?;
     let no_labels = BTreeMap::new();
     let members: Vec<Member> = pods
         .iter()
-        .filter(|p| running(p))
-        .filter(|p| {
-            let ns = p.namespace().unwrap_or_default();
-            decide_network::is_member(
-                &network,
-                &mn.spec,
-                p.meta().labels.as_ref().unwrap_or(&no_labels),
-                namespaces.get(&ns).unwrap_or(&no_labels),
-            )
-        })
         .map(|p| Member {
             pod: p,
             name: p.name_any(),

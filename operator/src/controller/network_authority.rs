@@ -21,7 +21,7 @@ use super::{
 use crate::decide;
 
 /// How far a CRL's thisUpdate is backdated (members' clocks may lag the operator's).
-const CRL_BACKDATE: Duration = Duration::from_secs(60);
+pub(super) const CRL_BACKDATE: Duration = Duration::from_secs(60);
 
 /// The CA: the adopted Secret (`spec.caSecretRef`), or ours, generated on first sight.
 async fn ca(

@@ -144,3 +144,39 @@ fn conditions_keep_their_transition_time_until_the_status_changes() {
     assert_ne!(flipped.last_transition_time, first.last_transition_time);
     assert_eq!(flipped.status, "False");
 }
+
+#[test]
+fn a_crl_has_converged_only_when_every_member_said_it_holds_it() {
+    let m = |node: &str, number: Option<u64>| MemberCrl { node: node.into(), number };
+    let spread = crl_spread(4, &[m("a", Some(4)), m("b", Some(5)), m("c", Some(3)), m("d", None)]);
+    assert!(!spread.converged);
+    assert_eq!((spread.holding, spread.lowest), (2, Some(3)));
+    assert_eq!((spread.behind, spread.unreachable), (vec!["c".to_owned()], vec!["d".to_owned()]));
+    let spread = crl_spread(4, &[m("a", Some(4)), m("b", Some(5))]);
+    assert!(spread.converged && spread.behind.is_empty());
+    assert_eq!(spread.lowest, Some(4));
+    assert!(crl_spread(1, &[]).converged, "a network without members has nothing to wait for");
+}
+
+#[test]
+fn a_crl_goes_to_the_anchors_first_then_directly_to_whoever_is_still_behind() {
+    let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1000);
+    let grace = Duration::from_secs(2);
+    let spread = |behind: &[&str], unreachable: &[&str]| Spread {
+        behind: behind.iter().map(|s| s.to_string()).collect(),
+        unreachable: unreachable.iter().map(|s| s.to_string()).collect(),
+        ..Spread::default()
+    };
+    let anchors = ["a1".to_owned(), "a2".to_owned()];
+    let s = spread(&["a1", "a2", "m1", "m2"], &[]);
+    assert_eq!(crl_push_targets(&s, &anchors, None, t0, grace), ["a1", "a2"]);
+    // Gossip gets its chance.
+    assert!(crl_push_targets(&s, &anchors, Some(t0), t0 + Duration::from_secs(1), grace).is_empty());
+    // A member gossip did not reach gets it directly.
+    let s = spread(&["m2"], &[]);
+    assert_eq!(crl_push_targets(&s, &anchors, Some(t0), t0 + grace, grace), ["m2"]);
+    // Anchors down (or already holding it): straight to the members.
+    let s = spread(&["m1"], &["a1", "a2"]);
+    assert_eq!(crl_push_targets(&s, &anchors, None, t0, grace), ["m1"]);
+    assert_eq!(crl_push_targets(&s, &[], None, t0, grace), ["m1"]);
+}
