@@ -245,12 +245,17 @@ pub struct Candidate {
 
 /// Anchors for a network: keep current anchors that are still ready (stability: members were
 /// told about them), then add ready members that asked to be anchors, then other ready
-/// members, in name order, up to `want`.
+/// members, in name order, up to `want`. While no member is ready, running members stand in.
 pub fn anchors(current: &[String], candidates: &[Candidate], want: usize) -> Vec<String> {
-    let ready = |n: &str| candidates.iter().any(|c| c.node == n && c.ready);
+    // NB: a sidecar is ready only once it has a peer, so the first members of a network are
+    // never ready before they have anchors to find each other by. With no ready member at
+    // all, anchors come from the running ones (bootstrap), else no member ever became ready.
+    let bootstrap = !candidates.iter().any(|c| c.ready);
+    let usable = |c: &Candidate| c.ready || bootstrap;
+    let ready = |n: &str| candidates.iter().any(|c| c.node == n && usable(c));
     let mut chosen: Vec<String> = current.iter().filter(|a| ready(a)).take(want).cloned().collect();
     let mut rest: Vec<&Candidate> =
-        candidates.iter().filter(|c| c.ready && !chosen.contains(&c.node)).collect();
+        candidates.iter().filter(|c| usable(c) && !chosen.contains(&c.node)).collect();
     rest.sort_by(|a, b| (!a.wants_anchor, &a.node).cmp(&(!b.wants_anchor, &b.node)));
     for c in rest {
         if chosen.len() >= want {

@@ -372,7 +372,11 @@ pub async fn run_core(
     let mut seed = [0u8; 4];
     ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut seed).ok();
     let routes = RouteTable::new(&me, u32::from_be_bytes(seed), shared.config.routing.clone(), now);
-    let peers = PeerSet::new(&me, shared.config.peers.clone(), &shared.config.anchors, now);
+    // NB: in a cluster every member gets the same anchor list, anchors included; an anchor
+    // does not dial itself.
+    let anchors: Vec<String> =
+        shared.config.anchors.iter().filter(|a| **a != shared.config.advertise).cloned().collect();
+    let peers = PeerSet::new(&me, shared.config.peers.clone(), &anchors, now);
     let mut core = Core {
         me,
         routes,

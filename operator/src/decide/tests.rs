@@ -131,6 +131,14 @@ fn anchors_are_stable_ready_and_preferably_volunteers() {
     assert_eq!(anchors(&["d".into(), "c".into()], &candidates, 2), ["d", "b"]);
     // Fewer ready members than wanted: all of them.
     assert_eq!(anchors(&[], &candidates, 5), ["b", "a", "d"]);
+    // No member ready yet (a sidecar is ready once it has a peer): running members bootstrap
+    // the network, and stay anchors while nobody is ready.
+    let starting = vec![c("x", false, false), c("y", false, true)];
+    assert_eq!(anchors(&[], &starting, 1), ["y"]);
+    assert_eq!(anchors(&["x".into()], &starting, 1), ["x"]);
+    // Once one is ready, the ready ones take over.
+    let up = vec![c("x", false, false), c("y", true, false)];
+    assert_eq!(anchors(&["x".into()], &up, 1), ["y"]);
 }
 
 #[test]
