@@ -131,6 +131,10 @@ pub struct CertificateStatus {
     /// SHA-256 fingerprint of the certificate, lowercase hex.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fingerprint: Option<String>,
+    /// SHA-256 fingerprint of the CA certificate that signed it, lowercase hex (a CA rotation
+    /// finishes when every member's is the new CA's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer_fingerprint: Option<String>,
     /// Issuances so far (1 for the first certificate, +1 per renewal).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revision: Option<i64>,

@@ -175,6 +175,7 @@ impl ClusterIssuer {
         name: &str,
         identity: &Identity,
         issued: &IssuedCertificate,
+        issuer: &str,
         renewal: bool,
     ) -> Result<()> {
         let now = (self.ctx.now)();
@@ -203,6 +204,7 @@ impl ClusterIssuer {
                     "renewalTime": rfc3339(issued.renewal_time),
                     "serial": serial,
                     "fingerprint": issued.fingerprint,
+                    "issuerFingerprint": issuer,
                     "revision": status.revision.unwrap_or(0) + 1,
                     "issuedSerials": keep_serials(&status.issued_serials, &serial),
                     "failedIssuanceAttempts": null,
@@ -277,7 +279,8 @@ impl Issuer for ClusterIssuer {
                 renew_before: renew_before.map(parse).transpose().map_err(Error::Config)?,
             };
             let issued = trust.ca.issue_from_csr(csr, identity, &policy, (self.ctx.now)())?;
-            self.record(&certs, pod, identity, &issued, renewal).await?;
+            let issuer = trust.ca.fingerprint();
+            self.record(&certs, pod, identity, &issued, &issuer, renewal).await?;
             Ok(CertificateResponse {
                 chain_pem: issued.chain_pem(),
                 bundle_pem: trust.bundle_pem.clone(),

@@ -126,7 +126,7 @@ pub(crate) fn rfc3339(t: SystemTime) -> String {
         .unwrap_or_default()
 }
 
-fn parse_rfc3339(s: &str) -> Option<SystemTime> {
+pub(crate) fn parse_rfc3339(s: &str) -> Option<SystemTime> {
     time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
         .ok()
         .map(SystemTime::from)
@@ -168,11 +168,20 @@ pub async fn apply_configmap(
     key: &str,
     value: &str,
 ) -> Result<(), Error> {
+    apply_configmap_data(ctx, name, serde_json::json!({key: value})).await
+}
+
+/// Applies a ConfigMap in the operator's namespace holding exactly `data`.
+pub async fn apply_configmap_data(
+    ctx: &Context,
+    name: &str,
+    data: serde_json::Value,
+) -> Result<(), Error> {
     let maps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ctx.operator_namespace);
     let map = serde_json::json!({
         "apiVersion": "v1", "kind": "ConfigMap",
         "metadata": {"name": name, "namespace": ctx.operator_namespace},
-        "data": {key: value},
+        "data": data,
     });
     maps.patch(name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(map)).await?;
     Ok(())

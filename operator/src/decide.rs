@@ -150,22 +150,6 @@ pub fn crl_due(
     list_changed || now >= this_update + validity / 2
 }
 
-/// The trust bundle during a CA rotation: both roots until every member holds a leaf from the
-/// new one, then the new root alone. `members_on_new` counts members whose current
-/// certificate chains to the new root.
-pub fn rotation_bundle<'a>(
-    old_root: &'a str,
-    new_root: &'a str,
-    members_on_new: usize,
-    members: usize,
-) -> Vec<&'a str> {
-    if members_on_new >= members {
-        vec![new_root]
-    } else {
-        vec![new_root, old_root]
-    }
-}
-
 /// What one member's sidecar said about its CRL (`None`: it did not answer).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MemberCrl {
@@ -231,6 +215,64 @@ pub fn crl_push_targets(
         }
         Some(t) if now >= t + grace => spread.behind.clone(),
         Some(_) => Vec::new(),
+    }
+}
+
+/// Where an authority is in a CA rotation. A rotation has two phases, so no member ever meets
+/// a certificate from a root it does not trust yet:
+/// 1. **Distributing**: the new root is in the bundle, the old CA still signs; each member gets
+///    the two-root bundle with its next certificate.
+/// 2. **Retiring**: every member has renewed since, so every member trusts the new root; the
+///    new CA signs; the old root stays in the bundle until every member holds a leaf of the new
+///    one, then goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rotation {
+    Idle,
+    Distributing { since: SystemTime },
+    Retiring { new_root: String },
+}
+
+/// What one member Certificate holds, for a rotation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberLeaf {
+    /// When it was issued (`status.notBefore`).
+    pub issued: SystemTime,
+    /// Fingerprint of the CA that signed it (`status.issuerFingerprint`).
+    pub issuer: String,
+}
+
+/// The next step of a rotation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RotationStep {
+    Stay,
+    /// Generate the next CA and add its root to the bundle.
+    Begin,
+    /// Sign with the new CA from now on.
+    Promote,
+    /// Drop the old root and CA.
+    Finish,
+}
+
+/// The automatic trigger: a CA is rotated once two thirds of its validity have passed (or when
+/// an admin asks), so its successor is trusted everywhere long before it expires.
+pub fn ca_rotation_due(now: SystemTime, not_before: SystemTime, not_after: SystemTime) -> bool {
+    let validity = not_after.duration_since(not_before).unwrap_or_default();
+    now >= not_before + validity * 2 / 3
+}
+
+/// The rotation step for `state`, given every member Certificate's leaf. `issued` is compared
+/// with the start of distribution: a leaf issued since came with the two-root bundle.
+pub fn rotation_step(state: &Rotation, requested: bool, members: &[MemberLeaf]) -> RotationStep {
+    match state {
+        Rotation::Idle if requested => RotationStep::Begin,
+        Rotation::Idle => RotationStep::Stay,
+        Rotation::Distributing { since } if members.iter().all(|m| m.issued >= *since) => {
+            RotationStep::Promote
+        }
+        Rotation::Retiring { new_root } if members.iter().all(|m| m.issuer == *new_root) => {
+            RotationStep::Finish
+        }
+        _ => RotationStep::Stay,
     }
 }
 

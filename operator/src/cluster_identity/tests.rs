@@ -159,6 +159,8 @@ fn members_join_and_renew_and_every_serial_is_recorded_before_they_get_it() {
         assert_eq!(status["serial"], json!(serial(&joined)), "{status}");
         assert_eq!(status["issuedSerials"], json!([serial(&joined)]));
         assert_eq!(status["revision"], json!(1));
+        let root = CertInfo::parse(&joined.bundle.roots()[0]).unwrap().fingerprint;
+        assert_eq!(status["issuerFingerprint"], json!(root), "a CA rotation counts on it");
         assert!(status["renewalTime"].is_string(), "{status}");
         let ready = &status["conditions"][0];
         assert_eq!(

@@ -245,13 +245,23 @@ pub async fn reconcile(cert: Arc<Certificate>, ctx: Arc<Context>) -> Result<Acti
                         &policy,
                         now,
                     )
-                    .map(|(issued, key)| (issued, key, ca.cert_pem()))
+                    .map(|(issued, key)| (issued, key, ca.fingerprint(), ca.cert_pem()))
                     .map_err(|e| e.to_string())
                 }
                 Err(e) => Err(e),
             };
             match result {
-                Ok((issued, key, ca_pem)) => {
+                Ok((issued, key, issuer, ca_pem)) => {
+                    // ca.crt is the authority's bundle: both roots during a CA rotation.
+                    let bundle = Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(
+                        ctx.client.clone(),
+                        &ctx.operator_namespace,
+                    )
+                    .get_opt(&super::bundle_name(&authority_name))
+                    .await?
+                    .and_then(|m| m.data)
+                    .and_then(|mut d| d.remove("ca.crt"));
+                    let ca_pem = bundle.unwrap_or(ca_pem);
                     write_secret(&ctx, &cert, &issued.chain_pem(), &key.to_pem(), &ca_pem).await?;
                     let serial = issued.serial.to_string();
                     let note = format!(
@@ -281,6 +291,7 @@ pub async fn reconcile(cert: Arc<Certificate>, ctx: Arc<Context>) -> Result<Acti
                             "renewalTime": rfc3339(issued.renewal_time),
                             "serial": serial,
                             "fingerprint": issued.fingerprint,
+                            "issuerFingerprint": issuer,
                             "revision": status.revision.unwrap_or(0) + 1,
                             "issuedSerials": serials,
                             "failedIssuanceAttempts": null,

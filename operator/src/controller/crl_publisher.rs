@@ -72,15 +72,16 @@ impl Publisher {
         let now = (ctx.now)();
         let authority = na.name_any();
         let maps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ctx.operator_namespace);
-        let crl = maps
-            .get_opt(&crl_name(&authority))
-            .await?
-            .and_then(|m| m.data)
-            .and_then(|d| d.get("crl.pem").and_then(|pem| Crl::from_pem(pem).ok()));
-        let Some(crl) = crl else {
+        let data = maps.get_opt(&crl_name(&authority)).await?.and_then(|m| m.data);
+        let parsed = |key: &str| {
+            data.as_ref().and_then(|d| d.get(key)).and_then(|pem| Crl::from_pem(pem).ok())
+        };
+        let Some(crl) = parsed("crl.pem") else {
             // Nothing signed yet; the CRL ConfigMap's creation triggers us.
             return Ok(Action::await_change());
         };
+        // During a CA rotation the other root's CRL (same list and number) goes along.
+        let rotation = parsed(super::network_authority::ROTATION_CRL);
         let number = crl.number();
         let networks: Vec<MeshNetwork> = Api::<MeshNetwork>::all(ctx.client.clone())
             .list(&ListParams::default())
@@ -92,7 +93,7 @@ impl Publisher {
         let mut all = Spread { converged: true, ..Spread::default() };
         let mut members = 0;
         for mn in &networks {
-            let spread = self.network(mn, &crl, now).await?;
+            let spread = self.network(mn, &crl, rotation.as_ref(), now).await?;
             members += spread.holding + spread.behind.len() + spread.unreachable.len();
             all.converged &= spread.converged;
             all.holding += spread.holding;
@@ -129,7 +130,13 @@ impl Publisher {
     }
 
     /// Asks one network's ready members, pushes where needed, and reports in its status.
-    async fn network(&self, mn: &MeshNetwork, crl: &Crl, now: SystemTime) -> Result<Spread, Error> {
+    async fn network(
+        &self,
+        mn: &MeshNetwork,
+        crl: &Crl,
+        rotation: Option<&Crl>,
+        now: SystemTime,
+    ) -> Result<Spread, Error> {
         let network = mn.name_any();
         let number = crl.number();
         let targets: Vec<Target> = member_pods(&self.ctx, mn)
@@ -164,7 +171,13 @@ impl Publisher {
                 targets.iter().map(|t| (t.node.as_str(), t)).collect();
             let pushes = push_to.iter().filter_map(|n| by_node.get(n.as_str())).map(|t| {
                 let kind = if anchors.contains(&t.node) { "anchor" } else { "member" };
-                async move { (t, kind, push(&t.admin, crl.der()).await) }
+                async move {
+                    let mut outcome = push(&t.admin, crl.der()).await;
+                    if let (Ok(()), Some(other)) = (&outcome, rotation) {
+                        outcome = push(&t.admin, other.der()).await;
+                    }
+                    (t, kind, outcome)
+                }
             });
             for (t, kind, outcome) in futures::future::join_all(pushes).await {
                 let label = match &outcome {

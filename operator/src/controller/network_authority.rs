@@ -1,6 +1,7 @@
 //! The NetworkAuthority controller: create (or adopt a user-supplied) CA Secret, publish the
 //! trust bundle ConfigMap, sign the revocation list into a CRL ConfigMap whenever the list
-//! changes and again at half the CRL's validity, and report it all in status.
+//! changes and again at half the CRL's validity, rotate a generated CA ([`rotation`]), and
+//! report it all in status.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -15,10 +16,17 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 
 use super::{
-    apply_configmap, apply_status, bundle_name, ca_secret_name, crl_name, load_revocations,
-    read_ca, revocations_name, rfc3339, until, Context, Error, MANAGER,
+    apply_configmap, apply_configmap_data, apply_status, bundle_name, ca_secret_name, crl_name,
+    load_revocations, read_ca, revocations_name, rfc3339, until, Context, Error, MANAGER,
 };
 use crate::decide;
+
+pub mod rotation;
+
+/// The key of the CRL ConfigMap holding the other root's CRL during a CA rotation.
+pub const ROTATION_CRL: &str = "rotation.pem";
+/// How often a rotation in progress is looked at.
+const ROTATION_POLL: Duration = Duration::from_secs(30);
 
 /// How far a CRL's thisUpdate is backdated (members' clocks may lag the operator's).
 pub(super) const CRL_BACKDATE: Duration = Duration::from_secs(60);
@@ -96,7 +104,17 @@ pub async fn reconcile(na: Arc<NetworkAuthority>, ctx: Arc<Context>) -> Result<A
             return Ok(Action::requeue(Duration::from_secs(60)));
         }
     };
-    apply_configmap(&ctx, &bundle_name(&name), "ca.crt", &ca.cert_pem()).await?;
+    let cas = rotation::step(&ctx, &na, ca, now).await?;
+    if cas.step != decide::RotationStep::Stay {
+        let reason = match cas.step {
+            decide::RotationStep::Begin => "RotationStarted",
+            decide::RotationStep::Promote => "RotationPromoted",
+            _ => "RotationFinished",
+        };
+        ctx.event(&*na, false, reason, "RotateCA", cas.rotating.2.clone()).await;
+    }
+    let ca = &cas.signer;
+    apply_configmap(&ctx, &bundle_name(&name), "ca.crt", &cas.bundle_pem()).await?;
     let validity =
         genesis_trust::duration::parse_duration(&na.spec.crl_validity).map_err(Error::Invalid)?;
     let mut list = load_revocations(&ctx, &name).await?;
@@ -109,7 +127,7 @@ pub async fn reconcile(na: Arc<NetworkAuthority>, ctx: Arc<Context>) -> Result<A
             crl.next_update(),
             crl.number() != list.number,
         ),
-    };
+    } || cas.step != decide::RotationStep::Stay;
     let crl = match held {
         Some(crl) if !due => crl,
         held => {
@@ -122,7 +140,16 @@ pub async fn reconcile(na: Arc<NetworkAuthority>, ctx: Arc<Context>) -> Result<A
             let crl = ca
                 .sign_crl(&list, now - CRL_BACKDATE, now + validity)
                 .map_err(|e| Error::Invalid(format!("cannot sign the CRL: {e}")))?;
-            apply_configmap(&ctx, &crl_name(&name), "crl.pem", &crl.to_pem()).await?;
+            // During a rotation the other root signs the same list too: members check each
+            // peer's leaf against the CRL of the root that issued it.
+            let mut data = json!({"crl.pem": crl.to_pem()});
+            if let Some(other) = &cas.other {
+                let also = other
+                    .sign_crl(&list, now - CRL_BACKDATE, now + validity)
+                    .map_err(|e| Error::Invalid(format!("cannot sign the CRL: {e}")))?;
+                data[ROTATION_CRL] = json!(also.to_pem());
+            }
+            apply_configmap_data(&ctx, &crl_name(&name), data).await?;
             let note = format!(
                 "CRL {} lists {} serials, valid until {}",
                 crl.number(),
@@ -133,6 +160,8 @@ pub async fn reconcile(na: Arc<NetworkAuthority>, ctx: Arc<Context>) -> Result<A
             crl
         }
     };
+    let (in_progress, reason, message) = cas.rotating.clone();
+    let rotating = super::condition_of(&*na, "Rotating", in_progress, reason, message, now);
     let cond = ready(
         &na,
         true,
@@ -149,16 +178,18 @@ pub async fn reconcile(na: Arc<NetworkAuthority>, ctx: Arc<Context>) -> Result<A
             "caNotAfter": rfc3339(ca.not_after()),
             "crlNumber": crl.number(),
             "revokedCount": crl.revoked().len(),
-            "trustBundle": ca.cert_pem(),
-            "bundleFingerprints": [ca.fingerprint()],
-            "conditions": [cond],
+            "trustBundle": cas.bundle_pem(),
+            "bundleFingerprints": cas.fingerprints(),
+            "conditions": [cond, rotating],
         }),
     )
     .await?;
     // Look again when the CRL is half way through its validity (a revocation triggers sooner
-    // through the watch on the revocation ConfigMap).
+    // through the watch on the revocation ConfigMap), and every 30 s while rotating (members
+    // renewing do not trigger this controller).
     let resign_at = crl.this_update() + CRL_BACKDATE + validity / 2;
-    Ok(Action::requeue(until(now, resign_at)))
+    let next = until(now, resign_at);
+    Ok(Action::requeue(if cas.rotating.0 { next.min(ROTATION_POLL) } else { next }))
 }
 
 #[cfg(test)]

@@ -110,13 +110,6 @@ fn the_crl_is_resigned_at_half_its_validity_or_at_once_on_a_change() {
 }
 
 #[test]
-fn ca_rotation_keeps_both_roots_until_every_member_moved() {
-    assert_eq!(rotation_bundle("old", "new", 0, 3), ["new", "old"]);
-    assert_eq!(rotation_bundle("old", "new", 2, 3), ["new", "old"]);
-    assert_eq!(rotation_bundle("old", "new", 3, 3), ["new"]);
-}
-
-#[test]
 fn anchors_are_stable_ready_and_preferably_volunteers() {
     let c = |node: &str, ready: bool, wants: bool| Candidate {
         node: node.into(),
@@ -187,4 +180,26 @@ fn a_crl_goes_to_the_anchors_first_then_directly_to_whoever_is_still_behind() {
     let s = spread(&["m1"], &["a1", "a2"]);
     assert_eq!(crl_push_targets(&s, &anchors, None, t0, grace), ["m1"]);
     assert_eq!(crl_push_targets(&s, &[], None, t0, grace), ["m1"]);
+}
+
+#[test]
+fn a_ca_rotation_moves_on_only_when_every_member_did() {
+    let leaf = |at: u64, issuer: &str| MemberLeaf { issued: t(at), issuer: issuer.into() };
+    assert_eq!(rotation_step(&Rotation::Idle, false, &[]), RotationStep::Stay);
+    assert_eq!(rotation_step(&Rotation::Idle, true, &[]), RotationStep::Begin);
+    // Distributing since t(100): a member issued before has only the old root.
+    let distributing = Rotation::Distributing { since: t(100) };
+    let members = [leaf(150, "old"), leaf(50, "old")];
+    assert_eq!(rotation_step(&distributing, true, &members), RotationStep::Stay);
+    let members = [leaf(150, "old"), leaf(120, "old")];
+    assert_eq!(rotation_step(&distributing, false, &members), RotationStep::Promote);
+    // Retiring: the old root stays until every member holds a leaf of the new one.
+    let retiring = Rotation::Retiring { new_root: "new".into() };
+    let members = [leaf(200, "new"), leaf(120, "old")];
+    assert_eq!(rotation_step(&retiring, false, &members), RotationStep::Stay);
+    let members = [leaf(200, "new"), leaf(210, "new")];
+    assert_eq!(rotation_step(&retiring, false, &members), RotationStep::Finish);
+    // Due at two thirds of the CA's validity.
+    assert!(!ca_rotation_due(t(199), t(0), t(300)));
+    assert!(ca_rotation_due(t(200), t(0), t(300)));
 }

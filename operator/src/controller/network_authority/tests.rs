@@ -235,3 +235,108 @@ fn a_member_certificate_is_revoked_when_its_pod_goes_and_the_crl_number_bumps() 
         .run(|ctx| async move { super::super::certificate::member_pod_gone(&ctx, &cert).await })
         .unwrap());
 }
+
+fn roots(pem: &str) -> Vec<String> {
+    genesis_trust::certs_from_pem(pem)
+        .unwrap()
+        .iter()
+        .map(|c| genesis_trust::CertInfo::parse(c).unwrap().fingerprint)
+        .collect()
+}
+
+#[test]
+fn a_ca_rotation_keeps_both_roots_until_every_member_moved_to_the_new_one() {
+    let w = World::new();
+    w.authority();
+    w.certificate();
+    let old = w.status()["caFingerprint"].as_str().unwrap().to_owned();
+    // A sidecar member, issued by the identity service at time zero.
+    let member_issued = |at: SystemTime, issuer: &str| {
+        w.api.put(json!({
+            "apiVersion": "genesis-mesh.io/v1alpha1", "kind": "Certificate",
+            "metadata": {"name": "api-0", "namespace": "shop"},
+            "spec": {"networkRef": {"name": "payments"}, "nodeName": "api-0.shop", "delivery": "csr"},
+            "status": {"serial": format!("{:x}", 1000 + at.duration_since(start()).unwrap_or_default().as_secs()),
+                       "notBefore": crate::controller::rfc3339(at), "issuerFingerprint": issuer}
+        }));
+    };
+    member_issued(start(), &old);
+    let bundle = || w.api.get(BUNDLE).unwrap()["data"]["ca.crt"].as_str().unwrap().to_owned();
+    let rotating = || w.0.condition(NA, "Rotating");
+    assert_eq!(rotating()["status"], "False");
+
+    // Asked for: the new root joins the bundle; the old CA still signs.
+    w.api
+        .update(NA, json!({"metadata": {"annotations": {"genesis-mesh.io/rotate-ca": "2026-11"}}}));
+    w.at(start() + Duration::from_secs(60));
+    w.authority();
+    let both = roots(&bundle());
+    assert_eq!(both.len(), 2);
+    assert_eq!(both[0], old, "the old CA still signs");
+    let new = both[1].clone();
+    assert_eq!(
+        (rotating()["status"].as_str(), rotating()["reason"].as_str()),
+        (Some("True"), Some("Distributing"))
+    );
+    assert_eq!(w.status()["bundleFingerprints"], json!([old, new]));
+    let crl_map = w.api.get(CRL).unwrap();
+    assert!(crl_map["data"]["rotation.pem"].is_string(), "the new root's CRL");
+    // Members that have not renewed since hold only the old root: no promotion yet.
+    w.at(start() + Duration::from_secs(120));
+    w.authority();
+    assert_eq!(rotating()["reason"], "Distributing");
+    assert!(rotating()["message"].as_str().unwrap().contains("2 of 2 members have not renewed"));
+
+    // Both renew (with the two-root bundle): the new CA signs from now on.
+    let renewal = start() + Duration::from_secs(12 * 3600);
+    w.at(renewal);
+    w.certificate();
+    let secret = w.api.get("/api/v1/namespaces/shop/secrets/billing-tls").unwrap();
+    let ca_crt = String::from_utf8(
+        base64::Engine::decode(
+            &base64::engine::general_purpose::STANDARD,
+            secret["data"]["ca.crt"].as_str().unwrap(),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(roots(&ca_crt), [old.clone(), new.clone()], "the Secret's ca.crt is the bundle");
+    member_issued(renewal, &old);
+    w.authority();
+    assert_eq!(rotating()["reason"], "Retiring");
+    assert_eq!(w.status()["caFingerprint"], json!(new));
+    assert_eq!(roots(&bundle()), [new.clone(), old.clone()], "both roots until members move");
+    let ca_secret = w.api.get(CA).unwrap();
+    assert!(
+        ca_secret["data"]["previous.key"].is_string() && ca_secret["data"]["next.crt"].is_null()
+    );
+    let crl = w.crl();
+    let new_root = genesis_trust::certs_from_pem(&bundle()).unwrap()[0].clone();
+    crl.verify_signed_by(&new_root).unwrap();
+    w.authority();
+    assert!(rotating()["message"].as_str().unwrap().contains("2 of 2 members hold a leaf of it"));
+
+    // Both move to leaves of the new CA: the old root goes.
+    let moved = renewal + Duration::from_secs(12 * 3600);
+    w.at(moved);
+    w.certificate();
+    assert_eq!(w.0.status(CERT)["issuerFingerprint"], json!(new));
+    w.authority();
+    assert_eq!(rotating()["reason"], "Retiring", "api-0 still holds a leaf of the old root");
+    member_issued(moved, &new);
+    w.authority();
+    assert_eq!(
+        (rotating()["status"].as_str(), rotating()["reason"].as_str()),
+        (Some("False"), Some("Rotated"))
+    );
+    assert_eq!(roots(&bundle()), std::slice::from_ref(&new));
+    let ca_secret = w.api.get(CA).unwrap();
+    assert!(ca_secret["data"]["previous.crt"].is_null(), "{ca_secret}");
+    let reasons: Vec<String> = w.events().into_iter().map(|e| e.2).collect();
+    for r in ["RotationStarted", "RotationPromoted", "RotationFinished"] {
+        assert!(reasons.contains(&r.to_owned()), "{r} not in {reasons:?}");
+    }
+    // The same request is not acted on twice.
+    w.authority();
+    assert_eq!(roots(&bundle()), [new]);
+}
