@@ -27,7 +27,7 @@ use kube::api::{Api, Patch, PatchParams};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 
-use crate::controller::certificate::{keep_serials, load_ca};
+use crate::controller::certificate::{issued_status, load_ca};
 use crate::controller::{bundle_name, condition_of, crl_name, rfc3339, Context};
 use crate::identity_service::{Issuer, Pending, Served};
 use crate::local::unix;
@@ -187,7 +187,6 @@ impl ClusterIssuer {
                 .map_err(api_error("the member's Certificate"))?
                 .ok_or_else(|| Error::Unauthenticated(format!("Certificate {name} was deleted")))?;
             Self::check_member(&cert, identity)?;
-            let status = cert.status.clone().unwrap_or_default();
             let message = format!(
                 "the sidecar holds serial {serial}, valid until {}, renewing at {}",
                 rfc3339(issued.not_after),
@@ -197,20 +196,7 @@ impl ClusterIssuer {
             let ready = condition_of(&cert, "Ready", true, reason, message, now);
             let patch = json!({
                 "metadata": {"resourceVersion": cert.meta().resource_version},
-                "status": {
-                    "observedGeneration": cert.meta().generation,
-                    "notBefore": rfc3339(issued.not_before),
-                    "notAfter": rfc3339(issued.not_after),
-                    "renewalTime": rfc3339(issued.renewal_time),
-                    "serial": serial,
-                    "fingerprint": issued.fingerprint,
-                    "issuerFingerprint": issuer,
-                    "revision": status.revision.unwrap_or(0) + 1,
-                    "issuedSerials": keep_serials(&status.issued_serials, &serial),
-                    "failedIssuanceAttempts": null,
-                    "lastFailureTime": null,
-                    "conditions": [ready],
-                },
+                "status": issued_status(&cert, issued, issuer, vec![ready]),
             });
             match certs.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch)).await {
                 Ok(_) => {

@@ -12,7 +12,7 @@ use genesis_trust::{CertInfo, PeerRole, TrustPolicy};
 use serde_json::{json, Value};
 
 use super::*;
-use crate::controller::testing::ca_secret;
+use crate::controller::testing::{self, ca_secret};
 use crate::fake_api::FakeApi;
 use crate::identity_service::{serve, IdentityService};
 use crate::metrics::Metrics;
@@ -34,18 +34,9 @@ fn bound(ns: &str, pod: &str, uid: &str) -> Value {
 /// networks `payments` and `ledger`, and member `shop/api-0` (anchor) of `payments`.
 fn cluster() -> FakeApi {
     let api = FakeApi::default();
-    api.put(json!({
-        "apiVersion": "genesis-mesh.io/v1alpha1", "kind": "NetworkAuthority",
-        "metadata": {"name": "prod-ca", "uid": "na-1", "generation": 1},
-        "spec": {"trustDomain": "prod.example", "crlValidity": "12h",
-                 "certificateDefaults": {"duration": "24h"}}
-    }));
-    for network in ["payments", "ledger"] {
-        api.put(json!({
-            "apiVersion": "genesis-mesh.io/v1alpha1", "kind": "MeshNetwork",
-            "metadata": {"name": network}, "spec": {"authorityRef": {"name": "prod-ca"}}
-        }));
-    }
+    api.put(testing::authority());
+    api.put(testing::network("payments"));
+    api.put(testing::network("ledger"));
     let ca = CertificateAuthority::generate(
         "prod.example",
         KeyAlgorithm::EcdsaP256,

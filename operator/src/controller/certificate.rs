@@ -270,7 +270,6 @@ pub async fn reconcile(cert: Arc<Certificate>, ctx: Arc<Context>) -> Result<Acti
                         rfc3339(issued.not_after)
                     );
                     ctx.event(&*cert, false, reason.as_str(), "Issue", note).await;
-                    let serials = keep_serials(&status.issued_serials, &serial);
                     let ready = condition_of(
                         &*cert,
                         "Ready",
@@ -281,25 +280,8 @@ pub async fn reconcile(cert: Arc<Certificate>, ctx: Arc<Context>) -> Result<Acti
                     );
                     let issuing =
                         condition_of(&*cert, "Issuing", true, "Issued", String::new(), now);
-                    set_status(
-                        &ctx,
-                        &cert,
-                        json!({
-                            "observedGeneration": generation,
-                            "notBefore": rfc3339(issued.not_before),
-                            "notAfter": rfc3339(issued.not_after),
-                            "renewalTime": rfc3339(issued.renewal_time),
-                            "serial": serial,
-                            "fingerprint": issued.fingerprint,
-                            "issuerFingerprint": issuer,
-                            "revision": status.revision.unwrap_or(0) + 1,
-                            "issuedSerials": serials,
-                            "failedIssuanceAttempts": null,
-                            "lastFailureTime": null,
-                            "conditions": [ready, issuing],
-                        }),
-                    )
-                    .await?;
+                    let fields = issued_status(&cert, &issued, &issuer, vec![ready, issuing]);
+                    set_status(&ctx, &cert, fields).await?;
                     Ok(Action::requeue(until(now, issued.renewal_time)))
                 }
                 Err(e) => {
@@ -363,9 +345,35 @@ async fn release(ctx: &Context, cert: &Certificate) -> Result<Action, Error> {
     Ok(Action::await_change())
 }
 
+/// The status of `cert` once `issued` (signed by the CA with fingerprint `issuer`) is held:
+/// validity, serial, revision, the serials a revocation covers, failures cleared.
+pub(crate) fn issued_status(
+    cert: &Certificate,
+    issued: &genesis_trust::IssuedCertificate,
+    issuer: &str,
+    conditions: Vec<serde_json::Value>,
+) -> serde_json::Value {
+    let status = cert.status.clone().unwrap_or_default();
+    let serial = issued.serial.to_string();
+    json!({
+        "observedGeneration": cert.meta().generation,
+        "notBefore": rfc3339(issued.not_before),
+        "notAfter": rfc3339(issued.not_after),
+        "renewalTime": rfc3339(issued.renewal_time),
+        "fingerprint": issued.fingerprint,
+        "issuerFingerprint": issuer,
+        "revision": status.revision.unwrap_or(0) + 1,
+        "issuedSerials": keep_serials(&status.issued_serials, &serial),
+        "serial": serial,
+        "failedIssuanceAttempts": null,
+        "lastFailureTime": null,
+        "conditions": conditions,
+    })
+}
+
 /// The serials to keep in status after issuing `serial`: the previous ones plus it, newest
 /// last, at most [`KEEP_SERIALS`].
-pub(crate) fn keep_serials(previous: &[String], serial: &str) -> Vec<String> {
+fn keep_serials(previous: &[String], serial: &str) -> Vec<String> {
     let mut serials: Vec<String> = previous.iter().filter(|s| *s != serial).cloned().collect();
     serials.push(serial.to_owned());
     let excess = serials.len().saturating_sub(KEEP_SERIALS);

@@ -31,17 +31,8 @@ impl Harness {
     /// `payments`, and Certificate `shop/billing` into Secret `billing-tls`.
     pub fn new() -> Self {
         let api = FakeApi::default();
-        api.put(json!({
-            "apiVersion": "genesis-mesh.io/v1alpha1", "kind": "NetworkAuthority",
-            "metadata": {"name": "prod-ca", "uid": "na-1", "generation": 1},
-            "spec": {"trustDomain": "prod.example", "crlValidity": "12h",
-                     "certificateDefaults": {"duration": "24h"}}
-        }));
-        api.put(json!({
-            "apiVersion": "genesis-mesh.io/v1alpha1", "kind": "MeshNetwork",
-            "metadata": {"name": "payments"},
-            "spec": {"authorityRef": {"name": "prod-ca"}}
-        }));
+        api.put(authority());
+        api.put(network("payments"));
         api.put(json!({
             "apiVersion": "genesis-mesh.io/v1alpha1", "kind": "Certificate",
             "metadata": {"name": "billing", "namespace": "shop", "uid": "c-1", "generation": 1},
@@ -70,6 +61,24 @@ impl Harness {
             f(ctx).await
         })
     }
+}
+
+/// NetworkAuthority `prod-ca`: prod.example, 24 h certificates, 12 h CRLs.
+pub fn authority() -> serde_json::Value {
+    json!({
+        "apiVersion": "genesis-mesh.io/v1alpha1", "kind": "NetworkAuthority",
+        "metadata": {"name": "prod-ca", "uid": "na-1", "generation": 1},
+        "spec": {"trustDomain": "prod.example", "crlValidity": "12h",
+                 "certificateDefaults": {"duration": "24h"}}
+    })
+}
+
+/// MeshNetwork `name` of authority `prod-ca`.
+pub fn network(name: &str) -> serde_json::Value {
+    json!({
+        "apiVersion": "genesis-mesh.io/v1alpha1", "kind": "MeshNetwork",
+        "metadata": {"name": name}, "spec": {"authorityRef": {"name": "prod-ca"}}
+    })
 }
 
 /// Base64, as Secret data holds it.
