@@ -4,8 +4,8 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use prometheus::{
-    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec,
-    Opts, Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::local::LocalAuthority;
@@ -34,6 +34,9 @@ pub struct Metrics {
     pub injections: IntCounterVec,
     pub leader: IntGauge,
     pub crl_pushes: IntCounterVec,
+    pub authority_crl_number: IntGaugeVec,
+    pub authority_ca_expiration: GaugeVec,
+    pub certificate_expiration: GaugeVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -125,6 +128,24 @@ impl Metrics {
                 ),
                 &["target", "outcome"]
             )),
+            authority_crl_number: reg!(IntGaugeVec::new(
+                opts("authority_crl_number", "Cluster mode: number of each authority's newest CRL"),
+                &["authority"]
+            )),
+            authority_ca_expiration: reg!(GaugeVec::new(
+                opts(
+                    "authority_ca_expiration_timestamp_seconds",
+                    "Cluster mode: when each authority's signing CA expires (Unix time)"
+                ),
+                &["authority"]
+            )),
+            certificate_expiration: reg!(GaugeVec::new(
+                opts(
+                    "certificate_expiration_timestamp_seconds",
+                    "Cluster mode: when each Certificate's current leaf expires (Unix time)"
+                ),
+                &["namespace", "name"]
+            )),
             registry,
         };
         for target in ["anchor", "member"] {
@@ -164,6 +185,29 @@ impl Metrics {
         self.text()
     }
 
+    /// Cluster mode: the gauges a Certificate's status feeds.
+    pub fn observe_certificate(&self, cert: &genesis_crds::Certificate) {
+        use kube::ResourceExt;
+        let not_after = cert.status.as_ref().and_then(|s| s.not_after.as_deref());
+        if let Some(t) = not_after.and_then(crate::controller::parse_rfc3339) {
+            let (ns, name) = (cert.namespace().unwrap_or_default(), cert.name_any());
+            self.certificate_expiration.with_label_values(&[&ns, &name]).set(secs(t));
+        }
+    }
+
+    /// Cluster mode: the gauges a NetworkAuthority's status feeds.
+    pub fn observe_authority(&self, na: &genesis_crds::NetworkAuthority) {
+        use kube::ResourceExt;
+        let (name, status) = (na.name_any(), na.status.as_ref());
+        if let Some(n) = status.and_then(|s| s.crl_number) {
+            self.authority_crl_number.with_label_values(&[&name]).set(n);
+        }
+        let not_after = status.and_then(|s| s.ca_not_after.as_deref());
+        if let Some(t) = not_after.and_then(crate::controller::parse_rfc3339) {
+            self.authority_ca_expiration.with_label_values(&[&name]).set(secs(t));
+        }
+    }
+
     /// The Prometheus text as it stands.
     pub fn text(&self) -> String {
         let mut out = Vec::new();
@@ -190,6 +234,41 @@ fn secs(t: SystemTime) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cluster_gauges_follow_the_resources_status() {
+        let m = Metrics::new();
+        let cert: genesis_crds::Certificate = serde_json::from_value(serde_json::json!({
+            "apiVersion": "genesis-mesh.io/v1alpha1", "kind": "Certificate",
+            "metadata": {"name": "billing", "namespace": "shop"},
+            "spec": {"networkRef": {"name": "payments"}, "nodeName": "billing"},
+            "status": {"notAfter": "2027-01-15T08:00:00Z"}
+        }))
+        .unwrap();
+        m.observe_certificate(&cert);
+        assert_eq!(
+            m.certificate_expiration.with_label_values(&["shop", "billing"]).get(),
+            1_800_000_000.0
+        );
+        let na: genesis_crds::NetworkAuthority = serde_json::from_value(serde_json::json!({
+            "apiVersion": "genesis-mesh.io/v1alpha1", "kind": "NetworkAuthority",
+            "metadata": {"name": "prod-ca"},
+            "spec": {"trustDomain": "prod.example"},
+            "status": {"crlNumber": 7, "caNotAfter": "2036-01-01T00:00:00Z"}
+        }))
+        .unwrap();
+        m.observe_authority(&na);
+        assert_eq!(m.authority_crl_number.with_label_values(&["prod-ca"]).get(), 7);
+        assert_eq!(
+            m.authority_ca_expiration.with_label_values(&["prod-ca"]).get(),
+            2_082_758_400.0
+        );
+        let text = m.text();
+        assert!(
+            text.contains("genesis_operator_authority_crl_number{authority=\"prod-ca\"} 7"),
+            "{text}"
+        );
+    }
 
     #[test]
     fn every_family_is_documented() {

@@ -75,6 +75,9 @@ pub struct Shared {
 }
 
 async fn certificate(cert: Arc<Certificate>, shared: Arc<Shared>) -> Result<Action, Error> {
+    // NB: the status this reconcile writes comes back through the watch as the next
+    // reconcile, which observes it.
+    shared.metrics.observe_certificate(&cert);
     let started = Instant::now();
     let result = controller::certificate::reconcile(cert, shared.ctx.clone()).await;
     observe(&shared.metrics, "certificate", started, result.is_ok());
@@ -89,6 +92,7 @@ async fn network(mn: Arc<MeshNetwork>, shared: Arc<Shared>) -> Result<Action, Er
 }
 
 async fn authority(na: Arc<NetworkAuthority>, shared: Arc<Shared>) -> Result<Action, Error> {
+    shared.metrics.observe_authority(&na);
     let started = Instant::now();
     let result = controller::network_authority::reconcile(na, shared.ctx.clone()).await;
     observe(&shared.metrics, "networkauthority", started, result.is_ok());
