@@ -101,7 +101,11 @@ impl Publisher {
             all.unreachable.extend(spread.unreachable);
         }
         let names: Vec<String> = networks.iter().map(|n| n.name_any()).collect();
-        let message = if all.converged {
+        let message = if names.is_empty() {
+            format!("CRL {number}: no MeshNetwork uses this authority")
+        } else if members == 0 {
+            format!("CRL {number}: {} has no ready members yet", list(&names))
+        } else if all.converged {
             format!("CRL {number} is held by all {members} ready members of {}", list(&names))
         } else {
             let mut m = format!("{} of {members} ready members hold CRL {number}", all.holding);
