@@ -46,15 +46,6 @@ fn cert_path(i: usize) -> String {
     format!("/apis/genesis-mesh.io/v1alpha1/namespaces/shop/certificates/svc-{i}")
 }
 
-fn context(api: &FakeApi) -> Arc<Context> {
-    Arc::new(Context {
-        client: api.client(),
-        operator_namespace: OPS.into(),
-        now: Arc::new(SystemTime::now),
-        recorder: None,
-    })
-}
-
 async fn authority(api: &FakeApi, ctx: &Arc<Context>) {
     let na: NetworkAuthority = serde_json::from_value(api.get(NA).unwrap()).unwrap();
     controller::network_authority::reconcile(Arc::new(na), ctx.clone()).await.unwrap();
@@ -97,7 +88,7 @@ fn main() {
     for n in [1_000, 10_000] {
         let api = world(n);
         let (took, ok) = rt.block_on(async {
-            let ctx = context(&api);
+            let ctx = api.context(OPS);
             authority(&api, &ctx).await;
             let started = Instant::now();
             for i in 0..n {
@@ -128,7 +119,7 @@ fn main() {
     for listed in [0usize, 10_000] {
         let api = world(1);
         rt.block_on(async {
-            let ctx = context(&api);
+            let ctx = api.context(OPS);
             authority(&api, &ctx).await;
             certificate(&api, &ctx, 0).await;
             if listed > 0 {

@@ -78,7 +78,24 @@ pub fn ca_secret_name(authority: &str) -> String {
     format!("{authority}-ca")
 }
 
-fn secret_field(secret: &k8s_openapi::api::core::v1::Secret, key: &str) -> Option<String> {
+/// The MeshNetworks whose authority is `authority`.
+pub async fn networks_of(
+    ctx: &Context,
+    authority: &str,
+) -> Result<Vec<genesis_crds::MeshNetwork>, Error> {
+    use kube::api::ListParams;
+    let all = Api::<genesis_crds::MeshNetwork>::all(ctx.client.clone())
+        .list(&ListParams::default())
+        .await?
+        .items;
+    Ok(all.into_iter().filter(|mn| mn.spec.authority_ref.name == authority).collect())
+}
+
+/// The text of `key` in a Secret's data.
+pub(crate) fn secret_field(
+    secret: &k8s_openapi::api::core::v1::Secret,
+    key: &str,
+) -> Option<String> {
     secret.data.as_ref()?.get(key).map(|b| String::from_utf8_lossy(&b.0).into_owned())
 }
 
@@ -241,9 +258,23 @@ pub async fn apply_status<K>(
 where
     K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
+    apply_status_as(api, name, status, MANAGER).await
+}
+
+/// [`apply_status`] as field manager `manager`: the fields (and, by type, the conditions) it
+/// applies are its own, and other managers' stay.
+pub async fn apply_status_as<K>(
+    api: &Api<K>,
+    name: &str,
+    status: serde_json::Value,
+    manager: &str,
+) -> Result<(), Error>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
     let patch = serde_json::json!({
         "apiVersion": K::api_version(&()), "kind": K::kind(&()), "status": status,
     });
-    api.patch_status(name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(patch)).await?;
+    api.patch_status(name, &PatchParams::apply(manager).force(), &Patch::Apply(patch)).await?;
     Ok(())
 }

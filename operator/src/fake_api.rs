@@ -283,6 +283,17 @@ impl FakeApi {
         (if method == http::Method::POST { 201 } else { 200 }, obj)
     }
 
+    /// A controller context on this API: the system clock, no Event recorder. Call inside a
+    /// tokio runtime.
+    pub fn context(&self, operator_namespace: &str) -> Arc<crate::controller::Context> {
+        Arc::new(crate::controller::Context {
+            client: self.client(),
+            operator_namespace: operator_namespace.to_owned(),
+            now: Arc::new(std::time::SystemTime::now),
+            recorder: None,
+        })
+    }
+
     /// A client whose every request this API answers; call inside a tokio runtime.
     pub fn client(&self) -> kube::Client {
         let api = self.clone();

@@ -58,15 +58,6 @@ fn cluster() -> FakeApi {
     api
 }
 
-fn context(api: &FakeApi) -> Arc<Context> {
-    Arc::new(Context {
-        client: api.client(),
-        operator_namespace: OPS.into(),
-        now: Arc::new(SystemTime::now),
-        recorder: None,
-    })
-}
-
 fn sidecar(
     service: &str,
     bundle: &std::path::Path,
@@ -111,7 +102,7 @@ fn members_join_and_renew_and_every_serial_is_recorded_before_they_get_it() {
     let rt =
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     rt.block_on(async {
-        let ctx = context(&api);
+        let ctx = api.context(OPS);
         let na: NetworkAuthority = Api::all(ctx.client.clone()).get("prod-ca").await.unwrap();
         crate::controller::network_authority::reconcile(Arc::new(na), ctx.clone()).await.unwrap();
         let metrics = Arc::new(Metrics::new());

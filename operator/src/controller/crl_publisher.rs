@@ -19,13 +19,13 @@ use genesis_trust::Crl;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::rt::TokioIo;
 use k8s_openapi::api::core::v1::ConfigMap;
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::ResourceExt;
 use serde_json::json;
 
 use super::mesh_network::{member_pods, pod_ready};
-use super::{condition_of, crl_name, Context, Error};
+use super::{apply_status_as, condition_of, crl_name, networks_of, Context, Error};
 use crate::decide::network::node_name;
 use crate::decide::{self, MemberCrl, Spread};
 use crate::metrics::Metrics;
@@ -83,13 +83,7 @@ impl Publisher {
         // During a CA rotation the other root's CRL (same list and number) goes along.
         let rotation = parsed(super::network_authority::ROTATION_CRL);
         let number = crl.number();
-        let networks: Vec<MeshNetwork> = Api::<MeshNetwork>::all(ctx.client.clone())
-            .list(&ListParams::default())
-            .await?
-            .items
-            .into_iter()
-            .filter(|mn| mn.spec.authority_ref.name == authority)
-            .collect();
+        let networks = networks_of(ctx, &authority).await?;
         let mut all = Spread { converged: true, ..Spread::default() };
         let mut members = 0;
         for mn in &networks {
@@ -129,7 +123,7 @@ impl Publisher {
         let reason = if all.converged { "Converged" } else { "Propagating" };
         let cond = condition_of(&*na, "MeshConverged", all.converged, reason, message, now);
         let api = Api::<NetworkAuthority>::all(ctx.client.clone());
-        apply_status(&api, &authority, json!({"conditions": [cond]})).await?;
+        apply_status_as(&api, &authority, json!({"conditions": [cond]}), PUBLISHER).await?;
         Ok(Action::requeue(if all.converged { CONVERGED } else { SPREADING }))
     }
 
@@ -208,7 +202,8 @@ impl Publisher {
         let reason = if spread.converged { "Converged" } else { "Propagating" };
         let cond = condition_of(mn, "CRLConverged", spread.converged, reason, message, now);
         let status = json!({"crlNumberSeen": spread.lowest, "conditions": [cond]});
-        apply_status(&Api::<MeshNetwork>::all(self.ctx.client.clone()), &network, status).await?;
+        let api = Api::<MeshNetwork>::all(self.ctx.client.clone());
+        apply_status_as(&api, &network, status, PUBLISHER).await?;
         Ok(spread)
     }
 }
@@ -220,17 +215,6 @@ fn list(items: &[String]) -> String {
         text += &format!(" and {} more", items.len() - SHOWN);
     }
     text
-}
-
-/// Applies `status` as the publisher (its own field manager, so the other controllers' fields
-/// and conditions stay).
-async fn apply_status<K>(api: &Api<K>, name: &str, status: serde_json::Value) -> Result<(), Error>
-where
-    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
-{
-    let patch = json!({"apiVersion": K::api_version(&()), "kind": K::kind(&()), "status": status});
-    api.patch_status(name, &PatchParams::apply(PUBLISHER).force(), &Patch::Apply(patch)).await?;
-    Ok(())
 }
 
 /// The CRL number a sidecar holds, or `None` when it does not answer.

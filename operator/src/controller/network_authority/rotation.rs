@@ -8,7 +8,7 @@
 use std::collections::BTreeSet;
 use std::time::SystemTime;
 
-use genesis_crds::{Certificate, MeshNetwork, NetworkAuthority};
+use genesis_crds::{Certificate, NetworkAuthority};
 use genesis_trust::{CertInfo, CertificateAuthority};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::ByteString;
@@ -16,7 +16,9 @@ use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::ResourceExt;
 use serde_json::json;
 
-use super::super::{ca_secret_name, parse_rfc3339, rfc3339, Context, Error};
+use super::super::{
+    ca_secret_name, networks_of, parse_rfc3339, rfc3339, secret_field, Context, Error,
+};
 use crate::decide::{self, MemberLeaf, Rotation, RotationStep};
 
 /// The annotation an admin sets (to any new value) on a NetworkAuthority to rotate its CA.
@@ -53,18 +55,15 @@ impl Cas {
     }
 }
 
-fn field(secret: &Secret, key: &str) -> Option<String> {
-    secret.data.as_ref()?.get(key).map(|b| String::from_utf8_lossy(&b.0).into_owned())
-}
-
 fn pair(
     secret: &Secret,
     prefix: &str,
     trust_domain: &str,
 ) -> Result<Option<CertificateAuthority>, Error> {
-    let (Some(cert), Some(key)) =
-        (field(secret, &format!("{prefix}.crt")), field(secret, &format!("{prefix}.key")))
-    else {
+    let (Some(cert), Some(key)) = (
+        secret_field(secret, &format!("{prefix}.crt")),
+        secret_field(secret, &format!("{prefix}.key")),
+    ) else {
         return Ok(None);
     };
     CertificateAuthority::from_pem(trust_domain, &cert, &key)
@@ -74,14 +73,8 @@ fn pair(
 
 /// The leaves of every member Certificate of the authority's networks that holds one.
 async fn members(ctx: &Context, authority: &str) -> Result<Vec<MemberLeaf>, Error> {
-    let networks: BTreeSet<String> = Api::<MeshNetwork>::all(ctx.client.clone())
-        .list(&ListParams::default())
-        .await?
-        .items
-        .into_iter()
-        .filter(|n| n.spec.authority_ref.name == authority)
-        .map(|n| n.name_any())
-        .collect();
+    let networks: BTreeSet<String> =
+        networks_of(ctx, authority).await?.iter().map(|n| n.name_any()).collect();
     Ok(Api::<Certificate>::all(ctx.client.clone())
         .list(&ListParams::default())
         .await?
@@ -138,7 +131,13 @@ pub async fn step(
     let not_before = CertInfo::parse(current.cert_der()).map(|i| i.not_before).unwrap_or(now);
     let due = decide::ca_rotation_due(now, not_before, current.not_after());
     let requested = due || asked.as_ref().is_some_and(|a| annotations.get(ROTATED_FOR) != Some(a));
-    let members = members(ctx, &na.name_any()).await?;
+    // NB: only a rotation (or its start) needs the members; an idle authority does not list
+    // every Certificate of the cluster on each reconcile.
+    let members = if requested || state != Rotation::Idle {
+        members(ctx, &na.name_any()).await?
+    } else {
+        Vec::new()
+    };
     let step = decide::rotation_step(&state, requested, &members);
     let b = |s: String| ByteString(s.into_bytes());
     let write = |patch: serde_json::Value| {
