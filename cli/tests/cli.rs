@@ -9,10 +9,11 @@ fn genesisctl() -> Command {
 }
 
 #[test]
-fn demo_runs_every_stage_cuts_the_revoked_member_off_and_leaves_nothing_running() {
+fn default_demo_runs_every_stage_cuts_the_revoked_member_off_and_leaves_nothing_running() {
+    // The README's first command as a newcomer runs it: the default size (12 members).
     let dir = tempfile::tempdir().unwrap();
     let out = genesisctl()
-        .args(["demo", "--nodes", "5", "--json", "--subnet", "127.200.1", "--dir"])
+        .args(["demo", "--json", "--subnet", "127.200.1", "--dir"])
         .arg(dir.path())
         .output()
         .unwrap();
@@ -20,7 +21,7 @@ fn demo_runs_every_stage_cuts_the_revoked_member_off_and_leaves_nothing_running(
         .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
     assert!(out.status.success(), "{summary:#}");
     assert_eq!(summary["ok"], true);
-    assert_eq!(summary["nodes"], 5);
+    assert_eq!(summary["nodes"], 12);
     let stages = summary["stages"].as_array().unwrap();
     let names: Vec<&str> = stages.iter().map(|s| s["name"].as_str().unwrap()).collect();
     assert_eq!(

@@ -89,6 +89,26 @@ pub async fn dial(shared: Arc<Shared>, addr: String) {
     }
 }
 
+/// The next whole frame before the link is up (the hello, or a refusal).
+async fn next_frame<R: AsyncRead + Unpin>(
+    decoder: &mut FrameDecoder,
+    reader: &mut R,
+    buf: &mut [u8],
+) -> Result<Frame, String> {
+    loop {
+        match decoder.next_frame() {
+            Ok(Some(f)) => return Ok(f),
+            Ok(None) => {}
+            Err(e) => return Err(e.to_string()),
+        }
+        let n = reader.read(buf).await.map_err(|e| e.to_string())?;
+        if n == 0 {
+            return Err("closed before hello".into());
+        }
+        decoder.push(&buf[..n]);
+    }
+}
+
 async fn refused(shared: &Shared, node: Option<String>, addr: &str, reason: &str) {
     let _ = shared
         .commands
@@ -124,6 +144,25 @@ async fn run_link<S>(
     let node = peer.identity.node().to_owned();
     let (mut reader, writer) = tokio::io::split(stream);
     let mut writer = BufWriter::new(writer);
+    if !outbound {
+        // Ask the core before saying hello: a refused dialer then sees no link at all (no
+        // link up and down, nothing for its routes to react to), only our peers and why.
+        let (reply_tx, reply_rx) = oneshot::channel();
+        let ask = Command::AdmitInbound { node: node.clone(), reply: reply_tx };
+        if shared.commands.send(ask).await.is_err() {
+            return;
+        }
+        let verdict = reply_rx.await.unwrap_or_else(|_| Err(("core stopped".into(), vec![])));
+        if let Err((reason, peers)) = verdict {
+            shared.metrics.handshakes.with_label_values(&["declined"]).inc();
+            let mut bytes = Frame::PeerExchange { peers }.encode();
+            bytes.extend_from_slice(&Frame::Close { reason }.encode());
+            let _ = writer.write_all(&bytes).await;
+            let _ = writer.flush().await;
+            let _ = writer.shutdown().await;
+            return;
+        }
+    }
     let hello =
         Frame::Hello { identity: shared.identity.uri(), listen: shared.config.advertise.clone() };
     if writer.write_all(&hello.encode()).await.is_err() || writer.flush().await.is_err() {
@@ -135,27 +174,25 @@ async fn run_link<S>(
     }
     let mut decoder = FrameDecoder::new();
     let mut buf = vec![0u8; READ_CHUNK];
-    let first = tokio::time::timeout(HELLO_TIMEOUT, async {
-        loop {
-            match decoder.next_frame() {
-                Ok(Some(f)) => return Ok(f),
-                Ok(None) => {}
-                Err(e) => return Err(e.to_string()),
-            }
-            let n = reader.read(&mut buf).await.map_err(|e| e.to_string())?;
-            if n == 0 {
-                return Err("closed before hello".into());
-            }
-            decoder.push(&buf[..n]);
-        }
-    })
-    .await;
+    let first =
+        tokio::time::timeout(HELLO_TIMEOUT, next_frame(&mut decoder, &mut reader, &mut buf)).await;
     let listen = match first {
         Ok(Ok(Frame::Hello { identity, listen })) if identity == peer.identity.uri() => listen,
         Ok(Ok(Frame::Hello { identity, .. })) => {
             let reason =
                 format!("hello claims {identity} but the certificate is {}", peer.identity);
             return refused(&shared, Some(node), &addr, &reason).await;
+        }
+        // A member that will not take the link answers with its peers and a goodbye.
+        Ok(Ok(Frame::PeerExchange { peers })) if outbound => {
+            let reason = match next_frame(&mut decoder, &mut reader, &mut buf).await {
+                Ok(Frame::Close { reason }) => reason,
+                Ok(other) => format!("{:?} after a peer exchange, not hello", other.frame_type()),
+                Err(e) => e,
+            };
+            shared.metrics.dials.with_label_values(&["declined"]).inc();
+            let _ = shared.commands.send(Command::DialRefused { addr, reason, peers }).await;
+            return;
         }
         Ok(Ok(other)) => {
             let reason = format!("first frame was {:?}, not hello", other.frame_type());

@@ -156,7 +156,7 @@ impl Metrics {
                 &["reason"]
             )),
             dials: reg!(IntCounterVec::new(
-                opts("dials_total", "Outbound link attempts by result (ok, failed, refused)"),
+                opts("dials_total", "Outbound link attempts by result (ok, failed, refused, declined: the member was full)"),
                 &["result"]
             )),
             peer_reputation: reg!(IntGaugeVec::new(
@@ -241,8 +241,8 @@ impl Metrics {
                 v.with_label_values(l);
             }
         };
-        init(&self.handshakes, &[&["ok"], &["refused"]]);
-        init(&self.dials, &[&["ok"], &["failed"], &["refused"]]);
+        init(&self.handshakes, &[&["ok"], &["refused"], &["declined"]]);
+        init(&self.dials, &[&["ok"], &["failed"], &["refused"], &["declined"]]);
         let closes: Vec<[&str; 1]> = CloseReason::ALL.iter().map(|r| [r.as_str()]).collect();
         let closes: Vec<&[&str]> = closes.iter().map(|c| c.as_slice()).collect();
         init(&self.link_closes, &closes);

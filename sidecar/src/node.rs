@@ -17,8 +17,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::frame::{
-    Broadcast, ControlAck, Data, DataKind, Frame, FrameError, FrameType, RouteAdvert, MAX_ADVERTS,
-    METRIC_INFINITY,
+    Broadcast, ControlAck, Data, DataKind, Frame, FrameError, FrameType, PeerAddr, RouteAdvert,
+    MAX_ADVERTS, METRIC_INFINITY,
 };
 use crate::metrics::{CloseReason, Metrics};
 use crate::peers::{Admit, Conduct, Level, PeerAction, PeerSet, PeerView};
@@ -292,6 +292,18 @@ pub enum Command {
         addr: String,
         reason: String,
     },
+    /// May an inbound link from `node` start? Asked before our hello; a refusal carries our
+    /// peer list for the dialer.
+    AdmitInbound {
+        node: String,
+        reply: oneshot::Sender<Result<(), (String, Vec<PeerAddr>)>>,
+    },
+    /// The member at `addr` refused our link (full or banning us) and handed us its peers.
+    DialRefused {
+        addr: String,
+        reason: String,
+        peers: Vec<PeerAddr>,
+    },
     SendData {
         dst: String,
         kind: DataKind,
@@ -487,6 +499,22 @@ impl Core {
                 let now = self.now();
                 self.peers.on_dial_failed(&addr, now);
             }
+            Command::AdmitInbound { node, reply } => {
+                let now = self.now();
+                let verdict = self
+                    .peers
+                    .admit_inbound(&node, now)
+                    .map_err(|reason| (reason, self.peers.exchange_list(now)));
+                if let Err((reason, _)) = &verdict {
+                    tracing::debug!(peer = %node, %reason, "inbound link refused");
+                }
+                let _ = reply.send(verdict);
+            }
+            Command::DialRefused { addr, reason, peers } => {
+                tracing::info!(%addr, %reason, learned = peers.len(), "dialled member refused the link");
+                let now = self.now();
+                self.peers.on_dial_refused(&addr, &peers, now);
+            }
             Command::SendData { dst, kind, flow, payload } => {
                 let ttl = self.shared.config.routing.max_hops;
                 let data = Data { src: self.me.clone(), dst, ttl, kind, flow, payload };
@@ -553,7 +581,7 @@ impl Core {
             let old = existing.id;
             self.close_link(node, old, CloseReason::Replaced, "replaced by a simultaneous link");
         }
-        let actions = self.peers.on_connected(node, addr, now)?;
+        self.peers.on_connected(node, addr, now)?;
         self.links.insert(
             node.to_owned(),
             Link {
@@ -571,7 +599,6 @@ impl Core {
         self.publish_links();
         self.metrics().handshakes.with_label_values(&["ok"]).inc();
         tracing::info!(peer = %node, %addr, outbound, "link up");
-        self.peer_actions(actions);
         let actions = self.routes.neighbour_up(node, link_cost(Duration::ZERO));
         self.route_actions(actions);
         let exchange = Frame::PeerExchange { peers: self.peers.exchange_list(now) };

@@ -1,7 +1,8 @@
 //! `PeerSet`: who to connect to, how much to trust them, and whom to ban (sans-IO).
 //!
 //! Members bootstrap from anchor addresses, learn more addresses by peer exchange, and keep
-//! between `min_peers` and `max_peers` links. Each peer has a 0–100 reputation built from RTT,
+//! between `min_peers` and `max_peers` links; a full member refuses newcomers rather than
+//! dropping a healthy link for them. Each peer has a 0–100 reputation built from RTT,
 //! uptime (answered pings), failures and invalid frames; below the ban threshold it is banned,
 //! for a duration that doubles with every repeated ban. Non-data frames pass a per-peer token
 //! bucket, so one noisy peer cannot starve the others.
@@ -48,6 +49,10 @@ pub const MAX_BAN: Duration = Duration::from_secs(3600);
 pub const MAX_KNOWN: usize = 512;
 /// Longest pause between dial attempts to one address.
 const MAX_DIAL_BACKOFF: Duration = Duration::from_secs(30);
+/// How long an admitted inbound link holds its place: the peer's hello is due well within it.
+const ADMISSION_HOLD: Duration = Duration::from_secs(5);
+/// How a refusal for want of room begins (the dialer's log and metrics tell it apart).
+pub const FULL: &str = "full";
 /// Score of a peer we know nothing about yet.
 const INITIAL_SCORE: u8 = 50;
 /// At or above this a peer is trusted.
@@ -172,6 +177,8 @@ pub struct PeerSet {
     config: PeerConfig,
     peers: BTreeMap<String, Peer>,
     dials: BTreeMap<String, Dial>,
+    /// Inbound links admitted and not yet up: node → until when the place is held.
+    admitted: BTreeMap<String, Time>,
     next_exchange: Time,
 }
 
@@ -188,6 +195,7 @@ impl PeerSet {
             config,
             peers: BTreeMap::new(),
             dials,
+            admitted: BTreeMap::new(),
         }
     }
 
@@ -206,14 +214,26 @@ impl PeerSet {
         self.peers.get(node).map(|p| level_of(p, now))
     }
 
-    /// A link to `node` (dialled at or accepted from `addr`) completed its handshake and hello.
-    /// Refused while the peer is banned; when over `max_peers`, the worst other peer is dropped.
-    pub fn on_connected(
-        &mut self,
-        node: &str,
-        addr: &str,
-        now: Time,
-    ) -> Result<Vec<PeerAction>, String> {
+    /// Whether an inbound link from `node` may start (asked before our hello, so a refused
+    /// dialer never sees a link come up and go down). Refused while the peer is banned, or
+    /// while we are full: a member never closes a healthy link to make room for a newcomer,
+    /// since that eviction sets the evicted peer dialling someone else, who evicts in turn
+    /// (the churn issue 18 traced a dropped link during rotation to). The refusal carries our
+    /// peer list, so the dialer finds a member with room.
+    pub fn admit_inbound(&mut self, node: &str, now: Time) -> Result<(), String> {
+        self.check_room(node, now)?;
+        // NB: the admitted link holds its place until its hello is done, so two newcomers
+        // arriving together cannot both pass and leave one to be refused after its link is up.
+        let in_flight = self.dials.values().filter(|d| d.in_flight).count();
+        self.admitted.retain(|n, until| now < *until && n != node);
+        if self.connected() + self.admitted.len() + in_flight >= self.config.max_peers {
+            return Err(format!("{FULL}: already at max peers ({})", self.config.max_peers));
+        }
+        self.admitted.insert(node.to_owned(), now + ADMISSION_HOLD);
+        Ok(())
+    }
+
+    fn check_room(&self, node: &str, now: Time) -> Result<(), String> {
         if node == self.me {
             return Err("a link to ourselves".into());
         }
@@ -221,6 +241,19 @@ impl PeerSet {
         {
             return Err(format!("banned for another {}s", (until - now).as_secs()));
         }
+        if self.connected() >= self.config.max_peers {
+            return Err(format!("{FULL}: already at max peers ({})", self.config.max_peers));
+        }
+        Ok(())
+    }
+
+    /// A link to `node` (dialled at or accepted from `addr`) completed its handshake and hello.
+    /// Refused as [`PeerSet::admit_inbound`] refuses; a link that finds us full (an outbound
+    /// link finishing together with an inbound one) is the one refused, never an established
+    /// one.
+    pub fn on_connected(&mut self, node: &str, addr: &str, now: Time) -> Result<(), String> {
+        self.admitted.remove(node);
+        self.check_room(node, now)?;
         let burst = f64::from(self.config.frame_burst);
         let anchor = self.dials.get(addr).is_some_and(|d| d.anchor);
         let peer = self.peers.entry(node.to_owned()).or_insert_with(|| Peer {
@@ -246,23 +279,15 @@ impl PeerSet {
             d.failures = 0;
             d.in_flight = false;
         }
-        let mut actions = Vec::new();
-        if self.connected() > self.config.max_peers {
-            // Learned peers go before anchors; among them the lowest score goes first.
-            if let Some(worst) = self
-                .peers
-                .iter()
-                .filter(|(n, p)| p.connected_since.is_some() && n.as_str() != node)
-                .min_by_key(|(_, p)| (p.anchor, p.score))
-                .map(|(n, _)| n.clone())
-            {
-                actions.push(PeerAction::Disconnect {
-                    node: worst,
-                    reason: format!("over max peers ({})", self.config.max_peers),
-                });
-            }
-        }
-        Ok(actions)
+        Ok(())
+    }
+
+    /// Dialling `addr` reached a member that refused the link (full, or banning us) and
+    /// handed over its peers: try those, and back off from `addr` as from a failed dial, without
+    /// blaming it (a full member did nothing wrong).
+    pub fn on_dial_refused(&mut self, addr: &str, peers: &[PeerAddr], now: Time) {
+        self.on_exchange(peers, now);
+        self.on_dial_failed(addr, now);
     }
 
     /// The link to `node` closed (`failure`: without a goodbye).

@@ -114,19 +114,43 @@ fn a_flooding_peer_is_rate_limited_and_loses_reputation_once_per_second() {
 }
 
 #[test]
-fn going_over_max_peers_drops_the_worst_other_peer() {
+fn a_full_member_refuses_a_newcomer_and_keeps_every_link_it_has() {
     let config = PeerConfig { max_peers: 2, ..Default::default() };
     let mut p = PeerSet::new("me", config, &[], Time::ZERO);
     p.on_connected("good", "g:1", Time::ZERO).unwrap();
-    p.record("good", Conduct::Pong(Duration::from_millis(1)), Time::ZERO);
     p.on_connected("poor", "p:1", Time::ZERO).unwrap();
     p.record("poor", Conduct::Failure, Time::ZERO);
-    let actions = p.on_connected("new", "n:1", Time::ZERO).unwrap();
-    assert!(
-        matches!(&actions[..], [PeerAction::Disconnect { node, .. }] if node == "poor"),
-        "{actions:?}"
-    );
-    assert!(p.on_connected("me", "m:1", Time::ZERO).is_err());
+    let refusal = p.admit_inbound("new", Time::ZERO).unwrap_err();
+    assert!(refusal.starts_with(FULL), "{refusal}");
+    // A link finishing when we are full anyway is refused, not an established one.
+    assert!(p.on_connected("new", "n:1", Time::ZERO).unwrap_err().starts_with(FULL));
+    assert_eq!(p.connected(), 2);
+    assert!(p.views(Time::ZERO).iter().filter(|v| v.connected).all(|v| v.node != "new"));
+    assert!(p.admit_inbound("me", Time::ZERO).is_err());
+    // Room again once a link goes; the admitted newcomer holds that place until its hello is
+    // done (or the hold lapses), so a second newcomer cannot take it meanwhile.
+    p.on_disconnected("poor", false, Time::ZERO);
+    assert_eq!(p.admit_inbound("new", Time::ZERO), Ok(()));
+    assert!(p.admit_inbound("other", Time::ZERO).unwrap_err().starts_with(FULL));
+    assert_eq!(p.admit_inbound("other", secs(6)), Ok(()));
+    p.on_connected("other", "o:1", secs(6)).unwrap();
+    assert_eq!(p.connected(), 2);
+}
+
+#[test]
+fn a_refused_dial_backs_off_and_dials_the_peers_it_was_handed_instead() {
+    let config = PeerConfig { min_peers: 1, max_peers: 3, ..PeerConfig::default() };
+    let mut p = PeerSet::new("me", config, &["a:1".to_owned()], Time::ZERO);
+    assert_eq!(p.on_tick(Time::ZERO), vec![PeerAction::Dial { addr: "a:1".into() }]);
+    p.on_dial_refused("a:1", &[PeerAddr { node: "b".into(), addr: "b:1".into() }], Time::ZERO);
+    // The full anchor is not reputation-punished, and not redialled at once.
+    assert!(p.views(Time::ZERO).is_empty());
+    let dials: Vec<_> = p
+        .on_tick(Duration::from_millis(100))
+        .into_iter()
+        .filter(|a| matches!(a, PeerAction::Dial { .. }))
+        .collect();
+    assert_eq!(dials, vec![PeerAction::Dial { addr: "b:1".into() }]);
 }
 
 #[test]
@@ -138,25 +162,6 @@ fn learned_addresses_are_bounded() {
         p.on_exchange(chunk, Time::ZERO);
     }
     assert_eq!(p.dials.len(), MAX_KNOWN);
-}
-
-#[test]
-fn anchors_are_kept_over_learned_peers_when_over_max_peers() {
-    let config = PeerConfig { max_peers: 2, ..Default::default() };
-    let anchors = vec!["prev:1".to_owned(), "next:1".to_owned()];
-    let mut p = PeerSet::new("me", config, &anchors, Time::ZERO);
-    p.on_exchange(&[PeerAddr { node: "chord".into(), addr: "chord:1".into() }], Time::ZERO);
-    p.on_connected("prev", "prev:1", Time::ZERO).unwrap();
-    p.on_connected("chord", "chord:1", Time::ZERO).unwrap();
-    // The chord has the best score, but the anchor that comes back wins the slot.
-    for _ in 0..20 {
-        p.record("chord", Conduct::Pong(Duration::from_millis(1)), Time::ZERO);
-    }
-    let actions = p.on_connected("next", "next:1", Time::ZERO).unwrap();
-    assert!(
-        matches!(&actions[..], [PeerAction::Disconnect { node, .. }] if node == "chord"),
-        "{actions:?}"
-    );
 }
 
 #[test]
