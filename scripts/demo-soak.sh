@@ -15,6 +15,7 @@ shift || true
 cargo build --release -p genesisctl --locked >&2 || exit 2
 bin=target/release/genesisctl
 soak=${SOAK_DIR:-$(mktemp -d -t genesis-demo-soak.XXXXXX)}
+mkdir -p "$soak" || exit 2
 passed=0
 failed=0
 failures=()

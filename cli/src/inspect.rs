@@ -44,7 +44,7 @@ pub struct AuthorityState {
     pub crl_valid_for: f64,
     /// Seconds until the CA expires.
     pub ca_valid_for: f64,
-    /// Members whose newest certificate is revoked.
+    /// Members revoked: as identities, or with their newest certificate on the CRL.
     pub revoked: BTreeSet<String>,
 }
 
@@ -70,11 +70,16 @@ pub fn authority_state(manifest: &Manifest) -> Result<AuthorityState, String> {
             newest.insert(id.node().to_owned(), rec.serial);
         }
     }
-    let revoked = newest
-        .into_iter()
-        .filter(|(_, serial)| Serial::from_hex(serial).is_ok_and(|s| list.contains(&s)))
-        .map(|(node, _)| node)
-        .collect();
+    // Revoked: as an identity, or (a CRL set by hand) with its newest certificate listed.
+    let mut revoked: std::collections::BTreeSet<String> =
+        authority.revoked_nodes().map_err(|e| e.to_string())?.into_keys().collect();
+    revoked.extend(
+        newest
+            .into_iter()
+            .filter(|(_, serial)| Serial::from_hex(serial).is_ok_and(|s| list.contains(&s)))
+            .map(|(node, _)| node),
+    );
+    let revoked = revoked.into_iter().collect();
     Ok(AuthorityState {
         crl_number: crl.number(),
         crl_valid_for: secs_until(crl.next_update()),

@@ -108,8 +108,17 @@ enum LocalAction {
         #[arg(long)]
         dir: PathBuf,
     },
-    /// Revoke every certificate issued to a node and sign a new CRL.
+    /// Revoke a node: every certificate issued to it goes on a new CRL, and it is issued
+    /// none again until un-revoked.
     Revoke {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        node: String,
+    },
+    /// Let a revoked node be issued certificates again (with a new join token); the serials
+    /// it held stay on the CRL.
+    Unrevoke {
         #[arg(long)]
         dir: PathBuf,
         #[arg(long)]
@@ -141,6 +150,7 @@ pub fn main_from(args: impl IntoIterator<Item = OsString>) -> ExitCode {
     let result = match action {
         Some(LocalAction::Token { dir, node, role }) => token(&dir, &node, &role),
         Some(LocalAction::Revoke { dir, node }) => revoke(&dir, &node),
+        Some(LocalAction::Unrevoke { dir, node }) => unrevoke(&dir, &node),
         Some(LocalAction::PublishCrl { dir }) => publish_crl(&dir),
         None => run(args),
     };
@@ -167,9 +177,25 @@ fn token(dir: &std::path::Path, node: &str, role: &str) -> Result<(), String> {
 fn revoke(dir: &std::path::Path, node: &str) -> Result<(), String> {
     match open(dir)?.revoke_node(node, RevocationReason::Unspecified).map_err(|e| e.to_string())? {
         Some(crl) => println!("revoked {node}: CRL number {}", crl.number()),
-        None => println!("{node}: nothing to revoke (no certificate issued, or already revoked)"),
+        None => println!(
+            "revoked {node}: it is issued no certificate from now on (the CRL is unchanged: \
+             no certificate of it is unlisted)"
+        ),
     }
     Ok(())
+}
+
+fn unrevoke(dir: &std::path::Path, node: &str) -> Result<(), String> {
+    if open(dir)?.unrevoke_node(node).map_err(|e| e.to_string())? {
+        println!(
+            "{node} may be issued certificates again; its old serials stay on the CRL. Give it \
+             a new join token: genesis-operator local token --dir {} --node {node}",
+            dir.display()
+        );
+        Ok(())
+    } else {
+        Err(format!("{node} is not revoked; nothing to un-revoke"))
+    }
 }
 
 fn run_cluster(args: RunArgs) -> Result<(), String> {
@@ -218,10 +244,7 @@ fn run_cluster(args: RunArgs) -> Result<(), String> {
 }
 
 fn publish_crl(dir: &std::path::Path) -> Result<(), String> {
-    let authority = open(dir)?;
-    let mut list = authority.revocations().map_err(|e| e.to_string())?;
-    list.refresh();
-    let crl = authority.publish_crl(&list).map_err(|e| e.to_string())?;
+    let crl = open(dir)?.refresh_crl().map_err(|e| e.to_string())?;
     let valid = crl
         .next_update()
         .duration_since(std::time::SystemTime::now())

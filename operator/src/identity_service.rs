@@ -283,10 +283,11 @@ impl IdentityService {
                     Err(e) => {
                         tracing::warn!(node = %request.node, error = %e, "refused certificate request");
                         let status = status_of(&e);
-                        let reason = match status {
-                            StatusCode::UNAUTHORIZED => "unauthenticated",
-                            StatusCode::BAD_REQUEST => "bad_request",
-                            StatusCode::FORBIDDEN => "not_entitled",
+                        let reason = match (&e, status) {
+                            (Error::Revoked(_), _) => "revoked",
+                            (_, StatusCode::UNAUTHORIZED) => "unauthenticated",
+                            (_, StatusCode::BAD_REQUEST) => "bad_request",
+                            (_, StatusCode::FORBIDDEN) => "not_entitled",
                             _ => "error",
                         };
                         self.metrics.refused.with_label_values(&[reason]).inc();
@@ -315,6 +316,7 @@ impl IdentityService {
 fn status_of(e: &Error) -> StatusCode {
     match e {
         Error::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+        Error::Revoked(_) => StatusCode::FORBIDDEN,
         Error::BadRequest(_) => StatusCode::BAD_REQUEST,
         Error::Trust(genesis_trust::Error::CsrNotEntitled { .. }) => StatusCode::FORBIDDEN,
         Error::Trust(

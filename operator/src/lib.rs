@@ -37,6 +37,9 @@ pub enum Error {
     /// The caller could not be authenticated (401).
     #[error("{0}")]
     Unauthenticated(String),
+    /// The identity was revoked and may not be issued again until it is un-revoked (403).
+    #[error("{0}")]
+    Revoked(String),
     /// The request is malformed (400).
     #[error("{0}")]
     BadRequest(String),

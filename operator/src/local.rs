@@ -6,12 +6,24 @@
 //! |---|---|
 //! | `authority.json` | trust domain, network, certificate lifetime |
 //! | `ca.crt`, `ca.key` | the CA (the key is 0600) |
-//! | `revocations.json` | the revocation list: what the next CRL says |
+//! | `revocations.json` | the revocation list (what the next CRL says) and the revoked nodes |
 //! | `crl.der` | the newest signed CRL |
 //! | `issued.jsonl` | one line per issued certificate: serial, identity, notAfter |
 //! | `tokens/<node>.json` | a one-time join token (0600), deleted when spent |
 //! | `identity-service.addr` | where the running service listens |
+//! | `authority.lock` | held (flock) by whoever reads and writes the files above |
+//!
+//! Every change of state (issue, revoke, un-revoke, re-sign, spend a token) happens under one
+//! exclusive lock on `authority.lock`, whichever process makes it: the identity service,
+//! `genesis-operator local revoke`, `genesisctl revoke`. Unlocked, two concurrent revokes
+//! each read the list, added their node and wrote it back, and one of the two was lost.
+//!
+//! Revocation binds the identity, not a snapshot of serials: a revoked node is recorded as
+//! such and is never issued a certificate again until it is un-revoked, and since issuing
+//! takes the same lock, a renewal racing the revocation either finishes first (its serial is
+//! in `issued.jsonl` and goes on the CRL) or is refused.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -71,6 +83,28 @@ pub struct IssuedRecord {
     pub issued_at: u64,
 }
 
+/// A node revoked as an identity: refused every certificate until un-revoked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RevokedNode {
+    /// Unix seconds.
+    pub revoked_at: u64,
+    pub reason: RevocationReason,
+}
+
+/// What `revocations.json` holds.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Revocations {
+    #[serde(flatten)]
+    list: RevocationList,
+    #[serde(default)]
+    revoked_nodes: BTreeMap<String, RevokedNode>,
+}
+
+/// The exclusive lock on the authority's state; released when dropped.
+struct StateLock(#[allow(dead_code)] fs::File);
+
 /// The file-backed authority.
 #[derive(Debug)]
 pub struct LocalAuthority {
@@ -97,7 +131,7 @@ impl LocalAuthority {
         write_file(&dir.join("ca.key"), ca.key_pem().as_bytes(), true)?;
         write_file(&dir.join("ca.crt"), ca.cert_pem().as_bytes(), false)?;
         let authority = LocalAuthority { dir: dir.to_owned(), config, ca };
-        authority.publish_crl(&RevocationList::default())?;
+        authority.sign_and_write(&Revocations::default())?;
         write_json(&dir.join("authority.json"), &authority.config, false)?;
         Ok(authority)
     }
@@ -149,15 +183,20 @@ impl LocalAuthority {
         Ok(token)
     }
 
-    /// Checks and spends `node`'s token; returns the identity it entitles to.
+    /// Checks and spends `node`'s token; returns the identity it entitles to. A revoked node's
+    /// token is refused and left unspent.
     pub fn spend_token(&self, node: &str, token: &str) -> Result<Identity> {
         let path = self.token_path(node)?;
+        let _lock = self.lock()?;
+        self.refuse_revoked(&self.read_revocations()?, node)?;
         let file: TokenFile = match read_json(&path) {
             Ok(f) => f,
             Err(_) => {
                 return Err(Error::Unauthenticated(format!(
                     "no join token for node {node:?}: it was never created or is already spent \
-                     (create one with `genesis-operator local token --node {node}`)"
+                     (create one with `genesis-operator local token --dir {} --node {node} \
+                     [--role anchor|client|operator|admin]`)",
+                    self.dir.display()
                 )))
             }
         };
@@ -177,8 +216,11 @@ impl LocalAuthority {
         }
     }
 
-    /// Issues from a CSR and records the serial.
+    /// Issues from a CSR and records the serial, unless the node is revoked. Under the state
+    /// lock, so a revocation sees every serial issued before it and no issuance after it.
     pub fn issue(&self, csr: &[u8], identity: &Identity) -> Result<IssuedCertificate> {
+        let _lock = self.lock()?;
+        self.refuse_revoked(&self.read_revocations()?, identity.node())?;
         let issued =
             self.ca.issue_from_csr(csr, identity, &self.leaf_policy(), SystemTime::now())?;
         let record = IssuedRecord {
@@ -194,11 +236,24 @@ impl LocalAuthority {
             .open(&path)
             .map_err(|e| Error::io("open", &path, e))?;
         let line = serde_json::to_string(&record).expect("record serializes") + "\n";
-        // NB: one write of the whole line. `writeln!` writes the record and the newline
-        // separately, and concurrent issuances (members joining at once) interleaved them
-        // into `{a}{b}\n\n`, which made the file unreadable.
+        // NB: one write of the whole line, so a reader without the lock never sees half a
+        // record followed by another.
         f.write_all(line.as_bytes()).map_err(|e| Error::io("append to", &path, e))?;
+        f.sync_data().map_err(|e| Error::io("sync", &path, e))?;
         Ok(issued)
+    }
+
+    fn refuse_revoked(&self, state: &Revocations, node: &str) -> Result<()> {
+        match state.revoked_nodes.get(node) {
+            Some(r) => Err(Error::Revoked(format!(
+                "node {node:?} was revoked ({:?}, at unix time {}) and is issued no certificate \
+                 until it is un-revoked: `genesis-operator local unrevoke --dir {} --node {node}`",
+                r.reason,
+                r.revoked_at,
+                self.dir.display()
+            ))),
+            None => Ok(()),
+        }
     }
 
     /// Every certificate issued so far.
@@ -216,44 +271,106 @@ impl LocalAuthority {
             .collect()
     }
 
-    /// The revocation list on disk.
+    /// The revocation list on disk (what the current CRL says).
     pub fn revocations(&self) -> Result<RevocationList> {
+        Ok(self.read_revocations()?.list)
+    }
+
+    /// The nodes revoked as identities, with when and why.
+    pub fn revoked_nodes(&self) -> Result<BTreeMap<String, RevokedNode>> {
+        Ok(self.read_revocations()?.revoked_nodes)
+    }
+
+    fn read_revocations(&self) -> Result<Revocations> {
         let path = self.dir.join("revocations.json");
         if !path.exists() {
-            return Ok(RevocationList::default());
+            return Ok(Revocations::default());
         }
         read_json(&path)
     }
 
-    /// Revokes every certificate issued to `node`; signs and writes the new CRL.
-    /// Returns the new CRL, or `None` if nothing new was revoked.
+    /// Revokes `node` as an identity: every certificate issued to it goes on the CRL, and it
+    /// is issued none again until [`LocalAuthority::unrevoke_node`]. Returns the new CRL, or
+    /// `None` if the CRL did not change (already revoked, or never issued a certificate: the
+    /// node is refused one all the same).
     pub fn revoke_node(&self, node: &str, reason: RevocationReason) -> Result<Option<Crl>> {
-        let mut list = self.revocations()?;
-        let mut changed = false;
+        let _lock = self.lock()?;
+        let mut state = self.read_revocations()?;
         let now = SystemTime::now();
+        let mut changed = false;
+        if !state.revoked_nodes.contains_key(node) {
+            state
+                .revoked_nodes
+                .insert(node.to_owned(), RevokedNode { revoked_at: unix(now), reason });
+        }
         for rec in self.issued()? {
             let id = Identity::parse(&rec.identity)?;
             if id.node() == node {
-                changed |= list.revoke(&Serial::from_hex(&rec.serial)?, reason, now);
+                changed |= state.list.revoke(&Serial::from_hex(&rec.serial)?, reason, now);
             }
         }
         if !changed {
+            write_json(&self.dir.join("revocations.json"), &state, false)?;
             return Ok(None);
         }
-        self.publish_crl(&list).map(Some)
+        self.sign_and_write(&state).map(Some)
     }
 
-    /// Signs `list` into `crl.der` and persists the list.
+    /// Lets a revoked node be issued certificates again (a revocation made in error). The
+    /// serials it held stay on the CRL: their keys may be compromised, and a new join token
+    /// gives it a new certificate. Returns whether the node was revoked.
+    pub fn unrevoke_node(&self, node: &str) -> Result<bool> {
+        let _lock = self.lock()?;
+        let mut state = self.read_revocations()?;
+        let was = state.revoked_nodes.remove(node).is_some();
+        if was {
+            write_json(&self.dir.join("revocations.json"), &state, false)?;
+        }
+        Ok(was)
+    }
+
+    /// Re-signs the current list with a new number and a fresh nextUpdate, as the authority
+    /// does before a CRL lapses.
+    pub fn refresh_crl(&self) -> Result<Crl> {
+        let _lock = self.lock()?;
+        let mut state = self.read_revocations()?;
+        state.list.refresh();
+        self.sign_and_write(&state)
+    }
+
+    /// Signs `list` into `crl.der` and persists it (keeping the revoked nodes): for tests and
+    /// tools that set a list as a whole.
     pub fn publish_crl(&self, list: &RevocationList) -> Result<Crl> {
+        let _lock = self.lock()?;
+        let mut state = self.read_revocations()?;
+        state.list = list.clone();
+        self.sign_and_write(&state)
+    }
+
+    /// Signs the state's list into `crl.der` and writes both; the caller holds the lock.
+    fn sign_and_write(&self, state: &Revocations) -> Result<Crl> {
         let now = SystemTime::now();
         let crl = self.ca.sign_crl(
-            list,
+            &state.list,
             now - Duration::from_secs(60),
             now + Duration::from_secs(self.config.crl_validity_secs),
         )?;
-        write_json(&self.dir.join("revocations.json"), list, false)?;
+        write_json(&self.dir.join("revocations.json"), state, false)?;
         write_file(&self.dir.join("crl.der"), crl.der(), false)?;
         Ok(crl)
+    }
+
+    /// Takes the exclusive lock on the authority's state (blocking until it is free).
+    fn lock(&self) -> Result<StateLock> {
+        let path = self.dir.join("authority.lock");
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| Error::io("open", &path, e))?;
+        file.lock().map_err(|e| Error::io("lock", &path, e))?;
+        Ok(StateLock(file))
     }
 
     /// The newest signed CRL.
