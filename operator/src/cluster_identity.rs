@@ -194,9 +194,12 @@ impl ClusterIssuer {
             );
             let reason = if renewal { "Renewed" } else { "Issued" };
             let ready = condition_of(&cert, "Ready", true, reason, message, now);
+            let mut status = issued_status(&cert, issued, issuer);
+            status["observedGeneration"] = json!(cert.meta().generation);
+            status["conditions"] = json!([ready]);
             let patch = json!({
                 "metadata": {"resourceVersion": cert.meta().resource_version},
-                "status": issued_status(&cert, issued, issuer, vec![ready]),
+                "status": status,
             });
             match certs.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch)).await {
                 Ok(_) => {

@@ -1,8 +1,17 @@
 //! An in-memory Kubernetes API for tests: a tower service that stores objects by their REST
-//! path, answers GET (object or collection), JSON merge PATCH and server-side apply PATCH (as a
-//! merge; a resourceVersion in a patch is a precondition), and 404s the rest with a Status,
-//! as the API server does. A real `kube::Client` on top cannot tell the difference. Compiled
-//! for this crate's tests and, with the `fake-api` feature, for other crates' tests.
+//! path, answers GET (object or collection), JSON merge PATCH and server-side apply PATCH (a
+//! resourceVersion in a patch is a precondition), and 404s the rest with a Status, as the API
+//! server does. A real `kube::Client` on top cannot tell the difference. Compiled for this
+//! crate's tests and, with the `fake-api` feature, for other crates' tests.
+//!
+//! Where the in-memory API once hid what a real API server showed, it now models it:
+//! - **RBAC** ([`FakeApi::enforce`]): every request is authorised against a ServiceAccount's
+//!   rules, as the chart grants them, and refused with the API server's own 403 message; an
+//!   apply that creates needs `create` as well as `patch`.
+//! - **Server-side apply field ownership**: each field manager owns the fields it applied
+//!   (per object and subresource; `conditions` entries by `type`); a field that a manager
+//!   applied before and leaves out of its next apply is removed, unless another manager owns
+//!   it too. Merge patches own what they change, as an Update does.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -22,8 +31,151 @@ pub struct FakeApi {
     /// How many of the next patches that name a resourceVersion lose a race: another writer
     /// changes the object first, so they get 409 Conflict.
     pub races: Arc<std::sync::atomic::AtomicUsize>,
-    /// Which field manager last applied each condition: (object path, type) → manager.
-    condition_owners: Arc<Mutex<BTreeMap<(String, String), String>>>,
+    /// Field ownership: (object path, manager) → the field paths it owns.
+    owners: Arc<Mutex<Owners>>,
+    /// The rules requests are authorised against, when set.
+    rbac: Arc<Mutex<Option<Rbac>>>,
+}
+
+/// One ServiceAccount's RBAC: ClusterRole rules apply everywhere, Role rules in their
+/// namespace. Rules are `rbac.authorization.k8s.io/v1` PolicyRules as JSON.
+#[derive(Debug, Clone, Default)]
+pub struct Rbac {
+    /// The user the API server names in a refusal.
+    pub user: String,
+    pub cluster: Vec<Value>,
+    pub namespaced: Vec<(String, Vec<Value>)>,
+}
+
+/// What the API server authorises a request by.
+#[derive(Debug, PartialEq, Eq)]
+struct Attributes {
+    verb: &'static str,
+    group: String,
+    /// With its subresource: `certificates/status`.
+    resource: String,
+    namespace: Option<String>,
+    name: Option<String>,
+}
+
+fn attributes(method: &http::Method, path: &str, query: &str) -> Option<Attributes> {
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let (group, rest) = match segments.as_slice() {
+        ["api", "v1", rest @ ..] => (String::new(), rest),
+        ["apis", group, _version, rest @ ..] => ((*group).to_owned(), rest),
+        _ => return None,
+    };
+    let (namespace, rest) = match rest {
+        ["namespaces", ns, tail @ ..] if !tail.is_empty() => (Some((*ns).to_owned()), tail),
+        other => (None, other),
+    };
+    let (resource, name, sub) = match rest {
+        [resource] => (*resource, None, None),
+        [resource, name] => (*resource, Some((*name).to_owned()), None),
+        [resource, name, sub] => (*resource, Some((*name).to_owned()), Some(*sub)),
+        _ => return None,
+    };
+    let watching = query.split('&').any(|kv| kv == "watch=true" || kv == "watch=1");
+    let verb = match *method {
+        http::Method::GET if watching => "watch",
+        http::Method::GET if name.is_some() => "get",
+        http::Method::GET => "list",
+        http::Method::POST => "create",
+        http::Method::PUT => "update",
+        http::Method::PATCH => "patch",
+        http::Method::DELETE => "delete",
+        _ => return None,
+    };
+    let resource = match sub {
+        Some(sub) => format!("{resource}/{sub}"),
+        None => resource.to_owned(),
+    };
+    // POST names its object in the body; the collection is the path.
+    let name = if verb == "create" { None } else { name };
+    Some(Attributes { verb, group, resource, namespace, name })
+}
+
+fn rule_allows(rule: &Value, a: &Attributes, verb: &str) -> bool {
+    let has = |key: &str, want: &str| {
+        rule[key].as_array().into_iter().flatten().any(|v| v == want || v == "*")
+    };
+    let names: Vec<&str> =
+        rule["resourceNames"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+    has("apiGroups", &a.group)
+        && has("resources", &a.resource)
+        && has("verbs", verb)
+        && (names.is_empty() || a.name.as_deref().is_some_and(|n| names.contains(&n)))
+}
+
+impl Rbac {
+    fn allows(&self, a: &Attributes, verb: &str) -> bool {
+        self.cluster.iter().any(|r| rule_allows(r, a, verb))
+            || self.namespaced.iter().any(|(ns, rules)| {
+                a.namespace.as_deref() == Some(ns.as_str())
+                    && rules.iter().any(|r| rule_allows(r, a, verb))
+            })
+    }
+
+    /// The API server's refusal, word for word.
+    fn forbidden(&self, a: &Attributes, verb: &str) -> (u16, Value) {
+        let (resource, sub) = a.resource.split_once('/').unwrap_or((&a.resource, ""));
+        let qualified = if a.group.is_empty() {
+            resource.to_owned()
+        } else {
+            format!("{resource}.{}", a.group)
+        };
+        let qualified = if sub.is_empty() { qualified } else { format!("{qualified}/{sub}") };
+        let what = match &a.name {
+            Some(n) => format!("{qualified} \"{n}\" is forbidden"),
+            None => format!("{qualified} is forbidden"),
+        };
+        let scope = match &a.namespace {
+            Some(ns) => format!("in the namespace \"{ns}\""),
+            None => "at the cluster scope".to_owned(),
+        };
+        let message = format!(
+            "{what}: User \"{}\" cannot {verb} resource \"{}\" in API group \"{}\" {scope}",
+            self.user, a.resource, a.group
+        );
+        (
+            403,
+            json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                   "message": message, "reason": "Forbidden", "code": 403}),
+        )
+    }
+}
+
+/// The operator's RBAC as the chart grants it (`charts/genesis-mesh/templates/rbac.yaml`,
+/// its Helm expressions filled in), for a release in `namespace`.
+#[cfg(test)]
+pub fn chart_rbac(namespace: &str) -> Rbac {
+    use serde::Deserialize;
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../charts/genesis-mesh/templates/rbac.yaml");
+    let template = std::fs::read_to_string(path).unwrap();
+    let text: String = template
+        .lines()
+        .filter(|l| !(l.trim_start().starts_with("{{") && l.trim_end().ends_with("}}")))
+        .map(|l| {
+            l.replace("{{ .Release.Namespace }}", namespace)
+                .replace("{{ include \"genesis-mesh.serviceAccount\" . }}", "genesis-operator")
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(!text.contains("{{"), "rbac.yaml has a Helm expression the test cannot fill: {text}");
+    let mut rbac = Rbac {
+        user: format!("system:serviceaccount:{namespace}:genesis-operator"),
+        ..Rbac::default()
+    };
+    for doc in serde_yaml::Deserializer::from_str(&text) {
+        let value = serde_json::to_value(serde_yaml::Value::deserialize(doc).unwrap()).unwrap();
+        let rules = value["rules"].as_array().cloned().unwrap_or_default();
+        match value["kind"].as_str() {
+            Some("ClusterRole") => rbac.cluster.extend(rules),
+            Some("Role") => rbac.namespaced.push((namespace.to_owned(), rules)),
+            _ => {}
+        }
+    }
+    rbac
 }
 
 fn plural(kind: &str) -> String {
@@ -79,7 +231,194 @@ fn conflict_status(path: &str) -> (u16, Value) {
     )
 }
 
+/// One step of a field path: a map key, or an entry of a `conditions` list (a list-type map
+/// keyed by `type`, as the CRDs declare it).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum Step {
+    Key(String),
+    Condition(String),
+}
+
+type FieldPath = Vec<Step>;
+
+/// (object path, manager) → the fields it owns.
+type Owners = BTreeMap<(String, String), std::collections::BTreeSet<FieldPath>>;
+
+/// Identity and bookkeeping fields nobody owns.
+fn unowned(path: &[Step]) -> bool {
+    let key = |i: usize| match path.get(i) {
+        Some(Step::Key(k)) => Some(k.as_str()),
+        _ => None,
+    };
+    matches!(key(0), Some("apiVersion" | "kind"))
+        || (key(0) == Some("metadata")
+            && matches!(
+                key(1),
+                Some(
+                    "name"
+                        | "namespace"
+                        | "resourceVersion"
+                        | "uid"
+                        | "generation"
+                        | "managedFields"
+                        | "creationTimestamp"
+                        | "deletionTimestamp"
+                )
+            ))
+}
+
+/// The leaf fields `value` sets (a null sets nothing: in a merge patch it deletes).
+fn fields_of(
+    value: &Value,
+    prefix: &mut FieldPath,
+    out: &mut std::collections::BTreeSet<FieldPath>,
+) {
+    match value {
+        Value::Object(map) if !map.is_empty() => {
+            for (k, v) in map {
+                prefix.push(Step::Key(k.clone()));
+                match v {
+                    Value::Array(items) if k == "conditions" => {
+                        for item in items {
+                            let t = item["type"].as_str().unwrap_or_default().to_owned();
+                            prefix.push(Step::Condition(t));
+                            out.insert(prefix.clone());
+                            prefix.pop();
+                        }
+                    }
+                    Value::Null => {}
+                    _ => fields_of(v, prefix, out),
+                }
+                prefix.pop();
+            }
+        }
+        _ if !prefix.is_empty() && !unowned(prefix) => {
+            out.insert(prefix.clone());
+        }
+        _ => {}
+    }
+}
+
+fn fields(value: &Value) -> std::collections::BTreeSet<FieldPath> {
+    let mut out = std::collections::BTreeSet::new();
+    fields_of(value, &mut Vec::new(), &mut out);
+    out
+}
+
+fn value_at<'a>(value: &'a Value, path: &[Step]) -> Option<&'a Value> {
+    path.iter().try_fold(value, |v, step| match step {
+        Step::Key(k) => v.get(k),
+        Step::Condition(t) => v.as_array()?.iter().find(|c| c["type"] == t.as_str()),
+    })
+}
+
+fn remove_at(value: &mut Value, path: &[Step]) {
+    let Some((last, parents)) = path.split_last() else { return };
+    let mut v = value;
+    for step in parents {
+        let next = match step {
+            Step::Key(k) => v.get_mut(k),
+            Step::Condition(t) => {
+                v.as_array_mut().and_then(|a| a.iter_mut().find(|c| c["type"] == t.as_str()))
+            }
+        };
+        match next {
+            Some(n) => v = n,
+            None => return,
+        }
+    }
+    match last {
+        Step::Key(k) => {
+            if let Some(map) = v.as_object_mut() {
+                map.remove(k);
+            }
+        }
+        Step::Condition(t) => {
+            if let Some(items) = v.as_array_mut() {
+                items.retain(|c| c["type"] != t.as_str());
+            }
+        }
+    }
+}
+
+/// An applied `conditions` list merged into the stored one by `type` (stored order kept,
+/// new types appended), as a list-type map merges.
+fn merge_conditions(stored: &Value, applied: &Value) -> Value {
+    let mut merged: Vec<Value> = stored.as_array().cloned().unwrap_or_default();
+    for c in applied.as_array().into_iter().flatten() {
+        match merged.iter_mut().find(|m| m["type"] == c["type"]) {
+            Some(m) => *m = c.clone(),
+            None => merged.push(c.clone()),
+        }
+    }
+    Value::Array(merged)
+}
+
 impl FakeApi {
+    /// Records that `manager` wrote `patch` into the object at `path` (an apply when
+    /// `applying`, else an Update) and returns the patch to merge: for an apply, the fields
+    /// this manager applied before and leaves out now are removed from `stored` unless
+    /// another manager owns them, and `conditions` are merged by type.
+    fn own(
+        &self,
+        path: &str,
+        manager: &str,
+        applying: bool,
+        stored: Option<&mut Value>,
+        mut patch: Value,
+    ) -> Value {
+        let mut owners = self.owners.lock().unwrap();
+        let manager = if applying { manager.to_owned() } else { format!("update:{manager}") };
+        let key = (path.to_owned(), manager.clone());
+        let applied = fields(&patch);
+        if let Some(stored) = stored {
+            let before = stored.clone();
+            if applying {
+                let dropped: Vec<FieldPath> = owners
+                    .get(&key)
+                    .into_iter()
+                    .flatten()
+                    .filter(|f| !applied.contains(*f))
+                    .cloned()
+                    .collect();
+                for f in dropped {
+                    let shared = owners
+                        .iter()
+                        .any(|((p, m), owned)| p == path && *m != manager && owned.contains(&f));
+                    if !shared {
+                        remove_at(stored, &f);
+                    }
+                }
+                if patch["status"]["conditions"].is_array() {
+                    patch["status"]["conditions"] = merge_conditions(
+                        &stored["status"]["conditions"],
+                        &patch["status"]["conditions"],
+                    );
+                }
+            }
+            // A field whose value changes moves to this manager; an unchanged one is shared.
+            for ((p, m), owned) in owners.iter_mut() {
+                if p == path && *m != manager {
+                    owned.retain(|f| {
+                        !applied.contains(f) || value_at(&before, f) == value_at(&patch, f)
+                    });
+                }
+            }
+        }
+        if applying {
+            owners.insert(key, applied);
+        } else {
+            owners.entry(key).or_default().extend(applied);
+        }
+        patch
+    }
+
+    /// Authorises every later request against `rbac` (seeding with [`FakeApi::put`] is not a
+    /// request and stays unchecked).
+    pub fn enforce(&self, rbac: Rbac) {
+        *self.rbac.lock().unwrap() = Some(rbac);
+    }
+
     /// Stores (or replaces) an object.
     pub fn put(&self, obj: Value) {
         let (path, _) = paths(&obj);
@@ -107,37 +446,19 @@ impl FakeApi {
         merge(objects.get_mut(path).unwrap(), &patch);
     }
 
-    /// Server-side apply of `conditions` (`x-kubernetes-list-type: map`, key `type`): the
-    /// applied list replaces what this manager applied before, and keeps what other managers
-    /// applied. Returns the list to store.
-    fn apply_conditions(
+    /// The refusal of a request the enforced RBAC does not allow (`creating`: an apply that
+    /// would create the object, which needs `create` too).
+    fn authorise(
         &self,
-        path: &str,
-        manager: &str,
-        stored: &Value,
-        applied: &Value,
-    ) -> Value {
-        let mut owners = self.condition_owners.lock().unwrap();
-        let applied: Vec<Value> = applied.as_array().cloned().unwrap_or_default();
-        let types: Vec<String> =
-            applied.iter().filter_map(|c| c["type"].as_str().map(str::to_owned)).collect();
-        let mut kept: Vec<Value> = stored
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|c| {
-                let t = c["type"].as_str().unwrap_or_default().to_owned();
-                let owner = owners.get(&(path.to_owned(), t.clone()));
-                !types.contains(&t) && owner.is_some_and(|o| o != manager)
-            })
-            .cloned()
-            .collect();
-        owners.retain(|(p, _), o| p != path || o != manager);
-        for t in types {
-            owners.insert((path.to_owned(), t), manager.to_owned());
-        }
-        kept.extend(applied);
-        Value::Array(kept)
+        method: &http::Method,
+        uri: &http::Uri,
+        creating: bool,
+    ) -> Option<(u16, Value)> {
+        let rbac = self.rbac.lock().unwrap();
+        let rbac = rbac.as_ref()?;
+        let a = attributes(method, uri.path(), uri.query().unwrap_or_default())?;
+        let verbs: &[&str] = if creating { &[a.verb, "create"] } else { &[a.verb] };
+        verbs.iter().find(|v| !rbac.allows(&a, v)).map(|v| rbac.forbidden(&a, v))
     }
 
     /// The answer to one request.
@@ -157,24 +478,22 @@ impl FakeApi {
             .unwrap_or_default()
             .to_owned();
         let mut objects = self.objects.lock().unwrap();
+        // The status subresource is part of the stored object here.
+        let object_path = path.strip_suffix("/status").unwrap_or(path);
+        let applying = content_type.starts_with("application/apply-patch");
+        if let Some(refusal) =
+            self.authorise(method, uri, applying && !objects.contains_key(object_path))
+        {
+            return refusal;
+        }
         if method == http::Method::POST || method == http::Method::PUT {
-            return self.write(&mut objects, method, path, body);
+            return self.write(&mut objects, method, path, body, &manager);
         }
         if method == http::Method::PATCH {
-            let mut patch: Value = serde_json::from_slice(body).unwrap();
+            let patch: Value = serde_json::from_slice(body).unwrap();
             self.patches.lock().unwrap().push((path.to_owned(), patch.clone()));
-            // The status subresource is part of the stored object here.
-            let object_path = path.strip_suffix("/status").unwrap_or(path);
-            let applying = content_type.starts_with("application/apply-patch");
-            if applying && patch["status"]["conditions"].is_array() {
-                let stored = objects
-                    .get(object_path)
-                    .map(|o| o["status"]["conditions"].clone())
-                    .unwrap_or(Value::Null);
-                let applied = &patch["status"]["conditions"];
-                patch["status"]["conditions"] =
-                    self.apply_conditions(object_path, &manager, &stored, applied);
-            }
+            let owner =
+                if path.ends_with("/status") { format!("{manager}/status") } else { manager };
             let guarded = patch["metadata"]["resourceVersion"].is_string();
             let race = |n: usize| n.checked_sub(1);
             use std::sync::atomic::Ordering::SeqCst;
@@ -196,14 +515,15 @@ impl FakeApi {
                     conflict_status(path)
                 }
                 Some(obj) => {
+                    let patch = self.own(object_path, &owner, applying, Some(obj), patch);
                     merge(obj, &patch);
-                    let version =
-                        self.versions.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                    let version = self.versions.fetch_add(1, SeqCst) + 1;
                     obj["metadata"]["resourceVersion"] = json!(version.to_string());
                     (200, obj.clone())
                 }
                 // Server-side apply creates what is missing.
                 None if applying => {
+                    let patch = self.own(object_path, &owner, true, None, patch);
                     objects.insert(object_path.to_owned(), patch.clone());
                     (201, patch)
                 }
@@ -252,6 +572,7 @@ impl FakeApi {
         method: &http::Method,
         path: &str,
         body: &[u8],
+        manager: &str,
     ) -> (u16, Value) {
         let mut obj: Value = serde_json::from_slice(body).unwrap();
         if path.ends_with("/tokenreviews") {
@@ -279,6 +600,11 @@ impl FakeApi {
         }
         let version = self.versions.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
         obj["metadata"]["resourceVersion"] = json!(version.to_string());
+        // A create or replace owns the whole object.
+        let mut owners = self.owners.lock().unwrap();
+        owners.retain(|(p, _), _| *p != target);
+        owners.insert((target.clone(), format!("update:{manager}")), fields(&obj));
+        drop(owners);
         objects.insert(target, obj.clone());
         (if method == http::Method::POST { 201 } else { 200 }, obj)
     }
@@ -320,3 +646,6 @@ impl FakeApi {
         kube::Client::new(service, "default")
     }
 }
+
+#[cfg(test)]
+mod tests;

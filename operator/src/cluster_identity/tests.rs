@@ -55,6 +55,7 @@ fn cluster() -> FakeApi {
     let tokens =
         [("t-api", bound("shop", "api-0", "p-1")), ("t-blog", bound("blog", "blog-0", "p-9"))];
     api.token_reviews.lock().unwrap().extend(tokens.map(|(t, v)| (t.to_owned(), v)));
+    api.enforce(crate::fake_api::chart_rbac(testing::OPS));
     api
 }
 

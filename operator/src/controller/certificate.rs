@@ -23,13 +23,24 @@ use serde_json::json;
 
 use super::mesh_network::FINALIZER;
 use super::{
-    apply_configmap, apply_status, ca_secret_name, condition_of, load_revocations, parse_rfc3339,
-    read_ca, revocations_name, rfc3339, until, Context, Error, MANAGER,
+    apply_configmap, apply_status, apply_status_as, ca_secret_name, condition_of, load_revocations,
+    parse_rfc3339, read_ca, revocations_name, rfc3339, until, Context, Error, MANAGER,
 };
 use crate::decide::{self, CertificateAction, Failures, Held};
 
 /// Issued serials kept in status (a revocation covers them all).
 const KEEP_SERIALS: usize = 8;
+
+/// The field manager of what a `delivery: secret` issuance records (serial, validity,
+/// renewal time, fingerprints, revision, issued serials, failures, the Issuing condition).
+///
+/// NB: server-side apply removes a field its manager applied before and leaves out now. The
+/// controller's everyday status (observedGeneration, Ready, revokedAt) is applied as
+/// [`MANAGER`] without the issuance fields, so those live under a manager of their own, which
+/// always applies all of them. Under one manager, an up-to-date reconcile wiped serial,
+/// renewalTime and issuedSerials on a real API server, and a revocation after a renewal left the
+/// previous, still-valid serial off the CRL.
+pub const ISSUANCE_MANAGER: &str = "genesis-operator-issuance";
 
 /// The authority of a certificate's network, or why it cannot be found.
 async fn authority_of(
@@ -103,6 +114,7 @@ async fn held(
     }))
 }
 
+/// Applies the controller's own status fields (observedGeneration, Ready, revokedAt).
 async fn set_status(
     ctx: &Context,
     cert: &Certificate,
@@ -111,6 +123,17 @@ async fn set_status(
     let api: Api<Certificate> =
         Api::namespaced(ctx.client.clone(), &cert.namespace().unwrap_or_default());
     apply_status(&api, &cert.name_any(), status).await
+}
+
+/// Applies the issuance record, whole, as [`ISSUANCE_MANAGER`].
+async fn set_issuance(
+    ctx: &Context,
+    cert: &Certificate,
+    record: serde_json::Value,
+) -> Result<(), Error> {
+    let api: Api<Certificate> =
+        Api::namespaced(ctx.client.clone(), &cert.namespace().unwrap_or_default());
+    apply_status_as(&api, &cert.name_any(), record, ISSUANCE_MANAGER).await
 }
 
 /// One reconcile of one Certificate.
@@ -280,8 +303,15 @@ pub async fn reconcile(cert: Arc<Certificate>, ctx: Arc<Context>) -> Result<Acti
                     );
                     let issuing =
                         condition_of(&*cert, "Issuing", true, "Issued", String::new(), now);
-                    let fields = issued_status(&cert, &issued, &issuer, vec![ready, issuing]);
-                    set_status(&ctx, &cert, fields).await?;
+                    let mut record = issued_status(&cert, &issued, &issuer);
+                    record["conditions"] = json!([issuing]);
+                    set_issuance(&ctx, &cert, record).await?;
+                    set_status(
+                        &ctx,
+                        &cert,
+                        json!({"observedGeneration": generation, "conditions": [ready]}),
+                    )
+                    .await?;
                     Ok(Action::requeue(until(now, issued.renewal_time)))
                 }
                 Err(e) => {
@@ -303,15 +333,16 @@ pub async fn reconcile(cert: Arc<Certificate>, ctx: Arc<Context>) -> Result<Acti
                         now,
                     );
                     let issuing = condition_of(&*cert, "Issuing", false, "IssueFailed", e, now);
+                    // The record is applied whole: what was issued before stays recorded.
+                    let mut record = held_record(&status);
+                    record["failedIssuanceAttempts"] = json!(count);
+                    record["lastFailureTime"] = json!(rfc3339(now));
+                    record["conditions"] = json!([issuing]);
+                    set_issuance(&ctx, &cert, record).await?;
                     set_status(
                         &ctx,
                         &cert,
-                        json!({
-                            "observedGeneration": generation,
-                            "failedIssuanceAttempts": count,
-                            "lastFailureTime": rfc3339(now),
-                            "conditions": [ready, issuing],
-                        }),
+                        json!({"observedGeneration": generation, "conditions": [ready]}),
                     )
                     .await?;
                     Ok(Action::requeue(decide::backoff(count)))
@@ -345,18 +376,17 @@ async fn release(ctx: &Context, cert: &Certificate) -> Result<Action, Error> {
     Ok(Action::await_change())
 }
 
-/// The status of `cert` once `issued` (signed by the CA with fingerprint `issuer`) is held:
-/// validity, serial, revision, the serials a revocation covers, failures cleared.
+/// The issuance record of `cert` once `issued` (signed by the CA with fingerprint `issuer`)
+/// is held: validity, serial, revision, the serials a revocation covers. Failures are cleared by
+/// leaving them out (the record is applied whole).
 pub(crate) fn issued_status(
     cert: &Certificate,
     issued: &genesis_trust::IssuedCertificate,
     issuer: &str,
-    conditions: Vec<serde_json::Value>,
 ) -> serde_json::Value {
     let status = cert.status.clone().unwrap_or_default();
     let serial = issued.serial.to_string();
     json!({
-        "observedGeneration": cert.meta().generation,
         "notBefore": rfc3339(issued.not_before),
         "notAfter": rfc3339(issued.not_after),
         "renewalTime": rfc3339(issued.renewal_time),
@@ -365,10 +395,25 @@ pub(crate) fn issued_status(
         "revision": status.revision.unwrap_or(0) + 1,
         "issuedSerials": keep_serials(&status.issued_serials, &serial),
         "serial": serial,
-        "failedIssuanceAttempts": null,
-        "lastFailureTime": null,
-        "conditions": conditions,
     })
+}
+
+/// The issuance record as `status` holds it (what was issued last), to apply again whole.
+fn held_record(status: &genesis_crds::certificate::CertificateStatus) -> serde_json::Value {
+    let mut record = json!({
+        "notBefore": status.not_before,
+        "notAfter": status.not_after,
+        "renewalTime": status.renewal_time,
+        "fingerprint": status.fingerprint,
+        "issuerFingerprint": status.issuer_fingerprint,
+        "revision": status.revision,
+        "serial": status.serial,
+    });
+    record.as_object_mut().expect("an object").retain(|_, v| !v.is_null());
+    if !status.issued_serials.is_empty() {
+        record["issuedSerials"] = json!(status.issued_serials);
+    }
+    record
 }
 
 /// The serials to keep in status after issuing `serial`: the previous ones plus it, newest

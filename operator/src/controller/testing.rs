@@ -39,6 +39,8 @@ impl Harness {
             "spec": {"networkRef": {"name": "payments"}, "nodeName": "billing",
                      "delivery": "secret", "secretName": "billing-tls"}
         }));
+        // The controllers run as the chart's ServiceAccount, with exactly its RBAC.
+        api.enforce(crate::fake_api::chart_rbac(OPS));
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         Harness { api, clock: Arc::new(Mutex::new(start())), rt }
     }

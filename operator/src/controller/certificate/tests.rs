@@ -201,6 +201,43 @@ fn revoking_puts_every_issued_serial_on_the_list_once() {
     assert_eq!(w.api.get(SECRET).unwrap(), secret);
 }
 
+/// Server-side apply removes what a field manager leaves out of its next apply: an up-to-date
+/// reconcile that applied only observedGeneration and Ready under the manager that had applied
+/// the issuance wiped serial, renewalTime and issuedSerials on a real API server, and a
+/// revocation after a renewal then missed the previous, still-valid serial.
+#[test]
+fn up_to_date_reconciles_keep_the_issuance_record_so_a_revocation_covers_every_serial() {
+    let w = World::new();
+    w.reconcile();
+    let first = w.leaf().serial.to_string();
+    w.at(start() + Duration::from_secs(6 * 3600));
+    w.reconcile(); // up to date
+    let status = w.status();
+    for field in ["serial", "notBefore", "notAfter", "renewalTime", "fingerprint", "revision"] {
+        assert!(!status[field].is_null(), "{field} wiped by an up-to-date reconcile: {status:#}");
+    }
+    assert_eq!(status["issuedSerials"], json!([first]));
+    assert_eq!(w.condition("Issuing")["status"], "True", "{status:#}");
+    w.at(start() + Duration::from_secs(12 * 3600));
+    w.reconcile(); // renewal
+    let second = w.leaf().serial.to_string();
+    w.at(start() + Duration::from_secs(13 * 3600));
+    w.reconcile(); // up to date again
+    assert_eq!(w.status()["issuedSerials"], json!([first, second]));
+    assert_eq!(w.status()["revision"], 2);
+    w.api.update(CERT, json!({"spec": {"revoked": true}}));
+    w.reconcile();
+    let list: RevocationList = serde_json::from_str(
+        w.api.get(REVOCATIONS).unwrap()["data"]["revocations.json"].as_str().unwrap(),
+    )
+    .unwrap();
+    for serial in [&first, &second] {
+        assert!(list.entries.contains_key(serial), "{serial} is off the revocation list");
+    }
+    // The revocation's own status write keeps the record too.
+    assert_eq!(w.status()["serial"], json!(second));
+}
+
 #[test]
 fn a_certificate_of_an_unknown_network_is_not_ready_with_a_reason() {
     let w = World::new();
