@@ -18,8 +18,7 @@ use crate::decide::network::{self as decide_network, NETWORK_LABEL, PEER_PORT};
 
 /// The injected container's name.
 pub const SIDECAR_CONTAINER: &str = "genesis-sidecar";
-/// `genesis-mesh.io/inject: "false"` opts a pod out in a labelled namespace.
-pub const INJECT_ANNOTATION: &str = "genesis-mesh.io/inject";
+pub use crate::decide::network::INJECT_ANNOTATION;
 /// Set on injected pods: the network they were injected for.
 pub const INJECTED_ANNOTATION: &str = "genesis-mesh.io/injected";
 /// The audience of the projected token sidecars present to the identity service.
@@ -72,7 +71,7 @@ pub fn injection(
             return Injection::Skip("not a mesh member (no genesis-mesh.io/network label)".into())
         }
     };
-    if pod.annotations().get(INJECT_ANNOTATION).is_some_and(|v| v == "false") {
+    if crate::decide::network::opted_out(pod.annotations()) {
         return Injection::Skip(format!("{INJECT_ANNOTATION}: \"false\""));
     }
     let Some(spec) = pod.spec.as_ref() else {

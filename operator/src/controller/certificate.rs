@@ -143,8 +143,22 @@ pub async fn reconcile(cert: Arc<Certificate>, ctx: Arc<Context>) -> Result<Acti
     let deleting = cert.meta().deletion_timestamp.is_some();
     let (network, authority) = match authority_of(&ctx, &cert).await? {
         Ok(found) => found,
-        // With no authority there is no list to revoke on: let the deletion finish.
-        Err(_) if deleting => return release(&ctx, &cert).await,
+        // The MeshNetwork is gone, but the authority that signed this certificate may not be:
+        // its serials still go on that authority's list before the deletion finishes. Only
+        // with no such authority (no list to revoke on) is the finalizer simply released.
+        Err(_) if deleting => {
+            if let Some(authority) = signing_authority(&ctx, &cert).await? {
+                let list = load_revocations(&ctx, &authority.name_any()).await?;
+                let serials: Vec<String> = issued_serials(&cert)
+                    .into_iter()
+                    .filter(|s| !list.entries.contains_key(s))
+                    .collect();
+                if !serials.is_empty() {
+                    revoke(&ctx, &cert, &authority.name_any(), &serials, "MemberGone", now).await?;
+                }
+            }
+            return release(&ctx, &cert).await;
+        }
         Err((reason, message)) => {
             let ready = condition_of(&*cert, "Ready", false, reason, message, now);
             set_status(
@@ -170,7 +184,7 @@ pub async fn reconcile(cert: Arc<Certificate>, ctx: Arc<Context>) -> Result<Acti
         return Ok(Action::await_change());
     }
     let status = cert.status.clone().unwrap_or_default();
-    let mut list = load_revocations(&ctx, &authority_name).await?;
+    let list = load_revocations(&ctx, &authority_name).await?;
     let listed: BTreeSet<String> = list.entries.keys().cloned().collect();
     let renew_before = cert
         .spec
@@ -189,10 +203,7 @@ pub async fn reconcile(cert: Arc<Certificate>, ctx: Arc<Context>) -> Result<Acti
         count: status.failed_issuance_attempts.unwrap_or(0).max(0) as u32,
         last: status.last_failure_time.as_deref().and_then(parse_rfc3339),
     };
-    let mut issued = status.issued_serials.clone();
-    if let Some(s) = status.serial.as_ref().filter(|s| !issued.contains(s)) {
-        issued.push(s.clone());
-    }
+    let issued = issued_serials(&cert);
     let action = decide::certificate(
         now,
         cert.spec.revoked,
@@ -204,26 +215,7 @@ pub async fn reconcile(cert: Arc<Certificate>, ctx: Arc<Context>) -> Result<Acti
     );
     match action {
         CertificateAction::Revoke { serials, reason } => {
-            for s in &serials {
-                let serial = Serial::from_hex(s).map_err(|e| Error::Invalid(e.to_string()))?;
-                let reason =
-                    cert.spec.revocation_reason.map_or(RevocationReason::Unspecified, Into::into);
-                list.revoke(&serial, reason, now);
-            }
-            let json = serde_json::to_string(&list).unwrap_or_default();
-            apply_configmap(&ctx, &revocations_name(&authority_name), "revocations.json", &json)
-                .await?;
-            let message = format!(
-                "serials {} are on the revocation list (number {})",
-                serials.join(", "),
-                list.number
-            );
-            ctx.event(&*cert, false, reason, "Revoke", message.clone()).await;
-            let ready = condition_of(&*cert, "Ready", false, reason, message, now);
-            set_status(&ctx, &cert, json!({
-                "observedGeneration": generation, "revokedAt": rfc3339(now), "conditions": [ready],
-            }))
-            .await?;
+            revoke(&ctx, &cert, &authority_name, &serials, reason, now).await?;
             if deleting {
                 return release(&ctx, &cert).await;
             }
@@ -350,6 +342,72 @@ pub async fn reconcile(cert: Arc<Certificate>, ctx: Arc<Context>) -> Result<Acti
             }
         }
     }
+}
+
+/// Every serial `cert` was issued that its status records (a revocation covers them all).
+fn issued_serials(cert: &Certificate) -> Vec<String> {
+    let status = cert.status.clone().unwrap_or_default();
+    let mut issued = status.issued_serials;
+    if let Some(s) = status.serial.filter(|s| !issued.contains(s)) {
+        issued.push(s);
+    }
+    issued
+}
+
+/// The authority whose CA signed `cert` (by the issuer fingerprint its status records, among
+/// the roots each authority's bundle holds), for a Certificate whose MeshNetwork is gone.
+async fn signing_authority(
+    ctx: &Context,
+    cert: &Certificate,
+) -> Result<Option<NetworkAuthority>, Error> {
+    let Some(issuer) = cert.status.as_ref().and_then(|s| s.issuer_fingerprint.clone()) else {
+        return Ok(None);
+    };
+    let authorities = Api::<NetworkAuthority>::all(ctx.client.clone())
+        .list(&kube::api::ListParams::default())
+        .await?;
+    Ok(authorities.items.into_iter().find(|a| {
+        a.status.as_ref().is_some_and(|s| {
+            s.ca_fingerprint.as_deref() == Some(issuer.as_str())
+                || s.bundle_fingerprints.contains(&issuer)
+        })
+    }))
+}
+
+/// Puts `serials` of `cert` on authority `authority_name`'s revocation list (the
+/// NetworkAuthority controller signs the CRL from it), and says so in an Event and status.
+async fn revoke(
+    ctx: &Context,
+    cert: &Certificate,
+    authority_name: &str,
+    serials: &[String],
+    reason: &str,
+    now: std::time::SystemTime,
+) -> Result<(), Error> {
+    let mut list = load_revocations(ctx, authority_name).await?;
+    let crl_reason = cert.spec.revocation_reason.map_or(RevocationReason::Unspecified, Into::into);
+    for s in serials {
+        let serial = Serial::from_hex(s).map_err(|e| Error::Invalid(e.to_string()))?;
+        list.revoke(&serial, crl_reason, now);
+    }
+    let json = serde_json::to_string(&list).unwrap_or_default();
+    apply_configmap(ctx, &revocations_name(authority_name), "revocations.json", &json).await?;
+    let message = format!(
+        "serials {} are on the revocation list of {authority_name} (number {})",
+        serials.join(", "),
+        list.number
+    );
+    ctx.event(cert, false, reason, "Revoke", message.clone()).await;
+    let ready = condition_of(cert, "Ready", false, reason, message, now);
+    set_status(
+        ctx,
+        cert,
+        json!({
+            "observedGeneration": cert.meta().generation, "revokedAt": rfc3339(now),
+            "conditions": [ready],
+        }),
+    )
+    .await
 }
 
 /// Whether the Certificate belongs to a member pod (its owner) that no longer exists, or was

@@ -68,6 +68,7 @@ pub(crate) async fn member_pods(ctx: &Context, mn: &MeshNetwork) -> Result<Vec<P
                 &network,
                 &mn.spec,
                 p.meta().labels.as_ref().unwrap_or(&no_labels),
+                p.meta().annotations.as_ref().unwrap_or(&no_labels),
                 namespaces.get(&ns).unwrap_or(&no_labels),
             )
         })

@@ -11,10 +11,18 @@ use serde_json::json;
 
 /// The label that makes a pod (or every pod of a namespace) a member of a network.
 pub const NETWORK_LABEL: &str = "genesis-mesh.io/network";
+/// `genesis-mesh.io/inject: "false"` opts a pod out in a labelled namespace: it is neither
+/// injected nor a member.
+pub const INJECT_ANNOTATION: &str = "genesis-mesh.io/inject";
 /// The label that asks for a role (`anchor` or `client`, the default).
 pub const ROLE_LABEL: &str = "genesis-mesh.io/role";
 /// The port sidecars accept peer links on.
 pub const PEER_PORT: u16 = 7000;
+
+/// Whether a pod's annotations opt it out of the mesh.
+pub fn opted_out(pod_annotations: &BTreeMap<String, String>) -> bool {
+    pod_annotations.get(INJECT_ANNOTATION).is_some_and(|v| v == "false")
+}
 
 /// Whether `labels` satisfy a Kubernetes label selector (matchLabels and matchExpressions
 /// with In, NotIn, Exists, DoesNotExist). An empty selector selects nothing here: a network
@@ -43,13 +51,19 @@ pub fn selects(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> b
 }
 
 /// Whether a pod belongs to network `network`: labelled for it, in a namespace labelled for
-/// it, or selected by its memberSelector. A pod labelled for another network never is.
+/// it, or selected by its memberSelector. A pod labelled for another network never is, nor is
+/// one that opted out with `genesis-mesh.io/inject: "false"` (the webhook did not inject it,
+/// so it would never join, and the network would wait for it for ever).
 pub fn is_member(
     network: &str,
     spec: &MeshNetworkSpec,
     pod_labels: &BTreeMap<String, String>,
+    pod_annotations: &BTreeMap<String, String>,
     namespace_labels: &BTreeMap<String, String>,
 ) -> bool {
+    if opted_out(pod_annotations) {
+        return false;
+    }
     match pod_labels.get(NETWORK_LABEL) {
         Some(n) => n == network,
         None => {
@@ -148,17 +162,28 @@ mod tests {
              matchExpressions: [{key: tier, operator: NotIn, values: [batch]}]}",
         );
         let none = BTreeMap::new();
-        assert!(is_member("pay", &s, &labels(&[(NETWORK_LABEL, "pay")]), &none));
-        assert!(is_member("pay", &s, &none, &labels(&[(NETWORK_LABEL, "pay")])));
-        assert!(is_member("pay", &s, &labels(&[("app", "shop")]), &none));
-        assert!(!is_member("pay", &s, &labels(&[("app", "shop"), ("tier", "batch")]), &none));
-        assert!(!is_member("pay", &s, &labels(&[("app", "blog")]), &none));
+        assert!(is_member("pay", &s, &labels(&[(NETWORK_LABEL, "pay")]), &none, &none));
+        assert!(is_member("pay", &s, &none, &none, &labels(&[(NETWORK_LABEL, "pay")])));
+        assert!(is_member("pay", &s, &labels(&[("app", "shop")]), &none, &none));
+        assert!(!is_member(
+            "pay",
+            &s,
+            &labels(&[("app", "shop"), ("tier", "batch")]),
+            &none,
+            &none
+        ));
+        assert!(!is_member("pay", &s, &labels(&[("app", "blog")]), &none, &none));
         // The pod's own label wins over its namespace's and over the selector.
         let other = labels(&[(NETWORK_LABEL, "other"), ("app", "shop")]);
-        assert!(!is_member("pay", &s, &other, &labels(&[(NETWORK_LABEL, "pay")])));
+        assert!(!is_member("pay", &s, &other, &none, &labels(&[(NETWORK_LABEL, "pay")])));
+        // Opted out: not a member, whatever labels it.
+        let opt_out = labels(&[(INJECT_ANNOTATION, "false")]);
+        let ns = labels(&[(NETWORK_LABEL, "pay")]);
+        assert!(!is_member("pay", &s, &none, &opt_out, &ns));
+        assert!(!is_member("pay", &s, &labels(&[(NETWORK_LABEL, "pay")]), &opt_out, &none));
         // No selector selects nothing.
         let bare = spec("authorityRef: {name: ca}\nmemberSelector: {}");
-        assert!(!is_member("pay", &bare, &labels(&[("app", "shop")]), &none));
+        assert!(!is_member("pay", &bare, &labels(&[("app", "shop")]), &none, &none));
     }
 
     #[test]

@@ -4,7 +4,7 @@ use genesis_trust::RevocationList;
 use serde_json::{json, Value};
 
 use super::*;
-use crate::controller::testing::{b64, ca_secret, start, Harness, CA, CERT};
+use crate::controller::testing::{b64, ca_secret, start, Harness, CA, CERT, NA};
 
 const SECRET: &str = "/api/v1/namespaces/shop/secrets/billing-tls";
 const REVOCATIONS: &str = "/api/v1/namespaces/genesis-system/configmaps/prod-ca-revocations";
@@ -236,6 +236,38 @@ fn up_to_date_reconciles_keep_the_issuance_record_so_a_revocation_covers_every_s
     }
     // The revocation's own status write keeps the record too.
     assert_eq!(w.status()["serial"], json!(second));
+}
+
+/// Once its MeshNetwork is gone, a deleted Certificate's serials still go on the list of the
+/// authority that signed it (found by the issuer fingerprint), before the finalizer goes. It
+/// used to drop the finalizer at once, and a serial valid for another day never reached a CRL.
+#[test]
+fn a_certificate_deleted_after_its_network_is_still_revoked_by_its_authority() {
+    let w = World::new();
+    w.reconcile();
+    let serial = w.leaf().serial.to_string();
+    w.api.update(NA, json!({"status": {"caFingerprint": w.ca.fingerprint()}}));
+    w.api.remove("/apis/genesis-mesh.io/v1alpha1/meshnetworks/payments");
+    w.api.update(
+        CERT,
+        json!({"metadata": {"finalizers": [FINALIZER],
+                            "deletionTimestamp": "2027-01-15T08:00:00Z"}}),
+    );
+    w.reconcile();
+    let list: RevocationList = serde_json::from_str(
+        w.api.get(REVOCATIONS).expect("the revocation list")["data"]["revocations.json"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(list.entries.contains_key(&serial), "{serial} is not on the list: {list:?}");
+    assert_eq!(w.api.get(CERT).unwrap()["metadata"]["finalizers"], json!([]));
+    assert_eq!(w.condition("Ready")["reason"], "MemberGone");
+    // With no authority that signed it, there is no list: the deletion just finishes.
+    w.api.update(CERT, json!({"metadata": {"finalizers": [FINALIZER]}}));
+    w.api.update(NA, json!({"status": {"caFingerprint": "someone-else"}}));
+    w.reconcile();
+    assert_eq!(w.api.get(CERT).unwrap()["metadata"]["finalizers"], json!([]));
 }
 
 #[test]

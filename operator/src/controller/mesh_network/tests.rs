@@ -6,6 +6,7 @@ use serde_json::{json, Value};
 
 use super::*;
 use crate::controller::testing::{Harness, OPS};
+use crate::decide::network::INJECT_ANNOTATION;
 
 const MN: &str = "/apis/genesis-mesh.io/v1alpha1/meshnetworks/payments";
 
@@ -39,7 +40,8 @@ impl World {
     /// Namespaces `shop` (labelled for payments), `web` and `blog`; pods:
     /// shop/api-0 (ready), web/anchor-0 (label, role anchor, ready), web/worker (label, not
     /// ready); and non-members: web/blog-0 (another network), web/done (Succeeded),
-    /// shop/leaving (terminating).
+    /// shop/leaving (terminating), shop/batch (opted out: `genesis-mesh.io/inject: "false"`,
+    /// so never injected and never ready as a member).
     fn new() -> Self {
         let h = Harness::new();
         let ca = h.seed_ca();
@@ -61,6 +63,9 @@ impl World {
         let mut leaving = pod("shop", "leaving", json!({}), "10.0.0.6", true);
         leaving["metadata"]["deletionTimestamp"] = json!("2027-01-15T08:00:00Z");
         h.api.put(leaving);
+        let mut opted_out = pod("shop", "batch", json!({}), "10.0.0.7", false);
+        opted_out["metadata"]["annotations"] = json!({INJECT_ANNOTATION: "false"});
+        h.api.put(opted_out);
         World { h, ca }
     }
 
@@ -110,7 +115,7 @@ fn members_get_certificates_anchors_and_a_signed_genesis_document() {
     assert_eq!(api["metadata"]["finalizers"], json!([FINALIZER]));
     assert_eq!(w.cert("web", "anchor-0").unwrap()["spec"]["role"], "anchor");
     assert!(w.cert("web", "worker").is_some());
-    for (ns, name) in [("web", "blog-0"), ("web", "done"), ("shop", "leaving")] {
+    for (ns, name) in [("web", "blog-0"), ("web", "done"), ("shop", "leaving"), ("shop", "batch")] {
         assert!(w.cert(ns, name).is_none(), "{ns}/{name} is not a member");
     }
 
