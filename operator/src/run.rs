@@ -222,7 +222,7 @@ pub async fn run(
         let serving = crate::webhook::server::ensure_serving_cert(&client, &ns, SystemTime::now())
             .await
             .map_err(|e| format!("cannot set up the webhook's certificate: {e}"))?;
-        let acceptor = serving.acceptor()?;
+        let acceptor = std::sync::RwLock::new(serving.acceptor()?);
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .map_err(|e| format!("cannot listen on {listen} for the webhook: {e}"))?;
@@ -232,12 +232,32 @@ pub async fn run(
             acceptor,
             metrics: metrics.clone(),
         });
-        tokio::spawn(crate::webhook::server::serve(listener, webhook, std::future::pending()));
-        // A Helm upgrade re-renders the configuration without a caBundle: keep writing it.
-        let (client, ca) = (client.clone(), serving.ca_pem.clone());
+        tokio::spawn(crate::webhook::server::serve(
+            listener,
+            webhook.clone(),
+            std::future::pending(),
+        ));
+        // Every minute: the Secret's certificate (another replica may have replaced it, or it
+        // is near expiry) and the caBundle (a Helm upgrade re-renders it blank).
+        let (client, ns) = (client.clone(), ns.clone());
         tokio::spawn(async move {
+            let mut serving = serving;
             loop {
-                match crate::webhook::server::ensure_ca_bundle(&client, &ca).await {
+                match crate::webhook::server::ensure_serving_cert(&client, &ns, SystemTime::now())
+                    .await
+                {
+                    Ok(current) if current != serving => match current.acceptor() {
+                        Ok(acceptor) => {
+                            *webhook.acceptor.write().unwrap_or_else(|p| p.into_inner()) = acceptor;
+                            tracing::info!("serving the webhook's new certificate");
+                            serving = current;
+                        }
+                        Err(e) => tracing::warn!(error = %e, "cannot serve the new certificate"),
+                    },
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "cannot read the webhook's certificate"),
+                }
+                match crate::webhook::server::ensure_ca_bundle(&client, &serving.bundle()).await {
                     Ok(true) => tracing::info!("wrote the webhook caBundle"),
                     Ok(false) => {}
                     Err(e) => tracing::warn!(error = %e, "cannot write the webhook caBundle"),

@@ -2,6 +2,13 @@
 //! serving certificate comes from a small CA of the webhook's own, kept in a Secret so every
 //! replica serves the same one; [`ensure_ca_bundle`] writes that CA into the
 //! MutatingWebhookConfiguration (a Helm upgrade blanks it, so it is checked every minute).
+//!
+//! NB: the Secret is created with a create (409 when another replica got there first: then
+//! that replica's material is used) and replaced under a resourceVersion precondition, never
+//! force-applied. Force-applied, two replicas starting together each wrote their own CA and then
+//! rewrote the caBundle to it every minute, and with `failurePolicy: Fail` pod creation failed on
+//! whichever replica's CA was not current. A replacement keeps the previous CA in the bundle, and
+//! every replica re-reads the Secret each minute and swaps its serving certificate live.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -18,7 +25,7 @@ use hyper_util::rt::TokioIo;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
 use k8s_openapi::ByteString;
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview};
 use kube::core::DynamicObject;
 use kube::ResourceExt;
@@ -68,7 +75,8 @@ pub fn respond(
 pub struct Webhook {
     pub client: kube::Client,
     pub config: InjectConfig,
-    pub acceptor: TlsAcceptor,
+    /// Swapped live when the Secret's certificate is replaced (by this or another replica).
+    pub acceptor: std::sync::RwLock<TlsAcceptor>,
     pub metrics: Arc<crate::metrics::Metrics>,
 }
 
@@ -154,10 +162,9 @@ pub async fn serve(
         };
         let webhook = webhook.clone();
         tokio::spawn(async move {
+            let acceptor = webhook.acceptor.read().unwrap_or_else(|p| p.into_inner()).clone();
             let tls =
-                match tokio::time::timeout(Duration::from_secs(10), webhook.acceptor.accept(tcp))
-                    .await
-                {
+                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
                     Ok(Ok(tls)) => tls,
                     _ => {
                         tracing::debug!(%addr, "webhook TLS handshake failed");
@@ -184,6 +191,9 @@ pub struct ServingCert {
     pub ca_pem: String,
     pub cert_pem: String,
     pub key_pem: String,
+    /// The CA this one replaced, kept in the caBundle so a replica still serving the old
+    /// certificate for a minute is trusted meanwhile.
+    pub previous_ca_pem: Option<String>,
 }
 
 impl ServingCert {
@@ -214,7 +224,16 @@ impl ServingCert {
             ca_pem: ca_cert.pem(),
             cert_pem: cert.pem(),
             key_pem: key.serialize_pem(),
+            previous_ca_pem: None,
         })
+    }
+
+    /// What the caBundle holds: the CA, and the one it replaced.
+    pub fn bundle(&self) -> String {
+        match &self.previous_ca_pem {
+            Some(previous) => format!("{}{previous}", self.ca_pem),
+            None => self.ca_pem.clone(),
+        }
     }
 
     /// Whether the serving certificate still has more than [`RENEW_WITHIN`] left.
@@ -242,40 +261,83 @@ impl ServingCert {
     }
 }
 
-/// The serving material from Secret [`TLS_SECRET`], created or replaced when missing or near
-/// expiry (so every replica serves the same one).
+/// Writes to the Secret lost to another replica this many times in a row: give up for now.
+const SECRET_ATTEMPTS: usize = 5;
+
+/// The serving material held in `secret`, if complete.
+fn held_serving_cert(secret: &Secret) -> Option<ServingCert> {
+    let field =
+        |k: &str| secret.data.as_ref()?.get(k).map(|b| String::from_utf8_lossy(&b.0).into_owned());
+    Some(ServingCert {
+        ca_pem: field("ca.crt")?,
+        cert_pem: field("tls.crt")?,
+        key_pem: field("tls.key")?,
+        previous_ca_pem: field("ca-previous.crt"),
+    })
+}
+
+fn secret_of(serving: &ServingCert, namespace: &str, resource_version: Option<&str>) -> Secret {
+    let mut data: BTreeMap<String, ByteString> = [
+        ("ca.crt", &serving.ca_pem),
+        ("tls.crt", &serving.cert_pem),
+        ("tls.key", &serving.key_pem),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), ByteString(v.as_bytes().to_vec())))
+    .collect();
+    if let Some(previous) = &serving.previous_ca_pem {
+        data.insert("ca-previous.crt".into(), ByteString(previous.as_bytes().to_vec()));
+    }
+    serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+        "metadata": {"name": TLS_SECRET, "namespace": namespace,
+                     "resourceVersion": resource_version},
+        "data": data,
+    }))
+    .expect("a Secret")
+}
+
+/// The serving material from Secret [`TLS_SECRET`]: the one there if it is complete and not
+/// near expiry; else one made here, written only if no other replica wrote one meanwhile (a
+/// create, or a replacement under the read resourceVersion), and otherwise the winner's.
 pub async fn ensure_serving_cert(
     client: &kube::Client,
     namespace: &str,
     now: SystemTime,
 ) -> Result<ServingCert, kube::Error> {
     let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
-    let field = |s: &Secret, k: &str| {
-        s.data.as_ref().and_then(|d| d.get(k)).map(|b| String::from_utf8_lossy(&b.0).into_owned())
-    };
-    if let Some(secret) = secrets.get_opt(TLS_SECRET).await? {
-        if let (Some(ca_pem), Some(cert_pem), Some(key_pem)) =
-            (field(&secret, "ca.crt"), field(&secret, "tls.crt"), field(&secret, "tls.key"))
-        {
-            let held = ServingCert { ca_pem, cert_pem, key_pem };
-            if held.fresh(now) {
-                return Ok(held);
+    for _ in 0..SECRET_ATTEMPTS {
+        let stored = secrets.get_opt(TLS_SECRET).await?;
+        let held = stored.as_ref().and_then(held_serving_cert);
+        if let Some(held) = held.as_ref().filter(|h| h.fresh(now)) {
+            return Ok(held.clone());
+        }
+        let mut fresh = ServingCert::generate(SERVICE, namespace, now)
+            .map_err(|e| kube::Error::Service(e.into()))?;
+        fresh.previous_ca_pem = held.map(|h| h.ca_pem);
+        let written = match &stored {
+            None => {
+                let params =
+                    PostParams { field_manager: Some(MANAGER.into()), ..Default::default() };
+                secrets.create(&params, &secret_of(&fresh, namespace, None)).await.map(|_| ())
             }
+            Some(old) => {
+                let version = old.metadata.resource_version.as_deref();
+                let patch = secret_of(&fresh, namespace, version);
+                let params = PatchParams::apply(MANAGER).force();
+                secrets.patch(TLS_SECRET, &params, &Patch::Apply(&patch)).await.map(|_| ())
+            }
+        };
+        match written {
+            Ok(()) => return Ok(fresh),
+            // Another replica wrote first: read and use what it wrote.
+            Err(kube::Error::Api(e)) if e.code == 409 => continue,
+            Err(e) => return Err(e),
         }
     }
-    let fresh = ServingCert::generate(SERVICE, namespace, now)
-        .map_err(|e| kube::Error::Service(e.into()))?;
-    let data: BTreeMap<&str, ByteString> =
-        [("ca.crt", &fresh.ca_pem), ("tls.crt", &fresh.cert_pem), ("tls.key", &fresh.key_pem)]
-            .into_iter()
-            .map(|(k, v)| (k, ByteString(v.as_bytes().to_vec())))
-            .collect();
-    let secret = json!({
-        "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
-        "metadata": {"name": TLS_SECRET, "namespace": namespace}, "data": data,
-    });
-    secrets.patch(TLS_SECRET, &PatchParams::apply(MANAGER).force(), &Patch::Apply(secret)).await?;
-    Ok(fresh)
+    Err(kube::Error::Service(
+        format!("Secret {namespace}/{TLS_SECRET} kept changing under us; retrying later").into(),
+    ))
 }
 
 /// Writes `ca_pem` as the caBundle of every webhook of [`CONFIGURATION`]. Returns whether it
@@ -293,6 +355,7 @@ pub async fn ensure_ca_bundle(client: &kube::Client, ca_pem: &str) -> Result<boo
     }
     // A merge patch replaces the list whole; the rest of each entry is written back unchanged.
     let patch = json!({"webhooks": webhooks});
-    api.patch(CONFIGURATION, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+    let params = PatchParams { field_manager: Some(MANAGER.into()), ..Default::default() };
+    api.patch(CONFIGURATION, &params, &Patch::Merge(&patch)).await?;
     Ok(true)
 }

@@ -212,7 +212,7 @@ fn the_server_answers_over_tls_with_its_own_certificate_and_writes_the_ca_bundle
         let webhook = Arc::new(Webhook {
             client,
             config: config(),
-            acceptor: serving.acceptor().unwrap(),
+            acceptor: std::sync::RwLock::new(serving.acceptor().unwrap()),
             metrics: metrics.clone(),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -274,4 +274,42 @@ async fn post(addr: std::net::SocketAddr, trust: ServingCert, body: Vec<u8>) -> 
     let res = sender.send_request(req).await.unwrap();
     let bytes = res.into_body().collect().await.unwrap().to_bytes();
     serde_json::from_slice(&bytes).unwrap()
+}
+
+/// Replicas starting together with no Secret: each makes a certificate, one create wins, and
+/// every replica serves the winner's (each used to force-apply its own, then rewrite the
+/// caBundle to its own CA every minute, failing pod creation on the others).
+#[test]
+fn replicas_starting_together_serve_one_certificate_and_a_replacement_keeps_the_old_ca() {
+    let api = FakeApi::default();
+    let rt =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(4).enable_all().build().unwrap();
+    rt.block_on(async {
+        let now = std::time::SystemTime::now();
+        let replicas: Vec<_> = (0..8)
+            .map(|_| {
+                let client = api.client();
+                tokio::spawn(async move {
+                    ensure_serving_cert(&client, "genesis-system", now).await.unwrap()
+                })
+            })
+            .collect();
+        let mut served = Vec::new();
+        for r in replicas {
+            served.push(r.await.unwrap());
+        }
+        let stored = ensure_serving_cert(&api.client(), "genesis-system", now).await.unwrap();
+        for s in &served {
+            assert_eq!(s.ca_pem, stored.ca_pem, "a replica serves a CA that is not the Secret's");
+        }
+        assert_eq!(stored.previous_ca_pem, None);
+        // Near expiry: replaced once, and the bundle trusts old and new while replicas move.
+        let later = now + std::time::Duration::from_secs(340 * 86_400);
+        let renewed = ensure_serving_cert(&api.client(), "genesis-system", later).await.unwrap();
+        assert_ne!(renewed.ca_pem, stored.ca_pem);
+        assert_eq!(renewed.previous_ca_pem.as_deref(), Some(stored.ca_pem.as_str()));
+        assert_eq!(renewed.bundle(), format!("{}{}", renewed.ca_pem, stored.ca_pem));
+        let again = ensure_serving_cert(&api.client(), "genesis-system", later).await.unwrap();
+        assert_eq!(again, renewed, "replaced once, then read back");
+    });
 }
