@@ -23,7 +23,7 @@ use crate::common::{MemberRole, NetworkRef, DNS_SUBDOMAIN_PATTERN, DURATION_PATT
     printcolumn(name = "Network", type_ = "string", json_path = ".spec.networkRef.name"),
     printcolumn(name = "Node", type_ = "string", json_path = ".spec.nodeName"),
     printcolumn(name = "Role", type_ = "string", json_path = ".spec.role"),
-    printcolumn(name = "Expires", type_ = "date", json_path = ".status.notAfter"),
+    printcolumn(name = "Expires", type_ = "string", json_path = ".status.notAfter"),
     printcolumn(name = "Revoked", type_ = "boolean", json_path = ".spec.revoked"),
     printcolumn(
         name = "Ready",

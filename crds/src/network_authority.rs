@@ -21,7 +21,7 @@ use crate::common::{KeyAlgorithm, ObjectRef, DURATION_PATTERN};
     printcolumn(name = "Trust Domain", type_ = "string", json_path = ".spec.trustDomain"),
     printcolumn(name = "CRL", type_ = "integer", json_path = ".status.crlNumber"),
     printcolumn(name = "Revoked", type_ = "integer", json_path = ".status.revokedCount"),
-    printcolumn(name = "CA Expires", type_ = "date", json_path = ".status.caNotAfter"),
+    printcolumn(name = "CA Expires", type_ = "string", json_path = ".status.caNotAfter"),
     printcolumn(
         name = "Ready",
         type_ = "string",

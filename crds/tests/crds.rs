@@ -106,6 +106,11 @@ fn committed_crds_are_structural_apiextensions_v1_objects() {
         assert!(
             columns.iter().any(|c| c.name == "Ready") && columns.iter().any(|c| c.name == "Age")
         );
+        // kubectl prints a `date` column as the time since it, and a future time (an expiry)
+        // as `<invalid>`: only creationTimestamp is a date column.
+        for c in columns.iter().filter(|c| c.type_ == "date") {
+            assert_eq!(c.json_path, ".metadata.creationTimestamp", "{file}: column {}", c.name);
+        }
         let schema = serde_json::to_value(
             version.schema.as_ref().unwrap().open_api_v3_schema.as_ref().unwrap(),
         )

@@ -222,7 +222,27 @@ pub async fn reconcile(cert: Arc<Certificate>, ctx: Arc<Context>) -> Result<Acti
             Ok(Action::await_change())
         }
         CertificateAction::StayRevoked if deleting => release(&ctx, &cert).await,
-        CertificateAction::StayRevoked => Ok(Action::await_change()),
+        CertificateAction::StayRevoked => {
+            // Revoked before anything was issued (or created revoked): say so once, as
+            // Ready=False, rather than leaving no Ready condition at all.
+            let said = status.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "False");
+            if !said {
+                let reason = if cert.spec.revoked { "Revoked" } else { "MemberGone" };
+                let message = "revoked: every serial it was issued is on the revocation list \
+                               (none, if it was revoked before its first issuance), and it is \
+                               issued nothing more";
+                let ready = condition_of(&*cert, "Ready", false, reason, message.into(), now);
+                let revoked_at = status.revoked_at.clone().unwrap_or_else(|| rfc3339(now));
+                set_status(
+                    &ctx,
+                    &cert,
+                    json!({"observedGeneration": generation, "revokedAt": revoked_at,
+                           "conditions": [ready]}),
+                )
+                .await?;
+            }
+            Ok(Action::await_change())
+        }
         CertificateAction::Backoff { retry_at } => Ok(Action::requeue(until(now, retry_at))),
         CertificateAction::UpToDate { renew_at } => {
             let ready = condition_of(

@@ -150,14 +150,22 @@ pub async fn reconcile(mn: Arc<MeshNetwork>, ctx: Arc<Context>) -> Result<Action
         .collect();
 
     // One Certificate per member, owned by its pod.
-    let existing: BTreeSet<(String, String)> = Api::<Certificate>::all(ctx.client.clone())
+    let certificates: Vec<Certificate> = Api::<Certificate>::all(ctx.client.clone())
         .list(&ListParams::default().labels(&format!("{NETWORK_LABEL}={network}")))
         .await?
         .items
-        .iter()
+        .into_iter()
         .filter(|c| c.spec.network_ref.name == network)
+        .collect();
+    let existing: BTreeSet<(String, String)> =
+        certificates.iter().map(|c| (c.namespace().unwrap_or_default(), c.name_any())).collect();
+    // A revoked member is cut off by every other member: it cannot be anyone's anchor.
+    let revoked: BTreeSet<(String, String)> = certificates
+        .iter()
+        .filter(|c| c.spec.revoked)
         .map(|c| (c.namespace().unwrap_or_default(), c.name_any()))
         .collect();
+    let revoked_member = |m: &Member| revoked.contains(&(m.namespace.clone(), m.name.clone()));
     for m in &members {
         if existing.contains(&(m.namespace.clone(), m.name.clone())) {
             continue;
@@ -172,13 +180,20 @@ pub async fn reconcile(mn: Arc<MeshNetwork>, ctx: Arc<Context>) -> Result<Action
     let current: Vec<String> = mn
         .status
         .as_ref()
-        .map(|s| s.anchors.iter().filter_map(|e| by_endpoint.get(e)).map(|m| key(m)).collect())
+        .map(|s| {
+            s.anchors
+                .iter()
+                .filter_map(|e| by_endpoint.get(e))
+                .filter(|m| !revoked_member(m))
+                .map(|m| key(m))
+                .collect()
+        })
         .unwrap_or_default();
     let preferred: BTreeSet<&str> =
         mn.spec.anchors.preferred.iter().map(|p| p.0.as_str()).collect();
     let candidates: Vec<Candidate> = members
         .iter()
-        .filter(|m| m.ip.is_some())
+        .filter(|m| m.ip.is_some() && !revoked_member(m))
         .map(|m| {
             let labels = m.pod.meta().labels.as_ref().unwrap_or(&no_labels);
             let wants = preferred.contains(m.name.as_str())

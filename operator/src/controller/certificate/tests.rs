@@ -271,6 +271,20 @@ fn a_certificate_deleted_after_its_network_is_still_revoked_by_its_authority() {
 }
 
 #[test]
+fn a_certificate_created_revoked_is_not_ready_and_never_issued() {
+    let w = World::new();
+    w.api.update(CERT, json!({"spec": {"revoked": true}}));
+    assert_eq!(w.reconcile(), Action::await_change());
+    assert!(w.api.get(SECRET).is_none(), "nothing is issued to a revoked certificate");
+    let ready = w.condition("Ready");
+    assert_eq!(
+        (ready["status"].as_str(), ready["reason"].as_str()),
+        (Some("False"), Some("Revoked"))
+    );
+    assert!(w.status()["revokedAt"].is_string());
+}
+
+#[test]
 fn a_certificate_of_an_unknown_network_is_not_ready_with_a_reason() {
     let w = World::new();
     w.api.update(CERT, json!({"spec": {"networkRef": {"name": "nope"}}}));

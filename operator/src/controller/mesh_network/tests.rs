@@ -202,6 +202,15 @@ fn anchors_stay_while_ready_and_move_when_not() {
     );
     w.reconcile();
     assert_eq!(w.status()["anchors"], json!(["10.0.0.9:7000"]));
+    // A revoked anchor is replaced at once, ready or not: every member cut it off.
+    w.api.update(
+        "/apis/genesis-mesh.io/v1alpha1/namespaces/web/certificates/anchor-1",
+        json!({"spec": {"revoked": true}}),
+    );
+    w.reconcile();
+    let anchors = w.status()["anchors"].clone();
+    assert!(!anchors.as_array().unwrap().contains(&json!("10.0.0.9:7000")), "{anchors}");
+    assert_eq!(anchors.as_array().unwrap().len(), 1, "{anchors}");
 }
 
 #[test]
