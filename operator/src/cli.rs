@@ -62,6 +62,17 @@ struct RunArgs {
     /// Do not serve the identity service.
     #[arg(long)]
     no_identity_service: bool,
+    /// How the webhook injects the sidecar: `native` (an init container with restartPolicy
+    /// Always: the app starts once the sidecar is ready; Kubernetes 1.29+) or `container` (a
+    /// plain container, for older clusters).
+    #[arg(long, value_enum, default_value = "native")]
+    sidecar_mode: SidecarMode,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum SidecarMode {
+    Native,
+    Container,
 }
 
 #[derive(Args)]
@@ -237,7 +248,11 @@ fn run_cluster(args: RunArgs) -> Result<(), String> {
             identity,
             webhook_listen: (!args.no_webhook).then(|| args.webhook_listen.clone()),
             identity_listen: (!args.no_identity_service).then(|| args.identity_listen.clone()),
-            inject: crate::webhook::InjectConfig { identity_service, token_seconds: 3600 },
+            inject: crate::webhook::InjectConfig {
+                identity_service,
+                token_seconds: 3600,
+                native_sidecar: args.sidecar_mode == SidecarMode::Native,
+            },
         };
         crate::run::run(client, options, metrics, ready).await
     })

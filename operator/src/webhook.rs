@@ -38,6 +38,11 @@ pub struct InjectConfig {
     pub identity_service: String,
     /// Lifetime of the projected token (the Kubernetes minimum is 600 s).
     pub token_seconds: i64,
+    /// Inject the sidecar as a native sidecar (an init container with `restartPolicy:
+    /// Always` and a startup probe on `/readyz`, Kubernetes 1.29 and later), so the app's
+    /// containers start only once the sidecar is ready; else as a plain container (older
+    /// clusters), where the app may start first.
+    pub native_sidecar: bool,
 }
 
 /// The webhook's answer for one pod.
@@ -77,7 +82,10 @@ pub fn injection(
     let Some(spec) = pod.spec.as_ref() else {
         return Injection::Refuse("the pod has no spec".into());
     };
-    if spec.containers.iter().any(|c| c.name == SIDECAR_CONTAINER) {
+    let injected = |cs: &[k8s_openapi::api::core::v1::Container]| {
+        cs.iter().any(|c| c.name == SIDECAR_CONTAINER)
+    };
+    if injected(&spec.containers) || spec.init_containers.as_deref().is_some_and(injected) {
         return Injection::Skip("already injected".into());
     }
     let Some(network) = networks.iter().find(|n| n.name_any() == network_name) else {
@@ -162,7 +170,25 @@ pub fn injection(
             "path": "token"}}]}}),
         json!({"name": "genesis-state", "emptyDir": {}}),
     ];
-    let mut ops = vec![json!({"op": "add", "path": "/spec/containers/-", "value": container})];
+    let mut container = container;
+    let mut ops = if config.native_sidecar {
+        // Started before every other init container and the app, which wait until the startup
+        // probe passes: the sidecar holds a certificate, a fresh CRL and a peer (LESSONS: the
+        // app started before the proxy was ready). Up to 2 minutes for a first join.
+        container["restartPolicy"] = json!("Always");
+        container["startupProbe"] = json!({"httpGet": {"path": "/readyz", "port": ADMIN_PORT},
+                                           "periodSeconds": 1, "failureThreshold": 120});
+        match &spec.init_containers {
+            None => {
+                vec![json!({"op": "add", "path": "/spec/initContainers", "value": [container]})]
+            }
+            Some(_) => {
+                vec![json!({"op": "add", "path": "/spec/initContainers/0", "value": container})]
+            }
+        }
+    } else {
+        vec![json!({"op": "add", "path": "/spec/containers/-", "value": container})]
+    };
     if spec.volumes.is_none() {
         ops.push(json!({"op": "add", "path": "/spec/volumes", "value": volumes}));
     } else {

@@ -7,6 +7,7 @@ use std::process::Command;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Service, ServiceAccount};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::serde::Deserialize;
@@ -22,6 +23,7 @@ struct Rendered {
     roles: Vec<Role>,
     bindings: usize,
     service_accounts: Vec<ServiceAccount>,
+    pdbs: Vec<PodDisruptionBudget>,
     notes: String,
 }
 
@@ -86,6 +88,7 @@ fn render(values: Value) -> Rendered {
                     r.bindings += 1;
                 }
                 "ServiceAccount" => r.service_accounts.push(serde_json::from_value(value).unwrap()),
+                "PodDisruptionBudget" => r.pdbs.push(serde_json::from_value(value).unwrap()),
                 other => panic!("{template} renders an unexpected kind {other:?}"),
             }
         }
@@ -101,8 +104,35 @@ fn default_values_render_an_operator_with_least_privilege_identity_service_and_w
     assert_eq!(d.metadata.name.as_deref(), Some("genesis-operator"));
     assert_eq!(d.metadata.namespace.as_deref(), Some("genesis-system"));
     let spec = d.spec.as_ref().unwrap();
-    assert_eq!(spec.replicas, Some(1));
+    // HA by default: two replicas, spread over nodes, one kept through voluntary disruptions.
+    assert_eq!(spec.replicas, Some(2));
     let pod = spec.template.spec.as_ref().unwrap();
+    let spread = &pod.topology_spread_constraints.as_ref().expect("spread over nodes")[0];
+    assert_eq!(spread.topology_key, "kubernetes.io/hostname");
+    assert_eq!(spread.when_unsatisfiable, "ScheduleAnyway");
+    let spread_labels = spread.label_selector.as_ref().unwrap().match_labels.as_ref().unwrap();
+    let pod_labels = spec.template.metadata.as_ref().unwrap().labels.as_ref().unwrap();
+    assert!(spread_labels.iter().all(|(k, v)| pod_labels.get(k) == Some(v)), "{spread_labels:?}");
+    assert_eq!(r.pdbs.len(), 1);
+    let pdb = r.pdbs[0].spec.as_ref().unwrap();
+    assert_eq!(
+        pdb.min_available,
+        Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(1))
+    );
+    assert_eq!(pdb.selector.as_ref().unwrap().match_labels, spec.selector.match_labels);
+    // The webhook never sees kube-system or the operator's own namespace, and has a timeout.
+    for h in r.webhooks[0].webhooks.as_ref().unwrap() {
+        let exprs = h.namespace_selector.as_ref().unwrap().match_expressions.as_ref().unwrap();
+        let spared = exprs
+            .iter()
+            .find(|e| e.key == "kubernetes.io/metadata.name" && e.operator == "NotIn")
+            .expect("a namespace exclusion");
+        assert_eq!(
+            spared.values.as_deref(),
+            Some(&["kube-system".to_owned(), "genesis-system".to_owned()][..])
+        );
+        assert_eq!(h.timeout_seconds, Some(5));
+    }
     let c = &pod.containers[0];
     assert_eq!(c.image.as_deref(), Some("genesis-mesh/operator:0.1.0"));
     assert_eq!(c.args.as_deref().unwrap()[0], "run");
@@ -111,6 +141,7 @@ fn default_values_render_an_operator_with_least_privilege_identity_service_and_w
         "--webhook-listen=0.0.0.0:9443",
         "--identity-listen=0.0.0.0:7443",
         "--identity-service=genesis-operator-identity.genesis-system.svc:7443",
+        "--sidecar-mode=native",
     ] {
         assert!(args.contains(&arg.to_owned()), "{arg} missing from {args:?}");
     }
@@ -188,7 +219,7 @@ fn non_default_values_reach_the_manifests() {
             "nodeSelector": {"kubernetes.io/os": "linux"},
             "resources": {"limits": {"memory": "1Gi"}}
         },
-        "webhook": {"enabled": true, "failurePolicy": "Ignore", "port": 8443},
+        "webhook": {"enabled": true, "failurePolicy": "Ignore", "port": 8443, "nativeSidecar": false},
         "identity": {"port": 8643},
         "serviceAccount": {"name": "mesh-operator"},
         "metrics": {"annotations": false}
@@ -206,6 +237,7 @@ fn non_default_values_reach_the_manifests() {
     assert_eq!(c.image_pull_policy.as_deref(), Some("Always"));
     assert!(c.args.as_ref().unwrap().contains(&"--probe-listen=0.0.0.0:9090".to_owned()));
     assert!(c.args.as_ref().unwrap().contains(&"--webhook-listen=0.0.0.0:8443".to_owned()));
+    assert!(c.args.as_ref().unwrap().contains(&"--sidecar-mode=container".to_owned()));
     assert!(c.args.as_ref().unwrap().contains(&"--identity-listen=0.0.0.0:8643".to_owned()));
     let env = c.env.as_ref().unwrap();
     let pod_name = env.iter().find(|e| e.name == "POD_NAME").unwrap();
@@ -244,7 +276,11 @@ fn non_default_values_reach_the_manifests() {
 
 #[test]
 fn the_webhook_can_be_turned_off() {
-    let r = render(json!({"webhook": {"enabled": false}}));
+    let r = render(json!({"webhook": {"enabled": false}, "operator": {"replicas": 1}}));
+    // One replica: no disruption budget (it could never be met) and no spread.
+    assert!(r.pdbs.is_empty());
+    let pod = r.deployments[0].spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+    assert!(pod.topology_spread_constraints.is_none());
     let c = &r.deployments[0].spec.as_ref().unwrap().template.spec.as_ref().unwrap().containers[0];
     assert!(c.args.as_ref().unwrap().contains(&"--no-webhook".to_owned()));
     assert!(r.webhooks.is_empty());

@@ -185,9 +185,10 @@ fn install_join_talk_revoke_on_a_real_cluster() {
     k.apply(&member_pod("e2e-b", "client"));
     for pod in ["e2e-a", "e2e-b"] {
         let p = k.json(&["get", "pod", "-n", NS, pod]);
-        let containers: Vec<&str> = p["spec"]["containers"]
-            .as_array()
-            .into_iter()
+        // A native sidecar (the chart's default) is an init container.
+        let containers: Vec<&str> = ["initContainers", "containers"]
+            .iter()
+            .filter_map(|k| p["spec"][k].as_array())
             .flatten()
             .filter_map(|c| c["name"].as_str())
             .collect();

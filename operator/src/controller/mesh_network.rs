@@ -78,9 +78,14 @@ pub(crate) async fn member_pods(ctx: &Context, mn: &MeshNetwork) -> Result<Vec<P
 /// Whether the member's sidecar (or, without one, the pod) is ready.
 pub(crate) fn pod_ready(pod: &Pod) -> bool {
     let status = pod.status.as_ref();
-    let sidecar = status
-        .and_then(|s| s.container_statuses.as_ref())
-        .and_then(|cs| cs.iter().find(|c| c.name == crate::webhook::SIDECAR_CONTAINER));
+    // A native sidecar reports among the init containers, a plain one among the containers.
+    let sidecar = status.and_then(|s| {
+        s.init_container_statuses
+            .iter()
+            .chain(s.container_statuses.iter())
+            .flatten()
+            .find(|c| c.name == crate::webhook::SIDECAR_CONTAINER)
+    });
     match sidecar {
         Some(c) => c.ready,
         None => status

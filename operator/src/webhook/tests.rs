@@ -16,6 +16,7 @@ fn config() -> InjectConfig {
     InjectConfig {
         identity_service: "genesis-operator-identity.genesis-system.svc:7443".into(),
         token_seconds: 3600,
+        native_sidecar: true,
     }
 }
 
@@ -66,10 +67,46 @@ fn a_plain_pod_in_a_labelled_namespace_gets_the_golden_patch() {
         .unwrap();
     let applied: Pod = serde_json::from_value(applied).unwrap();
     let spec = applied.spec.unwrap();
-    assert_eq!(spec.containers.len(), 2);
-    assert_eq!(spec.containers[1].name, SIDECAR_CONTAINER);
+    // A native sidecar: the first init container, restarted always, its startup probe on
+    // /readyz holding the app's containers until the sidecar is ready.
+    assert_eq!(spec.containers.len(), 1);
+    let sidecar = &spec.init_containers.as_ref().unwrap()[0];
+    assert_eq!(sidecar.name, SIDECAR_CONTAINER);
+    assert_eq!(sidecar.restart_policy.as_deref(), Some("Always"));
+    let probe = sidecar.startup_probe.as_ref().unwrap().http_get.as_ref().unwrap();
+    assert_eq!(probe.path.as_deref(), Some("/readyz"));
     assert_eq!(spec.volumes.unwrap().len(), 3);
     assert_eq!(applied.metadata.labels.unwrap()[NETWORK_LABEL], "payments");
+}
+
+fn apply(pod: &Pod, config: &InjectConfig) -> Pod {
+    let Injection::Patch(patch) = injection(pod, &labelled_namespace(), &[network()], config)
+    else {
+        panic!("expected a patch");
+    };
+    let mut applied = serde_json::to_value(pod).unwrap();
+    json_patch::patch(&mut applied, &serde_json::from_value::<json_patch::Patch>(patch).unwrap())
+        .unwrap();
+    serde_json::from_value(applied).unwrap()
+}
+
+#[test]
+fn the_sidecar_goes_first_among_init_containers_or_as_a_plain_container_on_request() {
+    let mut pod = plain_pod();
+    pod.spec.as_mut().unwrap().init_containers =
+        Some(vec![serde_json::from_value(json!({"name": "migrate", "image": "shop:1"})).unwrap()]);
+    let applied = apply(&pod, &config());
+    let inits: Vec<_> =
+        applied.spec.as_ref().unwrap().init_containers.iter().flatten().map(|c| &c.name).collect();
+    assert_eq!(inits, [SIDECAR_CONTAINER, "migrate"], "the sidecar starts before the others");
+    // Injected once: a second review of the injected pod changes nothing.
+    let again = injection(&applied, &labelled_namespace(), &[network()], &config());
+    assert_eq!(again, Injection::Skip("already injected".into()));
+    // Older clusters: a plain container.
+    let plain = InjectConfig { native_sidecar: false, ..config() };
+    let spec = apply(&plain_pod(), &plain).spec.unwrap();
+    assert_eq!(spec.containers[1].name, SIDECAR_CONTAINER);
+    assert!(spec.containers[1].restart_policy.is_none() && spec.init_containers.is_none());
 }
 
 #[test]
@@ -91,7 +128,7 @@ fn existing_labels_volumes_and_annotations_are_added_to_not_replaced() {
     assert_eq!(applied["metadata"]["annotations"]["team"], "pay");
     assert_eq!(applied["metadata"]["annotations"][INJECTED_ANNOTATION], "payments");
     assert_eq!(applied["spec"]["volumes"].as_array().unwrap().len(), 4);
-    let env = &applied["spec"]["containers"][1]["env"];
+    let env = &applied["spec"]["initContainers"][0]["env"];
     let role = env.as_array().unwrap().iter().find(|e| e["name"] == "GENESIS_ROLE").unwrap();
     assert_eq!(role["value"], "anchor");
 }
@@ -165,7 +202,8 @@ fn the_admission_response_carries_the_patch_or_the_refusal() {
     assert!(ok.allowed);
     assert_eq!(ok.uid, "r-1");
     let patch: Value = serde_json::from_slice(ok.patch.as_ref().unwrap()).unwrap();
-    assert_eq!(patch[0]["value"]["name"], SIDECAR_CONTAINER);
+    assert_eq!(patch[0]["path"], "/spec/initContainers");
+    assert_eq!(patch[0]["value"][0]["name"], SIDECAR_CONTAINER);
 
     let refused = respond(&request, &labelled_namespace(), &[], &config());
     assert!(!refused.allowed);
