@@ -2,7 +2,7 @@
 //! `/admin/identity`, `/admin/peers`, `/admin/routes`, `/metrics` (Prometheus text).
 
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
@@ -90,7 +90,53 @@ pub async fn snapshot(shared: &Shared) -> Option<Snapshot> {
 /// Largest body an injection endpoint reads (a CRL may be large).
 const MAX_INJECT_BYTES: usize = genesis_trust::crl::MAX_CRL_BYTES;
 
-pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
+/// Whether the admin API may make this member renew for a caller at `peer` whose last
+/// admin-asked renewal was at `last`: only from the pod's own loopback (as Linkerd serves its
+/// admin shutdown), at most once per [`ADMIN_RENEWAL_GAP`]. Anyone else who can reach the pod
+/// could otherwise make it renew in a loop (200 requests were 200 issuances).
+pub fn may_renew(
+    peer: std::net::SocketAddr,
+    last: Option<Instant>,
+    now: Instant,
+) -> Result<(), (StatusCode, &'static str, String)> {
+    if !peer.ip().to_canonical().is_loopback() {
+        return Err((
+            StatusCode::FORBIDDEN,
+            "not_loopback",
+            format!(
+                "POST /admin/renew is served to the pod's own loopback only, and this came from \
+                 {}; run it inside the pod (kubectl exec), or let the sidecar renew at its \
+                 renewal time",
+                peer.ip()
+            ),
+        ));
+    }
+    let wait = last.and_then(|t| (t + ADMIN_RENEWAL_GAP).checked_duration_since(now));
+    if let Some(wait) = wait.filter(|w| !w.is_zero()) {
+        return Err((
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!(
+                "a renewal was asked for less than {}s ago; try again in {}s",
+                ADMIN_RENEWAL_GAP.as_secs(),
+                wait.as_secs() + 1
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Shortest gap between two renewals asked through the admin API.
+pub const ADMIN_RENEWAL_GAP: std::time::Duration = std::time::Duration::from_secs(10);
+
+pub async fn handle(
+    shared: Arc<Shared>,
+    peer: std::net::SocketAddr,
+    req: Request<Incoming>,
+) -> Response<Body> {
+    // NB: a CRL and a control envelope authorise themselves (the authority's and the sender's
+    // signatures, checked before anything is applied), so anyone may deliver them, as the CRL
+    // publisher does from the operator's pod. A renewal has no such proof.
     if req.method() == Method::POST && req.uri().path() == "/admin/crl" {
         return inject_crl(shared, req).await;
     }
@@ -98,6 +144,20 @@ pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Bod
         return inject_control(shared, req).await;
     }
     if req.method() == Method::POST && req.uri().path() == "/admin/renew" {
+        let now = Instant::now();
+        let verdict = {
+            let mut last = shared.admin_renewal.lock().unwrap_or_else(|p| p.into_inner());
+            let verdict = may_renew(peer, *last, now);
+            if verdict.is_ok() {
+                *last = Some(now);
+            }
+            verdict
+        };
+        if let Err((status, reason, message)) = verdict {
+            shared.metrics.admin_refused.with_label_values(&["renew", reason]).inc();
+            tracing::warn!(%peer, reason, "refused POST /admin/renew");
+            return error(status, &message);
+        }
         return renew(shared).await;
     }
     if req.method() != Method::GET {
@@ -287,3 +347,6 @@ async fn renew(shared: Arc<Shared>) -> Response<Body> {
         ),
     )
 }
+
+#[cfg(test)]
+mod tests;

@@ -28,7 +28,11 @@ const MAX_RECEIVE_BATCH: usize = 256;
 /// Longest a receive call waits for a message.
 const MAX_RECEIVE_WAIT: Duration = Duration::from_secs(30);
 
-pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
+pub async fn handle(
+    shared: Arc<Shared>,
+    _peer: std::net::SocketAddr,
+    req: Request<Incoming>,
+) -> Response<Body> {
     if req.method() == Method::CONNECT {
         return connect(shared, req).await;
     }

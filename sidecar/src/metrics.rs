@@ -30,6 +30,7 @@ pub struct Metrics {
     pub audit_head: IntGaugeVec,
     pub certificate_expiry: Gauge,
     pub renewals: IntCounterVec,
+    pub admin_refused: IntCounterVec,
     pub link_closes: IntCounterVec,
     pub dials: IntCounterVec,
     pub peer_reputation: IntGaugeVec,
@@ -151,6 +152,13 @@ impl Metrics {
                 opts("certificate_renewals_total", "Certificate renewals by result"),
                 &["result"]
             )),
+            admin_refused: reg!(IntCounterVec::new(
+                opts(
+                    "admin_requests_refused_total",
+                    "Admin API requests refused, by endpoint and reason (not_loopback, rate_limited)"
+                ),
+                &["endpoint", "reason"]
+            )),
             link_closes: reg!(IntCounterVec::new(
                 opts("link_closes_total", "Peer links closed, by reason"),
                 &["reason"]
@@ -252,6 +260,7 @@ impl Metrics {
         init(&self.crl_updates, &[&["applied"], &["not_newer"], &["refused"]]);
         init(&self.control_acks, &[&["applied"], &["refused"]]);
         init(&self.renewals, &[&["ok"], &["error"]]);
+        init(&self.admin_refused, &[&["renew", "not_loopback"], &["renew", "rate_limited"]]);
         init(
             &self.streams,
             &[&["out", "ok"], &["out", "refused"], &["in", "ok"], &["in", "refused"]],

@@ -149,6 +149,8 @@ pub struct Shared {
     pub shutdown_requested: Notify,
     /// `POST /admin/renew`: renew the certificate now instead of at renewalTime.
     pub renew_now: Notify,
+    /// When the admin API last asked for a renewal (they are rate-limited).
+    pub admin_renewal: Mutex<Option<Instant>>,
     /// Changes the log filter (`log-level` control messages); set by main.
     #[allow(clippy::type_complexity)]
     pub log_level: Mutex<Option<Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>>>,
@@ -1403,6 +1405,7 @@ pub fn new_shared(
         acks_notify: Notify::new(),
         shutdown_requested: Notify::new(),
         renew_now: Notify::new(),
+        admin_renewal: Mutex::new(None),
         crl_applied_at_ms: AtomicU64::new(now.as_millis() as u64),
         log_level: Mutex::new(None),
         next_id: AtomicU64::new(1),
