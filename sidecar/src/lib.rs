@@ -16,6 +16,7 @@ pub mod link;
 pub mod metrics;
 pub mod node;
 pub mod peers;
+pub mod proto;
 pub mod routing;
 pub mod stream;
 

@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::frame::{Data, Frame, FrameDecoder};
 use crate::node::{Command, LinkQueues, NewLink, Shared, CONTROL_QUEUE, DATA_QUEUE};
+use crate::proto::forward::{self, Forward};
 
 /// Connecting and the TLS handshake must finish within this.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -331,15 +332,18 @@ async fn relay_or_deliver(shared: &Arc<Shared>, mut d: Data, size: usize) -> Opt
     let m = &shared.metrics;
     m.frames.with_label_values(&["data", "in"]).inc();
     m.bytes.with_label_values(&["in"]).inc_by(size as u64);
-    if d.dst == shared.identity.node() {
-        crate::stream::deliver(shared.clone(), d).await;
-        return None;
-    }
-    if d.ttl <= 1 {
-        return Some(d);
-    }
-    let Some((_, tx)) = shared.data.route(&d.dst) else { return Some(d) };
-    d.ttl -= 1;
+    let next_hop = |dst: &str| shared.data.next_hops.load().get(dst).cloned();
+    let (next, ttl) = match forward::decide(shared.identity.node(), &d, true, next_hop) {
+        Forward::Deliver => {
+            crate::stream::deliver(shared.clone(), d).await;
+            return None;
+        }
+        Forward::Relay { next, ttl } => (next, ttl),
+        // The node decides again and answers the source.
+        Forward::Drop { .. } => return Some(d),
+    };
+    let Some(tx) = shared.data.links.load().get(&next).cloned() else { return Some(d) };
+    d.ttl = ttl;
     shared.capture_relayed(&d.payload);
     let frame = Frame::Data(d).encode();
     m.forwarded.inc();

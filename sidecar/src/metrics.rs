@@ -293,52 +293,7 @@ impl Default for Metrics {
     }
 }
 
-/// The bounded label for a closed link (`link_closes_total{reason}`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CloseReason {
-    /// The link carried an invalid frame.
-    InvalidFrame,
-    /// Both sides dialled at once; one link is kept.
-    Replaced,
-    /// Nothing heard within the hold time.
-    HoldTimeout,
-    /// The peer's certificate expired or was revoked.
-    CertificateInvalid,
-    /// The peer said goodbye (drain or its own policy).
-    PeerClosed,
-    /// This member is draining.
-    Draining,
-    /// Peer management: eviction, ban, over max peers.
-    Policy,
-    /// The connection broke.
-    ConnectionLost,
-}
-
-impl CloseReason {
-    pub const ALL: [CloseReason; 8] = [
-        CloseReason::InvalidFrame,
-        CloseReason::Replaced,
-        CloseReason::HoldTimeout,
-        CloseReason::CertificateInvalid,
-        CloseReason::PeerClosed,
-        CloseReason::Draining,
-        CloseReason::Policy,
-        CloseReason::ConnectionLost,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CloseReason::InvalidFrame => "invalid_frame",
-            CloseReason::Replaced => "replaced",
-            CloseReason::HoldTimeout => "hold_timeout",
-            CloseReason::CertificateInvalid => "certificate_invalid",
-            CloseReason::PeerClosed => "peer_closed",
-            CloseReason::Draining => "draining",
-            CloseReason::Policy => "policy",
-            CloseReason::ConnectionLost => "connection_lost",
-        }
-    }
-}
+pub use crate::proto::CloseReason;
 
 #[cfg(test)]
 mod tests {
