@@ -328,12 +328,23 @@ impl RouteTable {
     /// Re-runs route selection for `dest` and records what changed.
     fn reselect(&mut self, dest: &str, actions: &mut Vec<RouteAction>) {
         let Some(d) = self.dests.get(dest) else { return };
-        let feasible_best = d
+        let feasible: Vec<(String, u16, u32, u8)> = d
             .candidates
             .iter()
             .filter(|(_, c)| Self::feasible(d.fd, c))
             .map(|(via, c)| (via.clone(), self.total(via, c), c.seqno, c.hops))
-            .min_by_key(|(via, metric, _, _)| (*metric, via.clone()));
+            .collect();
+        let best_metric = feasible.iter().map(|f| f.1).min();
+        // Hysteresis: the current next hop stays while it is feasible and within a margin of
+        // the best, so two near-equal paths (RTT jitter) do not take turns.
+        let current = d.selected.as_ref().and_then(|via| {
+            feasible.iter().find(|f| &f.0 == via).filter(|f| {
+                best_metric.is_some_and(|b| u32::from(f.1) <= u32::from(b) + switch_margin(b))
+            })
+        });
+        let feasible_best = current.cloned().or_else(|| {
+            feasible.iter().min_by_key(|(via, metric, _, _)| (*metric, via.clone())).cloned()
+        });
         // NB: when only the selected route's metric got worse (same seqno, not withdrawn), keep
         // using it and ask for a newer seqno (as Babel allows) rather than dropping traffic
         // while the request travels. Switching to a *different* unfeasible route is what can
@@ -362,23 +373,34 @@ impl RouteTable {
                 if improves {
                     d.fd = Some((seqno, metric));
                 }
-                // A newer seqno is news too: it is how a destination's recovery spreads.
-                let changed =
-                    old.as_deref() != Some(via.as_str()) || old_state != Some((metric, seqno));
+                // What neighbours must hear at once: a route they may not know, a newer seqno
+                // (how a destination's recovery spreads) or a metric that moved by a quarter
+                // or more. Smaller metric moves wait for the periodic update: announced at
+                // once, every jitter in a link's RTT rippled through the whole mesh.
+                let news = match old_state {
+                    None => true,
+                    Some((old_metric, old_seqno)) => {
+                        seqno != old_seqno
+                            || u32::from(metric.abs_diff(old_metric)) * 4 >= u32::from(old_metric)
+                    }
+                };
+                let moved = old.as_deref() != Some(via.as_str());
                 if sticky {
                     let want = d.fd.map_or(0, |(s, _)| s.wrapping_add(1));
-                    actions.push(self.originate_request(dest, want));
+                    if let Some(request) = self.request_once(dest, want) {
+                        actions.push(request);
+                    }
                 }
-                if changed {
+                if moved || news {
                     actions.push(RouteAction::Changed {
                         dest: dest.to_owned(),
                         next_hop: Some(via.clone()),
                         metric,
                     });
-                    if self.config.triggered_updates {
-                        let advert = Advert { dest: dest.to_owned(), seqno, metric, hops };
-                        actions.extend(self.send_to_all_except(&via, &advert));
-                    }
+                }
+                if news && self.config.triggered_updates {
+                    let advert = Advert { dest: dest.to_owned(), seqno, metric, hops };
+                    actions.extend(self.send_to_all_except(&via, &advert));
                 }
             }
             None => {
@@ -403,10 +425,20 @@ impl RouteTable {
                 // (dest, seqno), so asking again on every event here costs one frame per link.
                 if starving || old.is_some() {
                     let want = fd.map_or(0, |(s, _)| s.wrapping_add(1));
-                    actions.push(self.originate_request(dest, want));
+                    if let Some(request) = self.request_once(dest, want) {
+                        actions.push(request);
+                    }
                 }
             }
         }
+    }
+
+    /// A request for `dest`'s `seqno`, unless one went out since the last periodic update (a
+    /// route stuck waiting for a newer seqno asked again at every advert it heard, and each
+    /// ask was a flood).
+    fn request_once(&mut self, dest: &str, seqno: u32) -> Option<RouteAction> {
+        (!self.seen_requests.contains(&(dest.to_owned(), seqno)))
+            .then(|| self.originate_request(dest, seqno))
     }
 
     fn originate_request(&mut self, dest: &str, seqno: u32) -> RouteAction {
@@ -448,6 +480,12 @@ impl RouteTable {
 
 fn self_advert_for(me: &str, seqno: u32) -> Advert {
     Advert { dest: me.to_owned(), seqno, metric: 0, hops: 0 }
+}
+
+/// How much better another feasible route must be before traffic moves to it: a tenth of the
+/// best metric, at least 10 (a tenth of a hop).
+fn switch_margin(best: u16) -> u32 {
+    (u32::from(best) / 10).max(10)
 }
 
 /// Link cost from a measured round-trip time: 100 per hop plus 1 per 100 µs of RTT, capped at

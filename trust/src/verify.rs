@@ -251,6 +251,11 @@ impl TrustStore {
         self.state.load().crls.iter().map(|c| c.crl.number()).max()
     }
 
+    /// Whether a CRL held lists `serial`.
+    pub fn is_revoked(&self, serial: &Serial) -> bool {
+        self.state.load().crls.iter().any(|c| c.crl.is_revoked(serial))
+    }
+
     /// The CRLs held, one per root.
     pub fn crls(&self) -> Vec<Crl> {
         self.state.load().crls.iter().map(|c| c.crl.clone()).collect()

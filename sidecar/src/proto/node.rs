@@ -5,7 +5,7 @@
 //! deliveries to the app. It owns routing, the peer set, CRL gossip, control flooding,
 //! broadcast duplicate suppression and the forwarding decision.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -25,6 +25,14 @@ use crate::routing::{link_cost, Advert, RouteAction, RouteTable, RouteView, Rout
 const SEEN_BROADCASTS: usize = 16_384;
 /// Control envelopes remembered for flood duplicate suppression.
 const SEEN_CONTROLS: usize = 4096;
+/// Proofs kept per destination. NB: more than the newest one: the route in use may still be
+/// at an older seqno (a newer one arrived over a longer path), and an advert is only sent with
+/// its own seqno's proof; keeping just the newest silently dropped those adverts, routes
+/// expired downstream, and the seqno requests that followed kept a 100-member mesh churning.
+const PROOFS_KEPT: usize = 3;
+/// The RTT a new link is costed at until its first pong: on the slow side, so the first
+/// measurement lowers the cost (good news) rather than raising it.
+const INITIAL_RTT: Duration = Duration::from_millis(5);
 /// Own sequence numbers per wall-clock second, when one is derived from the clock at start: a
 /// restarted member starts ahead of the proofs others still cache for its previous life, as
 /// long as it advanced its seqno fewer than this many times a second on average.
@@ -227,8 +235,9 @@ pub struct Node {
     leaf: Vec<u8>,
     routes: RouteTable,
     peers: PeerSet,
-    links: HashMap<String, LinkState>,
-    proofs: HashMap<String, Proof>,
+    links: BTreeMap<String, LinkState>,
+    /// Recent verified proofs per destination, oldest first (at most [`PROOFS_KEPT`]).
+    proofs: BTreeMap<String, Vec<Proof>>,
     my_proof: Vec<u8>,
     broadcasts: SeenSet<(String, u64)>,
     controls: SeenSet<[u8; 32]>,
@@ -276,8 +285,8 @@ impl Node {
             leaf,
             routes,
             peers,
-            links: HashMap::new(),
-            proofs: HashMap::new(),
+            links: BTreeMap::new(),
+            proofs: BTreeMap::new(),
             my_proof: Vec::new(),
             broadcasts: SeenSet::new(SEEN_BROADCASTS),
             controls: SeenSet::new(SEEN_CONTROLS),
@@ -354,7 +363,7 @@ impl Node {
 
     /// Memory held for other members' proofs, routes and duplicate suppression (entries).
     pub fn state_entries(&self) -> usize {
-        self.proofs.len() + self.routes.route_count() + self.broadcasts.len() + self.controls.len()
+        self.proofs.values().map(Vec::len).sum::<usize>() + self.routes.route_count() + self.broadcasts.len() + self.controls.len()
     }
 
     // ---- links ----
@@ -391,7 +400,7 @@ impl Node {
             );
         }
         self.peers.on_connected(&node, &addr, now)?;
-        let cost = link_cost(Duration::ZERO);
+        let cost = link_cost(INITIAL_RTT);
         self.links.insert(
             node.clone(),
             LinkState { id: link_id, outbound, ping: None, srtt: None, cost, peer, heard: now },
@@ -661,19 +670,20 @@ impl Node {
         if a.metric == METRIC_INFINITY {
             return Some(advert); // a withdrawal only removes the sender's own candidate
         }
-        if let Some((s, sig, cert)) = self.proofs.get(&a.dest) {
-            if *s == a.seqno && *sig == a.proof && *cert == a.cert {
-                return Some(advert);
-            }
+        let known = self.proofs.get(&a.dest).is_some_and(|kept| {
+            kept.iter().any(|(s, sig, cert)| *s == a.seqno && *sig == a.proof && *cert == a.cert)
+        });
+        if known {
+            return Some(advert);
         }
         match (self.proof_check)(&self.store, &a.cert, &a.dest, a.seqno, &a.proof, wall) {
             Ok(_) => {
-                let newer = self
-                    .proofs
-                    .get(&a.dest)
-                    .is_none_or(|(s, _, _)| crate::routing::seqno_newer(a.seqno, *s));
-                if newer {
-                    self.proofs.insert(a.dest.clone(), (a.seqno, a.proof, a.cert));
+                let kept = self.proofs.entry(a.dest.clone()).or_default();
+                kept.retain(|(s, _, _)| *s != a.seqno);
+                let at = kept.iter().position(|(s, _, _)| crate::routing::seqno_newer(*s, a.seqno));
+                kept.insert(at.unwrap_or(kept.len()), (a.seqno, a.proof, a.cert));
+                if kept.len() > PROOFS_KEPT {
+                    kept.remove(0);
                 }
                 Some(advert)
             }
@@ -734,9 +744,11 @@ impl Node {
                 let revoked: Vec<String> = self
                     .proofs
                     .iter()
-                    .filter(|(_, (_, _, cert))| {
-                        genesis_trust::CertInfo::parse(cert)
-                            .is_ok_and(|i| crl.is_revoked(&i.serial))
+                    .filter(|(_, kept)| {
+                        kept.iter().any(|(_, _, cert)| {
+                            genesis_trust::CertInfo::parse(cert)
+                                .is_ok_and(|i| crl.is_revoked(&i.serial))
+                        })
                     })
                     .map(|(d, _)| d.clone())
                     .collect();
@@ -1170,10 +1182,8 @@ impl Node {
         } else if a.dest == self.me {
             (self.my_proof.clone(), self.leaf.clone())
         } else {
-            let (s, sig, cert) = self.proofs.get(&a.dest)?;
-            if *s != a.seqno {
-                return None;
-            }
+            let (_, sig, cert) =
+                self.proofs.get(&a.dest)?.iter().find(|(s, _, _)| *s == a.seqno)?;
             (sig.clone(), cert.clone())
         };
         Some(RouteAdvert {

@@ -1,0 +1,438 @@
+//! The Genesis Mesh simulator: thousands of members, each the sidecar's own sans-IO protocol
+//! ([`genesis_sidecar::proto::Node`]), on an event heap in virtual time, deterministic for a
+//! seed. Links have latency (within and between zones), jitter and loss; the scenario joins
+//! every member, lets the mesh settle, watches it at rest, revokes a member, floods a control
+//! message, and checks the invariants users rely on at each step.
+//!
+//! Crypto is real on the protocol path: certificates are issued by a real CA, CRLs are signed
+//! and verified, control envelopes are signed and checked against RBAC. One shortcut: a route
+//! advert's seqno proof is verified once for all simulated members and then remembered
+//! ([`world::shared_proof_check`]); each member still checks it against its own CRL.
+
+pub mod world;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use genesis_sidecar::peers::PeerConfig;
+use genesis_sidecar::proto::NodeConfig;
+use genesis_sidecar::routing::RoutingConfig;
+use genesis_trust::{
+    CertificateAuthority, ControlEnvelope, EnvelopeSigner, Identity, KeyAlgorithm, LeafPolicy,
+    PeerIdentity, RbacPolicy, RevocationList, RevocationReason, Role, Scope, TrustBundle,
+    TrustPolicy, TrustStore, Verb,
+};
+use serde::Serialize;
+use world::{LinkModel, Member, Rng, World};
+
+const TRUST_DOMAIN: &str = "sim.local";
+const NETWORK: &str = "sim";
+
+/// What to simulate.
+#[derive(Debug, Clone)]
+pub struct Scenario {
+    pub members: usize,
+    pub zones: usize,
+    pub seed: u64,
+    pub intra_zone: Duration,
+    pub inter_zone: Duration,
+    pub jitter: f64,
+    pub loss: f64,
+    /// Members every other member bootstraps from (as a cluster's genesis document lists them).
+    pub anchors: usize,
+    pub min_peers: usize,
+    pub max_peers: usize,
+    pub hello_interval: Duration,
+    pub hold_time: Duration,
+    pub periodic_interval: Duration,
+    pub max_hops: u8,
+    /// Members start spread over this long.
+    pub join_spread: Duration,
+    /// How long to wait for routes to converge before giving up.
+    pub converge_limit: Duration,
+    /// How long the mesh is watched at rest.
+    pub steady: Duration,
+}
+
+impl Default for Scenario {
+    fn default() -> Self {
+        Scenario {
+            members: 100,
+            zones: 1,
+            seed: 1,
+            intra_zone: Duration::from_micros(1000),
+            inter_zone: Duration::from_millis(30),
+            jitter: 0.1,
+            loss: 0.0,
+            anchors: 3,
+            min_peers: 3,
+            max_peers: 8,
+            hello_interval: Duration::from_secs(1),
+            hold_time: Duration::from_secs(3),
+            periodic_interval: Duration::from_secs(10),
+            max_hops: 16,
+            join_spread: Duration::from_secs(1),
+            converge_limit: Duration::from_secs(120),
+            steady: Duration::from_secs(20),
+        }
+    }
+}
+
+/// Percentiles of a set of times, in milliseconds.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Spread {
+    pub p50: f64,
+    pub p99: f64,
+    pub max: f64,
+    /// How many members the figures cover.
+    pub count: usize,
+}
+
+impl Spread {
+    fn of(mut ms: Vec<f64>) -> Spread {
+        if ms.is_empty() {
+            return Spread::default();
+        }
+        ms.sort_by(f64::total_cmp);
+        let at = |q: f64| ms[((ms.len() - 1) as f64 * q).round() as usize];
+        Spread { p50: at(0.5), p99: at(0.99), max: at(1.0), count: ms.len() }
+    }
+}
+
+/// What a run measured (times in virtual milliseconds).
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Report {
+    pub members: usize,
+    pub zones: usize,
+    pub seed: u64,
+    pub invariants_ok: bool,
+    /// Each broken invariant, said plainly.
+    pub violations: Vec<String>,
+    /// From the first start until every member routes to every other (None: never, within
+    /// the limit).
+    pub routes_converged_ms: Option<f64>,
+    /// Longest route, in hops, once converged.
+    pub max_hops: u8,
+    pub links: usize,
+    /// Per member: from the CRL's push at one anchor until the member applied it.
+    pub revocation_applied_ms: Spread,
+    /// Fraction of running members that accepted the network-wide control message.
+    pub control_coverage: f64,
+    pub control_applied_ms: Spread,
+    pub steady_route_changes_per_sec: f64,
+    pub steady_link_closes: u64,
+    pub frames_per_member_per_sec: f64,
+    /// Frames per second at rest, by type, for the whole network.
+    pub steady_frames_by_type: BTreeMap<String, f64>,
+    pub bytes_per_member_per_sec: f64,
+    /// Resident memory the members added, divided among them.
+    pub memory_per_member_bytes: u64,
+    /// Seqno proofs verified for real (the rest came from the shared cache).
+    pub proof_verifications: u64,
+    pub dials: u64,
+    pub declined_dials: u64,
+    pub wall_seconds: f64,
+}
+
+/// Resident set size of this process, in bytes (Linux; 0 elsewhere).
+fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm.split_whitespace().nth(1).and_then(|p| p.parse().ok()).unwrap_or(0);
+    pages * 4096
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// Every member routes to every other running member.
+fn converged(w: &World) -> bool {
+    let running = w.nodes().count();
+    w.nodes().all(|(_, n)| n.route_count() + 1 >= running)
+}
+
+/// Follows next hops from each source to each destination (all pairs up to 200 members, a
+/// sample beyond): every walk must arrive, never revisit a member, and never pass `avoid`.
+fn check_paths(w: &World, avoid: Option<&str>, rng: &mut Rng, violations: &mut Vec<String>) {
+    let names: Vec<(usize, String)> = w.nodes().map(|(i, n)| (i, n.name().to_owned())).collect();
+    let by_name: BTreeMap<&str, usize> = names.iter().map(|(i, n)| (n.as_str(), *i)).collect();
+    let pairs: Vec<(usize, usize)> = if names.len() <= 200 {
+        (0..names.len()).flat_map(|a| (0..names.len()).map(move |b| (a, b))).collect()
+    } else {
+        (0..20_000).map(|_| (rng.below(names.len()), rng.below(names.len()))).collect()
+    };
+    let mut broken = 0usize;
+    for (a, b) in pairs {
+        if a == b || avoid == Some(names[b].1.as_str()) {
+            continue;
+        }
+        let (mut at, dst) = (names[a].0, names[b].1.as_str());
+        let mut seen = std::collections::HashSet::new();
+        let problem = loop {
+            let node = w.members[at].node.as_ref().expect("a running member");
+            if node.name() == dst {
+                break None;
+            }
+            if !seen.insert(at) {
+                break Some("a forwarding loop");
+            }
+            let Some(next) = node.next_hop(dst) else { break Some("no route") };
+            if avoid == Some(next) {
+                break Some("a route through the revoked member");
+            }
+            match by_name.get(next) {
+                Some(&j) => at = j,
+                None => break Some("a next hop that is not running"),
+            }
+        };
+        if let Some(p) = problem {
+            broken += 1;
+            if broken <= 5 {
+                violations.push(format!("{} -> {dst}: {p}", names[a].1));
+            }
+        }
+    }
+    if broken > 5 {
+        violations.push(format!("... {broken} broken paths in all"));
+    }
+}
+
+/// Builds the members: a real CA, a key and certificate for each, a trust store holding the
+/// CA and its first CRL.
+fn members(s: &Scenario, ca: &CertificateAuthority, wall0: SystemTime) -> Vec<Member> {
+    let policy = LeafPolicy { duration: Duration::from_secs(24 * 3600), renew_before: None };
+    let bundle = TrustBundle::new(vec![ca.cert_der().clone()]).expect("a bundle");
+    let crl = ca.sign_crl(&RevocationList::default(), wall0, wall0 + Duration::from_secs(12 * 3600));
+    let crl = crl.expect("the first CRL");
+    (0..s.members)
+        .map(|i| {
+            let name = format!("m{i}");
+            let role = if i < s.anchors { Role::Anchor } else { Role::Client };
+            let identity = Identity::new(TRUST_DOMAIN, NETWORK, role, &name).expect("an identity");
+            // NB: Ed25519 for the members: issuing 10,000 P-256 keys is slow; the protocol path
+            // is the same.
+            let (issued, key) = ca
+                .issue_with_generated_key(&identity, KeyAlgorithm::Ed25519, &policy, wall0)
+                .expect("a certificate");
+            let store = TrustStore::new(
+                TrustPolicy {
+                    trust_domain: TRUST_DOMAIN.into(),
+                    network: Some(NETWORK.into()),
+                    require_fresh_crl: true,
+                },
+                bundle.clone(),
+            );
+            store.install_crl(&crl, wall0).expect("the first CRL installs");
+            let peer = PeerIdentity {
+                identity: identity.clone(),
+                serial: issued.serial.clone(),
+                not_after: issued.not_after,
+                fingerprint: issued.fingerprint.clone(),
+            };
+            Member {
+                name,
+                identity,
+                peer,
+                key: Arc::new(key),
+                leaf: issued.chain[0].to_vec(),
+                store: Arc::new(store),
+                node: None,
+                ends: Default::default(),
+                started_at: None,
+            }
+        })
+        .collect()
+}
+
+/// Runs `s` and reports.
+pub fn run(s: &Scenario) -> Report {
+    let started = Instant::now();
+    let wall0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+    let ca = CertificateAuthority::generate(
+        TRUST_DOMAIN,
+        KeyAlgorithm::EcdsaP256,
+        Duration::from_secs(365 * 86400),
+        wall0 - Duration::from_secs(3600),
+    )
+    .expect("a CA");
+    let rss_before = rss_bytes();
+    let members = members(s, &ca, wall0);
+    let anchors: Vec<String> = (0..s.anchors.min(s.members)).map(|i| format!("m{i}")).collect();
+    let config = NodeConfig {
+        hello_interval: s.hello_interval,
+        hold_time: s.hold_time,
+        routing: RoutingConfig {
+            max_hops: s.max_hops,
+            periodic_interval: s.periodic_interval,
+            route_expiry: s.periodic_interval * 7 / 2,
+            triggered_updates: true,
+        },
+        peers: PeerConfig { min_peers: s.min_peers, max_peers: s.max_peers, ..PeerConfig::default() },
+        rbac: RbacPolicy::default(),
+        anchors,
+    };
+    let links = LinkModel {
+        zones: s.zones.max(1),
+        intra_zone: s.intra_zone,
+        inter_zone: s.inter_zone,
+        jitter: s.jitter,
+        loss: s.loss,
+    };
+    let verifications = Arc::new(Mutex::new(0u64));
+    let check = world::shared_proof_check(verifications.clone());
+    let mut w = World::new(members, config, links, wall0, s.seed, check);
+    let mut rng = Rng::new(s.seed ^ 0xA5A5);
+    let mut violations = Vec::new();
+
+    // 1. Everyone joins, spread over join_spread; routes converge.
+    for i in 0..s.members {
+        let at = s.join_spread.mul_f64(i as f64 / s.members.max(1) as f64);
+        w.start_at(i, at);
+    }
+    let converged_at =
+        w.run_until(s.converge_limit, |w| w.now >= s.join_spread && converged(w)).then_some(w.now);
+    if converged_at.is_none() {
+        let short: usize = w.nodes().filter(|(_, n)| n.route_count() + 1 < s.members).count();
+        violations.push(format!(
+            "routes did not converge within {:?}: {short} members lack routes",
+            s.converge_limit
+        ));
+    }
+    let max_hops = w.nodes().flat_map(|(_, n)| n.routes()).map(|r| r.hops).max().unwrap_or(0);
+
+    // 2. At rest: no route or link churn, and the traffic it costs.
+    let settle = w.now + s.periodic_interval;
+    w.run_until(settle, |_| false);
+    let (changes0, closes0) = (w.tally.route_changes.iter().sum::<u64>(), w.tally.link_closes);
+    let (frames0, bytes0): (u64, u64) =
+        (w.tally.frames_out.iter().sum(), w.tally.bytes_out.iter().sum());
+    let types0 = w.tally.by_type.clone();
+    let steady_from = w.now;
+    w.run_until(steady_from + s.steady, |_| false);
+    let secs = s.steady.as_secs_f64();
+    let members_running = w.nodes().count().max(1) as f64;
+    let changes = w.tally.route_changes.iter().sum::<u64>() - changes0;
+    let frames = w.tally.frames_out.iter().sum::<u64>() - frames0;
+    let bytes = w.tally.bytes_out.iter().sum::<u64>() - bytes0;
+    let steady_closes = w.tally.link_closes - closes0;
+    let steady_frames_by_type: BTreeMap<String, f64> = w
+        .tally
+        .by_type
+        .iter()
+        .map(|(t, n)| (t.to_string(), (n - types0.get(t).copied().unwrap_or(0)) as f64 / secs))
+        .filter(|(_, r)| *r > 0.0)
+        .collect();
+    let memory = rss_bytes().saturating_sub(rss_before) / s.members.max(1) as u64;
+    let links = w.members.iter().map(|m| m.ends.len()).sum::<usize>() / 2;
+    check_paths(&w, None, &mut rng, &mut violations);
+
+    // 3. Revocation: a well-connected client is revoked; the CRL is pushed at one anchor.
+    let victim = (s.anchors..s.members).max_by_key(|&i| w.members[i].ends.len());
+    let mut revocation = Spread::default();
+    if let Some(victim) = victim {
+        let victim_name = w.members[victim].name.clone();
+        let mut list = RevocationList::default();
+        list.revoke(&w.members[victim].peer.serial, RevocationReason::KeyCompromise, w.wall());
+        let crl = ca.sign_crl(&list, w.wall(), w.wall() + Duration::from_secs(12 * 3600));
+        let crl = crl.expect("the CRL");
+        let number = crl.number();
+        let pushed_at = w.now;
+        if let Err(e) = w.push_crl(0, crl.der()) {
+            violations.push(format!("the anchor refused the CRL: {e}"));
+        }
+        let others: Vec<usize> = w.nodes().map(|(i, _)| i).filter(|&i| i != victim).collect();
+        let everyone = |w: &World| others.iter().all(|i| w.tally.crl_applied.contains_key(&(*i, number)));
+        let mut broken = Vec::new();
+        w.run_until(pushed_at + Duration::from_secs(30), |w| {
+            // Whoever applied it routes nothing to or through the revoked member.
+            for &i in &others {
+                if w.tally.crl_applied.contains_key(&(i, number)) {
+                    let node = w.members[i].node.as_ref().expect("running");
+                    if node.next_hop(&victim_name).is_some()
+                        || node.routes().iter().any(|r| r.next_hop == victim_name)
+                    {
+                        broken.push(format!("{} still routes via {victim_name} after the CRL", node.name()));
+                    }
+                }
+            }
+            everyone(w)
+        });
+        broken.dedup();
+        violations.extend(broken.into_iter().take(5));
+        let applied: Vec<f64> = others
+            .iter()
+            .filter_map(|i| w.tally.crl_applied.get(&(*i, number)))
+            .map(|t| ms(t.saturating_sub(pushed_at)))
+            .collect();
+        if applied.len() < others.len() {
+            violations.push(format!(
+                "{} of {} members never applied the CRL",
+                others.len() - applied.len(),
+                others.len()
+            ));
+        }
+        revocation = Spread::of(applied);
+        // The rest of the mesh routes around it.
+        w.crash(victim);
+        let heal = w.now + s.hold_time + s.periodic_interval;
+        w.run_until(heal, converged);
+        check_paths(&w, Some(&victim_name), &mut rng, &mut violations);
+    }
+
+    // 4. A network-wide control message from an admin reaches every member.
+    let admin = Identity::new(TRUST_DOMAIN, NETWORK, Role::Admin, "sim-admin").expect("admin");
+    let policy = LeafPolicy { duration: Duration::from_secs(3600), renew_before: None };
+    let (issued, key) = ca
+        .issue_with_generated_key(&admin, KeyAlgorithm::EcdsaP256, &policy, w.wall())
+        .expect("the admin's certificate");
+    let signer = EnvelopeSigner::new(key, issued.chain.clone()).expect("a signer");
+    let args = BTreeMap::from([("level".to_owned(), "info".to_owned())]);
+    let envelope = ControlEnvelope::new(NETWORK, Verb::LogLevel, Scope::Network, args, w.wall())
+        .expect("an envelope");
+    let wire = signer.sign(&envelope).expect("signed").encode();
+    w.tally.control_accepted.clear();
+    let sent_at = w.now;
+    let origin = s.anchors.min(s.members.saturating_sub(1));
+    if !w.inject_control(origin, wire) {
+        violations.push("the origin refused the admin's control message".into());
+    }
+    let running: Vec<usize> = w.nodes().map(|(i, _)| i).collect();
+    w.run_until(sent_at + Duration::from_secs(30), |w| {
+        running.iter().all(|i| w.tally.control_accepted.contains_key(i))
+    });
+    let reached = running.iter().filter(|i| w.tally.control_accepted.contains_key(i)).count();
+    let coverage = reached as f64 / running.len().max(1) as f64;
+    if reached < running.len() {
+        violations.push(format!("the control message reached {reached} of {}", running.len()));
+    }
+    let control = Spread::of(
+        w.tally.control_accepted.values().map(|t| ms(t.saturating_sub(sent_at))).collect(),
+    );
+
+    let proof_verifications = *verifications.lock().expect("counter");
+    Report {
+        members: s.members,
+        zones: s.zones.max(1),
+        seed: s.seed,
+        invariants_ok: violations.is_empty(),
+        violations,
+        routes_converged_ms: converged_at.map(ms),
+        max_hops,
+        links,
+        revocation_applied_ms: revocation,
+        control_coverage: coverage,
+        control_applied_ms: control,
+        steady_route_changes_per_sec: changes as f64 / secs,
+        steady_link_closes: steady_closes,
+        frames_per_member_per_sec: frames as f64 / secs / members_running,
+        steady_frames_by_type,
+        bytes_per_member_per_sec: bytes as f64 / secs / members_running,
+        memory_per_member_bytes: memory,
+        proof_verifications,
+        dials: w.tally.dials,
+        declined_dials: w.tally.declined,
+        wall_seconds: started.elapsed().as_secs_f64(),
+    }
+}
