@@ -51,6 +51,8 @@ pub const MAX_KNOWN: usize = 512;
 const MAX_DIAL_BACKOFF: Duration = Duration::from_secs(30);
 /// How long an admitted inbound link holds its place: the peer's hello is due well within it.
 const ADMISSION_HOLD: Duration = Duration::from_secs(5);
+/// Links accepted at most, as a multiple of `max_peers` (see [`PeerSet::link_limit`]).
+const INBOUND_HEADROOM: usize = 2;
 /// How a refusal for want of room begins (the dialer's log and metrics tell it apart).
 pub const FULL: &str = "full";
 /// Score of a peer we know nothing about yet.
@@ -144,6 +146,8 @@ struct Peer {
 
 #[derive(Debug, Clone)]
 struct Dial {
+    /// The member at that address, when learned from a peer exchange (empty for anchors).
+    node: String,
     failures: u32,
     next: Time,
     anchor: bool,
@@ -179,6 +183,10 @@ pub struct PeerSet {
     dials: BTreeMap<String, Dial>,
     /// Inbound links admitted and not yet up: node → until when the place is held.
     admitted: BTreeMap<String, Time>,
+    /// Where the next referral slice of known members starts.
+    referral_cursor: usize,
+    /// An anchor linked with us, or turned us away with its peers: we are in the mesh.
+    anchor_reached: bool,
     next_exchange: Time,
 }
 
@@ -187,7 +195,18 @@ impl PeerSet {
     pub fn new(me: &str, config: PeerConfig, anchors: &[String], now: Time) -> Self {
         let dials = anchors
             .iter()
-            .map(|a| (a.clone(), Dial { failures: 0, next: now, anchor: true, in_flight: false }))
+            .map(|a| {
+                (
+                    a.clone(),
+                    Dial {
+                        node: String::new(),
+                        failures: 0,
+                        next: now,
+                        anchor: true,
+                        in_flight: false,
+                    },
+                )
+            })
             .collect();
         PeerSet {
             me: me.to_owned(),
@@ -196,6 +215,8 @@ impl PeerSet {
             peers: BTreeMap::new(),
             dials,
             admitted: BTreeMap::new(),
+            referral_cursor: 0,
+            anchor_reached: false,
         }
     }
 
@@ -226,8 +247,8 @@ impl PeerSet {
         // arriving together cannot both pass and leave one to be refused after its link is up.
         let in_flight = self.dials.values().filter(|d| d.in_flight).count();
         self.admitted.retain(|n, until| now < *until && n != node);
-        if self.connected() + self.admitted.len() + in_flight >= self.config.max_peers {
-            return Err(format!("{FULL}: already at max peers ({})", self.config.max_peers));
+        if self.connected() + self.admitted.len() + in_flight >= self.link_limit() {
+            return Err(format!("{FULL}: already at {} links", self.link_limit()));
         }
         self.admitted.insert(node.to_owned(), now + ADMISSION_HOLD);
         Ok(())
@@ -241,10 +262,20 @@ impl PeerSet {
         {
             return Err(format!("banned for another {}s", (until - now).as_secs()));
         }
-        if self.connected() >= self.config.max_peers {
-            return Err(format!("{FULL}: already at max peers ({})", self.config.max_peers));
+        if self.connected() >= self.link_limit() {
+            return Err(format!("{FULL}: already at {} links", self.link_limit()));
         }
         Ok(())
+    }
+
+    /// Links this member holds at most. It dials only up to `min_peers` (and an anchor), and
+    /// accepts dialers until twice `max_peers`: the headroom lets every newcomer find a place
+    /// (with inbound capped at what it seeks, the members that joined first filled up, every
+    /// refusal pointed at them, and later members took seconds to find any room; a full
+    /// member never drops a link for a newcomer, so without headroom a mesh could also split
+    /// into full parts that never meet).
+    pub fn link_limit(&self) -> usize {
+        self.config.max_peers.saturating_mul(INBOUND_HEADROOM)
     }
 
     /// A link to `node` (dialled at or accepted from `addr`) completed its handshake and hello.
@@ -278,6 +309,7 @@ impl PeerSet {
         if let Some(d) = self.dials.get_mut(addr) {
             d.failures = 0;
             d.in_flight = false;
+            self.anchor_reached |= d.anchor;
         }
         Ok(())
     }
@@ -286,6 +318,9 @@ impl PeerSet {
     /// handed over its peers: try those, and back off from `addr` as from a failed dial, without
     /// blaming it (a full member did nothing wrong).
     pub fn on_dial_refused(&mut self, addr: &str, peers: &[PeerAddr], now: Time) {
+        if self.dials.get(addr).is_some_and(|d| d.anchor) && !peers.is_empty() {
+            self.anchor_reached = true;
+        }
         self.on_exchange(peers, now);
         self.on_dial_failed(addr, now);
     }
@@ -368,12 +403,36 @@ impl PeerSet {
                 break;
             }
             self.dials.entry(p.addr.clone()).or_insert(Dial {
+                node: p.node.clone(),
                 failures: 0,
                 next: now,
                 anchor: false,
                 in_flight: false,
             });
         }
+    }
+
+    /// Whom to send a dialer `node` to when we turn it away: our peers, and a rotating slice
+    /// of the other members we have heard of. Our peers alone are as full as we are (everyone
+    /// who found us found them); the wider slice spreads newcomers over the mesh.
+    pub fn referrals(&mut self, node: &str, now: Time) -> Vec<PeerAddr> {
+        let mut list = self.exchange_list(now);
+        list.retain(|p| p.node != node);
+        let known: Vec<PeerAddr> = self
+            .dials
+            .iter()
+            .filter(|(_, d)| !d.node.is_empty() && d.node != node && d.node != self.me)
+            .map(|(a, d)| PeerAddr { node: d.node.clone(), addr: a.clone() })
+            .collect();
+        let room = crate::frame::MAX_PEER_ADDRS.saturating_sub(list.len());
+        for k in 0..known.len().min(room) {
+            let p = &known[(self.referral_cursor + k) % known.len()];
+            if !list.iter().any(|l| l.addr == p.addr) {
+                list.push(p.clone());
+            }
+        }
+        self.referral_cursor = self.referral_cursor.wrapping_add(room.max(1));
+        list
     }
 
     /// What to tell neighbours in a peer exchange: connected peers that are not banned.
@@ -420,14 +479,21 @@ impl PeerSet {
                     && !banned_addrs.contains(a)
             })
             .collect();
-        candidates.sort_by_key(|(_, d)| (!d.anchor, d.failures));
-        // A member with anchors keeps a link to one of them even when inbound links already
-        // meet min peers: otherwise the members that found each other first can form an
-        // island that never meets the rest (min peers satisfied on both sides).
-        let anchor_linked = self
-            .dials
-            .iter()
-            .any(|(a, d)| d.anchor && (d.in_flight || connected_addrs.contains(a)));
+        // NB: among equals, each member orders addresses its own way (a hash of its name and
+        // the address): in one order, every newcomer dialled the same few members first.
+        let mine = fnv1a(FNV_OFFSET, self.me.as_bytes());
+        candidates.sort_by_key(|(a, d)| (!d.anchor, d.failures, mix(fnv1a(mine, a.as_bytes()))));
+        // A member with anchors dials one even when inbound links already meet min peers,
+        // until it has reached one: otherwise the members that found each other first can
+        // form an island that never meets the rest (min peers satisfied on both sides). An
+        // anchor that turned us away counts as reached: it is up, and the peers it named are
+        // the mesh. (Insisting on a link to a full anchor kept every member of a large mesh
+        // redialling the anchors, and each link they won moved routes all over the mesh.)
+        let anchor_linked = self.anchor_reached
+            || self
+                .dials
+                .iter()
+                .any(|(a, d)| d.anchor && (d.in_flight || connected_addrs.contains(a)));
         let need_anchor = !anchor_linked
             && self.dials.values().any(|d| d.anchor)
             && self.connected() < self.config.max_peers;
@@ -470,6 +536,20 @@ impl PeerSet {
             })
             .collect()
     }
+}
+
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+
+/// FNV-1a from `h`: a cheap, stable hash for spreading choices (not for security).
+fn fnv1a(h: u64, bytes: &[u8]) -> u64 {
+    bytes.iter().fold(h, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3))
+}
+
+/// The splitmix64 finaliser: every input bit moves every output bit.
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
 }
 
 fn level_of(p: &Peer, now: Time) -> Level {

@@ -10,7 +10,7 @@
 //! newer sequence number instead. Sequence numbers are signed by their destination (checked by
 //! the driver before an advert gets here), so no member can make a fresher route to another.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use crate::frame::METRIC_INFINITY;
@@ -112,7 +112,9 @@ pub struct RouteTable {
     dests: BTreeMap<String, Destination>,
     next_periodic: Time,
     /// (dest, seqno) requests already passed on: duplicate suppression for the flood.
-    seen_requests: HashSet<(String, u32)>,
+    seen_requests: HashMap<(String, u32), Time>,
+    /// The latest time an input brought (adverts and ticks carry it).
+    clock: Time,
 }
 
 impl RouteTable {
@@ -126,7 +128,8 @@ impl RouteTable {
             config,
             neighbours: BTreeMap::new(),
             dests: BTreeMap::new(),
-            seen_requests: HashSet::new(),
+            seen_requests: HashMap::new(),
+            clock: now,
         }
     }
 
@@ -225,6 +228,7 @@ impl RouteTable {
 
     /// A verified advert from `from`.
     pub fn on_advert(&mut self, from: &str, advert: Advert, now: Time) -> Vec<RouteAction> {
+        self.clock = self.clock.max(now);
         let mut actions = Vec::new();
         if advert.dest == self.me || !self.neighbours.contains_key(from) {
             return actions;
@@ -253,11 +257,12 @@ impl RouteTable {
     /// A seqno request for `dest` arrived. If it is for us, bump our seqno and
     /// announce it; otherwise pass it on (once per (dest, seqno)) while hops remain.
     pub fn on_seqno_request(&mut self, dest: &str, seqno: u32, hops_left: u8) -> Vec<RouteAction> {
-        // NB: bounded: an entry is added per distinct request handled, and the set is cleared
-        // at every periodic update (a repeated request after that is legitimate).
-        if !self.seen_requests.insert((dest.to_owned(), seqno)) {
+        // NB: bounded: an entry is added per distinct request handled, and entries older than
+        // REQUEST_RETRY are dropped at every tick (a repeated request after that is legitimate).
+        if !self.fresh_request(dest, seqno) {
             return Vec::new();
         }
+        self.seen_requests.insert((dest.to_owned(), seqno), self.clock);
         if dest == self.me {
             let mut actions = Vec::new();
             if seqno_newer(seqno, self.seqno) {
@@ -277,6 +282,8 @@ impl RouteTable {
 
     /// Timer: expire stale routes, retry seqno requests, send the periodic full update.
     pub fn on_tick(&mut self, now: Time) -> Vec<RouteAction> {
+        self.clock = self.clock.max(now);
+        self.seen_requests.retain(|_, at| now.saturating_sub(*at) < REQUEST_RETRY);
         let mut actions = Vec::new();
         let expired: Vec<String> = self
             .dests
@@ -292,7 +299,6 @@ impl RouteTable {
         }
         if now >= self.next_periodic {
             self.next_periodic = now + self.config.periodic_interval;
-            self.seen_requests.clear();
             // Destinations we still starve for: ask again.
             let starving: Vec<(String, u32)> = self
                 .dests
@@ -374,17 +380,21 @@ impl RouteTable {
                     d.fd = Some((seqno, metric));
                 }
                 // What neighbours must hear at once: a route they may not know, a newer seqno
-                // (how a destination's recovery spreads) or a metric that moved by a quarter
-                // or more. Smaller metric moves wait for the periodic update: announced at
-                // once, every jitter in a link's RTT rippled through the whole mesh.
-                let news = match old_state {
-                    None => true,
-                    Some((old_metric, old_seqno)) => {
-                        seqno != old_seqno
-                            || u32::from(metric.abs_diff(old_metric)) * 4 >= u32::from(old_metric)
-                    }
-                };
+                // (how a destination's recovery spreads), a new next hop, or a metric that moved
+                // by the switch margin or more (enough to move their choice). Smaller moves wait
+                // for the periodic update: announced at once, every jitter in a link's RTT
+                // rippled through the whole mesh; held back when larger, an improvement took a
+                // periodic interval per hop to spread.
                 let moved = old.as_deref() != Some(via.as_str());
+                let news = moved
+                    || match old_state {
+                        None => true,
+                        Some((old_metric, old_seqno)) => {
+                            seqno != old_seqno
+                                || u32::from(metric.abs_diff(old_metric))
+                                    >= switch_margin(old_metric)
+                        }
+                    };
                 if sticky {
                     let want = d.fd.map_or(0, |(s, _)| s.wrapping_add(1));
                     if let Some(request) = self.request_once(dest, want) {
@@ -433,16 +443,22 @@ impl RouteTable {
         }
     }
 
-    /// A request for `dest`'s `seqno`, unless one went out since the last periodic update (a
-    /// route stuck waiting for a newer seqno asked again at every advert it heard, and each
-    /// ask was a flood).
+    /// Whether a request for (`dest`, `seqno`) was not handled within [`REQUEST_RETRY`].
+    fn fresh_request(&self, dest: &str, seqno: u32) -> bool {
+        self.seen_requests
+            .get(&(dest.to_owned(), seqno))
+            .is_none_or(|at| self.clock.saturating_sub(*at) >= REQUEST_RETRY)
+    }
+
+    /// A request for `dest`'s `seqno`, unless the same one went out within [`REQUEST_RETRY`]
+    /// (a route stuck waiting for a newer seqno asked again at every advert it heard, and
+    /// each ask was a flood).
     fn request_once(&mut self, dest: &str, seqno: u32) -> Option<RouteAction> {
-        (!self.seen_requests.contains(&(dest.to_owned(), seqno)))
-            .then(|| self.originate_request(dest, seqno))
+        self.fresh_request(dest, seqno).then(|| self.originate_request(dest, seqno))
     }
 
     fn originate_request(&mut self, dest: &str, seqno: u32) -> RouteAction {
-        self.seen_requests.insert((dest.to_owned(), seqno));
+        self.seen_requests.insert((dest.to_owned(), seqno), self.clock);
         RouteAction::RequestSeqno { dest: dest.to_owned(), seqno, hops_left: self.config.max_hops }
     }
 
@@ -481,6 +497,9 @@ impl RouteTable {
 fn self_advert_for(me: &str, seqno: u32) -> Advert {
     Advert { dest: me.to_owned(), seqno, metric: 0, hops: 0 }
 }
+
+/// A seqno request is originated, or passed on, at most once per this for one (dest, seqno).
+const REQUEST_RETRY: Duration = Duration::from_secs(1);
 
 /// How much better another feasible route must be before traffic moves to it: a tenth of the
 /// best metric, at least 10 (a tenth of a hop).

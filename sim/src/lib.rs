@@ -147,6 +147,18 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
+/// How often (virtual time) the whole-network checks run; figures they time are this precise.
+const CHECK_EVERY: Duration = Duration::from_millis(5);
+
+/// True once per `period` of virtual time (at the first event of each period).
+fn every(w: &World, period: Duration) -> bool {
+    let slot = w.now.as_nanos() / period.as_nanos().max(1);
+    let mut last = w.check_slot.lock().expect("slot");
+    let due = *last != Some(slot);
+    *last = Some(slot);
+    due
+}
+
 /// Every member routes to every other running member.
 fn converged(w: &World) -> bool {
     let running = w.nodes().count();
@@ -204,7 +216,8 @@ fn check_paths(w: &World, avoid: Option<&str>, rng: &mut Rng, violations: &mut V
 fn members(s: &Scenario, ca: &CertificateAuthority, wall0: SystemTime) -> Vec<Member> {
     let policy = LeafPolicy { duration: Duration::from_secs(24 * 3600), renew_before: None };
     let bundle = TrustBundle::new(vec![ca.cert_der().clone()]).expect("a bundle");
-    let crl = ca.sign_crl(&RevocationList::default(), wall0, wall0 + Duration::from_secs(12 * 3600));
+    let crl =
+        ca.sign_crl(&RevocationList::default(), wall0, wall0 + Duration::from_secs(12 * 3600));
     let crl = crl.expect("the first CRL");
     (0..s.members)
         .map(|i| {
@@ -269,7 +282,11 @@ pub fn run(s: &Scenario) -> Report {
             route_expiry: s.periodic_interval * 7 / 2,
             triggered_updates: true,
         },
-        peers: PeerConfig { min_peers: s.min_peers, max_peers: s.max_peers, ..PeerConfig::default() },
+        peers: PeerConfig {
+            min_peers: s.min_peers,
+            max_peers: s.max_peers,
+            ..PeerConfig::default()
+        },
         rbac: RbacPolicy::default(),
         anchors,
     };
@@ -291,8 +308,11 @@ pub fn run(s: &Scenario) -> Report {
         let at = s.join_spread.mul_f64(i as f64 / s.members.max(1) as f64);
         w.start_at(i, at);
     }
-    let converged_at =
-        w.run_until(s.converge_limit, |w| w.now >= s.join_spread && converged(w)).then_some(w.now);
+    let converged_at = w
+        .run_until(s.converge_limit, |w| {
+            w.now >= s.join_spread && every(w, CHECK_EVERY) && converged(w)
+        })
+        .then_some(w.now);
     if converged_at.is_none() {
         let short: usize = w.nodes().filter(|(_, n)| n.route_count() + 1 < s.members).count();
         violations.push(format!(
@@ -343,22 +363,36 @@ pub fn run(s: &Scenario) -> Report {
             violations.push(format!("the anchor refused the CRL: {e}"));
         }
         let others: Vec<usize> = w.nodes().map(|(i, _)| i).filter(|&i| i != victim).collect();
-        let everyone = |w: &World| others.iter().all(|i| w.tally.crl_applied.contains_key(&(*i, number)));
+        let everyone =
+            |w: &World| others.iter().all(|i| w.tally.crl_applied.contains_key(&(*i, number)));
         let mut broken = Vec::new();
+        let mut checked = std::collections::HashSet::new();
         w.run_until(pushed_at + Duration::from_secs(30), |w| {
-            // Whoever applied it routes nothing to or through the revoked member.
+            // Whoever applied it routes nothing to or through the revoked member from then on
+            // (checked as each member applies it, and for everyone at the end of the phase).
             for &i in &others {
-                if w.tally.crl_applied.contains_key(&(i, number)) {
+                if w.tally.crl_applied.contains_key(&(i, number)) && checked.insert(i) {
                     let node = w.members[i].node.as_ref().expect("running");
                     if node.next_hop(&victim_name).is_some()
                         || node.routes().iter().any(|r| r.next_hop == victim_name)
                     {
-                        broken.push(format!("{} still routes via {victim_name} after the CRL", node.name()));
+                        broken.push(format!(
+                            "{} still routes via {victim_name} after the CRL",
+                            node.name()
+                        ));
                     }
                 }
             }
             everyone(w)
         });
+        for &i in &others {
+            let node = w.members[i].node.as_ref().expect("running");
+            if node.next_hop(&victim_name).is_some()
+                || node.routes().iter().any(|r| r.next_hop == victim_name)
+            {
+                broken.push(format!("{} routes via {victim_name} at the end", node.name()));
+            }
+        }
         broken.dedup();
         violations.extend(broken.into_iter().take(5));
         let applied: Vec<f64> = others
@@ -377,7 +411,7 @@ pub fn run(s: &Scenario) -> Report {
         // The rest of the mesh routes around it.
         w.crash(victim);
         let heal = w.now + s.hold_time + s.periodic_interval;
-        w.run_until(heal, converged);
+        w.run_until(heal, |w| every(w, CHECK_EVERY) && converged(w));
         check_paths(&w, Some(&victim_name), &mut rng, &mut violations);
     }
 
@@ -400,7 +434,8 @@ pub fn run(s: &Scenario) -> Report {
     }
     let running: Vec<usize> = w.nodes().map(|(i, _)| i).collect();
     w.run_until(sent_at + Duration::from_secs(30), |w| {
-        running.iter().all(|i| w.tally.control_accepted.contains_key(i))
+        w.tally.control_accepted.len() >= running.len()
+            && running.iter().all(|i| w.tally.control_accepted.contains_key(i))
     });
     let reached = running.iter().filter(|i| w.tally.control_accepted.contains_key(i)).count();
     let coverage = reached as f64 / running.len().max(1) as f64;

@@ -84,13 +84,37 @@ enum Event {
     Start(usize),
     Tick(usize),
     /// A dial of `to` by `from` reaches `to` (after the TCP and TLS handshakes).
-    Connect { from: usize, to: usize },
-    Accepted { from: usize, to: usize, link: u64 },
-    Refused { from: usize, to: usize, peers: Vec<PeerAddr> },
-    DialFailed { from: usize, to: usize },
-    Frame { to: usize, from: usize, link: u64, frame: Frame, size: usize },
+    Connect {
+        from: usize,
+        to: usize,
+    },
+    Accepted {
+        from: usize,
+        to: usize,
+        link: u64,
+    },
+    Refused {
+        from: usize,
+        to: usize,
+        peers: Vec<PeerAddr>,
+    },
+    DialFailed {
+        from: usize,
+        to: usize,
+    },
+    Frame {
+        to: usize,
+        from: usize,
+        link: u64,
+        frame: Frame,
+        size: usize,
+    },
     /// The connection `link` broke under `to` (its peer closed it without a goodbye, or died).
-    Reset { to: usize, from: usize, link: u64 },
+    Reset {
+        to: usize,
+        from: usize,
+        link: u64,
+    },
 }
 
 /// What the run counted, per member and overall.
@@ -151,6 +175,8 @@ pub struct World {
     pub tally: Tally,
     pub rng: Rng,
     pub proof_check: ProofCheck,
+    /// The last whole-network check slot (see `every` in the scenario).
+    pub check_slot: Mutex<Option<u128>>,
     /// Members cut off from everyone else (a partition), by index.
     pub isolated: std::collections::HashSet<usize>,
     events: BinaryHeap<Reverse<(Time, u64, usize)>>,
@@ -173,8 +199,8 @@ impl World {
         proof_check: ProofCheck,
     ) -> Self {
         let n = members.len();
-        let tick_every =
-            (config.hello_interval / 4).clamp(Duration::from_millis(20), Duration::from_millis(250));
+        let tick_every = (config.hello_interval / 4)
+            .clamp(Duration::from_millis(20), Duration::from_millis(250));
         World {
             members,
             config,
@@ -189,6 +215,7 @@ impl World {
             },
             rng: Rng::new(seed),
             proof_check,
+            check_slot: Mutex::new(None),
             isolated: Default::default(),
             events: BinaryHeap::new(),
             payloads: HashMap::new(),
@@ -303,8 +330,14 @@ impl World {
                             Ok(()) => {
                                 self.members[to].ends.insert(from, link);
                                 self.schedule(back, Event::Accepted { from, to, link });
+                                // NB: our hello reaches the dialer before anything we send on
+                                // the link, as on a real connection; without this a frame could
+                                // overtake the link coming up there and be lost.
+                                self.last_delivery.insert((to, from, link), back);
                             }
-                            Err(_) => self.schedule(back, Event::Refused { from, to, peers: vec![] }),
+                            Err(_) => {
+                                self.schedule(back, Event::Refused { from, to, peers: vec![] })
+                            }
                         }
                         self.drain(to);
                     }
@@ -314,7 +347,13 @@ impl World {
                 let to_name = self.members[to].name.clone();
                 let peer = self.members[to].peer.clone();
                 let Some(node) = self.members[from].node.as_mut() else { return };
-                let up = LinkUp { node: to_name.clone(), addr: to_name, peer, outbound: true, link_id: link };
+                let up = LinkUp {
+                    node: to_name.clone(),
+                    addr: to_name,
+                    peer,
+                    outbound: true,
+                    link_id: link,
+                };
                 match node.handle_link_up(now, up) {
                     Ok(()) => {
                         self.members[from].ends.insert(to, link);

@@ -115,8 +115,10 @@ fn a_flooding_peer_is_rate_limited_and_loses_reputation_once_per_second() {
 
 #[test]
 fn a_full_member_refuses_a_newcomer_and_keeps_every_link_it_has() {
-    let config = PeerConfig { max_peers: 2, ..Default::default() };
+    // max_peers 1: it seeks one link and accepts dialers up to two.
+    let config = PeerConfig { max_peers: 1, ..Default::default() };
     let mut p = PeerSet::new("me", config, &[], Time::ZERO);
+    assert_eq!(p.link_limit(), 2);
     p.on_connected("good", "g:1", Time::ZERO).unwrap();
     p.on_connected("poor", "p:1", Time::ZERO).unwrap();
     p.record("poor", Conduct::Failure, Time::ZERO);
@@ -135,6 +137,26 @@ fn a_full_member_refuses_a_newcomer_and_keeps_every_link_it_has() {
     assert_eq!(p.admit_inbound("other", secs(6)), Ok(()));
     p.on_connected("other", "o:1", secs(6)).unwrap();
     assert_eq!(p.connected(), 2);
+}
+
+#[test]
+fn members_dial_their_own_way_through_equal_candidates() {
+    let learned: Vec<PeerAddr> =
+        (0..20).map(|i| PeerAddr { node: format!("n{i}"), addr: format!("n{i}:1") }).collect();
+    let first_dial = |me: &str| {
+        let mut p =
+            PeerSet::new(me, PeerConfig { min_peers: 1, ..Default::default() }, &[], Time::ZERO);
+        p.on_exchange(&learned, Time::ZERO);
+        p.on_tick(Time::ZERO)
+    };
+    let firsts: std::collections::BTreeSet<_> =
+        (0..10).map(|i| format!("{:?}", first_dial(&format!("newcomer-{i}")))).collect();
+    assert!(firsts.len() > 3, "newcomers all dial the same member first: {firsts:?}");
+    assert_eq!(
+        first_dial("newcomer-0"),
+        first_dial("newcomer-0"),
+        "and each the same way every time"
+    );
 }
 
 #[test]

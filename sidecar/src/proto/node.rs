@@ -363,19 +363,24 @@ impl Node {
 
     /// Memory held for other members' proofs, routes and duplicate suppression (entries).
     pub fn state_entries(&self) -> usize {
-        self.proofs.values().map(Vec::len).sum::<usize>() + self.routes.route_count() + self.broadcasts.len() + self.controls.len()
+        self.proofs.values().map(Vec::len).sum::<usize>()
+            + self.routes.route_count()
+            + self.broadcasts.len()
+            + self.controls.len()
     }
 
     // ---- links ----
 
-    /// Whether an inbound link from `node` may start; a refusal carries our peers.
+    /// Whether an inbound link from `node` may start; a refusal carries addresses worth
+    /// dialling instead.
     pub fn admit_inbound(&mut self, now: Time, node: &str) -> Result<(), (String, Vec<PeerAddr>)> {
         if self.draining {
             return Err(("draining".into(), Vec::new()));
         }
-        self.peers
-            .admit_inbound(node, now)
-            .map_err(|reason| (reason, self.peers.exchange_list(now)))
+        match self.peers.admit_inbound(node, now) {
+            Ok(()) => Ok(()),
+            Err(reason) => Err((reason, self.peers.referrals(node, now))),
+        }
     }
 
     /// A link finished its handshake and hello. Refused (the caller closes it with the reason)

@@ -240,6 +240,8 @@ fn restarted_node_with_an_older_seqno_rejoins_through_a_seqno_request() {
     let old = sim.nodes["c"].seqno();
     sim.kill("c");
     sim.run();
+    // A restart takes a while: b's first request for c has gone unanswered meanwhile.
+    sim.tick(Duration::from_secs(2));
     // c restarts with a smaller seqno than the network remembers.
     sim.nodes.insert(
         "c".into(),
