@@ -322,7 +322,7 @@ pub enum Command {
 
 /// A link as the driver holds it: its queues and tasks (the node holds its protocol state).
 struct DriverLink {
-    id: u64,
+    node: String,
     queues: LinkQueues,
     /// Milliseconds since start when the link reader last decoded a frame (any frame: a peer
     /// streaming data is alive even if its pong is still in flight).
@@ -334,7 +334,11 @@ struct DriverLink {
 struct Core {
     shared: Arc<Shared>,
     node: Node,
-    links: HashMap<String, DriverLink>,
+    /// By link id: a replaced link and its successor to the same peer are both here until the
+    /// old one is gone.
+    links: HashMap<u64, DriverLink>,
+    /// Peer → the id of its current link (where frames for it go).
+    current: HashMap<String, u64>,
 }
 
 /// The node's settings from the sidecar's configuration.
@@ -378,7 +382,7 @@ pub async fn run_core(
             None => Err("this sidecar cannot change its log level".into()),
         }
     }));
-    let mut core = Core { node, links: HashMap::new(), shared };
+    let mut core = Core { node, links: HashMap::new(), current: HashMap::new(), shared };
     core.drive();
     let tick_every = (core.shared.config.hello_interval / 4)
         .clamp(Duration::from_millis(20), Duration::from_millis(250));
@@ -416,13 +420,22 @@ impl Core {
             Command::LinkUp { link, reply } => {
                 let NewLink { node, addr, peer, outbound, queues, heard, cancel, link_id } = link;
                 let up = LinkUp { node: node.clone(), addr, peer, outbound, link_id };
+                // NB: the link is registered before the node hears of it: what the node sends
+                // at once (our table, our peers, our CRL number) must find the link. Sent while it
+                // was not registered yet, the new neighbour got no routes until the next periodic
+                // update.
+                self.links
+                    .insert(link_id, DriverLink { node: node.clone(), queues, heard, cancel });
+                let previous = self.current.insert(node.clone(), link_id);
                 let result = self.node.handle_link_up(now, up);
-                if result.is_ok() {
-                    // The node may have replaced an older link to the same peer first.
-                    self.drive();
-                    self.links.insert(node, DriverLink { id: link_id, queues, heard, cancel });
-                    self.publish_links();
+                if result.is_err() {
+                    self.links.remove(&link_id);
+                    match previous {
+                        Some(id) => self.current.insert(node, id),
+                        None => self.current.remove(&node),
+                    };
                 }
+                self.publish_links();
                 let _ = reply.send(result);
             }
             Command::LinkDown { node, link_id, failure, reason } => {
@@ -490,9 +503,12 @@ impl Core {
         let now = self.now();
         let sys_now = SystemTime::now();
         let heard: HashMap<String, Time> = self
-            .links
+            .current
             .iter()
-            .map(|(n, l)| (n.clone(), Duration::from_millis(l.heard.load(Ordering::Relaxed))))
+            .filter_map(|(n, id)| {
+                let l = self.links.get(id)?;
+                Some((n.clone(), Duration::from_millis(l.heard.load(Ordering::Relaxed))))
+            })
             .collect();
         self.node.handle_tick(now, sys_now, &|n| heard.get(n).copied());
         self.drive();
@@ -531,7 +547,7 @@ impl Core {
             match output {
                 Output::Send { to, frame } => self.send(&to, frame),
                 Output::Close { node, link_id, goodbye } => {
-                    if let Some(link) = self.links.get(&node).filter(|l| l.id == link_id) {
+                    if let Some(link) = self.links.get(&link_id).filter(|l| l.node == node) {
                         if let Some(reason) = goodbye {
                             let bye = Frame::Close { reason }.encode();
                             let _ = link.queues.control.try_send(Bytes::from(bye));
@@ -540,8 +556,10 @@ impl Core {
                     }
                 }
                 Output::LinkGone { node, link_id } => {
-                    if self.links.get(&node).is_some_and(|l| l.id == link_id) {
-                        self.links.remove(&node);
+                    if self.links.remove(&link_id).is_some() {
+                        if self.current.get(&node) == Some(&link_id) {
+                            self.current.remove(&node);
+                        }
                         self.publish_links();
                     }
                 }
@@ -620,7 +638,7 @@ impl Core {
     }
 
     fn send(&self, node: &str, frame: Frame) {
-        let Some(link) = self.links.get(node) else { return };
+        let Some(link) = self.current.get(node).and_then(|id| self.links.get(id)) else { return };
         if let Frame::Data(d) = &frame {
             if d.src != self.shared.identity.node() {
                 self.shared.capture_relayed(&d.payload);
@@ -642,8 +660,11 @@ impl Core {
     }
 
     fn publish_links(&self) {
-        let links: HashMap<String, mpsc::Sender<Bytes>> =
-            self.links.iter().map(|(n, l)| (n.clone(), l.queues.data.clone())).collect();
+        let links: HashMap<String, mpsc::Sender<Bytes>> = self
+            .current
+            .iter()
+            .filter_map(|(n, id)| Some((n.clone(), self.links.get(id)?.queues.data.clone())))
+            .collect();
         self.metrics().links.set(links.len() as i64);
         self.shared.data.links.store(Arc::new(links));
     }

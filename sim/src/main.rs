@@ -34,6 +34,17 @@ struct Args {
     min_peers: usize,
     #[arg(long, default_value_t = 8)]
     max_peers: usize,
+    /// Hello (ping) interval, hold time and periodic update interval, in milliseconds (the
+    /// sidecar's defaults; the demo runs 200, 1000 and 2000).
+    #[arg(long, default_value_t = 1000)]
+    hello_ms: u64,
+    #[arg(long, default_value_t = 3000)]
+    hold_ms: u64,
+    #[arg(long, default_value_t = 10_000)]
+    periodic_ms: u64,
+    /// Members start spread over this many milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    join_spread_ms: u64,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
@@ -43,6 +54,10 @@ fn main() -> ExitCode {
     let a = Args::parse();
     if !(0.0..1.0).contains(&a.loss) {
         eprintln!("genesis-sim: --loss must be in [0, 1), got {}", a.loss);
+        return ExitCode::from(2);
+    }
+    if a.hello_ms == 0 || a.hold_ms <= a.hello_ms || a.periodic_ms == 0 {
+        eprintln!("genesis-sim: need --hello-ms > 0, --hold-ms > --hello-ms and --periodic-ms > 0");
         return ExitCode::from(2);
     }
     if a.min_peers == 0 || a.min_peers > a.max_peers {
@@ -59,6 +74,10 @@ fn main() -> ExitCode {
         steady: Duration::from_secs(a.steady_secs),
         min_peers: a.min_peers,
         max_peers: a.max_peers,
+        hello_interval: Duration::from_millis(a.hello_ms),
+        hold_time: Duration::from_millis(a.hold_ms),
+        periodic_interval: Duration::from_millis(a.periodic_ms),
+        join_spread: Duration::from_millis(a.join_spread_ms),
         ..genesis_sim::Scenario::default()
     };
     let r = genesis_sim::run(&scenario);

@@ -1,0 +1,50 @@
+//! Simulated meshes at the sizes users run, checked for what they rely on: routes converge,
+//! no forwarding loop, no route through a revoked member once the CRL is applied, every member
+//! gets the CRL and the network-wide control message, and the mesh is quiet at rest. Times are
+//! reported (`genesis-sim --json`, docs/BENCHMARKS.md), never asserted here.
+
+use std::time::Duration;
+
+use genesis_sim::{run, Scenario};
+
+fn check(s: Scenario) {
+    let r = run(&s);
+    eprintln!("{}", serde_json::to_string(&r).unwrap());
+    assert!(r.invariants_ok, "{} members, seed {}: {:#?}", s.members, s.seed, r.violations);
+    assert!(r.routes_converged_ms.is_some());
+    assert_eq!(r.control_coverage, 1.0);
+    assert_eq!(r.revocation_applied_ms.count, s.members - 1, "every other member applied the CRL");
+    assert_eq!(r.steady_link_closes, 0, "links stay up at rest");
+    // Quiet at rest: at most a handful of route changes over the whole window.
+    assert!(
+        r.steady_route_changes_per_sec * s.steady.as_secs_f64() <= 5.0,
+        "{} route changes/s at rest",
+        r.steady_route_changes_per_sec
+    );
+}
+
+#[test]
+fn a_hundred_members_in_one_zone_converge_and_hold_every_invariant() {
+    check(Scenario { members: 100, steady: Duration::from_secs(5), ..Scenario::default() });
+}
+
+#[test]
+fn two_hundred_members_in_three_zones_with_loss_hold_every_invariant() {
+    check(Scenario {
+        members: 200,
+        zones: 3,
+        seed: 7,
+        loss: 0.01,
+        steady: Duration::from_secs(5),
+        ..Scenario::default()
+    });
+}
+
+#[test]
+fn the_same_seed_gives_the_same_run() {
+    let s = Scenario { members: 40, steady: Duration::from_secs(2), ..Scenario::default() };
+    let (a, b) = (run(&s), run(&s));
+    assert_eq!(a.routes_converged_ms, b.routes_converged_ms);
+    assert_eq!(a.links, b.links);
+    assert_eq!(a.revocation_applied_ms.max, b.revocation_applied_ms.max);
+}
