@@ -39,6 +39,9 @@ pub struct LinkQueues {
 }
 /// Commands queued for the core; senders wait when it is full (backpressure to links/streams).
 pub const CORE_QUEUE: usize = 8192;
+/// Commands handled at most before the node's outputs are carried out (bounds the latency a
+/// batch adds).
+const BATCH_COMMANDS: usize = 64;
 /// Envelopes whose acknowledgements are kept for the admin API.
 const MAX_ACKED_ENVELOPES: usize = 256;
 
@@ -392,7 +395,17 @@ pub async fn run_core(
         tokio::select! {
             _ = shutdown.cancelled() => break,
             cmd = commands.recv() => match cmd {
-                Some(cmd) => core.handle(cmd),
+                Some(cmd) => {
+                    core.handle(cmd);
+                    // What is already queued is handled before the node's outputs go out, so
+                    // route adverts triggered by a burst of frames leave as a few full frames.
+                    for _ in 1..BATCH_COMMANDS {
+                        match commands.try_recv() {
+                            Ok(cmd) => core.handle(cmd),
+                            Err(_) => break,
+                        }
+                    }
+                }
                 None => break,
             },
             _ = tick.tick() => core.on_tick(),

@@ -248,6 +248,8 @@ pub struct Node {
     draining: bool,
     log_level: Option<LogLevelHook>,
     out: VecDeque<Output>,
+    /// Route adverts to send, per neighbour and destination, flushed when outputs are polled.
+    pending_adverts: BTreeMap<String, BTreeMap<String, RouteAdvert>>,
 }
 
 impl std::fmt::Debug for Node {
@@ -297,6 +299,7 @@ impl Node {
             draining: false,
             log_level: None,
             out: VecDeque::new(),
+            pending_adverts: BTreeMap::new(),
         };
         node.sign_own_seqno();
         node
@@ -314,7 +317,25 @@ impl Node {
 
     /// The next thing to do, if any.
     pub fn poll(&mut self) -> Option<Output> {
+        if self.out.is_empty() {
+            self.flush_adverts();
+        }
         self.out.pop_front()
+    }
+
+    /// Route adverts gathered while handling inputs go out together, up to [`MAX_ADVERTS`] a
+    /// frame, the latest advert per destination only. NB: one frame per advert (as triggered
+    /// updates used to go) was thousands of frames a second per neighbour while a 100-member
+    /// mesh converged; a CPU-starved member then read them in bursts, its neighbours' frame
+    /// rate limits fired, and they banned each other.
+    fn flush_adverts(&mut self) {
+        let pending = std::mem::take(&mut self.pending_adverts);
+        for (to, adverts) in pending {
+            let adverts: Vec<RouteAdvert> = adverts.into_values().collect();
+            for chunk in adverts.chunks(MAX_ADVERTS) {
+                self.send(&to, Frame::RouteUpdate { adverts: chunk.to_vec() });
+            }
+        }
     }
 
     // ---- queries ----
@@ -1162,8 +1183,9 @@ impl Node {
                 RouteAction::Send { to, adverts } => {
                     let adverts: Vec<RouteAdvert> =
                         adverts.into_iter().filter_map(|a| self.with_proof(a)).collect();
-                    for chunk in adverts.chunks(MAX_ADVERTS) {
-                        self.send(&to, Frame::RouteUpdate { adverts: chunk.to_vec() });
+                    let batch = self.pending_adverts.entry(to).or_default();
+                    for a in adverts {
+                        batch.insert(a.dest.clone(), a);
                     }
                 }
                 RouteAction::RequestSeqno { dest, seqno, hops_left } => {
