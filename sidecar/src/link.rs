@@ -46,13 +46,14 @@ pub async fn listen(shared: Arc<Shared>, listener: TcpListener, shutdown: Cancel
             continue;
         }
         let shared = shared.clone();
+        let started = std::time::Instant::now();
         tokio::spawn(async move {
             let _ = tcp.set_nodelay(true);
             let acceptor = TlsAcceptor::from(shared.tls.load().server.clone());
             match tokio::time::timeout(CONNECT_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(tls)) => {
                     let chain = tls.get_ref().1.peer_certificates().map(|c| c.to_vec());
-                    run_link(shared, tls, chain, false, addr.to_string()).await;
+                    run_link(shared, tls, chain, false, addr.to_string(), started).await;
                 }
                 Ok(Err(e)) => refused(&shared, None, &addr.to_string(), &e.to_string()).await,
                 Err(_) => tracing::debug!(%addr, "inbound handshake timed out"),
@@ -63,6 +64,7 @@ pub async fn listen(shared: Arc<Shared>, listener: TcpListener, shutdown: Cancel
 
 /// Dials `addr` and runs the link.
 pub async fn dial(shared: Arc<Shared>, addr: String) {
+    let started = std::time::Instant::now();
     let failed = |reason: String| {
         shared.metrics.dials.with_label_values(&["failed"]).inc();
         Command::DialFailed { addr: addr.clone(), reason }
@@ -79,7 +81,7 @@ pub async fn dial(shared: Arc<Shared>, addr: String) {
         Ok(Ok(tls)) => {
             shared.metrics.dials.with_label_values(&["ok"]).inc();
             let chain = tls.get_ref().1.peer_certificates().map(|c| c.to_vec());
-            run_link(shared, tls, chain, true, addr).await;
+            run_link(shared, tls, chain, true, addr, started).await;
         }
         // The handshake failed: most often the peer's certificate was refused.
         Ok(Err(e)) => {
@@ -124,6 +126,7 @@ async fn run_link<S>(
     chain: Option<Vec<rustls::pki_types::CertificateDer<'static>>>,
     outbound: bool,
     addr: String,
+    started: std::time::Instant,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -219,6 +222,9 @@ async fn run_link<S>(
         heard: heard.clone(),
         cancel: cancel.clone(),
         link_id,
+        // The dialer waited about three round trips for the peer's hello (TCP, TLS 1.3,
+        // hello), the acceptor about two: a first cost for the link until pongs refine it.
+        rtt: Some(started.elapsed() / if outbound { 3 } else { 2 }),
     };
     if shared.commands.send(Command::LinkUp { link, reply: reply_tx }).await.is_err() {
         return;

@@ -242,6 +242,8 @@ pub struct NewLink {
     pub heard: Arc<AtomicU64>,
     pub cancel: CancellationToken,
     pub link_id: u64,
+    /// The round-trip time the handshake suggested.
+    pub rtt: Option<Duration>,
 }
 
 /// Everything that reaches the core.
@@ -431,8 +433,9 @@ impl Core {
         let wall = SystemTime::now();
         match cmd {
             Command::LinkUp { link, reply } => {
-                let NewLink { node, addr, peer, outbound, queues, heard, cancel, link_id } = link;
-                let up = LinkUp { node: node.clone(), addr, peer, outbound, link_id };
+                let NewLink { node, addr, peer, outbound, queues, heard, cancel, link_id, rtt } =
+                    link;
+                let up = LinkUp { node: node.clone(), addr, peer, outbound, link_id, rtt };
                 // NB: the link is registered before the node hears of it: what the node sends
                 // at once (our table, our peers, our CRL number) must find the link. Sent while it
                 // was not registered yet, the new neighbour got no routes until the next periodic

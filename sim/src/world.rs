@@ -325,6 +325,7 @@ impl World {
                             peer,
                             outbound: false,
                             link_id: link,
+                            rtt: Some(self.links.latency(from, to) * 2),
                         };
                         match node.handle_link_up(now, up) {
                             Ok(()) => {
@@ -346,6 +347,7 @@ impl World {
             Event::Accepted { from, to, link } => {
                 let to_name = self.members[to].name.clone();
                 let peer = self.members[to].peer.clone();
+                let rtt = Some(self.links.latency(from, to) * 2);
                 let Some(node) = self.members[from].node.as_mut() else { return };
                 let up = LinkUp {
                     node: to_name.clone(),
@@ -353,6 +355,7 @@ impl World {
                     peer,
                     outbound: true,
                     link_id: link,
+                    rtt,
                 };
                 match node.handle_link_up(now, up) {
                     Ok(()) => {

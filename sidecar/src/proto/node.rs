@@ -30,9 +30,11 @@ const SEEN_CONTROLS: usize = 4096;
 /// its own seqno's proof; keeping just the newest silently dropped those adverts, routes
 /// expired downstream, and the seqno requests that followed kept a 100-member mesh churning.
 const PROOFS_KEPT: usize = 3;
-/// The RTT a new link is costed at until its first pong: on the slow side, so the first
-/// measurement lowers the cost (good news) rather than raising it.
+/// The RTT a new link is costed at when its handshake gave no estimate: on the slow side for a
+/// cluster, so the first measurement lowers the cost (good news) rather than raising it.
 const INITIAL_RTT: Duration = Duration::from_millis(5);
+/// RTT samples a link's cost is taken from (the least of them).
+const RTT_WINDOW: usize = 8;
 /// Own sequence numbers per wall-clock second, when one is derived from the clock at start: a
 /// restarted member starts ahead of the proofs others still cache for its previous life, as
 /// long as it advanced its seqno fewer than this many times a second on average.
@@ -205,14 +207,16 @@ pub struct LinkUp {
     pub peer: PeerIdentity,
     pub outbound: bool,
     pub link_id: u64,
+    /// The round-trip time the handshake suggested, if measured: the link's first cost.
+    pub rtt: Option<Duration>,
 }
 
 struct LinkState {
     id: u64,
     outbound: bool,
     ping: Option<(u64, Time)>,
-    /// Smoothed RTT (EWMA, 1/4 weight to each sample) and the link cost last given to routing.
-    srtt: Option<Duration>,
+    /// The last RTT samples (at most [`RTT_WINDOW`]) and the link cost last given to routing.
+    rtts: VecDeque<Duration>,
     cost: u16,
     peer: PeerIdentity,
     /// When a frame last arrived on it, as far as the node saw.
@@ -407,7 +411,7 @@ impl Node {
     /// A link finished its handshake and hello. Refused (the caller closes it with the reason)
     /// while the peer is banned or we are full.
     pub fn handle_link_up(&mut self, now: Time, link: LinkUp) -> Result<(), String> {
-        let LinkUp { node, addr, peer, outbound, link_id } = link;
+        let LinkUp { node, addr, peer, outbound, link_id, rtt } = link;
         if let Some(existing) = self.links.get(&node) {
             // Both sides may dial each other at once. Keep the link dialled by the smaller
             // node name; both ends decide the same way.
@@ -426,10 +430,12 @@ impl Node {
             );
         }
         self.peers.on_connected(&node, &addr, now)?;
-        let cost = link_cost(INITIAL_RTT);
+        let first = rtt.unwrap_or(INITIAL_RTT);
+        let cost = link_cost(first);
+        let rtts = VecDeque::from([first]);
         self.links.insert(
             node.clone(),
-            LinkState { id: link_id, outbound, ping: None, srtt: None, cost, peer, heard: now },
+            LinkState { id: link_id, outbound, ping: None, rtts, cost, peer, heard: now },
         );
         self.count(Count::Handshake("ok"));
         tracing::info!(peer = %node, %addr, outbound, "link up");
@@ -637,8 +643,14 @@ impl Node {
         }
         link.ping = None;
         let rtt = now.saturating_sub(sent);
-        let srtt = link.srtt.map_or(rtt, |s| (s * 3 + rtt) / 4);
-        link.srtt = Some(srtt);
+        link.rtts.push_back(rtt);
+        if link.rtts.len() > RTT_WINDOW {
+            link.rtts.pop_front();
+        }
+        // NB: the least of the recent samples: a lost segment's retransmission, or a member
+        // busy for a moment, makes one sample late, not the path longer; a smoothed mean of
+        // such samples raised link costs by hundreds and moved routes all over the mesh.
+        let srtt = link.rtts.iter().min().copied().unwrap_or(rtt);
         // Hysteresis: routing hears about a cost change only when it moved by a fifth, so
         // RTT jitter under load does not churn routes.
         let cost = link_cost(srtt);
