@@ -127,6 +127,9 @@ impl Run {
 }
 
 pub fn run(args: &DemoArgs) -> ExitCode {
+    if let Err(e) = mesh::hop_limit(args.topology, usize::from(args.nodes)) {
+        return crate::fail(&e);
+    }
     let mut temp = None;
     let dir = match (&args.dir, args.keep) {
         (Some(d), _) => d.clone(),

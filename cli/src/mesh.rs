@@ -135,6 +135,55 @@ pub fn plan(topology: Topology, n: usize, seed: u64) -> Vec<(Vec<usize>, usize, 
         .collect()
 }
 
+/// The sidecars' timers for a mesh of `n` members on one machine. Up to 50, snappy ones:
+/// failures show within a second. Beyond, the sidecar's defaults: every member on the same
+/// few cores sends a ping per link per hello and its whole table per periodic update, and at
+/// 200 members the snappy timers alone kept two cores busy.
+pub fn timers(n: usize) -> [&'static str; 8] {
+    if n <= 50 {
+        [
+            "--hello-interval",
+            "200ms",
+            "--hold-time",
+            "1s",
+            "--periodic-update-interval",
+            "2s",
+            "--exchange-interval",
+            "1s",
+        ]
+    } else {
+        [
+            "--hello-interval",
+            "1s",
+            "--hold-time",
+            "3s",
+            "--periodic-update-interval",
+            "10s",
+            "--exchange-interval",
+            "10s",
+        ]
+    }
+}
+
+/// The sidecars' hop limit for `n` members laid out as `topology`: the default 16, or the
+/// line's length (its longest path is n - 1 hops), up to the sidecar's ceiling of 64.
+pub fn hop_limit(topology: Topology, n: usize) -> Result<u8, String> {
+    const DEFAULT: usize = 16;
+    const CEILING: usize = 64;
+    let longest = match topology {
+        Topology::Line => n.saturating_sub(1),
+        Topology::Sparse | Topology::Star => 0,
+    };
+    if longest > CEILING {
+        return Err(format!(
+            "a line of {n} members has a longest path of {longest} hops, over the hop limit of \
+             {CEILING}; use --nodes {} or fewer, or --topology sparse",
+            CEILING + 1
+        ));
+    }
+    Ok(longest.max(DEFAULT) as u8)
+}
+
 /// Child processes that must not outlive us: killed on drop, and by the signal handler.
 #[derive(Debug, Default, Clone)]
 pub struct Children(Arc<Mutex<Vec<(String, Child)>>>);
@@ -352,9 +401,8 @@ pub fn start_member(
         .args(["--admin-listen", &member.admin, "--app-host", &member.ip])
         .args(["--allowed-ports", &APP_PORT.to_string()])
         .args(["--min-peers", &min_peers.to_string(), "--max-peers", &max_peers.to_string()])
-        // Snappy timers for one machine: failures show within a second.
-        .args(["--hello-interval", "200ms", "--hold-time", "1s"])
-        .args(["--periodic-update-interval", "2s", "--exchange-interval", "1s"])
+        .args(["--max-hops", &hop_limit(spec.topology, spec.nodes)?.to_string()])
+        .args(timers(spec.nodes))
         .arg("--audit-log")
         .arg(&member.audit);
     if !member.anchors.is_empty() {

@@ -57,6 +57,26 @@ fn default_demo_runs_every_stage_cuts_the_revoked_member_off_and_leaves_nothing_
     }
 }
 
+/// The size users run is past the demo's 12: a 50-member mesh of real processes passes every
+/// stage too (issue 14; larger meshes are in docs/BENCHMARKS.md).
+#[test]
+fn a_fifty_member_demo_passes_every_stage() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = genesisctl()
+        .args(["demo", "--nodes", "50", "--json", "--subnet", "127.200.2", "--dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let summary: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    let failed: Vec<&Value> =
+        summary["stages"].as_array().unwrap().iter().filter(|s| s["ok"] != true).collect();
+    assert!(failed.is_empty(), "{failed:#?}");
+    assert!(out.status.success());
+    assert_eq!(summary["nodes"], 50);
+    assert_eq!(summary["leftRunning"], false);
+}
+
 /// Process ids whose command line mentions `text`.
 fn processes_mentioning(text: &str) -> Vec<u32> {
     std::fs::read_dir("/proc")

@@ -573,6 +573,13 @@ impl Node {
         if ty != FrameType::Data {
             // Data frames are counted by the driver's link readers, which relay most of them.
             self.count(Count::FrameIn(ty, size));
+        }
+        // NB: route updates pass outside the frame-rate budget: they answer our own link-ups
+        // and the mesh's changes, and a member that was short of CPU reads a neighbour's in a
+        // burst; counted against the budget, 200 members on two cores banned each other and
+        // never converged. A forged advert costs its sender reputation on its own (invalid),
+        // and a repeated one is a cache hit.
+        if !matches!(ty, FrameType::Data | FrameType::RouteUpdate) {
             let (admit, actions) = self.peers.admit(from, now);
             self.peer_actions(now, actions);
             if admit == Admit::Drop {
