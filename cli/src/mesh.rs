@@ -140,29 +140,18 @@ pub fn plan(topology: Topology, n: usize, seed: u64) -> Vec<(Vec<usize>, usize, 
 /// few cores sends a ping per link per hello and its whole table per periodic update, and at
 /// 200 members the snappy timers alone kept two cores busy.
 pub fn timers(n: usize) -> [&'static str; 8] {
-    if n <= 50 {
-        [
-            "--hello-interval",
-            "200ms",
-            "--hold-time",
-            "1s",
-            "--periodic-update-interval",
-            "2s",
-            "--exchange-interval",
-            "1s",
-        ]
-    } else {
-        [
-            "--hello-interval",
-            "1s",
-            "--hold-time",
-            "3s",
-            "--periodic-update-interval",
-            "10s",
-            "--exchange-interval",
-            "10s",
-        ]
-    }
+    let (hello, hold, periodic, exchange) =
+        if n <= 50 { ("200ms", "1s", "2s", "1s") } else { ("1s", "3s", "10s", "10s") };
+    [
+        "--hello-interval",
+        hello,
+        "--hold-time",
+        hold,
+        "--periodic-update-interval",
+        periodic,
+        "--exchange-interval",
+        exchange,
+    ]
 }
 
 /// The sidecars' hop limit for `n` members laid out as `topology`: the default 16, or the

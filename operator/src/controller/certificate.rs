@@ -125,15 +125,21 @@ async fn set_status(
     apply_status(&api, &cert.name_any(), status).await
 }
 
-/// Applies the issuance record, whole, as [`ISSUANCE_MANAGER`].
-async fn set_issuance(
+/// Applies the issuance `record` whole with its `issuing` condition, as
+/// [`ISSUANCE_MANAGER`], then the controller's `ready` condition.
+async fn apply_issuance(
     ctx: &Context,
     cert: &Certificate,
-    record: serde_json::Value,
+    mut record: serde_json::Value,
+    issuing: serde_json::Value,
+    ready: serde_json::Value,
 ) -> Result<(), Error> {
+    record["conditions"] = json!([issuing]);
     let api: Api<Certificate> =
         Api::namespaced(ctx.client.clone(), &cert.namespace().unwrap_or_default());
-    apply_status_as(&api, &cert.name_any(), record, ISSUANCE_MANAGER).await
+    apply_status_as(&api, &cert.name_any(), record, ISSUANCE_MANAGER).await?;
+    let generation = cert.meta().generation;
+    set_status(ctx, cert, json!({"observedGeneration": generation, "conditions": [ready]})).await
 }
 
 /// One reconcile of one Certificate.
@@ -315,15 +321,8 @@ pub async fn reconcile(cert: Arc<Certificate>, ctx: Arc<Context>) -> Result<Acti
                     );
                     let issuing =
                         condition_of(&*cert, "Issuing", true, "Issued", String::new(), now);
-                    let mut record = issued_status(&cert, &issued, &issuer);
-                    record["conditions"] = json!([issuing]);
-                    set_issuance(&ctx, &cert, record).await?;
-                    set_status(
-                        &ctx,
-                        &cert,
-                        json!({"observedGeneration": generation, "conditions": [ready]}),
-                    )
-                    .await?;
+                    let record = issued_status(&cert, &issued, &issuer);
+                    apply_issuance(&ctx, &cert, record, issuing, ready).await?;
                     Ok(Action::requeue(until(now, issued.renewal_time)))
                 }
                 Err(e) => {
@@ -349,14 +348,7 @@ pub async fn reconcile(cert: Arc<Certificate>, ctx: Arc<Context>) -> Result<Acti
                     let mut record = held_record(&status);
                     record["failedIssuanceAttempts"] = json!(count);
                     record["lastFailureTime"] = json!(rfc3339(now));
-                    record["conditions"] = json!([issuing]);
-                    set_issuance(&ctx, &cert, record).await?;
-                    set_status(
-                        &ctx,
-                        &cert,
-                        json!({"observedGeneration": generation, "conditions": [ready]}),
-                    )
-                    .await?;
+                    apply_issuance(&ctx, &cert, record, issuing, ready).await?;
                     Ok(Action::requeue(decide::backoff(count)))
                 }
             }
