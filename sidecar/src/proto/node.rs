@@ -1278,3 +1278,6 @@ impl Node {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
