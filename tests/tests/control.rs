@@ -213,6 +213,12 @@ fn policy_update_route_reset_and_shutdown_are_applied() {
         "expect=3&wait=5000",
     );
     assert_eq!((status, answer["rule"].as_str()), (202, Some("clients-reset-routes")), "{answer}");
+    // Every member answers, though the reset forgets the way back to the origin.
+    assert_eq!(
+        answer["acks"].as_array().unwrap().iter().filter(|a| a["applied"] == true).count(),
+        3,
+        "{answer}"
+    );
     let seqno_after = nodes[2].admin_json("/admin/identity")["routeSeqno"].as_u64().unwrap();
     assert_ne!(seqno_before, seqno_after, "p2 reset its routing state");
     wait_for(Duration::from_secs(10), "routes to be relearned", || nodes[0].routes().len() == 2);

@@ -893,13 +893,17 @@ impl Node {
                     id: acc.envelope.id.clone(),
                 };
                 if acc.envelope.scope.targets(&self.identity) {
-                    // NB: drain and shutdown close every link, so their answer goes out first
-                    // (queued control frames are flushed before a link closes).
-                    let closes_links = matches!(
+                    // NB: drain and shutdown close every link, and a route reset forgets the
+                    // way back to the origin, so their answer goes out first (queued control
+                    // frames are flushed before a link closes). Answered after the reset, a
+                    // network-wide route reset reported "1/18 applied" though all had applied it.
+                    let answer_first = matches!(
                         acc.envelope.verb,
-                        genesis_trust::Verb::Drain | genesis_trust::Verb::Shutdown
+                        genesis_trust::Verb::Drain
+                            | genesis_trust::Verb::Shutdown
+                            | genesis_trust::Verb::RouteReset
                     );
-                    let applied = if closes_links {
+                    let applied = if answer_first {
                         self.ack(&origin, &acc.envelope.id, Ok(acc.rule.clone()));
                         self.apply_control(now, wall, &acc.envelope)
                     } else {
