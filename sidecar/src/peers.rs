@@ -349,6 +349,30 @@ impl PeerSet {
 
     /// Records conduct; returns a ban (and disconnect) when the score falls below the threshold.
     pub fn record(&mut self, node: &str, conduct: Conduct, now: Time) -> Vec<PeerAction> {
+        // A member that never linked can still misbehave (a garbage or lying hello): it is
+        // remembered, so the offence counts and a ban holds. Its certificate verified, so these
+        // entries are bounded by the network's members.
+        if matches!(conduct, Conduct::BadIdentity | Conduct::InvalidFrame)
+            && !self.peers.contains_key(node)
+            && node != self.me
+        {
+            let burst = f64::from(self.config.frame_burst);
+            self.peers.insert(
+                node.to_owned(),
+                Peer {
+                    addr: String::new(),
+                    anchor: false,
+                    score: INITIAL_SCORE,
+                    connected_since: None,
+                    banned_until: None,
+                    bans: 0,
+                    rtt: None,
+                    tokens: burst,
+                    refilled: now,
+                    last_penalty: None,
+                },
+            );
+        }
         let Some(p) = self.peers.get_mut(node) else { return Vec::new() };
         if let Conduct::Pong(rtt) = conduct {
             p.rtt = Some(rtt);

@@ -214,3 +214,18 @@ fn an_anchor_that_backs_off_is_not_replaced_by_a_learned_peer_beyond_min_peers()
         .collect();
     assert!(dials.is_empty(), "{dials:?}");
 }
+
+#[test]
+fn a_garbage_hello_from_a_member_that_never_linked_costs_it_and_bans_it() {
+    let mut p = set(&[]);
+    let actions = p.record("stranger", Conduct::BadIdentity, Time::ZERO);
+    assert!(
+        matches!(&actions[..], [PeerAction::Banned { node, .. }] if node == "stranger"),
+        "{actions:?}"
+    );
+    assert!(p.is_banned("stranger", secs(1)));
+    assert!(p.admit_inbound("stranger", secs(1)).unwrap_err().contains("banned"));
+    // Good conduct of a stranger is not remembered: nothing to track it by.
+    assert!(p.record("nobody", Conduct::Pong(Duration::from_millis(1)), Time::ZERO).is_empty());
+    assert!(p.level("nobody", Time::ZERO).is_none());
+}
