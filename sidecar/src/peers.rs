@@ -144,6 +144,24 @@ struct Peer {
     last_penalty: Option<Time>,
 }
 
+impl Peer {
+    /// A peer we know nothing about yet, at `addr` (empty: none known), with a full bucket.
+    fn new(addr: &str, anchor: bool, burst: f64, now: Time) -> Self {
+        Peer {
+            addr: addr.to_owned(),
+            anchor,
+            score: INITIAL_SCORE,
+            connected_since: None,
+            banned_until: None,
+            bans: 0,
+            rtt: None,
+            tokens: burst,
+            refilled: now,
+            last_penalty: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 struct Dial {
     /// The member at that address, when learned from a peer exchange (empty for anchors).
@@ -287,18 +305,10 @@ impl PeerSet {
         self.check_room(node, now)?;
         let burst = f64::from(self.config.frame_burst);
         let anchor = self.dials.get(addr).is_some_and(|d| d.anchor);
-        let peer = self.peers.entry(node.to_owned()).or_insert_with(|| Peer {
-            addr: addr.to_owned(),
-            anchor,
-            score: INITIAL_SCORE,
-            connected_since: None,
-            banned_until: None,
-            bans: 0,
-            rtt: None,
-            tokens: burst,
-            refilled: now,
-            last_penalty: None,
-        });
+        let peer = self
+            .peers
+            .entry(node.to_owned())
+            .or_insert_with(|| Peer::new(addr, anchor, burst, now));
         if !addr.is_empty() {
             peer.addr = addr.to_owned();
             peer.anchor = anchor;
@@ -357,21 +367,7 @@ impl PeerSet {
             && node != self.me
         {
             let burst = f64::from(self.config.frame_burst);
-            self.peers.insert(
-                node.to_owned(),
-                Peer {
-                    addr: String::new(),
-                    anchor: false,
-                    score: INITIAL_SCORE,
-                    connected_since: None,
-                    banned_until: None,
-                    bans: 0,
-                    rtt: None,
-                    tokens: burst,
-                    refilled: now,
-                    last_penalty: None,
-                },
-            );
+            self.peers.insert(node.to_owned(), Peer::new("", false, burst, now));
         }
         let Some(p) = self.peers.get_mut(node) else { return Vec::new() };
         if let Conduct::Pong(rtt) = conduct {

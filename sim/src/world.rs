@@ -177,8 +177,6 @@ pub struct World {
     pub proof_check: ProofCheck,
     /// The last whole-network check slot (see `every` in the scenario).
     pub check_slot: Mutex<Option<u128>>,
-    /// Members cut off from everyone else (a partition), by index.
-    pub isolated: std::collections::HashSet<usize>,
     events: BinaryHeap<Reverse<(Time, u64, usize)>>,
     payloads: HashMap<usize, Event>,
     next_event: u64,
@@ -216,7 +214,6 @@ impl World {
             rng: Rng::new(seed),
             proof_check,
             check_slot: Mutex::new(None),
-            isolated: Default::default(),
             events: BinaryHeap::new(),
             payloads: HashMap::new(),
             next_event: 0,
@@ -304,8 +301,7 @@ impl World {
             Event::Connect { from, to } => {
                 let from_name = self.members[from].name.clone();
                 let peer = self.members[from].peer.clone();
-                let cut = self.isolated.contains(&from) != self.isolated.contains(&to);
-                let Some(node) = self.members[to].node.as_mut().filter(|_| !cut) else {
+                let Some(node) = self.members[to].node.as_mut() else {
                     let at = now + self.links.latency(to, from);
                     self.schedule(at, Event::DialFailed { from, to });
                     return;
@@ -415,9 +411,6 @@ impl World {
         *self.tally.by_type.entry(frame.frame_type().as_str()).or_default() += 1;
         self.tally.frames_out[from] += 1;
         self.tally.bytes_out[from] += size as u64;
-        if self.isolated.contains(&from) != self.isolated.contains(&to) {
-            return; // a partition swallows it; the hold time will notice
-        }
         let base = self.links.latency(from, to);
         let jitter = 1.0 + self.links.jitter * (self.rng.unit() * 2.0 - 1.0);
         let mut at = self.now + base.mul_f64(jitter.max(0.0));

@@ -386,14 +386,6 @@ impl Node {
         self.draining
     }
 
-    /// Memory held for other members' proofs, routes and duplicate suppression (entries).
-    pub fn state_entries(&self) -> usize {
-        self.proofs.values().map(Vec::len).sum::<usize>()
-            + self.routes.route_count()
-            + self.broadcasts.len()
-            + self.controls.len()
-    }
-
     // ---- links ----
 
     /// Whether an inbound link from `node` may start; a refusal carries addresses worth
