@@ -17,11 +17,12 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
+use tokio::io::AsyncWriteExt;
 use tokio::sync::oneshot;
 
 use crate::http::{error, json, Body};
 use crate::node::{Command, Shared};
-use crate::stream::{open_tunnel, send_message, MAX_MESSAGE};
+use crate::stream::{open_tunnel, reset_tcp, send_message, MAX_MESSAGE};
 
 /// Messages returned per receive call.
 const MAX_RECEIVE_BATCH: usize = 256;
@@ -125,14 +126,27 @@ async fn connect(shared: Arc<Shared>, mut req: Request<Incoming>) -> Response<Bo
     };
     let on_upgrade = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {
-        if let Ok(upgraded) = on_upgrade.await {
-            let mut app = TokioIo::new(upgraded);
-            match tokio::io::copy_bidirectional(&mut app, &mut tunnel).await {
-                Ok((up, down)) => {
-                    shared.metrics.stream_bytes.with_label_values(&["out"]).inc_by(up);
-                    shared.metrics.stream_bytes.with_label_values(&["in"]).inc_by(down);
-                }
-                Err(e) => tracing::warn!(%node, port, error = %e, "tunnel ended with an error"),
+        let Ok(upgraded) = on_upgrade.await else { return };
+        // Back to the app's own TCP socket, so a broken tunnel can reset it.
+        let (mut app, early) = match upgraded.downcast::<TokioIo<tokio::net::TcpStream>>() {
+            Ok(parts) => (parts.io.into_inner(), parts.read_buf),
+            Err(_) => {
+                tracing::error!(%node, port, "the upgraded connection is not a TCP socket");
+                return;
+            }
+        };
+        let copied = async {
+            tunnel.write_all(&early).await?;
+            tokio::io::copy_bidirectional(&mut app, &mut tunnel).await
+        };
+        match copied.await {
+            Ok((up, down)) => {
+                shared.metrics.stream_bytes.with_label_values(&["out"]).inc_by(up);
+                shared.metrics.stream_bytes.with_label_values(&["in"]).inc_by(down);
+            }
+            Err(e) => {
+                tracing::warn!(%node, port, error = %e, "tunnel ended with an error: resetting");
+                reset_tcp(app);
             }
         }
     });

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::frame::{Data, Frame, FrameDecoder};
 use crate::node::{Command, LinkQueues, NewLink, Shared, CONTROL_QUEUE, DATA_QUEUE};
-use crate::proto::forward::{self, Forward};
+use crate::proto::forward::{FlowPins, Forward};
 
 /// Connecting and the TLS handshake must finish within this.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -177,6 +177,7 @@ async fn run_link<S>(
         return;
     }
     let mut decoder = FrameDecoder::new();
+    let mut pins = FlowPins::default();
     let mut buf = vec![0u8; READ_CHUNK];
     let first =
         tokio::time::timeout(HELLO_TIMEOUT, next_frame(&mut decoder, &mut reader, &mut buf)).await;
@@ -287,7 +288,8 @@ async fn run_link<S>(
                     heard.store(shared.now().as_millis() as u64, Ordering::Relaxed);
                     let frame = match frame {
                         // Data takes the fast path; only exceptions reach the core.
-                        Frame::Data(d) => match relay_or_deliver(&shared, d, size).await {
+                        Frame::Data(d) => match relay_or_deliver(&shared, &mut pins, d, size).await
+                        {
                             Some(d) => Frame::Data(d),
                             None => continue,
                         },
@@ -333,13 +335,22 @@ async fn run_link<S>(
 
 /// The data fast path of a link reader: deliver to a local stream, or relay to the next hop,
 /// waiting for room in either queue (hop-by-hop backpressure, never a drop). Returns the frame
-/// when the core must decide (hop limit reached, no route).
-async fn relay_or_deliver(shared: &Arc<Shared>, mut d: Data, size: usize) -> Option<Data> {
+/// when the core must decide (hop limit reached, no route). `pins` keeps each stream that
+/// arrives on this link on one next hop.
+async fn relay_or_deliver(
+    shared: &Arc<Shared>,
+    pins: &mut FlowPins,
+    mut d: Data,
+    size: usize,
+) -> Option<Data> {
     let m = &shared.metrics;
     m.frames.with_label_values(&["data", "in"]).inc();
     m.bytes.with_label_values(&["in"]).inc_by(size as u64);
     let next_hop = |dst: &str| shared.data.next_hops.load().get(dst).cloned();
-    let (next, ttl) = match forward::decide(shared.identity.node(), &d, true, next_hop) {
+    let links = shared.data.links.load();
+    let alive = |n: &str| links.get(n).is_some_and(|tx| !tx.is_closed());
+    let now = std::time::Instant::now();
+    let (next, ttl) = match pins.decide(shared.identity.node(), &d, now, alive, next_hop) {
         Forward::Deliver => {
             crate::stream::deliver(shared.clone(), d).await;
             return None;
@@ -348,7 +359,8 @@ async fn relay_or_deliver(shared: &Arc<Shared>, mut d: Data, size: usize) -> Opt
         // The node decides again and answers the source.
         Forward::Drop { .. } => return Some(d),
     };
-    let Some(tx) = shared.data.links.load().get(&next).cloned() else { return Some(d) };
+    let Some(tx) = links.get(&next).cloned() else { return Some(d) };
+    drop(links);
     d.ttl = ttl;
     shared.capture_relayed(&d.payload);
     let frame = Frame::Data(d).encode();

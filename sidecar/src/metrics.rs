@@ -21,6 +21,7 @@ pub struct Metrics {
     pub bans: IntCounter,
     pub invalid_frames: IntCounterVec,
     pub streams: IntCounterVec,
+    pub streams_reset: IntCounterVec,
     pub stream_bytes: IntCounterVec,
     pub messages: IntCounterVec,
     pub crl_number: IntGauge,
@@ -118,6 +119,14 @@ impl Metrics {
             streams: reg!(IntCounterVec::new(
                 opts("streams_total", "End-to-end streams by direction and result"),
                 &["direction", "result"]
+            )),
+            streams_reset: reg!(IntCounterVec::new(
+                opts(
+                    "streams_reset_total",
+                    "End-to-end streams ended by a reset instead of a clean close (sent: this \
+                     end gave up on one; received: the far end, a relay or a lost path ended it)"
+                ),
+                &["direction"]
             )),
             stream_bytes: reg!(IntCounterVec::new(
                 opts("stream_bytes_total", "Application bytes through end-to-end streams"),

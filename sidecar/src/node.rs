@@ -20,6 +20,7 @@ use crate::config::Config;
 use crate::frame::{ControlAck, DataKind, Frame, FrameError, FrameType, PeerAddr};
 use crate::metrics::Metrics;
 use crate::peers::{Level, PeerView};
+use crate::proto::seen::SeenSet;
 use crate::proto::{Count, LinkUp, Node, NodeConfig, Output};
 use crate::routing::{RouteView, Time};
 
@@ -77,7 +78,6 @@ pub struct TlsConfigs {
 /// What the data path needs without going through the core: published by the core as
 /// snapshots, read by link readers (relaying) and stream writers (sending) so data frames get
 /// hop-by-hop backpressure instead of being dropped at a full queue.
-#[derive(Default)]
 pub struct DataPlane {
     /// Destination → next hop.
     pub next_hops: ArcSwap<HashMap<String, String>>,
@@ -85,12 +85,74 @@ pub struct DataPlane {
     pub links: ArcSwap<HashMap<String, mpsc::Sender<Bytes>>>,
     /// Open end-to-end streams.
     pub flows: Mutex<HashMap<FlowKey, mpsc::Sender<FlowEvent>>>,
+    /// The link each of this member's own streams is pinned to (see `FlowTransport`).
+    pinned: Mutex<HashMap<FlowKey, mpsc::Sender<Bytes>>>,
+    /// Unknown streams already answered with a reset (each is answered once, so frames
+    /// forged in another member's name cannot turn this member into a reflector).
+    answered: Mutex<SeenSet<FlowKey>>,
+}
+
+impl Default for DataPlane {
+    fn default() -> Self {
+        DataPlane {
+            next_hops: Default::default(),
+            links: Default::default(),
+            flows: Default::default(),
+            pinned: Default::default(),
+            answered: Mutex::new(SeenSet::new(4096)),
+        }
+    }
 }
 
 impl DataPlane {
     /// The stream registered for `key`.
     pub fn flow(&self, key: &FlowKey) -> Option<mpsc::Sender<FlowEvent>> {
         self.flows.lock().unwrap_or_else(|p| p.into_inner()).get(key).cloned()
+    }
+
+    /// Records the link the stream `key` is pinned to.
+    pub fn pin(&self, key: &FlowKey, link: mpsc::Sender<Bytes>) {
+        self.pinned.lock().unwrap_or_else(|p| p.into_inner()).insert(key.clone(), link);
+    }
+
+    /// Forgets a stream (it ended).
+    pub fn remove_flow(&self, key: &FlowKey) {
+        self.flows.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
+        self.pinned.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
+    }
+
+    /// Ends every stream pinned to a link that closed: its records are lost with the link, so
+    /// the stream cannot go on, and its app hears so now rather than at its next write.
+    pub fn end_flows_on_closed_links(&self) {
+        let broken: Vec<FlowKey> = self
+            .pinned
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|(_, link)| link.is_closed())
+            .map(|(k, _)| k.clone())
+            .collect();
+        let flows = self.flows.lock().unwrap_or_else(|p| p.into_inner());
+        for key in broken {
+            if let Some(tx) = flows.get(&key) {
+                let reason = format!("the stream's path to {} broke (a link closed)", key.0);
+                let _ = tx.try_send(FlowEvent::Unreachable(reason));
+            }
+        }
+    }
+
+    /// `true` the first time data for the unknown stream `key` arrives.
+    pub fn first_unknown(&self, key: &FlowKey) -> bool {
+        self.answered.lock().unwrap_or_else(|p| p.into_inner()).insert(key.clone())
+    }
+
+    /// Ends every stream with a member that is no longer reachable: its app sees an error
+    /// within the hold time, not a hang.
+    pub fn end_flows_to(&self, gone: &HashSet<&String>) {
+        let flows = self.flows.lock().unwrap_or_else(|p| p.into_inner());
+        for ((remote, _), tx) in flows.iter().filter(|((r, _), _)| gone.contains(r)) {
+            let _ = tx.try_send(FlowEvent::Unreachable(format!("{remote} became unreachable")));
+        }
     }
 }
 
@@ -577,6 +639,7 @@ impl Core {
                             self.current.remove(&node);
                         }
                         self.publish_links();
+                        self.shared.data.end_flows_on_closed_links();
                     }
                 }
                 Output::Dial { addr } => {
@@ -689,7 +752,12 @@ impl Core {
         self.metrics().routes.set(self.node.route_count() as i64);
         let hops: HashMap<String, String> =
             self.node.routes().into_iter().map(|r| (r.dest, r.next_hop)).collect();
-        if **self.shared.data.next_hops.load() != hops {
+        let old = self.shared.data.next_hops.load();
+        if **old != hops {
+            let gone: HashSet<&String> = old.keys().filter(|d| !hops.contains_key(*d)).collect();
+            if !gone.is_empty() {
+                self.shared.data.end_flows_to(&gone);
+            }
             self.shared.data.next_hops.store(Arc::new(hops));
         }
     }

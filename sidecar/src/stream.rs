@@ -53,11 +53,15 @@ pub struct FlowTransport {
     inbound: mpsc::Receiver<FlowEvent>,
     pending: Vec<u8>,
     pos: usize,
-    /// The link towards the destination, re-picked when the route changes.
+    /// The link this stream's frames take, picked once: a stream stays on its path, so a
+    /// route change between equal paths cannot reorder its records. Its loss ends the stream.
     link: Option<(String, PollSender<Bytes>)>,
     open_header: Option<[u8; OPEN_HEADER]>,
     eof: bool,
+    /// This end said a clean goodbye (StreamClose).
     shut: bool,
+    /// The far end already knows the stream is over (it reset it, or it is unreachable).
+    ended: bool,
 }
 
 impl FlowTransport {
@@ -78,6 +82,7 @@ impl FlowTransport {
             open_header,
             eof: false,
             shut: false,
+            ended: false,
         }
     }
 
@@ -89,22 +94,32 @@ impl FlowTransport {
         payload: &[u8],
     ) -> Poll<io::Result<()>> {
         let dst = &self.key.0;
-        let next = self.shared.data.next_hops.load().get(dst).cloned();
-        let Some(next) = next else {
+        if !self.shared.data.next_hops.load().contains_key(dst) {
             return Poll::Ready(Err(io::Error::new(
                 io::ErrorKind::ConnectionAborted,
                 format!("no route to {dst}"),
             )));
-        };
-        let stale = self.link.as_ref().is_none_or(|(n, tx)| *n != next || tx.is_closed());
-        if stale {
-            let Some(tx) = self.shared.data.links.load().get(&next).cloned() else {
+        }
+        match &self.link {
+            Some((next, tx)) if tx.is_closed() => {
                 return Poll::Ready(Err(io::Error::new(
-                    io::ErrorKind::ConnectionAborted,
-                    format!("the link to {next} closed"),
+                    io::ErrorKind::ConnectionReset,
+                    format!("the stream's path to {dst} broke: the link to {next} closed"),
                 )));
-            };
-            self.link = Some((next, PollSender::new(tx)));
+            }
+            Some(_) => {}
+            None => {
+                let next = self.shared.data.next_hops.load().get(dst).cloned();
+                let tx = next.as_ref().and_then(|n| self.shared.data.links.load().get(n).cloned());
+                let (Some(next), Some(tx)) = (next, tx) else {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::ConnectionAborted,
+                        format!("no open link towards {dst}"),
+                    )));
+                };
+                self.shared.data.pin(&self.key, tx.clone());
+                self.link = Some((next, PollSender::new(tx)));
+            }
         }
         let (_, sender) = self.link.as_mut().expect("set above");
         ready!(sender.poll_reserve(cx)).map_err(|_| broken())?;
@@ -126,10 +141,24 @@ impl FlowTransport {
 }
 
 impl Drop for FlowTransport {
+    /// A stream dropped without its clean goodbye (an error, a timeout, a task that gave up)
+    /// is reset: the far end hears of it at once instead of waiting on a dead stream.
     fn drop(&mut self) {
-        self.shared.data.flows.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.key);
+        self.shared.data.remove_flow(&self.key);
+        if !self.shut && !self.ended {
+            self.shared.metrics.streams_reset.with_label_values(&["sent"]).inc();
+            let _ = self.shared.commands.try_send(Command::SendData {
+                dst: self.key.0.clone(),
+                kind: DataKind::Unreachable,
+                flow: self.key.1,
+                payload: format!("{RESET_PREFIX}{}", self.shared.identity.node()).into_bytes(),
+            });
+        }
     }
 }
+
+/// How a stream reset from its far end reads (an `Unreachable` frame from the far end itself).
+const RESET_PREFIX: &str = "stream reset by ";
 
 impl AsyncRead for FlowTransport {
     fn poll_read(
@@ -155,10 +184,12 @@ impl AsyncRead for FlowTransport {
                 }
                 Some(FlowEvent::Close) | None => this.eof = true,
                 Some(FlowEvent::Unreachable(reason)) => {
+                    this.ended = true;
+                    this.shared.metrics.streams_reset.with_label_values(&["received"]).inc();
                     return Poll::Ready(Err(io::Error::new(
-                        io::ErrorKind::ConnectionAborted,
+                        io::ErrorKind::ConnectionReset,
                         reason,
-                    )))
+                    )));
                 }
             }
         }
@@ -205,7 +236,7 @@ impl AsyncWrite for FlowTransport {
 }
 
 fn broken() -> io::Error {
-    io::Error::new(io::ErrorKind::BrokenPipe, "sidecar core stopped")
+    io::Error::new(io::ErrorKind::BrokenPipe, "the link carrying this stream closed")
 }
 
 type ClientStream = tokio_rustls::client::TlsStream<FlowTransport>;
@@ -336,7 +367,7 @@ async fn refuse_open(shared: &Arc<Shared>, key: &FlowKey, reason: &str) {
             payload: reason.as_bytes().to_vec(),
         })
         .await;
-    shared.data.flows.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
+    shared.data.remove_flow(key);
 }
 
 /// Hands a data frame addressed to this member to its stream, waiting while the stream's queue
@@ -355,7 +386,26 @@ pub async fn deliver(shared: Arc<Shared>, d: Data) {
                 shared.data.flows.lock().unwrap_or_else(|p| p.into_inner()).insert(key.clone(), tx);
                 accept(shared, key, d.payload, rx);
             }
-            None => shared.metrics.dropped.with_label_values(&["unknown_flow"]).inc(),
+            None => {
+                // The stream ended here (or this member restarted): tell its source once, so
+                // it does not wait on a stream nobody serves.
+                shared.metrics.dropped.with_label_values(&["unknown_flow"]).inc();
+                if shared.data.first_unknown(&key) {
+                    let _ = shared
+                        .commands
+                        .send(Command::SendData {
+                            dst: key.0,
+                            kind: DataKind::Unreachable,
+                            flow: key.1,
+                            payload: format!(
+                                "{RESET_PREFIX}{} (it holds no such stream)",
+                                shared.identity.node()
+                            )
+                            .into_bytes(),
+                        })
+                        .await;
+                }
+            }
         },
         DataKind::StreamClose => {
             if let Some(tx) = shared.data.flow(&key) {
@@ -363,18 +413,20 @@ pub async fn deliver(shared: Arc<Shared>, d: Data) {
             }
         }
         DataKind::Unreachable => {
-            // From a relay or the destination: our flow is keyed by the destination, so match
-            // on the flow id.
+            // From the far end itself (a reset): the flow is keyed by it. From a relay: our
+            // flow is keyed by the destination, so match on the flow id.
             let reason = String::from_utf8_lossy(&d.payload).into_owned();
-            let flows: Vec<mpsc::Sender<FlowEvent>> = shared
-                .data
-                .flows
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .iter()
-                .filter(|((_, flow), _)| *flow == d.flow)
-                .map(|(_, tx)| tx.clone())
-                .collect();
+            let flows: Vec<mpsc::Sender<FlowEvent>> = {
+                let flows = shared.data.flows.lock().unwrap_or_else(|p| p.into_inner());
+                match flows.get(&key) {
+                    Some(tx) => vec![tx.clone()],
+                    None => flows
+                        .iter()
+                        .filter(|((_, flow), _)| *flow == d.flow)
+                        .map(|(_, tx)| tx.clone())
+                        .collect(),
+                }
+            };
             for tx in flows {
                 let _ = tx.try_send(FlowEvent::Unreachable(reason.clone()));
             }
@@ -395,7 +447,10 @@ async fn serve_tunnel(shared: Arc<Shared>, mut tls: ServerStream, port: u16) {
                     shared.metrics.stream_bytes.with_label_values(&["in"]).inc_by(up);
                     shared.metrics.stream_bytes.with_label_values(&["out"]).inc_by(down);
                 }
-                Err(e) => tracing::warn!(port, error = %e, "tunnel ended with an error"),
+                Err(e) => {
+                    tracing::warn!(port, error = %e, "tunnel ended with an error: resetting");
+                    reset_tcp(tcp);
+                }
             }
         }
         Err(e) => {
@@ -410,6 +465,13 @@ async fn serve_tunnel(shared: Arc<Shared>, mut tls: ServerStream, port: u16) {
             let _ = tls.shutdown().await;
         }
     }
+}
+
+/// Closes `tcp` with a reset (RST), not a clean end of stream: an app must never take a
+/// stream cut short for a complete one.
+pub fn reset_tcp(tcp: tokio::net::TcpStream) {
+    let _ = tcp.set_zero_linger();
+    drop(tcp);
 }
 
 const RECORD_MESSAGE: u8 = 1;
@@ -536,35 +598,44 @@ async fn channel(shared: &Arc<Shared>, dst: &str) -> Result<mpsc::Sender<Outgoin
     Ok(tx)
 }
 
-/// Source side of a message channel: write messages, match receipts to waiting senders.
+/// Source side of a message channel: write messages, match receipts to waiting senders. A
+/// receipt overdue by [`RECEIPT_TIMEOUT`] means the stream is broken somewhere: the channel is
+/// torn down (the far end hears a reset) and the next message opens a fresh one.
 async fn run_channel(tls: ClientStream, mut rx: mpsc::Receiver<Outgoing>) {
     let (mut r, mut w) = tokio::io::split(tls);
-    let mut waiting: HashMap<u64, oneshot::Sender<Result<(), String>>> = HashMap::new();
-    loop {
+    let mut waiting: HashMap<u64, (Instant, oneshot::Sender<Result<(), String>>)> = HashMap::new();
+    let mut check = tokio::time::interval(Duration::from_secs(1));
+    let why = loop {
         tokio::select! {
             out = rx.recv() => {
-                let Some(out) = out else { break };
+                let Some(out) = out else { break "the channel closed".to_owned() };
                 if let Err(e) = write_record(&mut w, RECORD_MESSAGE, out.id, &out.body).await {
                     let _ = out.reply.send(Err(e.to_string()));
-                    break;
+                    break format!("the end-to-end stream failed: {e}");
                 }
-                waiting.insert(out.id, out.reply);
+                waiting.insert(out.id, (Instant::now(), out.reply));
             }
             rec = read_record(&mut r) => match rec {
                 Ok((RECORD_RECEIPT, id, status)) => {
-                    if let Some(reply) = waiting.remove(&id) {
+                    if let Some((_, reply)) = waiting.remove(&id) {
                         let _ = reply.send(match status.first() {
                             Some(0) => Ok(()),
                             _ => Err("the destination's inbox is full".into()),
                         });
                     }
                 }
-                _ => break,
+                Ok((ty, ..)) => break format!("unexpected record type {ty} on a message channel"),
+                Err(e) => break format!("the end-to-end stream failed: {e}"),
+            },
+            _ = check.tick() => {
+                if waiting.values().any(|(sent, _)| sent.elapsed() > RECEIPT_TIMEOUT) {
+                    break format!("a receipt is overdue by {RECEIPT_TIMEOUT:?}: channel reset");
+                }
             }
         }
-    }
+    };
     rx.close();
-    for (_, reply) in waiting {
-        let _ = reply.send(Err("the end-to-end channel closed".into()));
+    for (_, (_, reply)) in waiting {
+        let _ = reply.send(Err(why.clone()));
     }
 }

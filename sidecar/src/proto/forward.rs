@@ -1,7 +1,10 @@
 //! The one relay / deliver / drop decision for a data frame, used by the node and by the link
 //! readers' fast path alike.
 
-use crate::frame::Data;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use crate::frame::{Data, DataKind};
 
 /// What to do with a data frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,10 +42,68 @@ pub fn decide(
     }
 }
 
+/// Streams remembered per incoming link; past it, idle ones are forgotten.
+const PIN_CAPACITY: usize = 4096;
+/// A stream silent this long is forgotten first.
+const PIN_IDLE: Duration = Duration::from_secs(60);
+
+/// The next hop each relayed stream took, kept by one link's reader. A stream stays on its
+/// next hop while that link lives, even when the route changes to an equal or better path:
+/// its end-to-end TLS records must arrive in order, and two paths would reorder them. The
+/// source pins its first hop the same way, so a whole stream keeps one path.
+#[derive(Debug, Default)]
+pub struct FlowPins {
+    pins: HashMap<(String, String, u64), (String, Instant)>,
+}
+
+impl FlowPins {
+    /// [`decide`] for a relayed frame, with the stream's pinned next hop (if its link is still
+    /// alive) ahead of the routing table.
+    pub fn decide(
+        &mut self,
+        me: &str,
+        d: &Data,
+        now: Instant,
+        link_alive: impl Fn(&str) -> bool,
+        next_hop: impl FnOnce(&str) -> Option<String>,
+    ) -> Forward {
+        let stream =
+            matches!(d.kind, DataKind::StreamOpen | DataKind::StreamData | DataKind::StreamClose);
+        if !stream {
+            return decide(me, d, true, next_hop);
+        }
+        let key = (d.src.clone(), d.dst.clone(), d.flow);
+        let pinned = self.pins.get(&key).map(|(n, _)| n.clone()).filter(|n| link_alive(n));
+        let decision = decide(me, d, true, |dst| pinned.or_else(|| next_hop(dst)));
+        match &decision {
+            Forward::Relay { next, .. } if d.kind != DataKind::StreamClose => {
+                if self.pins.len() >= PIN_CAPACITY && !self.pins.contains_key(&key) {
+                    self.pins.retain(|_, (_, used)| now.duration_since(*used) < PIN_IDLE);
+                    if self.pins.len() >= PIN_CAPACITY {
+                        self.pins.clear();
+                    }
+                }
+                self.pins.insert(key, (next.clone(), now));
+            }
+            _ => {
+                self.pins.remove(&key);
+            }
+        }
+        decision
+    }
+
+    pub fn len(&self) -> usize {
+        self.pins.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pins.is_empty()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::frame::DataKind;
 
     fn data(dst: &str, ttl: u8) -> Data {
         Data {
@@ -76,5 +137,54 @@ mod tests {
             decide("me", &data("x", 5), true, |_| None),
             Forward::Drop { label: "no_route", .. }
         ));
+    }
+
+    #[test]
+    fn a_stream_keeps_its_next_hop_when_the_route_changes_until_that_link_closes() {
+        let mut pins = FlowPins::default();
+        let now = Instant::now();
+        let alive = |n: &str| n != "dead";
+        let d = data("x", 9);
+        let first = pins.decide("me", &d, now, alive, |_| Some("a".into()));
+        assert_eq!(first, Forward::Relay { next: "a".into(), ttl: 8 });
+        // The route moved to b: the stream stays on a.
+        let again = pins.decide("me", &d, now, alive, |_| Some("b".into()));
+        assert_eq!(again, Forward::Relay { next: "a".into(), ttl: 8 });
+        // Another stream takes the new route.
+        let mut other = data("x", 9);
+        other.flow = 2;
+        assert_eq!(
+            pins.decide("me", &other, now, alive, |_| Some("b".into())),
+            Forward::Relay { next: "b".into(), ttl: 8 }
+        );
+        // Its close forgets it.
+        other.kind = DataKind::StreamClose;
+        pins.decide("me", &other, now, alive, |_| Some("b".into()));
+        assert_eq!(pins.len(), 1);
+        // Pinned to a link that closed: the routing table decides again.
+        let mut pins = FlowPins::default();
+        pins.decide("me", &d, now, alive, |_| Some("dead".into()));
+        assert_eq!(
+            pins.decide("me", &d, now, alive, |_| Some("b".into())),
+            Forward::Relay { next: "b".into(), ttl: 8 }
+        );
+    }
+
+    #[test]
+    fn the_pin_table_stays_bounded() {
+        let mut pins = FlowPins::default();
+        let start = Instant::now();
+        for flow in 0..(PIN_CAPACITY as u64 * 3) {
+            let mut d = data("x", 9);
+            d.flow = flow;
+            pins.decide(
+                "me",
+                &d,
+                start + PIN_IDLE * 2 * (flow as u32 / 1000),
+                |_| true,
+                |_| Some("a".into()),
+            );
+            assert!(pins.len() <= PIN_CAPACITY);
+        }
     }
 }

@@ -1,0 +1,162 @@
+//! Broken end-to-end streams: the app hears of a break (a reset, an error status) instead of
+//! a hang or a clean-looking end, and a break never poisons the next message on the pair.
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::TcpStream;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use genesis_e2e::{wait_for, Authority, Sidecar, SidecarOptions, Subnet};
+
+/// An echo server beside a member: answers every byte it gets, keeps the connection open.
+fn serve_echo(addr: &str) {
+    let listener = std::net::TcpListener::bind(addr).unwrap();
+    std::thread::spawn(move || {
+        for s in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut s = s;
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = s.read(&mut buf) {
+                    if n == 0 || s.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+}
+
+/// A CONNECT tunnel through `via`'s API to `target`, checked with one echoed byte.
+fn tunnel(via: &Sidecar, target: &str) -> TcpStream {
+    let mut s = TcpStream::connect(&via.api).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    write!(s, "CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        s.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&head));
+    s.write_all(b"x").unwrap();
+    let mut echo = [0u8; 1];
+    s.read_exact(&mut echo).unwrap();
+    assert_eq!(&echo, b"x");
+    s
+}
+
+fn signal(node: &Sidecar, sig: &str) {
+    let pid = node.pid().expect("running").to_string();
+    assert!(Command::new("kill").args([sig, &pid]).status().unwrap().success());
+}
+
+#[test]
+fn a_tunnel_whose_far_end_dies_is_reset_for_the_app_within_the_hold_time() {
+    let net = Subnet::new();
+    let auth = Authority::start(&net, "rst", "24h");
+    let opts = SidecarOptions { allowed_ports: vec![9100], ..Default::default() };
+    let a = Sidecar::start(&auth, "a", &net.ip(1), &opts);
+    let b_opts = SidecarOptions { anchors: vec![format!("{}:7000", net.ip(1))], ..opts };
+    let mut b = Sidecar::start(&auth, "b", &net.ip(2), &b_opts);
+    wait_for(Duration::from_secs(20), "a to route to b", || a.routes() == ["b"]);
+    serve_echo(&format!("{}:9100", net.ip(2)));
+    let mut app = tunnel(&a, "b.rst:9100");
+
+    b.kill();
+    let start = Instant::now();
+    let mut buf = [0u8; 16];
+    let read = app.read(&mut buf);
+    let waited = start.elapsed();
+    match read {
+        Err(e) if e.kind() == ErrorKind::ConnectionReset => {}
+        other => panic!(
+            "the app should see a reset when the far end dies, got {other:?} after {waited:?}\n{}",
+            a.log_text()
+        ),
+    }
+    // The hold time is 1 s here; the reset must not wait for anything longer.
+    assert!(waited < Duration::from_secs(5), "the reset took {waited:?}");
+    assert!(a.metric("genesis_sidecar_streams_reset_total", "direction=\"received\"") >= 1.0);
+}
+
+#[test]
+fn a_stalled_relay_neither_hangs_a_tunnel_nor_poisons_later_messages_on_the_pair() {
+    let net = Subnet::new();
+    let auth = Authority::start(&net, "stall", "24h");
+    // A line a - r - b: every stream crosses r.
+    let line = |anchor: Option<u8>| SidecarOptions {
+        anchors: anchor.map(|i| vec![format!("{}:7000", net.ip(i))]).unwrap_or_default(),
+        min_peers: 1,
+        max_peers: 2,
+        allowed_ports: vec![9101],
+        ..Default::default()
+    };
+    let a = Sidecar::start(&auth, "a", &net.ip(1), &line(None));
+    let r = Sidecar::start(&auth, "r", &net.ip(2), &line(Some(1)));
+    let b = Sidecar::start(&auth, "b", &net.ip(3), &line(Some(2)));
+    wait_for(Duration::from_secs(30), "a to route to b through r", || {
+        a.admin_json("/admin/routes")
+            .as_array()
+            .is_some_and(|rs| rs.iter().any(|x| x["dest"] == "b" && x["next_hop"] == "r"))
+    });
+    let (status, receipt) = a.send("b", b"before the stall");
+    assert_eq!(status, 200, "{receipt}");
+    serve_echo(&format!("{}:9101", net.ip(3)));
+    let mut app = tunnel(&a, "b.stall:9101");
+
+    signal(&r, "-STOP");
+    // The tunnel's path is gone: the app gets a reset, not a hang and not a clean end.
+    let start = Instant::now();
+    let _ = app.write_all(b"y");
+    let mut buf = [0u8; 16];
+    let read = app.read(&mut buf);
+    let waited = start.elapsed();
+    // A message sent into the stall may or may not arrive; it must not poison the pair.
+    let (stalled, answer) = a.send("b", b"into the stall");
+    signal(&r, "-CONT");
+    match read {
+        Err(e) if e.kind() == ErrorKind::ConnectionReset => {}
+        other => panic!("a stalled path should reset the tunnel, got {other:?} after {waited:?}"),
+    }
+    assert!(waited < Duration::from_secs(10), "the reset took {waited:?}");
+    assert!(stalled == 200 || answer["error"].is_string(), "{stalled} {answer}");
+
+    wait_for(Duration::from_secs(30), "a to route to b again", || {
+        a.routes().contains(&"b".to_owned())
+    });
+    for i in 0..5 {
+        let (status, receipt) = a.send("b", format!("after the stall {i}").as_bytes());
+        assert_eq!(
+            status,
+            200,
+            "message {i} after the stall: {receipt}\n--- a\n{}\n--- b\n{}",
+            a.log_text(),
+            b.log_text()
+        );
+    }
+}
+
+#[test]
+fn a_message_pair_keeps_working_after_the_far_end_restarts() {
+    let net = Subnet::new();
+    let auth = Authority::start(&net, "again", "24h");
+    let (a, mut b) = genesis_e2e::linked_pair(&auth, &net);
+    let (status, receipt) = a.send("b", b"first");
+    assert_eq!(status, 200, "{receipt}");
+    b.kill();
+    let b_opts = SidecarOptions {
+        anchors: vec![format!("{}:7000", net.ip(1))],
+        min_peers: 1,
+        max_peers: 4,
+        ..Default::default()
+    };
+    let b = Sidecar::start(&auth, "b", &net.ip(2), &b_opts);
+    wait_for(Duration::from_secs(20), "a to route to the restarted b", || a.routes() == ["b"]);
+    // The channel a held belongs to b's previous life: it must be replaced, not reused for
+    // ever (each message would wait out its receipt timeout and fail).
+    for i in 0..3 {
+        let (status, receipt) = a.send("b", format!("after the restart {i}").as_bytes());
+        assert_eq!(status, 200, "message {i}: {receipt}\n--- a\n{}", a.log_text());
+    }
+    assert!(b.inbox(2000).iter().any(|m| m["from"] == "a"));
+}
