@@ -564,7 +564,7 @@ pub struct Accepted {
 pub struct Refused {
     pub error: Error,
     /// `wire-format`, `signer-certificate`, `signature`, `network`, `freshness-window`,
-    /// `replay-cache`, or the RBAC rule (`default-deny: ...`).
+    /// `issued-before-start`, `replay-cache`, or the RBAC rule (`default-deny: ...`).
     pub rule: String,
     /// The signer, when the signature verified.
     pub signer: Option<Identity>,
@@ -590,6 +590,8 @@ pub struct ControlVerifier {
     policy: RbacPolicy,
     freshness: Duration,
     replay: ReplayCache,
+    /// When this member started (ms since the epoch): older envelopes are refused.
+    started_ms: u64,
 }
 
 impl ControlVerifier {
@@ -601,7 +603,16 @@ impl ControlVerifier {
             policy,
             freshness: DEFAULT_FRESHNESS,
             replay: ReplayCache::new(DEFAULT_REPLAY_CAPACITY),
+            started_ms: 0,
         }
+    }
+
+    /// Refuses envelopes issued before `start`, this member's start. The replay cache lives in
+    /// memory only, so without this a message captured before a restart could be replayed
+    /// after it (within the freshness window).
+    pub fn started_at(mut self, start: SystemTime) -> Self {
+        self.started_ms = unix_ms(start);
+        self
     }
 
     /// Overrides the freshness window and replay capacity.
@@ -668,6 +679,13 @@ impl ControlVerifier {
                 rule: rule.clone(),
             };
             return Err(refuse(&rule, e, Some(&signer)));
+        }
+        if env.issued_at_ms < self.started_ms {
+            let e = Error::EnvelopeBeforeStart {
+                id: env.id.clone(),
+                early_ms: self.started_ms - env.issued_at_ms,
+            };
+            return Err(refuse("issued-before-start", e, Some(&signer)));
         }
         if self.replay.is_replay(&env.id, env.issued_at_ms) {
             let e = Error::EnvelopeReplayed { id: env.id.clone() };

@@ -126,6 +126,14 @@ pub enum Error {
     #[error("control envelope {id} is a replay")]
     EnvelopeReplayed { id: String },
 
+    /// The envelope was issued before this member started: it may have been accepted by the
+    /// member's previous run, whose replay cache is gone.
+    #[error(
+        "control envelope {id} was issued {early_ms} ms before this member started and may be a \
+         replay from its previous run; send a new one"
+    )]
+    EnvelopeBeforeStart { id: String, early_ms: u64 },
+
     /// An audit record could not be written.
     #[error("failed to {action} audit log {path}")]
     AuditIo {

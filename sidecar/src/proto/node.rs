@@ -281,7 +281,8 @@ impl Node {
         let seqno = secs.wrapping_mul(SEQNO_PER_SECOND) as u32;
         let routes = RouteTable::new(&me, seqno, config.routing.clone(), now);
         let peers = PeerSet::new(&me, config.peers.clone(), &config.anchors, now);
-        let control = ControlVerifier::new(store.clone(), identity.network(), config.rbac.clone());
+        let control = ControlVerifier::new(store.clone(), identity.network(), config.rbac.clone())
+            .started_at(wall);
         let mut node = Node {
             me,
             identity,

@@ -45,6 +45,25 @@ fn replayed_control_message_is_refused() {
 }
 
 #[test]
+fn an_envelope_captured_before_a_restart_is_refused_after_it() {
+    let now = SystemTime::now();
+    let ca = ca(now);
+    let op = signer(&ca, Role::Operator, "op", now);
+    let captured = op.sign(&envelope(Verb::RouteReset, Scope::Network, now)).unwrap().encode();
+    verifier(&ca).verify(&captured, now).unwrap();
+    // The member restarts two seconds later with an empty replay cache.
+    let restart = now + Duration::from_secs(2);
+    let mut v = verifier(&ca).started_at(restart);
+    let refused = v.verify(&captured, restart + Duration::from_secs(1)).unwrap_err();
+    assert_eq!(refused.rule, "issued-before-start");
+    assert!(refused.error.to_string().contains("send a new one"), "{}", refused.error);
+    // A message issued after the restart is accepted.
+    let later = restart + Duration::from_millis(500);
+    let fresh = op.sign(&envelope(Verb::RouteReset, Scope::Network, later)).unwrap().encode();
+    v.verify(&fresh, later).unwrap();
+}
+
+#[test]
 fn client_may_not_send_an_operator_verb_and_the_refusal_names_the_default_deny() {
     let now = SystemTime::now();
     let ca = ca(now);
