@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod node;
 pub mod peers;
 pub mod proto;
+pub mod repeats;
 pub mod routing;
 pub mod stream;
 

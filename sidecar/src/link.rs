@@ -288,11 +288,12 @@ async fn run_link<S>(
                     heard.store(shared.now().as_millis() as u64, Ordering::Relaxed);
                     let frame = match frame {
                         // Data takes the fast path; only exceptions reach the core.
-                        Frame::Data(d) => match relay_or_deliver(&shared, &mut pins, d, size).await
-                        {
-                            Some(d) => Frame::Data(d),
-                            None => continue,
-                        },
+                        Frame::Data(d) => {
+                            match relay_or_deliver(&shared, &node, &mut pins, d, size).await {
+                                Some(d) => Frame::Data(d),
+                                None => continue,
+                            }
+                        }
                         other => other,
                     };
                     if shared
@@ -339,6 +340,7 @@ async fn run_link<S>(
 /// arrives on this link on one next hop.
 async fn relay_or_deliver(
     shared: &Arc<Shared>,
+    from: &str,
     pins: &mut FlowPins,
     mut d: Data,
     size: usize,
@@ -352,7 +354,7 @@ async fn relay_or_deliver(
     let now = std::time::Instant::now();
     let (next, ttl) = match pins.decide(shared.identity.node(), &d, now, alive, next_hop) {
         Forward::Deliver => {
-            crate::stream::deliver(shared.clone(), d).await;
+            crate::stream::deliver(shared.clone(), d, Some(from)).await;
             return None;
         }
         Forward::Relay { next, ttl } => (next, ttl),

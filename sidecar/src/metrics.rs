@@ -49,6 +49,7 @@ pub struct Metrics {
     pub start_time: Gauge,
     pub build_info: IntGaugeVec,
     pub audit_errors: IntCounter,
+    pub audit_suppressed: IntCounter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -243,6 +244,11 @@ impl Metrics {
             audit_errors: reg!(IntCounter::with_opts(opts(
                 "audit_write_errors_total",
                 "Audit records that could not be written"
+            ))),
+            audit_suppressed: reg!(IntCounter::with_opts(opts(
+                "audit_repeats_suppressed_total",
+                "Audit records not written because an identical one was written in the last 10 s \
+                 (the next one written carries their count)"
             ))),
             registry,
         };

@@ -19,9 +19,10 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::frame::{ControlAck, DataKind, Frame, FrameError, FrameType, PeerAddr};
 use crate::metrics::Metrics;
-use crate::peers::{Level, PeerView};
+use crate::peers::{Conduct, Level, PeerView};
 use crate::proto::seen::SeenSet;
 use crate::proto::{Count, LinkUp, Node, NodeConfig, Output};
+use crate::repeats::Repeats;
 use crate::routing::{RouteView, Time};
 
 /// Data frames queued for one link's writer (4 MiB of 32 KiB frames). Senders of stream data
@@ -87,6 +88,8 @@ pub struct DataPlane {
     pub flows: Mutex<HashMap<FlowKey, mpsc::Sender<FlowEvent>>>,
     /// The link each of this member's own streams is pinned to (see `FlowTransport`).
     pinned: Mutex<HashMap<FlowKey, mpsc::Sender<Bytes>>>,
+    /// Room for streams in their end-to-end handshake (`stream::MAX_OPENING`).
+    pub opening: Arc<tokio::sync::Semaphore>,
     /// Unknown streams already answered with a reset (each is answered once, so frames
     /// forged in another member's name cannot turn this member into a reflector).
     answered: Mutex<SeenSet<FlowKey>>,
@@ -99,6 +102,7 @@ impl Default for DataPlane {
             links: Default::default(),
             flows: Default::default(),
             pinned: Default::default(),
+            opening: Arc::new(tokio::sync::Semaphore::new(crate::stream::MAX_OPENING)),
             answered: Mutex::new(SeenSet::new(4096)),
         }
     }
@@ -200,6 +204,8 @@ pub struct Shared {
     #[allow(clippy::type_complexity)]
     pub log_level: Mutex<Option<Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>>>,
     next_id: AtomicU64,
+    /// Identical audit records recently written (see [`Shared::audit`]).
+    audit_repeats: Mutex<Repeats>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -222,8 +228,27 @@ impl Shared {
 
     /// Appends a security event to the audit log, if one is configured, and publishes the new
     /// chain head (admin API and metric) so a rewritten history can be noticed from outside.
-    pub fn audit(&self, event: &str, subject: &str, detail: serde_json::Value) {
+    /// Appends an audit record. An identical record (event, subject, detail) written in the
+    /// last [`crate::repeats::AUDIT_REPEAT_WINDOW`] is counted instead, and the next one written carries the
+    /// count as `repeated`: a flood of refusals cannot fill the disk or bury other records.
+    pub fn audit(&self, event: &str, subject: &str, mut detail: serde_json::Value) {
         if let Some(log) = &self.audit {
+            let key = format!("{event}\0{subject}\0{detail}");
+            let repeated = {
+                let mut repeats = self.audit_repeats.lock().unwrap_or_else(|p| p.into_inner());
+                match repeats.check(key, Instant::now()) {
+                    Some(n) => n,
+                    None => {
+                        self.metrics.audit_suppressed.inc();
+                        return;
+                    }
+                }
+            };
+            if repeated > 0 {
+                if let Some(map) = detail.as_object_mut() {
+                    map.insert("repeated".into(), repeated.into());
+                }
+            }
             let mut log = log.lock().unwrap_or_else(|p| p.into_inner());
             let old = log.head().to_owned();
             if let Err(e) = log.append(event, subject, detail, SystemTime::now()) {
@@ -330,6 +355,11 @@ pub enum Command {
         node: String,
         link_id: u64,
         error: FrameError,
+    },
+    /// Neighbour `node` delivered a frame the data path refused.
+    Misconduct {
+        node: String,
+        conduct: Conduct,
     },
     /// A peer's hello did not match its certificate, or its certificate was refused.
     BadIdentity {
@@ -526,6 +556,9 @@ impl Core {
                 tracing::warn!(peer = %node, error = %error, "invalid frame: closing the link");
                 self.node.handle_bad_frame(now, &node, link_id, &error);
             }
+            Command::Misconduct { node, conduct } => {
+                self.node.handle_misconduct(now, &node, conduct);
+            }
             Command::BadIdentity { node, addr, reason } => {
                 tracing::warn!(%addr, ?node, %reason, "peer refused");
                 self.node.handle_bad_identity(now, node.as_deref(), &addr, &reason);
@@ -655,7 +688,7 @@ impl Core {
                     self.deliver_broadcast(src, topic, id, payload)
                 }
                 Output::DeliverData(d) => {
-                    tokio::spawn(crate::stream::deliver(self.shared.clone(), d));
+                    tokio::spawn(crate::stream::deliver(self.shared.clone(), d, None));
                 }
                 Output::FlowUnreachable { dst, flow, reason } => {
                     if let Some(tx) = self.shared.data.flow(&(dst, flow)) {
@@ -800,6 +833,7 @@ pub fn new_shared(
         crl_applied_at_ms: AtomicU64::new(now.as_millis() as u64),
         log_level: Mutex::new(None),
         next_id: AtomicU64::new(1),
+        audit_repeats: Mutex::new(Repeats::default()),
     })
 }
 

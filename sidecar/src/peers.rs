@@ -95,6 +95,9 @@ pub enum Conduct {
     InvalidFrame,
     /// Exceeded its frame rate.
     RateLimited,
+    /// Delivered a stream opening that failed its end-to-end handshake or claimed a source
+    /// that did not authenticate as it (forged, or relayed from a forger).
+    RefusedStream,
     /// Presented a certificate we refuse (revoked, foreign CA, expired) or a hello that does
     /// not match it: banned at once.
     BadIdentity,
@@ -110,6 +113,7 @@ impl Conduct {
             Conduct::Failure => -5,
             Conduct::InvalidFrame => -25,
             Conduct::RateLimited => -10,
+            Conduct::RefusedStream => -10,
             Conduct::BadIdentity => -100,
         }
     }

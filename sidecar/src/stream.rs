@@ -26,6 +26,7 @@ use bytes::Bytes;
 
 use crate::frame::{Data, DataKind, Frame, MAX_DATA_PAYLOAD};
 use crate::node::{Command, FlowEvent, FlowKey, Received, Shared};
+use crate::peers::Conduct;
 
 /// Service byte of a TCP tunnel stream.
 pub const SERVICE_TUNNEL: u8 = 1;
@@ -39,6 +40,8 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const MAX_MESSAGE: usize = 32 * 1024;
 /// How long a sender waits for a delivery receipt.
 pub const RECEIPT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Streams in their end-to-end handshake at once (each holds a TLS state and a queue).
+pub const MAX_OPENING: usize = 256;
 /// Messages in flight on one channel.
 const CHANNEL_QUEUE: usize = 1024;
 
@@ -296,10 +299,38 @@ pub async fn open_tunnel(
     Err(String::from_utf8_lossy(&reason).into_owned())
 }
 
-/// Serves a stream a remote opened to us (called by the core on the first StreamOpen).
-pub fn accept(shared: Arc<Shared>, key: FlowKey, first: Vec<u8>, rx: mpsc::Receiver<FlowEvent>) {
+/// Serves a stream a remote opened to us (on its first StreamOpen, delivered by neighbour
+/// `from`). At most [`MAX_OPENING`] streams are in their handshake at once; past that, new
+/// ones are refused at once, so a flood of openings costs bounded memory.
+pub fn accept(
+    shared: Arc<Shared>,
+    key: FlowKey,
+    first: Vec<u8>,
+    rx: mpsc::Receiver<FlowEvent>,
+    from: Option<String>,
+) {
+    let Ok(opening) = shared.data.opening.clone().try_acquire_owned() else {
+        shared.metrics.streams.with_label_values(&["in", "busy"]).inc();
+        let reason = format!(
+            "{} has {MAX_OPENING} streams opening already; try again",
+            shared.identity.node()
+        );
+        tokio::spawn(async move { refuse_open(&shared, &key, &reason).await });
+        return;
+    };
+    // Whoever delivered a forged opening pays for it.
+    let blame = {
+        let shared = shared.clone();
+        move || {
+            if let Some(node) = from {
+                let conduct = Conduct::RefusedStream;
+                let _ = shared.commands.try_send(Command::Misconduct { node, conduct });
+            }
+        }
+    };
     tokio::spawn(async move {
         if first.len() < OPEN_HEADER {
+            blame();
             return refuse_open(&shared, &key, "malformed stream open").await;
         }
         let service = first[0];
@@ -314,6 +345,7 @@ pub fn accept(shared: Arc<Shared>, key: FlowKey, first: Vec<u8>, rx: mpsc::Recei
             return refuse_open(&shared, &key, &reason).await;
         }
         if service != SERVICE_TUNNEL && service != SERVICE_MESSAGES {
+            blame();
             return refuse_open(&shared, &key, &format!("unknown stream service {service}")).await;
         }
         let transport = FlowTransport::new(
@@ -324,7 +356,9 @@ pub fn accept(shared: Arc<Shared>, key: FlowKey, first: Vec<u8>, rx: mpsc::Recei
             None,
         );
         let acceptor = TlsAcceptor::from(shared.tls.load().server.clone());
-        let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(transport)).await {
+        let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(transport)).await;
+        drop(opening);
+        let tls = match handshake {
             Ok(Ok(tls)) => tls,
             Ok(Err(e)) => {
                 shared.metrics.streams.with_label_values(&["in", "refused"]).inc();
@@ -333,9 +367,13 @@ pub fn accept(shared: Arc<Shared>, key: FlowKey, first: Vec<u8>, rx: mpsc::Recei
                     &key.0,
                     serde_json::json!({"reason": e.to_string()}),
                 );
+                blame();
                 return;
             }
-            Err(_) => return,
+            Err(_) => {
+                shared.metrics.streams.with_label_values(&["in", "timeout"]).inc();
+                return;
+            }
         };
         let peer = tls
             .get_ref()
@@ -347,6 +385,7 @@ pub fn accept(shared: Arc<Shared>, key: FlowKey, first: Vec<u8>, rx: mpsc::Recei
             other => {
                 let who = other.map(|p| p.identity.uri()).unwrap_or_default();
                 shared.audit("stream-refused", &key.0, serde_json::json!({"reason": format!("stream from {} authenticated as {who:?}", key.0)}));
+                blame();
                 return;
             }
         }
@@ -372,7 +411,7 @@ async fn refuse_open(shared: &Arc<Shared>, key: &FlowKey, reason: &str) {
 
 /// Hands a data frame addressed to this member to its stream, waiting while the stream's queue
 /// is full (backpressure); a `StreamOpen` for a new flow starts serving it.
-pub async fn deliver(shared: Arc<Shared>, d: Data) {
+pub async fn deliver(shared: Arc<Shared>, d: Data, from: Option<&str>) {
     let key = (d.src.clone(), d.flow);
     match d.kind {
         DataKind::StreamOpen | DataKind::StreamData => match shared.data.flow(&key) {
@@ -384,7 +423,7 @@ pub async fn deliver(shared: Arc<Shared>, d: Data) {
             None if d.kind == DataKind::StreamOpen => {
                 let (tx, rx) = mpsc::channel(FLOW_QUEUE);
                 shared.data.flows.lock().unwrap_or_else(|p| p.into_inner()).insert(key.clone(), tx);
-                accept(shared, key, d.payload, rx);
+                accept(shared, key, d.payload, rx, from.map(str::to_owned));
             }
             None => {
                 // The stream ended here (or this member restarted): tell its source once, so

@@ -216,3 +216,54 @@ fn hostile_peers_are_refused_counted_and_penalised_while_the_mesh_keeps_deliveri
     assert_eq!(s2.send("s0", b"and back").0, 200);
     assert_eq!(s1.send("s0", b"and from the middle").0, 200);
 }
+
+#[test]
+fn a_flood_of_forged_stream_openings_costs_its_sender_and_little_else() {
+    let net = Subnet::new();
+    let auth = Authority::start(&net, NET, "24h");
+    let opts = SidecarOptions { min_peers: 1, max_peers: 8, ..Default::default() };
+    let victim = Sidecar::start(&auth, "victim", &net.ip(1), &opts);
+    let innocent_opts =
+        SidecarOptions { anchors: vec![format!("{}:7000", net.ip(1))], ..opts.clone() };
+    let innocent = Sidecar::start(&auth, "innocent", &net.ip(2), &innocent_opts);
+    wait_for(Duration::from_secs(20), "the two to link", || victim.routes() == ["innocent"]);
+    let mint = Mint {
+        authority: LocalAuthority::open(auth.dir.path()).unwrap(),
+        bundle: std::fs::read_to_string(auth.bundle_path()).unwrap(),
+    };
+    let rss_before = victim.rss_kib().unwrap();
+    let mut forger = mint.connect(&victim, &mint.member("h-streams")).unwrap();
+    // 3,000 stream openings in the innocent member's name; the bytes are no TLS handshake.
+    let flood: Vec<u8> = (0..3000u64)
+        .flat_map(|flow| {
+            Frame::Data(Data {
+                src: "innocent".into(),
+                dst: "victim".into(),
+                ttl: 8,
+                kind: DataKind::StreamOpen,
+                flow,
+                payload: [&[2u8, 0, 0][..], b"not a client hello"].concat(),
+            })
+            .encode()
+        })
+        .collect();
+    let _ = forger.send_raw(&flood);
+    // The neighbour that delivered them pays: it is banned and its link closed.
+    assert!(forger.closed_within(Duration::from_secs(10)), "the forger kept its link");
+    wait_for(Duration::from_secs(5), "the forger to be banned", || {
+        victim.metric("genesis_sidecar_bans_total", "") >= 1.0
+    });
+    // The innocent member is blamed in a handful of audit records, not thousands.
+    let audit =
+        std::fs::read_to_string(auth.dir.path().join("victim.audit.jsonl")).unwrap_or_default();
+    let blamed = audit
+        .lines()
+        .filter(|l| l.contains("\"stream-refused\"") && l.contains("\"innocent\""))
+        .count();
+    assert!((1..=5).contains(&blamed), "{blamed} audit records blame the innocent member");
+    // Memory stays put (the refused openings hold nothing), and the mesh keeps delivering.
+    let rss_after = victim.rss_kib().unwrap();
+    assert!(rss_after < rss_before + 16 * 1024, "RSS grew from {rss_before} to {rss_after} KiB");
+    assert_eq!(victim.send("innocent", b"still friends").0, 200);
+    assert_eq!(innocent.send("victim", b"and back").0, 200);
+}

@@ -471,6 +471,12 @@ impl Node {
         );
     }
 
+    /// Neighbour `node` delivered something the driver refused (a forged stream opening).
+    pub fn handle_misconduct(&mut self, now: Time, node: &str, conduct: Conduct) {
+        let actions = self.peers.record(node, conduct, now);
+        self.peer_actions(now, actions);
+    }
+
     /// A peer's certificate was refused, or its hello did not match it.
     pub fn handle_bad_identity(&mut self, now: Time, node: Option<&str>, addr: &str, reason: &str) {
         self.count(Count::Handshake("refused"));
