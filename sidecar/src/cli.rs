@@ -5,10 +5,11 @@
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use crate::config::{Config, Settings};
 use clap::Parser;
+use genesis_trust::Identity;
 
 #[derive(Parser)]
 #[command(name = "genesis-sidecar", version, about = "Genesis Mesh sidecar")]
@@ -68,13 +69,38 @@ pub fn main_from(args: impl IntoIterator<Item = OsString>) -> ExitCode {
         Err(e) => return fail(&format!("cannot start the runtime: {e}")),
     };
     runtime.block_on(async move {
+        // Ports, audit log and state directory first: a busy address must not spend a token.
+        let prepared = match crate::prepare(&config).await {
+            Ok(p) => p,
+            Err(e) => return fail(&e),
+        };
+        let saved = match &config.state_dir {
+            Some(dir) => {
+                let identity = Identity::new(
+                    &config.trust_domain,
+                    &config.network,
+                    config.role,
+                    &config.node,
+                )
+                .expect("validated by Config::resolve");
+                match crate::state::load(dir, &identity, SystemTime::now()) {
+                    Ok(saved) => saved,
+                    Err(e) => return fail(&e),
+                }
+            }
+            None => None,
+        };
         let deadline = tokio::time::Instant::now() + JOIN_PATIENCE;
         let creds = loop {
-            match crate::identity::join(&config).await {
+            let attempt = match &saved {
+                Some(saved) => crate::identity::resume(&config, saved).await,
+                None => crate::identity::join(&config).await,
+            };
+            match attempt {
                 Ok(c) => break c,
-                // A refusal (bad token, wrong identity) will not change by retrying.
+                // A refusal (bad token, wrong identity, revoked) will not change by retrying.
                 Err(e) if e.contains("refused (") || tokio::time::Instant::now() >= deadline => {
-                    return fail(&format!("cannot join: {e}"));
+                    return fail(&join_failure(&config, saved.is_some(), &e));
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "join failed; retrying");
@@ -82,7 +108,13 @@ pub fn main_from(args: impl IntoIterator<Item = OsString>) -> ExitCode {
                 }
             }
         };
-        let running = match crate::start(config, creds).await {
+        if let Some(dir) = &config.state_dir {
+            match crate::state::save(dir, &creds.key, &creds.chain) {
+                Ok(()) => tracing::info!(dir = %dir.display(), resumed = saved.is_some(), "identity kept for restarts"),
+                Err(e) => tracing::warn!(error = %e, "cannot keep the identity for restarts"),
+            }
+        }
+        let running = match crate::start_prepared(config, prepared, creds).await {
             Ok(r) => r,
             Err(e) => return fail(&e),
         };
@@ -107,6 +139,24 @@ pub fn main_from(args: impl IntoIterator<Item = OsString>) -> ExitCode {
         running.drain_and_stop().await;
         ExitCode::SUCCESS
     })
+}
+
+/// Why joining failed, and what to do about it.
+fn join_failure(config: &Config, resumed: bool, e: &str) -> String {
+    if resumed {
+        let dir = config.state_dir.as_ref().map(|d| d.display().to_string()).unwrap_or_default();
+        return format!(
+            "cannot renew with the certificate kept in {dir}: {e} (if this member was revoked, \
+             an admin must un-revoke it; to start over, delete {dir} and join with a new token)"
+        );
+    }
+    if e.contains("spent") && config.state_dir.is_none() {
+        return format!(
+            "cannot join: {e}. A join token works once: give a restarted member a new token, or \
+             run members with --state-dir DIR so a restart renews with the kept key instead"
+        );
+    }
+    format!("cannot join: {e}")
 }
 
 fn fail(message: &str) -> ExitCode {

@@ -86,6 +86,10 @@ pub struct Settings {
     /// Hash-chained audit log file.
     #[arg(long, env = "GENESIS_AUDIT_LOG")]
     pub audit_log: Option<PathBuf>,
+    /// Directory this member owns (mode 0700) for its key and certificate (mode 0600): a
+    /// restarted member renews with them instead of spending a new join token.
+    #[arg(long, env = "GENESIS_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
     /// RBAC policy for control messages (file only; defaults to the network default policy).
     #[arg(skip)]
     pub rbac: Option<genesis_trust::RbacPolicy>,
@@ -160,6 +164,7 @@ impl Settings {
             ban_threshold,
             ban_duration,
             audit_log,
+            state_dir,
             test_capture_relayed,
             rbac
         )
@@ -188,6 +193,7 @@ pub struct Config {
     pub routing: RoutingConfig,
     pub peers: PeerConfig,
     pub audit_log: Option<PathBuf>,
+    pub state_dir: Option<PathBuf>,
     pub test_capture_relayed: Option<PathBuf>,
     pub rbac: genesis_trust::RbacPolicy,
 }
@@ -294,6 +300,7 @@ impl Config {
                 ..PeerConfig::default()
             },
             audit_log: s.audit_log,
+            state_dir: s.state_dir,
             test_capture_relayed: s.test_capture_relayed,
             rbac: s.rbac.unwrap_or_default(),
         })

@@ -59,6 +59,16 @@ pub async fn join(config: &Config) -> Result<Credentials, String> {
     request(config, store, None, Some(config.join_token.clone())).await
 }
 
+/// Restart: renew with the key and certificate a previous run kept in `--state-dir`, checking
+/// the service against the bundle file as a first join does.
+pub async fn resume(config: &Config, saved: &crate::state::Saved) -> Result<Credentials, String> {
+    let pem = std::fs::read_to_string(&config.trust_bundle)
+        .map_err(|e| format!("cannot read trust bundle {}: {e}", config.trust_bundle.display()))?;
+    let bundle = TrustBundle::from_pem(&pem).map_err(|e| format!("trust bundle: {e}"))?;
+    let store = Arc::new(TrustStore::new(policy(config, false), bundle));
+    request(config, store, Some((saved.chain.clone(), &saved.key)), None).await
+}
+
 /// Renewal: a fresh key, authenticated by the current certificate (`chain`, `key`) over mutual TLS.
 pub async fn renew(
     config: &Config,
@@ -160,10 +170,21 @@ async fn post(
         .header("content-type", "application/json")
         .body(Full::new(Bytes::from(body)))
         .expect("valid request");
-    let resp = sender
-        .send_request(req)
-        .await
-        .map_err(|e| format!("identity service request failed: {e}"))?;
+    let resp = sender.send_request(req).await.map_err(|e| {
+        // In TLS 1.3 the service judges our certificate after our side of the handshake is
+        // done, so its verdict (an alert) surfaces here, under hyper's error.
+        let mut text = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(s) = source {
+            text = format!("{text}: {s}");
+            source = s.source();
+        }
+        if text.contains("CertificateRevoked") {
+            format!("identity service refused (certificate revoked): {text}")
+        } else {
+            format!("identity service request failed: {text}")
+        }
+    })?;
     let status = resp.status();
     let bytes = Limited::new(resp.into_body(), MAX_RESPONSE_BYTES)
         .collect()

@@ -19,6 +19,7 @@ pub mod peers;
 pub mod proto;
 pub mod repeats;
 pub mod routing;
+pub mod state;
 pub mod stream;
 
 use std::net::SocketAddr;
@@ -79,8 +80,48 @@ async fn bind(what: &str, addr: SocketAddr) -> Result<TcpListener, String> {
     TcpListener::bind(addr).await.map_err(|e| format!("cannot listen for {what} on {addr}: {e}"))
 }
 
+/// What a sidecar takes before it asks for an identity: its ports, its audit log and its state
+/// directory. A busy address or an unusable log then fails before a join token is spent.
+pub struct Prepared {
+    peer: TcpListener,
+    api: TcpListener,
+    admin: TcpListener,
+    audit: Option<AuditLog>,
+}
+
+/// Binds the three ports, opens the audit log (sealing a torn last record) and checks the
+/// state directory can be written.
+pub async fn prepare(config: &Config) -> Result<Prepared, String> {
+    let audit = match &config.audit_log {
+        Some(path) => Some(AuditLog::open(path).map_err(|e| e.to_string())?),
+        None => None,
+    };
+    if let Some(dir) = &config.state_dir {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::create_dir_all(dir)
+            .and_then(|()| std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)))
+            .map_err(|e| format!("state-dir {}: {e}", dir.display()))?;
+    }
+    Ok(Prepared {
+        peer: bind("peer links", config.listen).await?,
+        api: bind("the app API", config.api_listen).await?,
+        admin: bind("the admin API", config.admin_listen).await?,
+        audit,
+    })
+}
+
 /// Starts a sidecar with credentials obtained by [`identity::join`].
 pub async fn start(config: Config, creds: Credentials) -> Result<Running, String> {
+    let prepared = prepare(&config).await?;
+    start_prepared(config, prepared, creds).await
+}
+
+/// Starts a sidecar on what [`prepare`] took.
+pub async fn start_prepared(
+    config: Config,
+    prepared: Prepared,
+    creds: Credentials,
+) -> Result<Running, String> {
     let store = Arc::new(TrustStore::new(
         TrustPolicy {
             trust_domain: config.trust_domain.clone(),
@@ -94,13 +135,8 @@ pub async fn start(config: Config, creds: Credentials) -> Result<Running, String
         .map_err(|e| format!("the CRL from the identity service: {e}"))?;
     let identity = creds.identity.clone();
     let tls = tls_configs(&store, creds)?;
-    let audit = match &config.audit_log {
-        Some(path) => Some(AuditLog::open(path).map_err(|e| e.to_string())?),
-        None => None,
-    };
-    let peer_listener = bind("peer links", config.listen).await?;
-    let api_listener = bind("the app API", config.api_listen).await?;
-    let admin_listener = bind("the admin API", config.admin_listen).await?;
+    let Prepared { peer: peer_listener, api: api_listener, admin: admin_listener, audit } =
+        prepared;
     let addrs = (
         peer_listener.local_addr().map_err(|e| e.to_string())?,
         api_listener.local_addr().map_err(|e| e.to_string())?,
@@ -177,6 +213,11 @@ async fn renewal_loop(shared: Arc<Shared>, shutdown: CancellationToken) {
                         let serial = genesis_trust::CertInfo::parse(&tls.chain[0])
                             .map(|i| i.serial.to_string())
                             .unwrap_or_default();
+                        if let Some(dir) = &shared.config.state_dir {
+                            if let Err(e) = state::save(dir, &tls.key, &tls.chain) {
+                                tracing::warn!(error = %e, "cannot keep the renewed certificate");
+                            }
+                        }
                         shared.tls.store(Arc::new(tls));
                         let _ = shared.commands.send(Command::Renewed).await;
                         shared.metrics.renewals.with_label_values(&["ok"]).inc();

@@ -214,6 +214,7 @@ pub struct Sidecar {
     pub api: String,
     pub admin: String,
     pub log: PathBuf,
+    args: Vec<String>,
     child: Option<Child>,
 }
 
@@ -221,13 +222,36 @@ impl Sidecar {
     /// Starts a sidecar at `ip` with a fresh token; returns once its admin API answers.
     pub fn start(authority: &Authority, node: &str, ip: &str, opts: &SidecarOptions) -> Self {
         let token = authority.token(node, opts.role);
+        Self::start_with_token(authority, node, ip, opts, &token)
+    }
+
+    /// Starts a sidecar with `token`; returns once its admin API answers.
+    pub fn start_with_token(
+        authority: &Authority,
+        node: &str,
+        ip: &str,
+        opts: &SidecarOptions,
+        token: &str,
+    ) -> Self {
+        let mut s = Self::spawn(authority, node, ip, opts, token);
+        s.wait_ready();
+        s
+    }
+
+    /// Starts the process and returns at once (it may fail to start: see [`Sidecar::exited`]).
+    pub fn spawn(
+        authority: &Authority,
+        node: &str,
+        ip: &str,
+        opts: &SidecarOptions,
+        token: &str,
+    ) -> Self {
         let peer = format!("{ip}:7000");
         let api = format!("{ip}:7001");
         let admin = format!("{ip}:7002");
         let log = authority.dir.path().join(format!("{node}.log"));
         let ports: Vec<String> = opts.allowed_ports.iter().map(u16::to_string).collect();
-        let mut cmd = Command::new(&binaries().sidecar);
-        cmd.args([
+        let mut args: Vec<String> = [
             "--node",
             node,
             "--role",
@@ -236,18 +260,24 @@ impl Sidecar {
             &authority.network,
             "--trust-domain",
             "test.local",
-        ])
-        .args(["--identity-service", &authority.addr, "--join-token", &token])
-        .arg("--trust-bundle")
-        .arg(authority.bundle_path())
-        .args(["--listen", &peer, "--api-listen", &api, "--admin-listen", &admin, "--app-host", ip])
-        .args([
+            "--identity-service",
+            &authority.addr,
+            "--join-token",
+            token,
+            "--trust-bundle",
+            &authority.bundle_path().display().to_string(),
+            "--listen",
+            &peer,
+            "--api-listen",
+            &api,
+            "--admin-listen",
+            &admin,
+            "--app-host",
+            ip,
             "--min-peers",
             &opts.min_peers.to_string(),
             "--max-peers",
             &opts.max_peers.to_string(),
-        ])
-        .args([
             "--hello-interval",
             "200ms",
             "--hold-time",
@@ -256,28 +286,55 @@ impl Sidecar {
             "2s",
             "--exchange-interval",
             "1s",
-        ])
-        .arg("--audit-log")
-        .arg(authority.dir.path().join(format!("{node}.audit.jsonl")));
+            "--audit-log",
+            &authority.dir.path().join(format!("{node}.audit.jsonl")).display().to_string(),
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
         if !opts.anchors.is_empty() {
-            cmd.args(["--anchors", &opts.anchors.join(",")]);
+            args.extend(["--anchors".to_owned(), opts.anchors.join(",")]);
         }
         if !ports.is_empty() {
-            cmd.args(["--allowed-ports", &ports.join(",")]);
+            args.extend(["--allowed-ports".to_owned(), ports.join(",")]);
         }
-        cmd.args(&opts.extra);
-        let child = cmd
+        args.extend(opts.extra.iter().cloned());
+        let mut s =
+            Sidecar { node: node.into(), ip: ip.into(), peer, api, admin, log, args, child: None };
+        s.spawn_again();
+        s
+    }
+
+    fn spawn_again(&mut self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        let child = Command::new(&binaries().sidecar)
+            .args(&self.args)
             .env("RUST_LOG", std::env::var("GENESIS_SIDECAR_LOG").unwrap_or_else(|_| "info".into()))
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
+            .stderr(log)
             .spawn()
             .expect("genesis-sidecar starts");
-        let s =
-            Sidecar { node: node.into(), ip: ip.into(), peer, api, admin, log, child: Some(child) };
-        wait_for(Duration::from_secs(30), &format!("{node}'s admin API"), || {
-            http(&s.admin, "GET", "/healthz", b"").is_ok()
-        });
-        s
+        self.child = Some(child);
+    }
+
+    fn wait_ready(&mut self) {
+        let what = format!("{}'s admin API", self.node);
+        let start = Instant::now();
+        while http(&self.admin, "GET", "/healthz", b"").is_err() {
+            if let Some(status) = self.exited() {
+                panic!("{} exited ({status}) before serving:\n{}", self.node, self.log_text());
+            }
+            assert!(start.elapsed() < Duration::from_secs(30), "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Kills the process (as a crash would) and starts it again with the very same command
+    /// line, join token included; returns once its admin API answers.
+    pub fn restart_same_command(&mut self) {
+        self.kill();
+        self.spawn_again();
+        self.wait_ready();
     }
 
     /// The sidecar's admin JSON at `path`.

@@ -199,6 +199,17 @@ pub fn verify_audit_file(path: &Path) -> Result<AuditSummary> {
     verify_audit(BufReader::new(file)).map_err(Error::AuditBroken)
 }
 
+/// A torn last line: the length of the file up to it, and its bytes. `None` when the file is
+/// empty or ends with a newline.
+fn torn_tail(path: &Path) -> std::io::Result<Option<(u64, Vec<u8>)>> {
+    let bytes = std::fs::read(path)?;
+    if bytes.is_empty() || bytes.ends_with(b"\n") {
+        return Ok(None);
+    }
+    let keep = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+    Ok(Some((keep as u64, bytes[keep..].to_vec())))
+}
+
 /// An append-only audit log file.
 #[derive(Debug)]
 pub struct AuditLog {
@@ -211,16 +222,58 @@ pub struct AuditLog {
 impl AuditLog {
     /// Opens (or creates) the log at `path`. An existing log is verified first; appending to a
     /// broken chain is refused, so tampering is reported instead of buried under new records.
+    ///
+    /// One break is repaired: a torn last record (a crash in the middle of a write leaves a
+    /// last line with no newline). Everything before it must verify; the torn bytes are cut
+    /// off and a `torn-record-sealed` record, carrying their length, SHA-256 and beginning, is
+    /// chained in their place, so the repair itself is on the record.
     pub fn open(path: &Path) -> Result<Self> {
-        let summary = if path.exists() {
-            verify_audit_file(path)?
-        } else {
-            AuditSummary { records: 0, head: GENESIS_HASH.to_owned() }
+        let io = |action: &'static str| {
+            move |source| Error::AuditIo { action, path: path.display().to_string(), source }
         };
-        let file = OpenOptions::new().create(true).append(true).open(path).map_err(|source| {
-            Error::AuditIo { action: "open", path: path.display().to_string(), source }
-        })?;
-        Ok(AuditLog { path: path.to_owned(), file, next_seq: summary.records, head: summary.head })
+        let mut torn = if path.exists() { torn_tail(path).map_err(io("read"))? } else { None };
+        let summary = match &torn {
+            Some((keep, _)) => {
+                let bytes = std::fs::read(path).map_err(io("read"))?;
+                match verify_audit(&bytes[..]) {
+                    // Only the newline is missing: the record is whole.
+                    Ok(summary) => {
+                        let mut f =
+                            OpenOptions::new().append(true).open(path).map_err(io("open"))?;
+                        f.write_all(b"\n").map_err(io("append to"))?;
+                        torn = None;
+                        summary
+                    }
+                    Err(_) => {
+                        let summary =
+                            verify_audit(&bytes[..*keep as usize]).map_err(Error::AuditBroken)?;
+                        let f = OpenOptions::new().write(true).open(path).map_err(io("open"))?;
+                        f.set_len(*keep).map_err(io("truncate"))?;
+                        summary
+                    }
+                }
+            }
+            None if path.exists() => verify_audit_file(path)?,
+            None => AuditSummary { records: 0, head: GENESIS_HASH.to_owned() },
+        };
+        let file = OpenOptions::new().create(true).append(true).open(path).map_err(io("open"))?;
+        let mut log =
+            AuditLog { path: path.to_owned(), file, next_seq: summary.records, head: summary.head };
+        if let Some((_, bytes)) = torn {
+            let start: String = String::from_utf8_lossy(&bytes).chars().take(200).collect();
+            let detail = serde_json::json!({
+                "bytes": bytes.len(),
+                "sha256": hex::encode(Sha256::digest(&bytes)),
+                "start": start,
+            });
+            log.append(
+                "torn-record-sealed",
+                &path.display().to_string(),
+                detail,
+                SystemTime::now(),
+            )?;
+        }
+        Ok(log)
     }
 
     /// Appends one record and flushes it to the OS; returns the record.

@@ -138,3 +138,38 @@ fn hash_does_not_depend_on_detail_key_order() {
     };
     assert_eq!(rec(a).compute_hash(), rec(b).compute_hash());
 }
+
+#[test]
+fn a_torn_last_record_is_sealed_on_the_record_and_the_chain_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_log(dir.path(), 3);
+    let whole = std::fs::read(&path).unwrap();
+    // A crash in the middle of writing a fourth record.
+    let torn = br#"{"seq":3,"time":"2026-11-30T00:00:00Z","event":"link-re"#;
+    std::fs::write(&path, [&whole[..], &torn[..]].concat()).unwrap();
+    assert!(verify_audit_file(&path).is_err(), "a torn record breaks verification");
+
+    let mut log = AuditLog::open(&path).expect("a torn last record is repaired, not fatal");
+    assert_eq!(log.len(), 4, "three records and the seal");
+    log.append("started", "x", serde_json::json!({}), SystemTime::now()).unwrap();
+    let summary = verify_audit_file(&path).unwrap();
+    assert_eq!(summary.records, 5);
+    let seal = AuditRecord::parse_line(&lines(&path)[3]).unwrap();
+    assert_eq!(seal.event, "torn-record-sealed");
+    assert_eq!(seal.detail["bytes"], torn.len());
+    assert!(seal.detail["start"].as_str().unwrap().starts_with("{\"seq\":3"));
+
+    // A whole last record that only lacks its newline is kept as it is.
+    let dir2 = tempfile::tempdir().unwrap();
+    let path = write_log(dir2.path(), 2);
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, text.trim_end()).unwrap();
+    assert_eq!(AuditLog::open(&path).unwrap().len(), 2);
+    assert_eq!(verify_audit_file(&path).unwrap().records, 2);
+
+    // A broken record that is not the last stays fatal: that is tampering, not a crash.
+    let mut l = lines(&path);
+    l[0] = "{broken".into();
+    std::fs::write(&path, l.join("\n")).unwrap();
+    assert!(AuditLog::open(&path).is_err());
+}
