@@ -813,6 +813,9 @@ fn keep_running(m: &Manifest, dir: &std::path::Path, children: &Children, as_jso
     }
     loop {
         std::thread::sleep(Duration::from_secs(1));
+        for (name, status) in children.reap() {
+            eprintln!("{name} exited ({status}); the rest of the mesh keeps running");
+        }
         if children.pids().is_empty() {
             return;
         }

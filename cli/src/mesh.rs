@@ -225,6 +225,21 @@ impl Children {
             .collect()
     }
 
+    /// Collects children that exited (so none lingers as a zombie) and forgets them; returns
+    /// their names and exit statuses.
+    pub fn reap(&self) -> Vec<(String, String)> {
+        let mut children = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut gone = Vec::new();
+        children.retain_mut(|(n, c)| match c.try_wait() {
+            Ok(Some(status)) => {
+                gone.push((n.clone(), status.to_string()));
+                false
+            }
+            _ => true,
+        });
+        gone
+    }
+
     pub fn pids(&self) -> Vec<u32> {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|(_, c)| c.id()).collect()
     }
@@ -440,6 +455,29 @@ pub fn write_manifest(dir: &Path, manifest: &Manifest) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn exited_children_are_reaped_not_left_as_zombies() {
+        let children = Children::default();
+        let quick = Command::new("true").spawn().unwrap();
+        let pid = quick.id();
+        children.push("quick", quick);
+        children.push("slow", Command::new("sleep").arg("30").spawn().unwrap());
+        let state = || {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| s.rsplit(')').next().map(|r| r.trim().chars().next()))
+                .flatten()
+        };
+        wait_until(Duration::from_secs(5), "the quick child to exit", || state() == Some('Z'))
+            .unwrap();
+        let gone = children.reap();
+        assert_eq!(gone.len(), 1);
+        assert_eq!(gone[0].0, "quick");
+        assert_eq!(state(), None, "the zombie is gone");
+        assert_eq!(children.pids().len(), 1, "the running child is kept");
+        assert_eq!(children.stop_all(Duration::from_secs(2)), 0);
+    }
 
     #[test]
     fn every_plan_bootstraps_each_member_from_an_earlier_one() {
