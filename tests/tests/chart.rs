@@ -7,6 +7,7 @@ use std::process::Command;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -24,6 +25,7 @@ struct Rendered {
     bindings: usize,
     service_accounts: Vec<ServiceAccount>,
     pdbs: Vec<PodDisruptionBudget>,
+    policies: Vec<NetworkPolicy>,
     notes: String,
 }
 
@@ -89,6 +91,7 @@ fn render(values: Value) -> Rendered {
                 }
                 "ServiceAccount" => r.service_accounts.push(serde_json::from_value(value).unwrap()),
                 "PodDisruptionBudget" => r.pdbs.push(serde_json::from_value(value).unwrap()),
+                "NetworkPolicy" => r.policies.push(serde_json::from_value(value).unwrap()),
                 other => panic!("{template} renders an unexpected kind {other:?}"),
             }
         }
@@ -272,6 +275,58 @@ fn non_default_values_reach_the_manifests() {
     assert_eq!(selector(&hooks[1].namespace_selector), (label.clone(), "DoesNotExist".into()));
     assert_eq!(selector(&hooks[1].object_selector), (label, "Exists".into()));
     assert!(r.notes.contains("one replica leads (Lease genesis-operator)"), "{}", r.notes);
+}
+
+/// The policy's ingress ports by name, each with its peers.
+fn policy_ports(r: &Rendered) -> Vec<(String, Value)> {
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+    let spec = r.policies[0].spec.as_ref().unwrap();
+    spec.ingress
+        .as_ref()
+        .unwrap()
+        .iter()
+        .flat_map(|rule| {
+            let from = serde_json::to_value(&rule.from).unwrap();
+            rule.ports.as_ref().unwrap().iter().map(move |p| match &p.port {
+                Some(IntOrString::String(name)) => (name.clone(), from.clone()),
+                other => panic!("ports are named, got {other:?}"),
+            })
+        })
+        .collect()
+}
+
+#[test]
+fn a_network_policy_admits_each_operator_port_only_from_who_needs_it() {
+    let r = render(json!({}));
+    assert_eq!(r.policies.len(), 1);
+    let policy = r.policies[0].spec.as_ref().unwrap();
+    let pod_labels = r.deployments[0].spec.as_ref().unwrap().template.metadata.as_ref().unwrap();
+    let selected = policy.pod_selector.as_ref().unwrap().match_labels.as_ref().unwrap();
+    assert!(selected.iter().all(|(k, v)| pod_labels.labels.as_ref().unwrap().get(k) == Some(v)));
+    assert_eq!(policy.policy_types.as_deref(), Some(&["Ingress".to_owned()][..]));
+    let ports = policy_ports(&r);
+    let names: Vec<&str> = ports.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["identity", "webhook", "probes"]);
+    // Every named port exists on the operator's container.
+    let container =
+        &r.deployments[0].spec.as_ref().unwrap().template.spec.as_ref().unwrap().containers[0];
+    let declared: Vec<&str> =
+        container.ports.as_ref().unwrap().iter().filter_map(|p| p.name.as_deref()).collect();
+    assert!(names.iter().all(|n| declared.contains(n)), "{declared:?}");
+    assert_eq!(ports[0].1, json!([{"namespaceSelector": {}}]), "members join from any namespace");
+
+    // Narrowed by values; the webhook rule goes with the webhook; and it can be left out.
+    let monitoring = json!([{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]);
+    let r = render(json!({
+        "networkPolicy": {"metricsFrom": monitoring, "webhookFrom": [{"ipBlock": {"cidr": "10.0.0.0/24"}}]},
+    }));
+    let ports = policy_ports(&r);
+    assert_eq!(ports[1].1, json!([{"ipBlock": {"cidr": "10.0.0.0/24"}}]));
+    assert_eq!(ports[2].1, monitoring);
+    let r = render(json!({"webhook": {"enabled": false}}));
+    let names: Vec<String> = policy_ports(&r).into_iter().map(|(n, _)| n).collect();
+    assert_eq!(names, ["identity", "probes"]);
+    assert!(render(json!({"networkPolicy": {"enabled": false}})).policies.is_empty());
 }
 
 #[test]
