@@ -28,6 +28,19 @@ pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// instead of spinning a core, and `/healthz` keeps answering once descriptors free up.
 const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 
+/// What one listener allows.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_connections: usize,
+    pub header_read_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { max_connections: MAX_CONNECTIONS, header_read_timeout: HEADER_READ_TIMEOUT }
+    }
+}
+
 /// Serves HTTP/1.1 (with CONNECT upgrades) on `listener` until `shutdown`; the handler is
 /// told the client's address.
 pub async fn serve<S, H, F>(
@@ -40,7 +53,22 @@ pub async fn serve<S, H, F>(
     H: Fn(Arc<S>, SocketAddr, Request<Incoming>) -> F + Copy + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
 {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    serve_with(listener, state, handler, shutdown, Limits::default()).await
+}
+
+/// [`serve`] with explicit limits.
+pub async fn serve_with<S, H, F>(
+    listener: TcpListener,
+    state: Arc<S>,
+    handler: H,
+    shutdown: CancellationToken,
+    limits: Limits,
+) where
+    S: Send + Sync + 'static,
+    H: Fn(Arc<S>, SocketAddr, Request<Incoming>) -> F + Copy + Send + Sync + 'static,
+    F: Future<Output = Response<Body>> + Send + 'static,
+{
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
     let mut backoff = Duration::from_millis(10);
     loop {
         let (tcp, peer) = tokio::select! {
@@ -69,7 +97,7 @@ pub async fn serve<S, H, F>(
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .header_read_timeout(limits.header_read_timeout)
                 .serve_connection(TokioIo::new(tcp), svc)
                 .with_upgrades()
                 .await;
@@ -90,4 +118,61 @@ pub fn json<T: serde::Serialize>(status: StatusCode, body: &T) -> Response<Body>
 /// A JSON error: `{"error": "..."}`.
 pub fn error(status: StatusCode, message: &str) -> Response<Body> {
     json(status, &serde_json::json!({ "error": message }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    async fn ok(_: Arc<()>, _: SocketAddr, _: Request<Incoming>) -> Response<Body> {
+        json(StatusCode::OK, &"ok")
+    }
+
+    /// Whether the server closes `s` within `limit` (reads EOF or a reset).
+    async fn closed_within(s: &mut TcpStream, limit: Duration) -> bool {
+        let mut buf = [0u8; 256];
+        loop {
+            match tokio::time::timeout(limit, s.read(&mut buf)).await {
+                Err(_) => return false,
+                Ok(Ok(0)) | Ok(Err(_)) => return true,
+                Ok(Ok(_)) => continue,
+            }
+        }
+    }
+
+    async fn get(addr: SocketAddr) -> std::io::Result<String> {
+        let mut s = TcpStream::connect(addr).await?;
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).await?;
+        Ok(out)
+    }
+
+    #[tokio::test]
+    async fn idle_clients_are_dropped_and_past_the_cap_new_ones_are_closed_at_once() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let limits = Limits { max_connections: 4, header_read_timeout: Duration::from_millis(400) };
+        let stop = CancellationToken::new();
+        tokio::spawn(serve_with(listener, Arc::new(()), ok, stop.clone(), limits));
+        assert!(get(addr).await.unwrap().starts_with("HTTP/1.1 200"));
+
+        // Four clients that never send a header hold every slot...
+        let mut idle = Vec::new();
+        for _ in 0..4 {
+            idle.push(TcpStream::connect(addr).await.unwrap());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // ... so a fifth is closed at once, not queued.
+        let mut fifth = TcpStream::connect(addr).await.unwrap();
+        assert!(closed_within(&mut fifth, Duration::from_millis(200)).await);
+        // The header timeout frees them, and the server answers again.
+        for s in &mut idle {
+            assert!(closed_within(s, Duration::from_secs(2)).await, "an idle client was kept");
+        }
+        assert!(get(addr).await.unwrap().starts_with("HTTP/1.1 200"));
+        stop.cancel();
+    }
 }
