@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tokio_util::sync::CancellationToken;
 
-use crate::frame::{Data, Frame, FrameDecoder};
+use crate::frame::{Data, DataKind, Frame, FrameDecoder};
 use crate::node::{Command, LinkQueues, NewLink, Shared, CONTROL_QUEUE, DATA_QUEUE};
 use crate::proto::forward::{FlowPins, Forward};
 
@@ -178,6 +178,7 @@ async fn run_link<S>(
     }
     let mut decoder = FrameDecoder::new();
     let mut pins = FlowPins::default();
+    let mut sweep = tokio::time::interval(PIN_SWEEP);
     let mut buf = vec![0u8; READ_CHUNK];
     let first =
         tokio::time::timeout(HELLO_TIMEOUT, next_frame(&mut decoder, &mut reader, &mut buf)).await;
@@ -322,6 +323,10 @@ async fn run_link<S>(
         }
         tokio::select! {
             _ = cancel.cancelled() => break,
+            _ = sweep.tick() => {
+                reset_broken_paths(&shared, &mut pins).await;
+                continue;
+            }
             r = reader.read(&mut buf) => match r {
                 Ok(0) => { reason = "peer closed the connection".into(); break; }
                 Ok(n) => decoder.push(&buf[..n]),
@@ -332,6 +337,27 @@ async fn run_link<S>(
     cancel.cancel();
     let _ = writer_task.await;
     let _ = shared.commands.send(Command::LinkDown { node, link_id, failure, reason }).await;
+}
+
+/// How often a link reader looks for streams it relays whose onward link closed.
+const PIN_SWEEP: Duration = Duration::from_millis(250);
+
+/// Resets, at both ends, the streams this reader relayed onto a link that has since closed:
+/// their records are lost with it, and an end waiting for an answer would otherwise wait for
+/// its own timeout.
+async fn reset_broken_paths(shared: &Arc<Shared>, pins: &mut FlowPins) {
+    let links = shared.data.links.load();
+    let broken = pins.sweep(|n| links.get(n).is_some_and(|tx| !tx.is_closed()));
+    drop(links);
+    let me = shared.identity.node();
+    for (src, dst, flow) in broken {
+        let reason = format!("stream reset: its path broke at {me}");
+        for end in [src, dst] {
+            let payload = reason.clone().into_bytes();
+            let reset = Command::SendData { dst: end, kind: DataKind::Unreachable, flow, payload };
+            let _ = shared.commands.send(reset).await;
+        }
+    }
 }
 
 /// The data fast path of a link reader: deliver to a local stream, or relay to the next hop,

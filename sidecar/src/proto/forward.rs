@@ -92,6 +92,20 @@ impl FlowPins {
         decision
     }
 
+    /// Forgets the streams pinned to links that are no longer alive and returns them as
+    /// (src, dst, flow): both their ends should hear that the stream broke.
+    pub fn sweep(&mut self, link_alive: impl Fn(&str) -> bool) -> Vec<(String, String, u64)> {
+        let mut broken = Vec::new();
+        self.pins.retain(|(src, dst, flow), (next, _)| {
+            let alive = link_alive(next);
+            if !alive {
+                broken.push((src.clone(), dst.clone(), *flow));
+            }
+            alive
+        });
+        broken
+    }
+
     pub fn len(&self) -> usize {
         self.pins.len()
     }
@@ -161,8 +175,15 @@ mod tests {
         other.kind = DataKind::StreamClose;
         pins.decide("me", &other, now, alive, |_| Some("b".into()));
         assert_eq!(pins.len(), 1);
-        // Pinned to a link that closed: the routing table decides again.
+        // Pinned to a link that closed: a sweep names it for a reset at both ends...
         let mut pins = FlowPins::default();
+        pins.decide("me", &d, now, alive, |_| Some("dead".into()));
+        let mut live = data("x", 9);
+        live.flow = 3;
+        pins.decide("me", &live, now, alive, |_| Some("b".into()));
+        assert_eq!(pins.sweep(alive), [("a".to_owned(), "x".to_owned(), 1)]);
+        assert_eq!(pins.len(), 1, "the stream on a live link stays pinned");
+        // ... and a frame arriving before the sweep is routed afresh.
         pins.decide("me", &d, now, alive, |_| Some("dead".into()));
         assert_eq!(
             pins.decide("me", &d, now, alive, |_| Some("b".into())),
