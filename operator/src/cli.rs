@@ -16,6 +16,10 @@ use genesis_trust::{RevocationReason, Role};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log lines as `text` or `json` (one object per line), on stderr; colour only on a
+    /// terminal without NO_COLOR.
+    #[arg(long, global = true, env = "GENESIS_LOG_FORMAT", default_value = "text")]
+    log_format: genesis_log::LogFormat,
 }
 
 #[derive(Subcommand)]
@@ -139,17 +143,12 @@ enum LocalAction {
 
 /// Runs the operator with command-line `args` (the first is the program name).
 pub fn main_from(args: impl IntoIterator<Item = OsString>) -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse_from(args);
+    genesis_log::init(cli.log_format);
     let (action, args) = match cli.command {
         Command::Local { action, serve } => (action, serve),
         Command::Run(args) => {
-            return match run_cluster(args) {
+            return match run_cluster(args, cli.log_format) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("genesis-operator: {e}");
@@ -209,7 +208,7 @@ fn unrevoke(dir: &std::path::Path, node: &str) -> Result<(), String> {
     }
 }
 
-fn run_cluster(args: RunArgs) -> Result<(), String> {
+fn run_cluster(args: RunArgs, log_format: genesis_log::LogFormat) -> Result<(), String> {
     let runtime =
         tokio::runtime::Runtime::new().map_err(|e| format!("cannot start the runtime: {e}"))?;
     runtime.block_on(async move {
@@ -252,6 +251,7 @@ fn run_cluster(args: RunArgs) -> Result<(), String> {
                 identity_service,
                 token_seconds: 3600,
                 native_sidecar: args.sidecar_mode == SidecarMode::Native,
+                log_format,
             },
         };
         crate::run::run(client, options, metrics, ready).await

@@ -48,6 +48,10 @@ impl std::fmt::Debug for Metrics {
 impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
+        // The standard process_* families (CPU, resident memory, open descriptors, threads).
+        registry
+            .register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))
+            .expect("one process collector");
         macro_rules! reg {
             ($m:expr) => {{
                 let m = $m.expect("valid metric");

@@ -43,6 +43,8 @@ pub struct InjectConfig {
     /// containers start only once the sidecar is ready; else as a plain container (older
     /// clusters), where the app may start first.
     pub native_sidecar: bool,
+    /// The injected sidecars' log format (the operator's own).
+    pub log_format: genesis_log::LogFormat,
 }
 
 /// The webhook's answer for one pod.
@@ -144,6 +146,7 @@ pub fn injection(
             env("GENESIS_ADVERTISE", &format!("$(GENESIS_POD_IP):{PEER_PORT}")),
             env("GENESIS_ADMIN_LISTEN", &format!("0.0.0.0:{ADMIN_PORT}")),
             env("GENESIS_AUDIT_LOG", &format!("{STATE_DIR}/audit.log")),
+            env("GENESIS_LOG_FORMAT", config.log_format.as_str()),
         ],
         "ports": [
             {"name": "genesis-peer", "containerPort": PEER_PORT},
@@ -204,10 +207,24 @@ pub fn injection(
     } else if !labels.contains_key(NETWORK_LABEL) {
         ops.push(json!({"op": "add", "path": format!("/metadata/labels/{}", escape(NETWORK_LABEL)), "value": network_name}));
     }
-    if pod.metadata.annotations.is_none() {
-        ops.push(json!({"op": "add", "path": "/metadata/annotations", "value": {INJECTED_ANNOTATION: network_name}}));
+    // Prometheus scrape annotations for the sidecar's /metrics, unless the app already uses
+    // them for its own metrics (then scrape the sidecar by its named port, genesis-admin,
+    // with the chart's PodMonitor).
+    let mut annotations = vec![(INJECTED_ANNOTATION, network_name.to_owned())];
+    let existing = pod.metadata.annotations.as_ref();
+    if !existing.is_some_and(|a| a.keys().any(|k| k.starts_with("prometheus.io/"))) {
+        annotations.push(("prometheus.io/scrape", "true".to_owned()));
+        annotations.push(("prometheus.io/port", ADMIN_PORT.to_string()));
+        annotations.push(("prometheus.io/path", "/metrics".to_owned()));
+    }
+    if existing.is_none() {
+        let all: serde_json::Map<String, Value> =
+            annotations.into_iter().map(|(k, v)| (k.to_owned(), Value::String(v))).collect();
+        ops.push(json!({"op": "add", "path": "/metadata/annotations", "value": all}));
     } else {
-        ops.push(json!({"op": "add", "path": format!("/metadata/annotations/{}", escape(INJECTED_ANNOTATION)), "value": network_name}));
+        for (k, v) in annotations {
+            ops.push(json!({"op": "add", "path": format!("/metadata/annotations/{}", escape(k)), "value": v}));
+        }
     }
     Injection::Patch(Value::Array(ops))
 }

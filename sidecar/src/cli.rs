@@ -22,6 +22,10 @@ struct Cli {
     /// flags and GENESIS_* variables override it.
     #[arg(long, env = "GENESIS_DOCUMENT")]
     genesis: Option<PathBuf>,
+    /// Log lines as `text` or `json` (one object per line), on stderr; colour only on a
+    /// terminal without NO_COLOR.
+    #[arg(long, env = "GENESIS_LOG_FORMAT", default_value = "text")]
+    log_format: genesis_log::LogFormat,
     #[command(flatten)]
     settings: Settings,
 }
@@ -32,14 +36,9 @@ const JOIN_PATIENCE: Duration = Duration::from_secs(30);
 /// Runs the sidecar with command-line `args` (the first is the program name).
 pub fn main_from(args: impl IntoIterator<Item = OsString>) -> ExitCode {
     use tracing_subscriber::prelude::*;
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let (filter, reload) = tracing_subscriber::reload::Layer::new(filter);
-    tracing_subscriber::registry()
-        .with(filter)
-        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
-        .init();
     let cli = Cli::parse_from(args);
+    let (filter, reload) = tracing_subscriber::reload::Layer::new(genesis_log::env_filter());
+    tracing_subscriber::registry().with(filter).with(genesis_log::layer(cli.log_format)).init();
     let file = match &cli.config {
         Some(path) => match Settings::from_file(path) {
             Ok(file) => file,

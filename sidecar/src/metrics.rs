@@ -28,7 +28,7 @@ pub struct Metrics {
     pub crl_updates: IntCounterVec,
     pub control: IntCounterVec,
     pub audit_records: IntGauge,
-    pub audit_head: IntGaugeVec,
+    pub audit_head: IntGauge,
     pub certificate_expiry: Gauge,
     pub renewals: IntCounterVec,
     pub admin_refused: IntCounterVec,
@@ -67,6 +67,10 @@ fn opts(name: &str, help: &str) -> Opts {
 impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
+        // The standard process_* families (CPU, resident memory, open descriptors, threads).
+        registry
+            .register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))
+            .expect("one process collector");
         macro_rules! reg {
             ($m:expr) => {{
                 let m = $m.expect("valid metric");
@@ -150,10 +154,11 @@ impl Metrics {
                 "audit_records",
                 "Records in the audit log"
             ))),
-            audit_head: reg!(IntGaugeVec::new(
-                opts("audit_head_info", "The audit log's chain head (hash label; value 1)"),
-                &["head"]
-            )),
+            audit_head: reg!(IntGauge::with_opts(opts(
+                "audit_head",
+                "The audit log's chain head: its hash's first 48 bits as a number (one series, \
+                 a new value per record; the full hash is on /admin/identity)"
+            ))),
             certificate_expiry: reg!(Gauge::with_opts(opts(
                 "certificate_expiry_seconds",
                 "Seconds until this member's certificate expires"
@@ -315,6 +320,13 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_audit_head_metric_is_the_hash_prefix_as_a_number() {
+        assert_eq!(crate::node::head_number("00000000000f00ff"), 15);
+        assert_eq!(crate::node::head_number("ffffffffffffff"), 0xffff_ffff_ffff);
+        assert_eq!(crate::node::head_number("not hex"), 0);
+    }
+
+    #[test]
     fn at_least_thirty_families_are_exported_from_the_start_and_each_is_documented() {
         let names = Metrics::new().family_names();
         assert!(names.len() >= 30, "{} families: {names:?}", names.len());
@@ -335,7 +347,7 @@ mod tests {
             for target in panel["targets"].as_array().into_iter().flatten() {
                 let expr = target["expr"].as_str().expect("an expression");
                 for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
-                    if word.starts_with("genesis_") {
+                    if word.starts_with("genesis_") || word.starts_with("process_") {
                         let family = ["_bucket", "_sum", "_count"]
                             .iter()
                             .find_map(|s| word.strip_suffix(s))
@@ -346,7 +358,9 @@ mod tests {
                 }
             }
         }
-        for name in Metrics::new().family_names() {
+        // Every Genesis family is on the dashboard (of the process ones, CPU and memory are).
+        for name in Metrics::new().family_names().into_iter().filter(|n| n.starts_with("genesis_"))
+        {
             assert!(used.contains(&name), "the dashboard does not show {name}");
         }
     }

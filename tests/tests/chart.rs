@@ -26,6 +26,7 @@ struct Rendered {
     service_accounts: Vec<ServiceAccount>,
     pdbs: Vec<PodDisruptionBudget>,
     policies: Vec<NetworkPolicy>,
+    monitors: Vec<Value>,
     notes: String,
 }
 
@@ -92,6 +93,7 @@ fn render(values: Value) -> Rendered {
                 "ServiceAccount" => r.service_accounts.push(serde_json::from_value(value).unwrap()),
                 "PodDisruptionBudget" => r.pdbs.push(serde_json::from_value(value).unwrap()),
                 "NetworkPolicy" => r.policies.push(serde_json::from_value(value).unwrap()),
+                "PodMonitor" => r.monitors.push(value),
                 other => panic!("{template} renders an unexpected kind {other:?}"),
             }
         }
@@ -327,6 +329,36 @@ fn a_network_policy_admits_each_operator_port_only_from_who_needs_it() {
     let names: Vec<String> = policy_ports(&r).into_iter().map(|(n, _)| n).collect();
     assert_eq!(names, ["identity", "probes"]);
     assert!(render(json!({"networkPolicy": {"enabled": false}})).policies.is_empty());
+}
+
+#[test]
+fn pod_monitors_render_when_asked_and_scrape_named_ports_that_exist() {
+    assert!(render(json!({})).monitors.is_empty(), "off by default: needs the Prometheus Operator");
+    let r = render(
+        json!({"metrics": {"podMonitor": {"enabled": true, "labels": {"release": "prom"}}}}),
+    );
+    assert_eq!(r.monitors.len(), 2);
+    let (operator, sidecars) = (&r.monitors[0], &r.monitors[1]);
+    assert_eq!(operator["apiVersion"], "monitoring.coreos.com/v1");
+    assert_eq!(operator["metadata"]["labels"]["release"], "prom");
+    // The operator's endpoint is a port its container names.
+    let container =
+        &r.deployments[0].spec.as_ref().unwrap().template.spec.as_ref().unwrap().containers[0];
+    let port = operator["spec"]["podMetricsEndpoints"][0]["port"].as_str().unwrap();
+    assert!(container.ports.as_ref().unwrap().iter().any(|p| p.name.as_deref() == Some(port)));
+    let pod_labels = r.deployments[0].spec.as_ref().unwrap().template.metadata.as_ref().unwrap();
+    for (k, v) in operator["spec"]["selector"]["matchLabels"].as_object().unwrap() {
+        assert_eq!(pod_labels.labels.as_ref().unwrap()[k], v.as_str().unwrap());
+    }
+    // Sidecars: the injected port name, in any namespace, on every member pod.
+    assert_eq!(sidecars["spec"]["podMetricsEndpoints"][0]["port"], "genesis-admin");
+    assert_eq!(sidecars["spec"]["namespaceSelector"]["any"], true);
+    assert_eq!(
+        sidecars["spec"]["selector"]["matchExpressions"][0]["key"],
+        "genesis-mesh.io/network"
+    );
+    // The operator logs JSON lines, and says so to the sidecars it injects.
+    assert!(container.args.as_ref().unwrap().contains(&"--log-format=json".to_owned()));
 }
 
 #[test]

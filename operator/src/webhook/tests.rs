@@ -17,6 +17,7 @@ fn config() -> InjectConfig {
         identity_service: "genesis-operator-identity.genesis-system.svc:7443".into(),
         token_seconds: 3600,
         native_sidecar: true,
+        log_format: genesis_log::LogFormat::Json,
     }
 }
 
@@ -127,10 +128,27 @@ fn existing_labels_volumes_and_annotations_are_added_to_not_replaced() {
     assert_eq!(applied["metadata"]["labels"]["app"], "api");
     assert_eq!(applied["metadata"]["annotations"]["team"], "pay");
     assert_eq!(applied["metadata"]["annotations"][INJECTED_ANNOTATION], "payments");
+    // Scrape annotations for the sidecar's metrics, logs as JSON lines.
+    assert_eq!(applied["metadata"]["annotations"]["prometheus.io/scrape"], "true");
+    assert_eq!(applied["metadata"]["annotations"]["prometheus.io/port"], "7002");
     assert_eq!(applied["spec"]["volumes"].as_array().unwrap().len(), 4);
     let env = &applied["spec"]["initContainers"][0]["env"];
     let role = env.as_array().unwrap().iter().find(|e| e["name"] == "GENESIS_ROLE").unwrap();
     assert_eq!(role["value"], "anchor");
+    let format = env.as_array().unwrap().iter().find(|e| e["name"] == "GENESIS_LOG_FORMAT");
+    assert_eq!(format.unwrap()["value"], "json");
+
+    // An app that has its own scrape annotations keeps them.
+    let mut own = p.clone();
+    own.metadata.annotations.as_mut().unwrap().insert("prometheus.io/port".into(), "9090".into());
+    let Injection::Patch(patch) = injection(&own, &BTreeMap::new(), &[network()], &config()) else {
+        panic!("expected a patch");
+    };
+    let mut applied = serde_json::to_value(&own).unwrap();
+    json_patch::patch(&mut applied, &serde_json::from_value::<json_patch::Patch>(patch).unwrap())
+        .unwrap();
+    assert_eq!(applied["metadata"]["annotations"]["prometheus.io/port"], "9090");
+    assert!(applied["metadata"]["annotations"].get("prometheus.io/scrape").is_none());
 }
 
 #[test]
