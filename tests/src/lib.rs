@@ -53,6 +53,26 @@ pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ is in the workspace").to_owned()
 }
 
+/// Renders the chart with the real Helm engine (scripts/chart.py, helm-python-sdk) and `values`;
+/// returns its answer: `manifests` (template → text), `crds`, `lint`.
+pub fn render_chart(values: &Value) -> Value {
+    let root = workspace_root();
+    let python = std::env::var("GENESIS_CHART_PYTHON").unwrap_or_else(|_| "python3".into());
+    let out = Command::new(&python)
+        .arg(root.join("scripts/chart.py"))
+        .arg(root.join("charts/genesis-mesh"))
+        .arg(values.to_string())
+        .output()
+        .unwrap_or_else(|e| panic!("{python}: {e}"));
+    assert!(
+        out.status.success(),
+        "rendering failed (bash scripts/test.sh installs helm-python-sdk and sets \
+         GENESIS_CHART_PYTHON):\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("chart.py answers JSON")
+}
+
 /// A /24 of loopback addresses for one test.
 pub struct Subnet {
     prefix: String,

@@ -2,8 +2,6 @@
 //! scripts/chart.py), for default and non-default values; every rendered manifest is
 //! deserialized into its k8s-openapi type, and what admins rely on is checked.
 
-use std::process::Command;
-
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Service, ServiceAccount};
@@ -31,21 +29,7 @@ struct Rendered {
 }
 
 fn render(values: Value) -> Rendered {
-    let root = genesis_e2e::workspace_root();
-    let python = std::env::var("GENESIS_CHART_PYTHON").unwrap_or_else(|_| "python3".into());
-    let out = Command::new(&python)
-        .arg(root.join("scripts/chart.py"))
-        .arg(root.join("charts/genesis-mesh"))
-        .arg(values.to_string())
-        .output()
-        .unwrap_or_else(|e| panic!("{python}: {e}"));
-    assert!(
-        out.status.success(),
-        "rendering failed (bash scripts/test.sh installs helm-python-sdk and sets \
-         GENESIS_CHART_PYTHON):\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let answer = genesis_e2e::render_chart(&values);
     assert_eq!(answer["lint"]["errors"], json!([]), "helm lint: {}", answer["lint"]);
     let lint_problems: Vec<&Value> = answer["lint"]["messages"]
         .as_array()

@@ -1,0 +1,384 @@
+//! The operator against a real control plane: etcd and kube-apiserver from
+//! `KUBEBUILDER_ASSETS` (the controller-runtime "envtest" convention: `setup-envtest use`
+//! prints such a directory), on loopback, with no kubelet. What the in-memory API cannot show:
+//! - the CRDs install, and the real API server's validation (OpenAPI and CEL) refuses every
+//!   manifest in `examples/invalid/` and accepts the examples;
+//! - the chart's RBAC, enforced: the operator runs as the chart's ServiceAccount (a token from
+//!   the TokenRequest API) and reconciles an authority, a network and a member pod's
+//!   Certificate without one `forbidden`;
+//! - server-side-apply field ownership: a member Certificate's status written at issuance
+//!   survives the up-to-date reconciles that follow.
+//!
+//! Without `KUBEBUILDER_ASSETS` the suite says `SKIPPED` and passes, like the kind suite.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use genesis_e2e::{binaries, render_chart, workspace_root};
+use k8s_openapi::api::authentication::v1::TokenRequest;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, ServiceAccount};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{
+    Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams,
+};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config};
+use serde_json::{json, Value};
+
+/// The control plane's binaries, or `None` after saying why the suite is skipped.
+fn assets() -> Option<PathBuf> {
+    let skip = |why: &str| {
+        use std::io::Write;
+        // NB: straight to stderr, past the harness's capture, so the skip shows.
+        let _ = writeln!(std::io::stderr(), "SKIPPED: the envtest suite {why}");
+        None
+    };
+    let Some(dir) = std::env::var_os("KUBEBUILDER_ASSETS").filter(|d| !d.is_empty()) else {
+        return skip(
+            "needs a real etcd and kube-apiserver: set KUBEBUILDER_ASSETS \
+             (`setup-envtest use -p path` prints one; docs/OPERATOR.md)",
+        );
+    };
+    let dir = PathBuf::from(dir);
+    for bin in ["etcd", "kube-apiserver"] {
+        if !dir.join(bin).is_file() {
+            return skip(&format!("found no {bin} in KUBEBUILDER_ASSETS={}", dir.display()));
+        }
+    }
+    Some(dir)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn spawn(program: &Path, args: &[String], log: &Path) -> Child {
+    Command::new(program)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{}: {e}", program.display()))
+}
+
+/// etcd and kube-apiserver, stopped on drop.
+struct ControlPlane {
+    dir: tempfile::TempDir,
+    children: Vec<Child>,
+    url: String,
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        for c in self.children.iter_mut().rev() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl ControlPlane {
+    fn start(assets: &Path) -> ControlPlane {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let (client, peer, secure) = (free_port(), free_port(), free_port());
+        // The service-account signing key (TokenRequest, bound pod tokens) and an admin token.
+        let key = d.join("sa.key");
+        let ok = |c: &mut Command| assert!(c.status().unwrap().success(), "{c:?}");
+        ok(Command::new("openssl")
+            .args(["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out"])
+            .arg(&key));
+        ok(Command::new("openssl")
+            .arg("ec")
+            .arg("-in")
+            .arg(&key)
+            .args(["-pubout", "-out"])
+            .arg(d.join("sa.pub")));
+        std::fs::write(d.join("tokens.csv"), "envtest-admin,admin,admin,\"system:masters\"\n")
+            .unwrap();
+        let p = |x: &str| d.join(x).display().to_string();
+        let etcd_url = format!("http://127.0.0.1:{client}");
+        let etcd = spawn(
+            &assets.join("etcd"),
+            &[
+                format!("--data-dir={}", p("etcd")),
+                format!("--listen-client-urls={etcd_url}"),
+                format!("--advertise-client-urls={etcd_url}"),
+                format!("--listen-peer-urls=http://127.0.0.1:{peer}"),
+                "--unsafe-no-fsync".into(),
+            ],
+            &d.join("etcd.log"),
+        );
+        let apiserver = spawn(
+            &assets.join("kube-apiserver"),
+            &[
+                format!("--etcd-servers={etcd_url}"),
+                format!("--cert-dir={}", p("certs")),
+                format!("--secure-port={secure}"),
+                "--bind-address=127.0.0.1".into(),
+                "--advertise-address=127.0.0.1".into(),
+                "--service-cluster-ip-range=10.0.0.0/24".into(),
+                "--authorization-mode=RBAC".into(),
+                format!("--token-auth-file={}", p("tokens.csv")),
+                format!("--service-account-key-file={}", p("sa.pub")),
+                format!("--service-account-signing-key-file={}", p("sa.key")),
+                "--service-account-issuer=https://kubernetes.default.svc".into(),
+                // No controller-manager: nothing would create the default ServiceAccounts.
+                "--disable-admission-plugins=ServiceAccount".into(),
+            ],
+            &d.join("kube-apiserver.log"),
+        );
+        let cp = ControlPlane {
+            url: format!("https://127.0.0.1:{secure}"),
+            children: vec![etcd, apiserver],
+            dir,
+        };
+        cp.write_kubeconfig("admin.kubeconfig", "envtest-admin");
+        cp
+    }
+
+    /// A kubeconfig for `token` (the serving certificate is self-signed: not checked here).
+    fn write_kubeconfig(&self, name: &str, token: &str) -> PathBuf {
+        let path = self.dir.path().join(name);
+        let kc = json!({
+            "apiVersion": "v1", "kind": "Config", "current-context": "envtest",
+            "clusters": [{"name": "envtest", "cluster": {"server": self.url, "insecure-skip-tls-verify": true}}],
+            "users": [{"name": "u", "user": {"token": token}}],
+            "contexts": [{"name": "envtest", "context": {"cluster": "envtest", "user": "u"}}],
+        });
+        std::fs::write(&path, serde_json::to_string(&kc).unwrap()).unwrap();
+        path
+    }
+
+    fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.path().join(name)).unwrap_or_default()
+    }
+}
+
+async fn client(kubeconfig: &Path) -> Client {
+    let kc = Kubeconfig::read_from(kubeconfig).unwrap();
+    let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await.unwrap();
+    Client::try_from(config).unwrap()
+}
+
+/// Polls `ok` every 100 ms; panics naming `what` (and `context()`) after `limit`.
+async fn eventually<F, Fut>(limit: Duration, what: &str, context: impl Fn() -> String, mut ok: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while !ok().await {
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}\n{}",
+            context()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn resource(kind: &str) -> ApiResource {
+    let plural = match kind {
+        "MeshNetwork" => "meshnetworks",
+        "NetworkAuthority" => "networkauthorities",
+        "Certificate" => "certificates",
+        other => panic!("no plural for {other}"),
+    };
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("genesis-mesh.io", "v1alpha1", kind),
+        plural,
+    )
+}
+
+fn yaml_docs(path: &Path) -> Vec<Value> {
+    use k8s_openapi::serde::Deserialize;
+    let text = std::fs::read_to_string(path).unwrap();
+    serde_yaml::Deserializer::from_str(&text)
+        .map(|d| serde_json::to_value(serde_yaml::Value::deserialize(d).unwrap()).unwrap())
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+/// Creates `obj` (a custom resource) in `ns` (or cluster-wide); the API server's answer.
+async fn create(c: &Client, obj: &Value, ns: &str) -> Result<DynamicObject, kube::Error> {
+    let ar = resource(obj["kind"].as_str().unwrap());
+    let api: Api<DynamicObject> = match obj["kind"].as_str() {
+        Some("Certificate") => Api::namespaced_with(c.clone(), ns, &ar),
+        _ => Api::all_with(c.clone(), &ar),
+    };
+    api.create(&PostParams::default(), &serde_json::from_value(obj.clone()).unwrap()).await
+}
+
+/// Server-side applies a built-in object (RBAC, namespaces, service accounts) as the admin.
+async fn apply(c: &Client, obj: &Value) {
+    let (api_version, kind) = (obj["apiVersion"].as_str().unwrap(), obj["kind"].as_str().unwrap());
+    let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
+    let plural = match kind {
+        "ClusterRole" => "clusterroles",
+        "ClusterRoleBinding" => "clusterrolebindings",
+        "Role" => "roles",
+        "RoleBinding" => "rolebindings",
+        "ServiceAccount" => "serviceaccounts",
+        "Namespace" => "namespaces",
+        other => panic!("no plural for {other}"),
+    };
+    let ar =
+        ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural);
+    let name = obj["metadata"]["name"].as_str().unwrap();
+    let api: Api<DynamicObject> = match obj["metadata"]["namespace"].as_str() {
+        Some(ns) => Api::namespaced_with(c.clone(), ns, &ar),
+        None => Api::all_with(c.clone(), &ar),
+    };
+    api.patch(name, &PatchParams::apply("envtest").force(), &Patch::Apply(obj)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operator_works_against_a_real_api_server_with_the_charts_rbac() {
+    let Some(assets) = assets() else { return };
+    let cp = ControlPlane::start(&assets);
+    let admin = client(&cp.dir.path().join("admin.kubeconfig")).await;
+    let apiserver_log =
+        || cp.log("kube-apiserver.log").lines().rev().take(20).collect::<Vec<_>>().join("\n");
+    eventually(Duration::from_secs(60), "the API server to answer", apiserver_log, || async {
+        admin.apiserver_version().await.is_ok()
+    })
+    .await;
+
+    // 1. The CRDs install and become established.
+    let crds: Api<CustomResourceDefinition> = Api::all(admin.clone());
+    for file in ["meshnetworks", "networkauthorities", "certificates"] {
+        let crd = &yaml_docs(&workspace_root().join(format!("crds/{file}.yaml")))[0];
+        let name = crd["metadata"]["name"].as_str().unwrap().to_owned();
+        crds.patch(&name, &PatchParams::apply("envtest").force(), &Patch::Apply(crd))
+            .await
+            .unwrap();
+        eventually(
+            Duration::from_secs(30),
+            &format!("{name} to be established"),
+            String::new,
+            || {
+                let (crds, name) = (crds.clone(), name.clone());
+                async move {
+                    crds.get(&name)
+                        .await
+                        .ok()
+                        .and_then(|c| c.status)
+                        .and_then(|s| s.conditions)
+                        .is_some_and(|cs| {
+                            cs.iter().any(|c| c.type_ == "Established" && c.status == "True")
+                        })
+                }
+            },
+        )
+        .await;
+    }
+
+    // 2. The real validation refuses every invalid example, with a reason, and accepts the
+    //    valid ones.
+    let namespaces: Api<Namespace> = Api::all(admin.clone());
+    for ns in ["shop", "genesis-system"] {
+        namespaces
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap(),
+            )
+            .await
+            .unwrap();
+    }
+    let mut invalid: Vec<PathBuf> = std::fs::read_dir(workspace_root().join("examples/invalid"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    invalid.sort();
+    assert!(invalid.len() >= 10);
+    for path in &invalid {
+        for doc in yaml_docs(path) {
+            match create(&admin, &doc, "shop").await {
+                Err(kube::Error::Api(e)) if e.code == 422 => {}
+                other => panic!("{} was not refused as invalid: {other:?}", path.display()),
+            }
+        }
+    }
+
+    // 3. The operator, as the chart's ServiceAccount under the chart's RBAC.
+    let chart = render_chart(&json!({"webhook": {"enabled": false}, "operator": {"replicas": 1}}));
+    for (template, text) in chart["manifests"].as_object().unwrap() {
+        if !template.ends_with("rbac.yaml") && !template.ends_with("serviceaccount.yaml") {
+            continue;
+        }
+        use k8s_openapi::serde::Deserialize;
+        for doc in serde_yaml::Deserializer::from_str(text.as_str().unwrap()) {
+            let v = serde_json::to_value(serde_yaml::Value::deserialize(doc).unwrap()).unwrap();
+            if !v.is_null() {
+                apply(&admin, &v).await;
+            }
+        }
+    }
+    let sas: Api<ServiceAccount> = Api::namespaced(admin.clone(), "genesis-system");
+    let request: TokenRequest =
+        serde_json::from_value(json!({"spec": {"audiences": [], "expirationSeconds": 3600}}))
+            .unwrap();
+    let token: TokenRequest = sas
+        .create_subresource("token", "genesis-operator", &PostParams::default(), &request)
+        .await
+        .unwrap();
+    let operator_kc = cp.write_kubeconfig("operator.kubeconfig", &token.status.unwrap().token);
+    let (probes, identity) = (free_port(), free_port());
+    let operator_log = cp.dir.path().join("operator.log");
+    let mut operator = spawn(
+        &binaries().operator,
+        &[
+            "run".into(),
+            format!("--kubeconfig={}", operator_kc.display()),
+            "--namespace=genesis-system".into(),
+            format!("--probe-listen=127.0.0.1:{probes}"),
+            format!("--identity-listen=127.0.0.1:{identity}"),
+            "--no-webhook".into(),
+            "--pod-name=envtest-operator".into(),
+        ],
+        &operator_log,
+    );
+    let op_log = || std::fs::read_to_string(&operator_log).unwrap_or_default();
+
+    let authority = &yaml_docs(&workspace_root().join("examples/network-authority.yaml"))[0];
+    let network = &yaml_docs(&workspace_root().join("examples/mesh-network.yaml"))[0];
+    create(&admin, authority, "").await.unwrap();
+    create(&admin, network, "").await.unwrap();
+    let configmaps: Api<ConfigMap> = Api::namespaced(admin.clone(), "genesis-system");
+    eventually(
+        Duration::from_secs(60),
+        "the authority's bundle and CRL ConfigMaps",
+        op_log,
+        || {
+            let configmaps = configmaps.clone();
+            async move {
+                configmaps.get_opt("default-bundle").await.ok().flatten().is_some()
+                    && configmaps.get_opt("default-crl").await.ok().flatten().is_some()
+            }
+        },
+    )
+    .await;
+
+    // A member pod (no kubelet: it stays Pending) gets its Certificate: a server-side apply
+    // that creates, which the chart's ClusterRole must allow.
+    let pods: Api<Pod> = Api::namespaced(admin.clone(), "shop");
+    let pod = json!({
+        "metadata": {"name": "web-0", "labels": {"app.kubernetes.io/part-of": "payments", "genesis-mesh.io/network": "payments"}},
+        "spec": {"containers": [{"name": "app", "image": "app:1"}]},
+    });
+    pods.create(&PostParams::default(), &serde_json::from_value(pod).unwrap()).await.unwrap();
+    let certs: Api<DynamicObject> =
+        Api::namespaced_with(admin.clone(), "shop", &resource("Certificate"));
+    eventually(Duration::from_secs(60), "the member pod's Certificate", op_log, || {
+        let certs = certs.clone();
+        async move { certs.list(&Default::default()).await.is_ok_and(|l| !l.items.is_empty()) }
+    })
+    .await;
+    let log = op_log();
+    assert!(!log.contains("forbidden"), "the chart's RBAC refused the operator something:\n{log}");
+
+    let _ = operator.kill();
+    let _ = operator.wait();
+}
