@@ -327,19 +327,16 @@ async fn the_operator_works_against_a_real_api_server_with_the_charts_rbac() {
     let operator_kc = cp.write_kubeconfig("operator.kubeconfig", &token.status.unwrap().token);
     let (probes, identity) = (free_port(), free_port());
     let operator_log = cp.dir.path().join("operator.log");
-    let mut operator = spawn(
-        &binaries().operator,
-        &[
-            "run".into(),
-            format!("--kubeconfig={}", operator_kc.display()),
-            "--namespace=genesis-system".into(),
-            format!("--probe-listen=127.0.0.1:{probes}"),
-            format!("--identity-listen=127.0.0.1:{identity}"),
-            "--no-webhook".into(),
-            "--pod-name=envtest-operator".into(),
-        ],
-        &operator_log,
-    );
+    let operator_args: Vec<String> = vec![
+        "run".into(),
+        format!("--kubeconfig={}", operator_kc.display()),
+        "--namespace=genesis-system".into(),
+        format!("--probe-listen=127.0.0.1:{probes}"),
+        format!("--identity-listen=127.0.0.1:{identity}"),
+        "--no-webhook".into(),
+        "--pod-name=envtest-operator".into(),
+    ];
+    let mut operator = spawn(&binaries().operator, &operator_args, &operator_log);
     let op_log = || std::fs::read_to_string(&operator_log).unwrap_or_default();
 
     let authority = &yaml_docs(&workspace_root().join("examples/network-authority.yaml"))[0];
@@ -366,9 +363,10 @@ async fn the_operator_works_against_a_real_api_server_with_the_charts_rbac() {
     let pods: Api<Pod> = Api::namespaced(admin.clone(), "shop");
     let pod = json!({
         "metadata": {"name": "web-0", "labels": {"app.kubernetes.io/part-of": "payments", "genesis-mesh.io/network": "payments"}},
-        "spec": {"containers": [{"name": "app", "image": "app:1"}]},
+        "spec": {"serviceAccountName": "default", "containers": [{"name": "app", "image": "app:1"}]},
     });
-    pods.create(&PostParams::default(), &serde_json::from_value(pod).unwrap()).await.unwrap();
+    let pod: Pod =
+        pods.create(&PostParams::default(), &serde_json::from_value(pod).unwrap()).await.unwrap();
     let certs: Api<DynamicObject> =
         Api::namespaced_with(admin.clone(), "shop", &resource("Certificate"));
     eventually(Duration::from_secs(60), "the member pod's Certificate", op_log, || {
@@ -376,9 +374,108 @@ async fn the_operator_works_against_a_real_api_server_with_the_charts_rbac() {
         async move { certs.list(&Default::default()).await.is_ok_and(|l| !l.items.is_empty()) }
     })
     .await;
+
+    // 4. A real sidecar joins through TokenReview with its pod's bound token (what the kubelet
+    //    would project), and the issuance lands in the Certificate's status.
+    apply(&admin, &json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "default", "namespace": "shop"}})).await;
+    let bound: TokenRequest = serde_json::from_value(json!({"spec": {
+        "audiences": ["genesis-mesh.io"], "expirationSeconds": 3600,
+        "boundObjectRef": {"apiVersion": "v1", "kind": "Pod", "name": "web-0", "uid": pod.metadata.uid},
+    }}))
+    .unwrap();
+    let sa: Api<ServiceAccount> = Api::namespaced(admin.clone(), "shop");
+    let bound: TokenRequest =
+        sa.create_subresource("token", "default", &PostParams::default(), &bound).await.unwrap();
+    let bundle = configmaps.get("default-bundle").await.unwrap().data.unwrap()["ca.crt"].clone();
+    let bundle_path = cp.dir.path().join("ca.crt");
+    std::fs::write(&bundle_path, bundle).unwrap();
+    let (peer, api, admin_port) = (free_port(), free_port(), free_port());
+    let sidecar_log = cp.dir.path().join("sidecar.log");
+    let mut sidecar = spawn(
+        &binaries().sidecar,
+        &[
+            "--node=web-0.shop".into(),
+            "--network=payments".into(),
+            "--trust-domain=cluster.local".into(),
+            format!("--identity-service=127.0.0.1:{identity}"),
+            format!("--trust-bundle={}", bundle_path.display()),
+            format!("--join-token={}", bound.status.unwrap().token),
+            format!("--listen=127.0.0.1:{peer}"),
+            format!("--api-listen=127.0.0.1:{api}"),
+            format!("--admin-listen=127.0.0.1:{admin_port}"),
+        ],
+        &sidecar_log,
+    );
+    let both_logs = || {
+        format!(
+            "--- sidecar\n{}\n--- operator\n{}",
+            std::fs::read_to_string(&sidecar_log).unwrap_or_default(),
+            op_log()
+        )
+    };
+    let serial_of = |c: &DynamicObject| c.data["status"]["serial"].as_str().map(str::to_owned);
+    eventually(
+        Duration::from_secs(60),
+        "the issuance in the Certificate's status",
+        both_logs,
+        || {
+            let certs = certs.clone();
+            async move { certs.get("web-0").await.is_ok_and(|c| serial_of(&c).is_some()) }
+        },
+    )
+    .await;
+    let issued = certs.get("web-0").await.unwrap();
+    let serial = serial_of(&issued).unwrap();
+
+    // 5. Server-side-apply field ownership: the reconciles that follow (the certificate is up
+    //    to date) must not wipe what the issuance wrote. A restarted operator reconciles
+    //    every Certificate at once: restart it, and let it settle.
+    let operator_args = operator_args.clone();
+    let _ = operator.kill();
+    let _ = operator.wait();
+    operator = spawn(&binaries().operator, &operator_args, &cp.dir.path().join("operator-2.log"));
+    // It leads once the Lease of its killed predecessor expires; then it reconciles the
+    // Certificate (counted in its metrics).
+    let probe = format!("127.0.0.1:{probes}");
+    let restarted_log =
+        || std::fs::read_to_string(cp.dir.path().join("operator-2.log")).unwrap_or_default();
+    eventually(Duration::from_secs(90), "the restarted operator to reconcile the Certificate", restarted_log, || {
+        let probe = probe.clone();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                genesis_e2e::http(&probe, "GET", "/metrics", b"").is_ok_and(|(_, body)| {
+                    String::from_utf8_lossy(&body).lines().any(|l| {
+                        l.starts_with("genesis_operator_reconciles_total{controller=\"certificate\",result=\"ok\"}")
+                            && !l.ends_with(" 0")
+                    })
+                })
+            })
+            .await
+            .unwrap()
+        }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = certs.get("web-0").await.unwrap();
+    assert_eq!(
+        serial_of(&after).as_deref(),
+        Some(serial.as_str()),
+        "status after reconciles: {}",
+        after.data["status"]
+    );
+    let issued_serials =
+        after.data["status"]["issuedSerials"].as_array().cloned().unwrap_or_default();
+    assert!(
+        issued_serials.iter().any(|s| s == &json!(serial)),
+        "issuedSerials lost the serial: {}",
+        after.data["status"]
+    );
+    assert!(after.data["status"]["notAfter"].is_string(), "{}", after.data["status"]);
+
     let log = op_log();
     assert!(!log.contains("forbidden"), "the chart's RBAC refused the operator something:\n{log}");
-
+    let _ = sidecar.kill();
+    let _ = sidecar.wait();
     let _ = operator.kill();
     let _ = operator.wait();
 }
