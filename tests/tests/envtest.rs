@@ -472,7 +472,51 @@ async fn the_operator_works_against_a_real_api_server_with_the_charts_rbac() {
     );
     assert!(after.data["status"]["notAfter"].is_string(), "{}", after.data["status"]);
 
-    let log = op_log();
+    // 6. Revocation through spec.revoked: the authority's CRL lists the serial (every serial
+    //    the member was issued), and a second replica started meanwhile does not lead.
+    let mut second = spawn(
+        &binaries().operator,
+        &[
+            "run".into(),
+            format!("--kubeconfig={}", operator_kc.display()),
+            "--namespace=genesis-system".into(),
+            format!("--probe-listen=127.0.0.1:{}", free_port()),
+            format!("--identity-listen=127.0.0.1:{}", free_port()),
+            "--no-webhook".into(),
+            "--pod-name=envtest-operator-2".into(),
+        ],
+        &cp.dir.path().join("operator-second.log"),
+    );
+    let revoke = json!({"spec": {"revoked": true}});
+    certs.patch("web-0", &PatchParams::default(), &Patch::Merge(&revoke)).await.unwrap();
+    let listed = |serial: String| {
+        let configmaps = configmaps.clone();
+        async move {
+            let Some(pem) = configmaps
+                .get("default-crl")
+                .await
+                .ok()
+                .and_then(|m| m.data)
+                .and_then(|d| d.get("crl.pem").cloned())
+            else {
+                return false;
+            };
+            let crl = genesis_trust::Crl::from_pem(&pem).unwrap();
+            crl.revoked().iter().any(|s| s.to_string() == serial)
+        }
+    };
+    eventually(Duration::from_secs(60), "the revoked serial on the CRL", restarted_log, || {
+        listed(serial.clone())
+    })
+    .await;
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(admin.clone(), "genesis-system");
+    let holder = leases.get("genesis-operator").await.unwrap().spec.unwrap().holder_identity;
+    assert_eq!(holder.as_deref(), Some("envtest-operator"), "one leader, the first replica");
+    let _ = second.kill();
+    let _ = second.wait();
+
+    let log = op_log() + &restarted_log();
     assert!(!log.contains("forbidden"), "the chart's RBAC refused the operator something:\n{log}");
     let _ = sidecar.kill();
     let _ = sidecar.wait();
