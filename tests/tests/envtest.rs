@@ -222,6 +222,7 @@ async fn apply(c: &Client, obj: &Value) {
         "RoleBinding" => "rolebindings",
         "ServiceAccount" => "serviceaccounts",
         "Namespace" => "namespaces",
+        "MutatingWebhookConfiguration" => "mutatingwebhookconfigurations",
         other => panic!("no plural for {other}"),
     };
     let ar =
@@ -474,6 +475,32 @@ async fn the_operator_works_against_a_real_api_server_with_the_charts_rbac() {
 
     // 6. Revocation through spec.revoked: the authority's CRL lists the serial (every serial
     //    the member was issued), and a second replica started meanwhile does not lead.
+    //    The second replica serves the webhook, which the API server itself calls (by URL:
+    //    no Service routing here) when a member pod is created.
+    let webhook_port = free_port();
+    let chart = render_chart(&json!({"operator": {"replicas": 1}}));
+    let hooks = chart["manifests"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .find(|(t, _)| t.ends_with("webhook.yaml"))
+        .map(|(_, text)| text.as_str().unwrap().to_owned())
+        .unwrap();
+    {
+        use k8s_openapi::serde::Deserialize;
+        for doc in serde_yaml::Deserializer::from_str(&hooks) {
+            let mut v = serde_json::to_value(serde_yaml::Value::deserialize(doc).unwrap()).unwrap();
+            if v["kind"] != "MutatingWebhookConfiguration" {
+                continue;
+            }
+            for h in v["webhooks"].as_array_mut().unwrap() {
+                h["clientConfig"] =
+                    json!({"url": format!("https://127.0.0.1:{webhook_port}/inject")});
+            }
+            apply(&admin, &v).await;
+        }
+    }
+    let second_log = cp.dir.path().join("operator-second.log");
     let mut second = spawn(
         &binaries().operator,
         &[
@@ -482,11 +509,56 @@ async fn the_operator_works_against_a_real_api_server_with_the_charts_rbac() {
             "--namespace=genesis-system".into(),
             format!("--probe-listen=127.0.0.1:{}", free_port()),
             format!("--identity-listen=127.0.0.1:{}", free_port()),
-            "--no-webhook".into(),
+            format!("--webhook-listen=127.0.0.1:{webhook_port}"),
+            format!("--identity-service=127.0.0.1:{identity}"),
             "--pod-name=envtest-operator-2".into(),
         ],
-        &cp.dir.path().join("operator-second.log"),
+        &second_log,
     );
+    let second_text = || std::fs::read_to_string(&second_log).unwrap_or_default();
+    let hooks_api: Api<k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration> =
+        Api::all(admin.clone());
+    eventually(Duration::from_secs(60), "the webhook's caBundle", second_text, || {
+        let hooks_api = hooks_api.clone();
+        async move {
+            hooks_api.list(&Default::default()).await.is_ok_and(|l| {
+                !l.items.is_empty()
+                    && l.items.iter().all(|c| {
+                        c.webhooks.iter().flatten().all(|w| w.client_config.ca_bundle.is_some())
+                    })
+            })
+        }
+    })
+    .await;
+    let injected = json!({
+        "metadata": {"name": "web-1", "labels": {"app.kubernetes.io/part-of": "payments", "genesis-mesh.io/network": "payments"}},
+        "spec": {"serviceAccountName": "default", "containers": [{"name": "app", "image": "app:1"}]},
+    });
+    let created = pods
+        .create(&PostParams::default(), &serde_json::from_value(injected).unwrap())
+        .await
+        .unwrap_or_else(|e| {
+            panic!("the API server refused the member pod: {e}\n{}", second_text())
+        });
+    let spec = created.spec.unwrap();
+    let all: Vec<String> = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .chain(spec.containers.iter())
+        .map(|c| c.name.clone())
+        .collect();
+    assert!(all.iter().any(|n| n == "genesis-sidecar"), "not injected: {all:?}");
+    assert_eq!(
+        created
+            .metadata
+            .annotations
+            .unwrap_or_default()
+            .get("genesis-mesh.io/injected")
+            .map(String::as_str),
+        Some("payments")
+    );
+
     let revoke = json!({"spec": {"revoked": true}});
     certs.patch("web-0", &PatchParams::default(), &Patch::Merge(&revoke)).await.unwrap();
     let listed = |serial: String| {

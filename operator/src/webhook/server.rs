@@ -209,10 +209,14 @@ impl ServingCert {
         ca.not_after = (now + VALIDITY + VALIDITY).into();
         let ca_cert = ca.self_signed(&ca_key).map_err(err)?;
         let issuer = Issuer::new(ca, ca_key);
+        // Loopback addresses too: an API server on the same host may call the webhook by URL
+        // (a development cluster, envtest); rcgen makes them IP SANs.
         let names = vec![
             format!("{service}.{namespace}.svc"),
             format!("{service}.{namespace}.svc.cluster.local"),
             format!("{service}.{namespace}"),
+            "127.0.0.1".to_owned(),
+            "::1".to_owned(),
         ];
         let mut leaf = CertificateParams::new(names).map_err(err)?;
         leaf.distinguished_name.push(DnType::CommonName, format!("{service}.{namespace}.svc"));
