@@ -107,6 +107,17 @@ async fn set_status(
     apply_status(&Api::<MeshNetwork>::all(ctx.client.clone()), &mn.name_any(), status).await
 }
 
+/// How soon a network waiting for its new authority looks again.
+const AUTHORITY_WAIT: Duration = Duration::from_secs(2);
+
+/// Whether `authority` reports Ready=True: one that never did is still being set up.
+fn was_ready(authority: &NetworkAuthority) -> bool {
+    authority
+        .status
+        .as_ref()
+        .is_some_and(|s| s.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
 async fn not_ready(
     ctx: &Context,
     mn: &MeshNetwork,
@@ -225,6 +236,16 @@ pub async fn reconcile(mn: Arc<MeshNetwork>, ctx: Arc<Context>) -> Result<Action
     };
     let ca = match super::certificate::load_ca(&ctx, &authority).await {
         Ok(ca) => ca,
+        // An authority created together with the network is still making its CA: wait for
+        // it without a Warning (its own reconcile triggers ours once the CA is there).
+        Err(e) if !was_ready(&authority) => {
+            let message = format!("waiting for NetworkAuthority {authority_name} to set up its CA");
+            tracing::debug!(network = %network, error = %e, "{message}");
+            let ready = condition_of(&*mn, "Ready", false, "AuthorityNotReady", message, now);
+            let status = json!({"observedGeneration": mn.meta().generation, "conditions": [ready]});
+            set_status(&ctx, &mn, status).await?;
+            return Ok(Action::requeue(AUTHORITY_WAIT));
+        }
         Err(e) => return not_ready(&ctx, &mn, "CAUnavailable", e, now).await,
     };
     let bundle = Api::<ConfigMap>::namespaced(ctx.client.clone(), &ctx.operator_namespace)

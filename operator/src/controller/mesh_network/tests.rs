@@ -5,7 +5,7 @@ use genesis_trust::CertificateAuthority;
 use serde_json::{json, Value};
 
 use super::*;
-use crate::controller::testing::{Harness, OPS};
+use crate::controller::testing::{Harness, NA, OPS};
 use crate::decide::network::INJECT_ANNOTATION;
 
 const MN: &str = "/apis/genesis-mesh.io/v1alpha1/meshnetworks/payments";
@@ -242,4 +242,28 @@ fn an_invalid_spec_or_a_missing_authority_is_not_ready_with_a_reason() {
         (Some("False"), Some("AuthorityNotFound"))
     );
     assert!(ready["message"].as_str().unwrap().contains("gone"));
+}
+
+#[test]
+fn a_network_created_with_its_authority_waits_quietly_and_warns_only_for_an_established_one() {
+    let w = World::new();
+    // The authority has not made its CA yet (created a moment ago, never Ready).
+    w.api.remove(&format!("/api/v1/namespaces/{OPS}/secrets/prod-ca-ca"));
+    w.reconcile();
+    let ready = w.condition("Ready");
+    assert_eq!(
+        (ready["status"].as_str(), ready["reason"].as_str()),
+        (Some("False"), Some("AuthorityNotReady"))
+    );
+    assert!(w.events().iter().all(|e| e.1 != "Warning"), "{:?}", w.events());
+    // An authority that was Ready and lost its CA is a real problem: a Warning.
+    w.api.update(
+        NA,
+        json!({"status": {"conditions": [{"type": "Ready", "status": "True",
+        "reason": "Ready", "message": "", "lastTransitionTime": "2027-01-15T08:00:00Z"}]}}),
+    );
+    w.reconcile();
+    let warnings: Vec<_> = w.events().into_iter().filter(|e| e.2 == "CAUnavailable").collect();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert_eq!(warnings[0].1, "Warning");
 }
