@@ -71,6 +71,11 @@ struct RunArgs {
     /// plain container, for older clusters).
     #[arg(long, value_enum, default_value = "native")]
     sidecar_mode: SidecarMode,
+    /// Do not watch Secrets (the chart's operator.watchSecrets=false, with no list/watch on
+    /// Secrets in its ClusterRole): a deleted `delivery: secret` Secret is then re-issued at
+    /// its Certificate's next reconcile instead of at once.
+    #[arg(long)]
+    no_secret_watch: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -253,6 +258,7 @@ fn run_cluster(args: RunArgs, log_format: genesis_log::LogFormat) -> Result<(), 
                 native_sidecar: args.sidecar_mode == SidecarMode::Native,
                 log_format,
             },
+            watch_secrets: !args.no_secret_watch,
         };
         crate::run::run(client, options, metrics, ready).await
     })

@@ -152,9 +152,22 @@ pub fn chart_rbac(namespace: &str) -> Rbac {
     use serde::Deserialize;
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../charts/genesis-mesh/templates/rbac.yaml");
     let template = std::fs::read_to_string(path).unwrap();
+    // The chart's defaults: the first branch of each `if`, never its `else`.
+    let mut in_else = false;
     let text: String = template
         .lines()
-        .filter(|l| !(l.trim_start().starts_with("{{") && l.trim_end().ends_with("}}")))
+        .filter(|l| {
+            let t = l.trim();
+            if t.starts_with("{{") && t.ends_with("}}") {
+                if t.contains(" else ") || t.ends_with("else }}") {
+                    in_else = true;
+                } else if t.contains(" end ") || t.ends_with("end }}") {
+                    in_else = false;
+                }
+                return false;
+            }
+            !in_else
+        })
         .map(|l| {
             l.replace("{{ .Release.Namespace }}", namespace)
                 .replace("{{ include \"genesis-mesh.serviceAccount\" . }}", "genesis-operator")

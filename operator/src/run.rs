@@ -110,7 +110,12 @@ async fn publish_crls(
 }
 
 /// Runs the controllers until SIGTERM/SIGINT.
-pub async fn controllers(client: kube::Client, operator_namespace: String, metrics: Arc<Metrics>) {
+pub async fn controllers(
+    client: kube::Client,
+    operator_namespace: String,
+    metrics: Arc<Metrics>,
+    watch_secrets: bool,
+) {
     let ctx = Arc::new(Context {
         client: client.clone(),
         operator_namespace: operator_namespace.clone(),
@@ -119,8 +124,12 @@ pub async fn controllers(client: kube::Client, operator_namespace: String, metri
     });
     let shared = Arc::new(Shared { ctx, metrics });
     let wc = watcher::Config::default();
-    let certificates = Controller::new(Api::<Certificate>::all(client.clone()), wc.clone())
-        .owns(Api::<Secret>::all(client.clone()), wc.clone())
+    let mut certificates = Controller::new(Api::<Certificate>::all(client.clone()), wc.clone());
+    if watch_secrets {
+        // A deleted delivered Secret is re-issued at once (needs list/watch on Secrets).
+        certificates = certificates.owns(Api::<Secret>::all(client.clone()), wc.clone());
+    }
+    let certificates = certificates
         .shutdown_on_signal()
         .run(certificate, error_policy, shared.clone())
         .for_each(|r| async move {
@@ -206,6 +215,8 @@ pub struct Options {
     pub identity_listen: Option<String>,
     /// What injected sidecars are told.
     pub inject: crate::webhook::InjectConfig,
+    /// Watch delivered Secrets cluster-wide (needs list/watch on Secrets).
+    pub watch_secrets: bool,
 }
 
 /// Every replica: the webhook (its certificate, the caBundle, HTTPS) and the identity
@@ -292,7 +303,7 @@ pub async fn run(
     };
     metrics.leader.set(1);
     let outcome = tokio::select! {
-        _ = controllers(client.clone(), ns.clone(), metrics.clone()) => Ok(()),
+        _ = controllers(client.clone(), ns.clone(), metrics.clone(), options.watch_secrets) => Ok(()),
         _ = lost => Err("lost the leader Lease; exiting so this replica restarts as a follower".to_owned()),
     };
     metrics.leader.set(0);

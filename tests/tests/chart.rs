@@ -346,6 +346,30 @@ fn pod_monitors_render_when_asked_and_scrape_named_ports_that_exist() {
 }
 
 #[test]
+fn secrets_can_be_left_unwatched_and_then_the_operator_is_not_allowed_to_list_them() {
+    let verbs = |r: &Rendered| -> Vec<String> {
+        let rules = r.cluster_roles[0].rules.as_ref().unwrap();
+        let secrets = rules
+            .iter()
+            .find(|r| r.resources.as_ref().unwrap().contains(&"secrets".to_owned()))
+            .unwrap();
+        secrets.verbs.clone()
+    };
+    let args = |r: &Rendered| {
+        r.deployments[0].spec.as_ref().unwrap().template.spec.as_ref().unwrap().containers[0]
+            .args
+            .clone()
+            .unwrap()
+    };
+    let default = render(json!({}));
+    assert!(verbs(&default).contains(&"watch".to_owned()));
+    assert!(!args(&default).contains(&"--no-secret-watch".to_owned()));
+    let narrow = render(json!({"operator": {"watchSecrets": false}}));
+    assert_eq!(verbs(&narrow), ["get", "create", "patch"]);
+    assert!(args(&narrow).contains(&"--no-secret-watch".to_owned()));
+}
+
+#[test]
 fn the_webhook_can_be_turned_off() {
     let r = render(json!({"webhook": {"enabled": false}, "operator": {"replicas": 1}}));
     // One replica: no disruption budget (it could never be met) and no spread.
