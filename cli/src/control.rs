@@ -35,7 +35,7 @@ pub struct ControlArgs {
     #[arg(long, requires = "cert")]
     key: Option<PathBuf>,
     /// How long to wait for acknowledgements (Go duration).
-    #[arg(long, default_value = "5s")]
+    #[arg(long, default_value = "5s", value_parser = crate::duration_arg)]
     wait: String,
     #[command(flatten)]
     pub mesh: crate::MeshArgs,
@@ -116,6 +116,14 @@ fn control(args: &ControlArgs) -> Result<(bool, Value, String), String> {
         Scope::Role(r) => roles.get(name) == Some(r),
     };
     let expect = manifest.members.iter().filter(|m| addressed(&m.name)).count();
+    if expect == 0 {
+        let names: Vec<&str> = manifest.members.iter().map(|m| m.name.as_str()).collect();
+        return Err(format!(
+            "the scope {} addresses no member of this mesh (members: {}); check the name or role",
+            args.scope,
+            names.join(", ")
+        ));
+    }
     let via = match &args.via {
         Some(name) => manifest.member(name)?,
         None => manifest

@@ -18,7 +18,7 @@ pub struct PushArgs {
     #[arg(long, value_delimiter = ',')]
     members: Vec<String>,
     /// Give up waiting after this long (Go duration).
-    #[arg(long, default_value = "10s")]
+    #[arg(long, default_value = "10s", value_parser = crate::duration_arg)]
     timeout: String,
     /// Print one JSON object.
     #[arg(long)]

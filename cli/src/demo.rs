@@ -130,6 +130,9 @@ pub fn run(args: &DemoArgs) -> ExitCode {
     if let Err(e) = mesh::hop_limit(args.topology, usize::from(args.nodes)) {
         return crate::fail(&e);
     }
+    if let Err(e) = check_subnet(&args.subnet, usize::from(args.nodes)) {
+        return crate::fail(&e);
+    }
     let mut temp = None;
     let dir = match (&args.dir, args.keep) {
         (Some(d), _) => d.clone(),
@@ -795,6 +798,31 @@ fn print_summary(run: &Run, spec: &LaunchSpec, stopped: Option<bool>, as_json: b
         }
         println!("logs: {}", spec.dir.display());
     }
+}
+
+/// `--subnet` must be three octets in 127/8, and the members' addresses in it free: a second
+/// demo on the same subnet is refused up front, not half started.
+fn check_subnet(subnet: &str, nodes: usize) -> Result<(), String> {
+    let octets: Vec<&str> = subnet.split('.').collect();
+    let valid =
+        octets.len() == 3 && octets[0] == "127" && octets.iter().all(|o| o.parse::<u8>().is_ok());
+    if !valid {
+        return Err(format!(
+            "--subnet {subnet:?} is not the first three octets of a loopback address, e.g. 127.42.0"
+        ));
+    }
+    for i in 1..=nodes {
+        for port in [mesh::PEER_PORT, mesh::ADMIN_PORT] {
+            let addr = format!("{subnet}.{i}:{port}");
+            if let Err(e) = std::net::TcpListener::bind(&addr) {
+                return Err(format!(
+                    "{addr} is not free ({e}): another demo is running on this subnet? Stop it, \
+                     or pick another with --subnet (e.g. 127.43.0)"
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// `--keep`: say where to look, then wait for Ctrl-C.

@@ -199,7 +199,7 @@ pub fn convergence_problems(states: &[MemberState], authority: &AuthorityState) 
 #[derive(clap::Args)]
 pub struct StatusArgs {
     /// Certificates expiring sooner than this are listed (Go duration).
-    #[arg(long, default_value = "1h")]
+    #[arg(long, default_value = "1h", value_parser = crate::duration_arg)]
     expiring_within: String,
     #[command(flatten)]
     pub mesh: crate::MeshArgs,
@@ -209,6 +209,12 @@ pub fn status(args: &StatusArgs) -> ExitCode {
     match status_report(args) {
         Ok((value, text)) => {
             output::print(args.mesh.output, &value, || text);
+            if value["running"] == false {
+                return crate::fail(
+                    "the mesh is not running: no member answers (start one with `genesisctl \
+                     demo --keep`, or start its sidecars)",
+                );
+            }
             ExitCode::SUCCESS
         }
         Err(e) => crate::fail(&e),
@@ -243,6 +249,7 @@ fn status_report(args: &StatusArgs) -> Result<(Value, String), String> {
         "anchors": anchors, "members": states, "ready": ready, "live": live,
         "revoked": authority.revoked, "converged": problems.is_empty(),
         "convergenceProblems": problems, "expiringSoon": expiring,
+        "running": states.iter().any(|s| s.ready != "down"),
     });
     let rows: Vec<Vec<String>> = states
         .iter()
@@ -317,7 +324,15 @@ fn table_of(args: &NodeArgs, command: &str, path: &str, columns: &[&str]) -> Exi
         .local_only(command)
         .and_then(|()| Manifest::load(&args.mesh.dir()))
         .and_then(|m| m.member(&args.node).cloned())
-        .and_then(|m| client::get_json(&m.admin, path));
+        .and_then(|m| {
+            client::get_json(&m.admin, path).map_err(|e| {
+                format!(
+                    "{}'s admin API at {} did not answer ({e}): is the member running? \
+                     (`genesisctl status` shows the whole mesh)",
+                    m.name, m.admin
+                )
+            })
+        });
     match answer {
         Ok(value) => {
             let rows: Vec<Vec<String>> = value

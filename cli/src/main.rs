@@ -119,6 +119,11 @@ enum AuditCommand {
 }
 
 /// One clear line on standard error, exit status 2.
+/// A duration flag, checked when the command line is parsed (so the error names the flag).
+pub fn duration_arg(s: &str) -> Result<String, String> {
+    genesis_trust::duration::parse_duration(s).map(|_| s.to_owned())
+}
+
 pub fn fail(message: &str) -> ExitCode {
     eprintln!("genesisctl: {message}");
     ExitCode::from(2)

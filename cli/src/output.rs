@@ -63,6 +63,8 @@ pub fn cell(v: &Value) -> String {
     match v {
         Value::Null => "-".into(),
         Value::String(s) => s.clone(),
+        // Measured values (an RTT in ms, say) to two decimals, not 0.30399000000000004.
+        Value::Number(n) if n.is_f64() => format!("{:.2}", n.as_f64().unwrap_or_default()),
         other => other.to_string(),
     }
 }
@@ -70,6 +72,13 @@ pub fn cell(v: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn measured_numbers_show_two_decimals_and_counts_stay_whole() {
+        assert_eq!(cell(&serde_json::json!(0.30399000000000004)), "0.30");
+        assert_eq!(cell(&serde_json::json!(12)), "12");
+        assert_eq!(cell(&serde_json::json!(null)), "-");
+    }
 
     #[test]
     fn tables_align_columns_to_the_widest_cell() {

@@ -21,7 +21,7 @@ pub struct RevokeArgs {
     #[arg(long, short = 'n')]
     namespace: Option<String>,
     /// Give up waiting for the mesh after this long (Go duration).
-    #[arg(long, default_value = "10s")]
+    #[arg(long, default_value = "10s", value_parser = crate::duration_arg)]
     timeout: String,
     #[command(flatten)]
     pub mesh: crate::MeshArgs,

@@ -98,6 +98,21 @@ fn demo_refuses_too_few_nodes_with_a_clear_error() {
 }
 
 #[test]
+fn demo_checks_its_subnet_up_front() {
+    let out = genesisctl().args(["demo", "--subnet", "127.42"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--subnet \"127.42\"") && err.contains("127.42.0"), "{err}");
+    // Another demo (here: anything) holding a member's address: refused before starting.
+    let _busy = std::net::TcpListener::bind("127.200.9.2:7000").unwrap();
+    let out = genesisctl().args(["demo", "--subnet", "127.200.9", "--json"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("127.200.9.2:7000 is not free") && err.contains("--subnet"), "{err}");
+    assert!(out.stdout.is_empty(), "nothing was started: {}", String::from_utf8_lossy(&out.stdout));
+}
+
+#[test]
 fn audit_verify_accepts_an_intact_log_and_names_the_first_broken_record() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("audit.jsonl");

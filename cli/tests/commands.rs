@@ -161,6 +161,16 @@ fn status_peers_routes_control_revoke_check_and_audit_against_a_running_mesh() {
     assert_eq!(code, Some(1));
     assert_eq!(answer["accepted"], false);
     assert!(answer["answer"]["rule"].as_str().unwrap().starts_with("default-deny"), "{answer}");
+    // A scope that addresses nobody is an error, not "0/0 applied".
+    let out = mesh.run(&["control", "log-level", "--scope", "node/m99", "--arg", "level=debug"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("addresses no member") && err.contains("m0"), "{err}");
+    // A duration flag without a unit names the flag.
+    let out = mesh.run(&["revoke", "m3", "--timeout", "5"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--timeout") && err.contains("30s"), "{err}");
 
     // revoke: a second member, cut off everywhere; the mesh still converges and checks green.
     let victim = live[3].as_str();
@@ -260,5 +270,14 @@ fn status_peers_routes_control_revoke_check_and_audit_against_a_running_mesh() {
         let admin = m["admin"].as_str().unwrap();
         assert!(std::net::TcpStream::connect(admin).is_err(), "{admin} still answers");
     }
+    // A stopped mesh: status says so and fails; peers says who did not answer and why.
+    let stopped = |args: &[&str]| genesisctl().args(args).arg("--mesh").arg(&dir).output().unwrap();
+    let out = stopped(&["status"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("the mesh is not running"));
+    let out = stopped(&["peers", "m1"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("m1's admin API") && err.contains("is the member running"), "{err}");
     assert!(Path::new(&dir.join("mesh.json")).exists());
 }

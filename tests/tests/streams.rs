@@ -116,7 +116,12 @@ fn a_stalled_relay_neither_hangs_a_tunnel_nor_poisons_later_messages_on_the_pair
     signal(&r, "-CONT");
     match read {
         Err(e) if e.kind() == ErrorKind::ConnectionReset => {}
-        other => panic!("a stalled path should reset the tunnel, got {other:?} after {waited:?}"),
+        other => panic!(
+            "a stalled path should reset the tunnel, got {other:?} after {waited:?}\n--- a\n{}\n--- r\n{}\n--- b\n{}",
+            a.log_text(),
+            r.log_text(),
+            b.log_text()
+        ),
     }
     assert!(waited < Duration::from_secs(10), "the reset took {waited:?}");
     assert!(stalled == 200 || answer["error"].is_string(), "{stalled} {answer}");
