@@ -66,6 +66,7 @@ pub fn evaluate(
 ) -> Vec<Check> {
     let mut checks = Vec::new();
     let auth_dir = manifest.authority_dir.display();
+    let mesh_dir = manifest.authority_dir.parent().unwrap_or(std::path::Path::new("."));
     checks.push(if authority.ca_valid_for >= min.ca {
         pass("CA far from expiry", format!("valid for {}", human_secs(authority.ca_valid_for)))
     } else {
@@ -163,8 +164,10 @@ pub fn evaluate(
         .collect();
     let crl_hint = || {
         let via = live.iter().find(|s| s.ready != "down").map(|s| s.name.as_str()).unwrap_or("m0");
-        let admin = manifest.member(via).map(|m| m.admin.clone()).unwrap_or_default();
-        format!("push it: genesisctl crl push --crl {auth_dir}/crl.der --via {admin}")
+        format!(
+            "push it: genesisctl crl push --crl {auth_dir}/crl.der --via {via} --mesh {}",
+            mesh_dir.display()
+        )
     };
     checks.push(if authority.crl_valid_for < min.crl {
         fail(

@@ -11,18 +11,35 @@ pub struct PushArgs {
     /// The CRL (DER or PEM), e.g. the authority's crl.der.
     #[arg(long)]
     crl: PathBuf,
-    /// Admin address (host:port) of the member to push through.
+    /// The member to push through: its name in the local mesh (`--mesh`), or its admin
+    /// address (host:port).
     #[arg(long)]
     via: String,
-    /// Admin addresses of the members to wait for (comma separated).
+    /// The members to wait for (names or admin addresses, comma separated; default: every
+    /// member of the local mesh).
     #[arg(long, value_delimiter = ',')]
     members: Vec<String>,
     /// Give up waiting after this long (Go duration).
     #[arg(long, default_value = "10s", value_parser = crate::duration_arg)]
     timeout: String,
-    /// Print one JSON object.
-    #[arg(long)]
+    /// The same as `-o json` (kept for scripts).
+    #[arg(long, hide = true)]
     json: bool,
+    #[command(flatten)]
+    mesh: crate::MeshArgs,
+}
+
+/// A member name (from the local mesh's manifest) or an admin address, as an admin address.
+fn admin_of(manifest: Option<&crate::mesh::Manifest>, who: &str) -> Result<String, String> {
+    if who.parse::<std::net::SocketAddr>().is_ok() {
+        return Ok(who.to_owned());
+    }
+    match manifest {
+        Some(m) => m.member(who).map(|m| m.admin.clone()),
+        None => Err(format!(
+            "{who} is neither host:port nor a member of a local mesh (no mesh found: pass --mesh DIR)"
+        )),
+    }
 }
 
 fn http(addr: &str, method: &str, path: &str, body: &[u8]) -> Result<(u16, Vec<u8>), String> {
@@ -55,8 +72,23 @@ fn run(args: &PushArgs) -> Result<bool, String> {
         _ => genesis_trust::Crl::parse(&raw),
     }
     .map_err(|e| format!("{}: {e}", args.crl.display()))?;
+    args.mesh.local_only("crl push (posts to a member's admin API)")?;
+    let manifest = crate::mesh::Manifest::load(&args.mesh.dir()).ok();
+    let via = admin_of(manifest.as_ref(), &args.via)?;
+    let members: Vec<String> = if args.members.is_empty() {
+        // Every member of the local mesh but the revoked ones (they are cut off by design).
+        let Some(m) = manifest.as_ref() else {
+            return Err(
+                "no members to wait for: pass --members, or --mesh DIR for a local mesh".into()
+            );
+        };
+        let revoked = crate::inspect::authority_state(m)?.revoked;
+        m.members.iter().filter(|m| !revoked.contains(&m.name)).map(|m| m.admin.clone()).collect()
+    } else {
+        args.members.iter().map(|m| admin_of(manifest.as_ref(), m)).collect::<Result<_, _>>()?
+    };
     let start = Instant::now();
-    let (status, body) = http(&args.via, "POST", "/admin/crl", crl.der())?;
+    let (status, body) = http(&via, "POST", "/admin/crl", crl.der())?;
     // 409: the member already holds it (or newer); the mesh may still be converging.
     if status != 200 && status != 409 {
         return Err(format!(
@@ -66,7 +98,7 @@ fn run(args: &PushArgs) -> Result<bool, String> {
         ));
     }
     let number = crl.number();
-    let mut pending: Vec<&String> = args.members.iter().collect();
+    let mut pending: Vec<&String> = members.iter().collect();
     while !pending.is_empty() && start.elapsed() < timeout {
         pending.retain(|m| crl_number(m).is_none_or(|n| n < number));
         if !pending.is_empty() {
@@ -75,27 +107,28 @@ fn run(args: &PushArgs) -> Result<bool, String> {
     }
     let elapsed = start.elapsed();
     let converged = pending.is_empty();
-    if args.json {
-        let out = serde_json::json!({
-            "crlNumber": number,
-            "converged": converged,
-            "members": args.members.len(),
-            "seconds": elapsed.as_secs_f64(),
-            "notConverged": pending,
-        });
-        println!("{out}");
-    } else if converged {
-        println!(
-            "CRL {number} held by all {} members after {:.3}s",
-            args.members.len(),
-            elapsed.as_secs_f64()
-        );
-    } else {
-        println!(
-            "CRL {number} not held after {:.1}s by: {}",
-            elapsed.as_secs_f64(),
-            pending.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
-        );
-    }
+    let value = serde_json::json!({
+        "crlNumber": number,
+        "converged": converged,
+        "members": members.len(),
+        "seconds": elapsed.as_secs_f64(),
+        "notConverged": pending,
+    });
+    let out = if args.json { crate::output::Output::Json } else { args.mesh.output };
+    crate::output::print(out, &value, || {
+        if converged {
+            format!(
+                "CRL {number} held by all {} members after {:.3}s\n",
+                members.len(),
+                elapsed.as_secs_f64()
+            )
+        } else {
+            format!(
+                "CRL {number} not held after {:.1}s by: {}\n",
+                elapsed.as_secs_f64(),
+                pending.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+            )
+        }
+    });
     Ok(converged)
 }

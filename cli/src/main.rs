@@ -112,8 +112,11 @@ enum AuditCommand {
     Verify {
         /// The audit log (JSON lines).
         file: PathBuf,
-        /// Print the result as JSON.
-        #[arg(long)]
+        /// table for people, json or yaml for machines.
+        #[arg(long, short, value_enum, default_value_t = output::Output::Table)]
+        output: output::Output,
+        /// The same as `-o json` (kept for scripts).
+        #[arg(long, hide = true)]
         json: bool,
     },
 }
@@ -155,36 +158,35 @@ fn main() -> ExitCode {
         Command::Control(args) => control::run(&args),
         Command::Check(args) => check::run(&args),
         Command::Crl { command: CrlCommand::Push(args) } => crl::push(&args),
-        Command::Audit { command: AuditCommand::Verify { file, json } } => {
-            audit_verify(&file, json)
+        Command::Audit { command: AuditCommand::Verify { file, output, json } } => {
+            audit_verify(&file, if json { output::Output::Json } else { output })
         }
     }
 }
 
-fn audit_verify(file: &std::path::Path, json: bool) -> ExitCode {
+fn audit_verify(file: &std::path::Path, out: output::Output) -> ExitCode {
     match genesis_trust::verify_audit_file(file) {
         Ok(summary) => {
-            if json {
-                let out = serde_json::json!({"ok": true, "records": summary.records, "head": summary.head});
-                println!("{out}");
-            } else {
-                println!(
-                    "{}: {} records, chain intact, head {}",
+            let value =
+                serde_json::json!({"ok": true, "records": summary.records, "head": summary.head});
+            output::print(out, &value, || {
+                format!(
+                    "{}: {} records, chain intact, head {}\n",
                     file.display(),
                     summary.records,
                     summary.head
-                );
-            }
+                )
+            });
             ExitCode::SUCCESS
         }
         Err(genesis_trust::Error::AuditBroken(b)) => {
-            if json {
-                let out = serde_json::json!({
-                    "ok": false, "line": b.line, "seq": b.seq, "error": b.to_string()
-                });
-                println!("{out}");
-            } else {
+            let value = serde_json::json!({
+                "ok": false, "line": b.line, "seq": b.seq, "error": b.to_string()
+            });
+            if out == output::Output::Table {
                 eprintln!("{}: {b}", file.display());
+            } else {
+                output::print(out, &value, String::new);
             }
             ExitCode::FAILURE
         }

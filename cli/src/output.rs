@@ -1,5 +1,5 @@
-//! `--output table|json`: every command prints either aligned columns for people or one JSON
-//! document for machines.
+//! `--output table|json|yaml`: every command prints either aligned columns for people or one
+//! JSON or YAML document for machines (the same document, camelCase keys).
 
 use serde_json::Value;
 
@@ -11,6 +11,8 @@ pub enum Output {
     Table,
     /// One JSON document on standard output.
     Json,
+    /// The same document as YAML.
+    Yaml,
 }
 
 /// Aligned columns; the header is upper-cased.
@@ -40,6 +42,7 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
 pub fn print(output: Output, value: &Value, text: impl FnOnce() -> String) {
     match output {
         Output::Json => println!("{value}"),
+        Output::Yaml => print!("{}", serde_yaml::to_string(value).expect("JSON values are YAML")),
         Output::Table => print!("{}", text()),
     }
 }

@@ -129,10 +129,17 @@ fn audit_verify_accepts_an_intact_log_and_names_the_first_broken_record() {
     let out = genesisctl().args(["audit", "verify"]).arg(&path).output().unwrap();
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("3 records, chain intact"));
+    // -o json and -o yaml, like every other command.
+    let out = genesisctl().args(["audit", "verify", "-o", "json"]).arg(&path).output().unwrap();
+    let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((result["ok"].as_bool(), result["records"].as_u64()), (Some(true), Some(3)));
+    let out = genesisctl().args(["audit", "verify", "-o", "yaml"]).arg(&path).output().unwrap();
+    let result: serde_json::Value = serde_yaml::from_slice(&out.stdout).unwrap();
+    assert_eq!(result["records"], 3);
 
     let text = std::fs::read_to_string(&path).unwrap().replacen("\"i\":1", "\"i\":7", 1);
     std::fs::write(&path, text).unwrap();
-    let out = genesisctl().args(["audit", "verify", "--json"]).arg(&path).output().unwrap();
+    let out = genesisctl().args(["audit", "verify", "-o", "json"]).arg(&path).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(result["ok"], false);

@@ -203,23 +203,17 @@ fn status_peers_routes_control_revoke_check_and_audit_against_a_running_mesh() {
     assert_eq!(check(&report, "certificates far from expiry")["ok"], true);
     let text = stdout(&mesh.run(&["check"]));
     assert!(text.contains("\u{2718} CRL fresh") && text.contains("hint:"), "{text}");
-    // Following the hint heals it.
     let manifest: Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("mesh.json")).unwrap()).unwrap();
-    let admin = manifest["members"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["name"] == a)
-        .map(|m| m["admin"].as_str().unwrap().to_owned())
-        .unwrap();
-    let out = genesisctl()
-        .args(["crl", "push", "--crl"])
-        .arg(dir.join("authority/crl.der"))
-        .args(["--via", &admin])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // Following the hint, word for word, heals it: every live member holds the new CRL.
+    let hint = crl["hint"].as_str().unwrap().trim_start_matches("push it: ").to_owned();
+    let words: Vec<&str> = hint.split_whitespace().collect();
+    assert_eq!(words[..2], ["genesisctl", "crl"], "{hint}");
+    let out = genesisctl().args(&words[1..]).args(["-o", "yaml"]).output().unwrap();
+    assert!(out.status.success(), "{hint}: {}", String::from_utf8_lossy(&out.stderr));
+    let pushed: Value = serde_yaml::from_slice(&out.stdout).unwrap();
+    assert_eq!(pushed["converged"], true, "{pushed}");
+    assert_eq!(pushed["members"], 3, "every live member, the revoked two left out: {pushed}");
     wait_for("check to pass after the push", || mesh.json(&["check"]).0 == Some(0));
 
     // Near expiry: 24 h certificates fail a 48 h threshold, naming every member.
