@@ -341,11 +341,83 @@ fn table_of(args: &NodeArgs, command: &str, path: &str, columns: &[&str]) -> Exi
                 .flatten()
                 .map(|row| columns.iter().map(|c| output::cell(&row[*c])).collect())
                 .collect();
-            output::print(args.mesh.output, &value, || output::table(columns, &rows));
+            output::print(args.mesh.output, &output::camel_keys(&value), || {
+                output::table(columns, &rows)
+            });
             ExitCode::SUCCESS
         }
         Err(e) => crate::fail(&e),
     }
+}
+
+#[derive(clap::Args)]
+pub struct VersionArgs {
+    #[command(flatten)]
+    pub mesh: crate::MeshArgs,
+}
+
+/// `version`: this client, and what it talks to: a local mesh's members (their build_info), or
+/// a cluster's operator image and the installed CRDs' versions.
+pub fn version(args: &VersionArgs) -> ExitCode {
+    let client = env!("CARGO_PKG_VERSION");
+    let mut value = json!({"client": client});
+    let mut text = format!("genesisctl {client}\n");
+    if let Some(target) = args.mesh.cluster() {
+        let state = crate::cluster::block_on(async {
+            let c = crate::cluster::client(&target).await?;
+            crate::cluster::fetch(&c, &target.operator_namespace).await
+        });
+        match state.and_then(|s| s) {
+            Ok(state) => {
+                let image = state
+                    .operator
+                    .as_ref()
+                    .and_then(|d| d.spec.as_ref()?.template.spec.as_ref()?.containers.first())
+                    .and_then(|c| c.image.clone());
+                let crds: serde_json::Map<String, Value> = state
+                    .crds
+                    .iter()
+                    .map(|(name, crd)| {
+                        let versions: Vec<String> = crd
+                            .iter()
+                            .flat_map(|c| c.spec.versions.iter())
+                            .filter(|v| v.served)
+                            .map(|v| v.name.clone())
+                            .collect();
+                        (name.clone(), json!(versions))
+                    })
+                    .collect();
+                text +=
+                    &format!("operator image {}\n", image.as_deref().unwrap_or("(not installed)"));
+                for (name, versions) in &crds {
+                    text += &format!("CRD {name}: {}\n", output::cell(versions));
+                }
+                value["operatorImage"] = json!(image);
+                value["crds"] = Value::Object(crds);
+            }
+            Err(e) => return crate::fail(&e),
+        }
+    } else if let Ok(manifest) = Manifest::load(&args.mesh.dir()) {
+        let members: serde_json::Map<String, Value> = manifest
+            .members
+            .iter()
+            .map(|m| {
+                let version = client::metrics(&m.admin).ok().and_then(|series| {
+                    series.into_iter().find_map(|(name, _)| {
+                        let rest = name.strip_prefix("genesis_sidecar_build_info{version=\"")?;
+                        Some(rest.split('"').next()?.to_owned())
+                    })
+                });
+                (m.name.clone(), json!(version))
+            })
+            .collect();
+        for (name, v) in &members {
+            text += &format!("{name} {}\n", v.as_str().unwrap_or("(down)"));
+        }
+        value["members"] = Value::Object(members);
+    }
+    output::print(args.mesh.output, &value, || text);
+    ExitCode::SUCCESS
 }
 
 #[cfg(test)]

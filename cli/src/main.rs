@@ -34,11 +34,13 @@ pub struct MeshArgs {
     /// table for people, json for machines.
     #[arg(long, short, value_enum, default_value_t = output::Output::Table, global = true)]
     output: output::Output,
-    /// Talk to a cluster through this kubeconfig instead of a local mesh.
+    /// Talk to a cluster through this kubeconfig instead of a local mesh. Without it (and
+    /// without --mesh), a cluster is used when no local mesh exists and $KUBECONFIG or
+    /// ~/.kube/config does, as kubectl would.
     #[arg(long, global = true, conflicts_with = "mesh")]
     kubeconfig: Option<PathBuf>,
     /// The kubeconfig context (default: its current context).
-    #[arg(long, global = true, requires = "kubeconfig")]
+    #[arg(long, global = true)]
     context: Option<String>,
     /// The namespace the Helm chart was installed in.
     #[arg(long, global = true, default_value = "genesis-system")]
@@ -50,10 +52,19 @@ impl MeshArgs {
         self.mesh.clone().unwrap_or_else(mesh::default_dir)
     }
 
-    /// The cluster, when `--kubeconfig` was given.
+    /// The cluster: `--kubeconfig`; else, when there is no local mesh to talk to (no --mesh,
+    /// no $GENESIS_MESH, no default mesh directory), kubectl's kubeconfig (the first file of
+    /// $KUBECONFIG, else ~/.kube/config) with its current context unless --context says.
     pub fn cluster(&self) -> Option<cluster::Target> {
+        let kubeconfig = match &self.kubeconfig {
+            Some(k) => k.clone(),
+            None if self.mesh.is_none() && !mesh::default_dir().join("mesh.json").exists() => {
+                kubectl_kubeconfig()?
+            }
+            None => return None,
+        };
         Some(cluster::Target {
-            kubeconfig: self.kubeconfig.clone()?,
+            kubeconfig,
             context: self.context.clone(),
             operator_namespace: self.operator_namespace.clone(),
         })
@@ -61,7 +72,7 @@ impl MeshArgs {
 
     /// The error for commands that only make sense against a local mesh's admin APIs.
     pub fn local_only(&self, what: &str) -> Result<(), String> {
-        match self.kubeconfig {
+        match self.cluster() {
             Some(_) => Err(format!(
                 "{what} reads a member's admin API, which a cluster does not expose: run \
                  `kubectl port-forward pod/<pod> 7002` and `curl localhost:7002/admin/...`"
@@ -98,6 +109,13 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Print a shell completion script: `source <(genesisctl completion bash)`.
+    Completion {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+    /// Print genesisctl's version, and those of the local mesh's members when one answers.
+    Version(inspect::VersionArgs),
 }
 
 #[derive(Subcommand)]
@@ -122,6 +140,16 @@ enum AuditCommand {
 }
 
 /// One clear line on standard error, exit status 2.
+/// The kubeconfig kubectl would use: the first existing file of $KUBECONFIG, else
+/// ~/.kube/config if it exists.
+fn kubectl_kubeconfig() -> Option<PathBuf> {
+    if let Some(list) = std::env::var_os("KUBECONFIG").filter(|v| !v.is_empty()) {
+        return std::env::split_paths(&list).find(|p| p.is_file());
+    }
+    let home = std::env::var_os("HOME")?;
+    Some(PathBuf::from(home).join(".kube/config")).filter(|p| p.is_file())
+}
+
 /// A duration flag, checked when the command line is parsed (so the error names the flag).
 pub fn duration_arg(s: &str) -> Result<String, String> {
     genesis_trust::duration::parse_duration(s).map(|_| s.to_owned())
@@ -158,6 +186,13 @@ fn main() -> ExitCode {
         Command::Control(args) => control::run(&args),
         Command::Check(args) => check::run(&args),
         Command::Crl { command: CrlCommand::Push(args) } => crl::push(&args),
+        Command::Completion { shell } => {
+            use clap::CommandFactory;
+            let mut cmd = Cli::command();
+            clap_complete::generate(shell, &mut cmd, "genesisctl", &mut std::io::stdout());
+            ExitCode::SUCCESS
+        }
+        Command::Version(args) => inspect::version(&args),
         Command::Audit { command: AuditCommand::Verify { file, output, json } } => {
             audit_verify(&file, if json { output::Output::Json } else { output })
         }

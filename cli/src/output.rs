@@ -47,6 +47,34 @@ pub fn print(output: Output, value: &Value, text: impl FnOnce() -> String) {
     }
 }
 
+/// `value` with every object key in camelCase (`next_hop` → `nextHop`): the sidecar's admin API
+/// answers some lists in snake_case, and genesisctl's JSON and YAML are camelCase throughout.
+pub fn camel_keys(value: &Value) -> Value {
+    match value {
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(k, v)| {
+                    let mut key = String::with_capacity(k.len());
+                    let mut upper = false;
+                    for c in k.chars() {
+                        match c {
+                            '_' => upper = true,
+                            c if upper => {
+                                key.extend(c.to_uppercase());
+                                upper = false;
+                            }
+                            c => key.push(c),
+                        }
+                    }
+                    (key, camel_keys(v))
+                })
+                .collect(),
+        ),
+        Value::Array(items) => Value::Array(items.iter().map(camel_keys).collect()),
+        other => other.clone(),
+    }
+}
+
 /// "1h2m", "45s", "-3s": a duration in seconds for people.
 pub fn human_secs(secs: f64) -> String {
     let sign = if secs < 0.0 { "-" } else { "" };
@@ -75,6 +103,15 @@ pub fn cell(v: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keys_become_camel_case_at_every_depth() {
+        let v = serde_json::json!([{"next_hop": "m1", "rtt_ms": 0.3, "deep": {"seq_no_x": 1}}]);
+        assert_eq!(
+            camel_keys(&v),
+            serde_json::json!([{"nextHop": "m1", "rttMs": 0.3, "deep": {"seqNoX": 1}}])
+        );
+    }
 
     #[test]
     fn measured_numbers_show_two_decimals_and_counts_stay_whole() {

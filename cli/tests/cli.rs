@@ -113,6 +113,19 @@ fn demo_checks_its_subnet_up_front() {
 }
 
 #[test]
+fn completion_scripts_for_each_shell_and_a_clear_error_for_another() {
+    for shell in ["bash", "zsh", "fish"] {
+        let out = genesisctl().args(["completion", shell]).output().unwrap();
+        assert!(out.status.success(), "{shell}");
+        let script = String::from_utf8_lossy(&out.stdout);
+        assert!(script.contains("genesisctl") && script.contains("revoke"), "{shell}: {script}");
+    }
+    let out = genesisctl().args(["completion", "tcsh"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bash"));
+}
+
+#[test]
 fn audit_verify_accepts_an_intact_log_and_names_the_first_broken_record() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("audit.jsonl");
@@ -175,6 +188,30 @@ fn cluster_mode_errors_say_what_to_fix() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(expected) && err.lines().count() == 1, "{args:?}: {err}");
     }
+    // No local mesh and no --kubeconfig: $KUBECONFIG is used, as kubectl would.
+    let empty = tempfile::tempdir().unwrap();
+    let out = genesisctl()
+        .arg("status")
+        .env_remove("GENESIS_MESH")
+        .env("TMPDIR", empty.path())
+        .env("HOME", empty.path())
+        .env("KUBECONFIG", &kubeconfig)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot reach the Kubernetes API server"), "{err}");
+    // And with neither, the error still points at the local demo.
+    let out = genesisctl()
+        .arg("status")
+        .env_remove("GENESIS_MESH")
+        .env_remove("KUBECONFIG")
+        .env("TMPDIR", empty.path())
+        .env("HOME", empty.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("genesisctl demo --keep"));
     let out =
         genesisctl().args(["status", "--kubeconfig", "/nonexistent/kubeconfig"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));

@@ -122,6 +122,8 @@ fn status_peers_routes_control_revoke_check_and_audit_against_a_running_mesh() {
     assert!(!connected.is_empty(), "{peers:#}");
     assert!(connected.iter().all(|p| p["score"].as_u64().is_some() && p["level"].is_string()));
     let (_, routes) = mesh.json(&["routes", a]);
+    assert!(routes[0]["nextHop"].is_string(), "camelCase keys: {routes}");
+    assert!(peers[0].get("rtt_ms").is_none(), "camelCase keys: {peers}");
     let dests: Vec<&str> =
         routes.as_array().unwrap().iter().map(|r| r["dest"].as_str().unwrap()).collect();
     for m in &live {
@@ -161,6 +163,11 @@ fn status_peers_routes_control_revoke_check_and_audit_against_a_running_mesh() {
     assert_eq!(code, Some(1));
     assert_eq!(answer["accepted"], false);
     assert!(answer["answer"]["rule"].as_str().unwrap().starts_with("default-deny"), "{answer}");
+    // version: the client's, and each member's own.
+    let (code, version) = mesh.json(&["version"]);
+    assert_eq!(code, Some(0));
+    assert_eq!(version["client"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(version["members"][b], env!("CARGO_PKG_VERSION"), "{version}");
     // A scope that addresses nobody is an error, not "0/0 applied".
     let out = mesh.run(&["control", "log-level", "--scope", "node/m99", "--arg", "level=debug"]);
     assert_eq!(out.status.code(), Some(2));
