@@ -163,6 +163,30 @@ fn status_peers_routes_control_revoke_check_and_audit_against_a_running_mesh() {
     assert_eq!(code, Some(1));
     assert_eq!(answer["accepted"], false);
     assert!(answer["answer"]["rule"].as_str().unwrap().starts_with("default-deny"), "{answer}");
+    // Every everyday command answers the same document as JSON and as YAML.
+    for args in
+        [vec!["status"], vec!["peers", a], vec!["routes", a], vec!["check"], vec!["version"]]
+    {
+        let (code, as_json) = mesh.json(&args);
+        let mut yaml_args = args.clone();
+        yaml_args.extend(["-o", "yaml"]);
+        let out = mesh.run(&yaml_args);
+        assert_eq!(out.status.code(), code, "{args:?}");
+        let as_yaml: Value = serde_yaml::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{args:?} -o yaml does not parse ({e}): {}", stdout(&out)));
+        // Same keys (values such as RTTs move between two calls).
+        let keys = |v: &Value| -> Vec<String> {
+            match v {
+                Value::Object(m) => m.keys().cloned().collect(),
+                Value::Array(a) => a
+                    .first()
+                    .map(|f| f.as_object().map(|m| m.keys().cloned().collect()).unwrap_or_default())
+                    .unwrap_or_default(),
+                _ => vec![],
+            }
+        };
+        assert_eq!(keys(&as_json), keys(&as_yaml), "{args:?}");
+    }
     // version: the client's, and each member's own.
     let (code, version) = mesh.json(&["version"]);
     assert_eq!(code, Some(0));
