@@ -53,6 +53,10 @@ pub struct Scenario {
     pub converge_limit: Duration,
     /// How long the mesh is watched at rest.
     pub steady: Duration,
+    /// Churn: this fraction of the members (never an anchor) crash at once and restart
+    /// `churn_down` later with the same identity; 0 skips the phase.
+    pub churn_fraction: f64,
+    pub churn_down: Duration,
 }
 
 impl Default for Scenario {
@@ -75,6 +79,8 @@ impl Default for Scenario {
             join_spread: Duration::from_secs(1),
             converge_limit: Duration::from_secs(120),
             steady: Duration::from_secs(20),
+            churn_fraction: 0.1,
+            churn_down: Duration::from_secs(5),
         }
     }
 }
@@ -133,6 +139,15 @@ pub struct Report {
     pub proof_verifications: u64,
     pub dials: u64,
     pub declined_dials: u64,
+    /// Members crashed and restarted together in the churn phase.
+    pub churn_members: usize,
+    /// From their restart until every running member routes to every other (None: never
+    /// within the limit, or no churn phase).
+    pub churn_reconverged_ms: Option<f64>,
+    /// Route changes, summed over all members, from the crash until reconverged.
+    pub churn_route_changes: u64,
+    /// Link closes from the crash until reconverged (the crashed members' own links included).
+    pub churn_link_closes: u64,
     pub wall_seconds: f64,
 }
 
@@ -446,6 +461,42 @@ pub fn run(s: &Scenario) -> Report {
         w.tally.control_accepted.values().map(|t| ms(t.saturating_sub(sent_at))).collect(),
     );
 
+    // 5. Churn: a fraction of the members crash together and come back with the same
+    //    identity (a rolling restart gone wrong, a node lost and rescheduled).
+    let candidates: Vec<usize> = w.nodes().map(|(i, _)| i).filter(|&i| i >= s.anchors).collect();
+    let count = ((s.members as f64 * s.churn_fraction).round() as usize).min(candidates.len());
+    let mut churned = Vec::new();
+    let mut pool = candidates;
+    for _ in 0..count {
+        churned.push(pool.swap_remove(rng.below(pool.len())));
+    }
+    let (mut churn_reconverged, mut churn_changes, mut churn_closes) = (None, 0, 0);
+    if !churned.is_empty() {
+        let (changes0, closes0) = (w.tally.route_changes.iter().sum::<u64>(), w.tally.link_closes);
+        for &i in &churned {
+            w.crash(i);
+        }
+        let back_at = w.now + s.churn_down;
+        for &i in &churned {
+            w.start_at(i, back_at);
+        }
+        let done = w.run_until(back_at + s.converge_limit, |w| {
+            w.now > back_at && every(w, CHECK_EVERY) && converged(w)
+        });
+        if done {
+            churn_reconverged = Some(ms(w.now.saturating_sub(back_at)));
+        } else {
+            violations.push(format!(
+                "{} members restarted together and the mesh did not reconverge within {:?}",
+                churned.len(),
+                s.converge_limit
+            ));
+        }
+        churn_changes = w.tally.route_changes.iter().sum::<u64>() - changes0;
+        churn_closes = w.tally.link_closes - closes0;
+        check_paths(&w, None, &mut rng, &mut violations);
+    }
+
     let proof_verifications = *verifications.lock().expect("counter");
     Report {
         members: s.members,
@@ -468,6 +519,10 @@ pub fn run(s: &Scenario) -> Report {
         proof_verifications,
         dials: w.tally.dials,
         declined_dials: w.tally.declined,
+        churn_members: churned.len(),
+        churn_reconverged_ms: churn_reconverged,
+        churn_route_changes: churn_changes,
+        churn_link_closes: churn_closes,
         wall_seconds: started.elapsed().as_secs_f64(),
     }
 }

@@ -45,6 +45,13 @@ struct Args {
     /// Members start spread over this many milliseconds.
     #[arg(long, default_value_t = 1000)]
     join_spread_ms: u64,
+    /// Fraction of the members (anchors spared) that crash together and restart, after the
+    /// other phases; 0 skips it.
+    #[arg(long, default_value_t = 0.1)]
+    churn: f64,
+    /// How long the churned members stay down, in milliseconds.
+    #[arg(long, default_value_t = 5000)]
+    churn_down_ms: u64,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
@@ -54,6 +61,10 @@ fn main() -> ExitCode {
     let a = Args::parse();
     if !(0.0..1.0).contains(&a.loss) {
         eprintln!("genesis-sim: --loss must be in [0, 1), got {}", a.loss);
+        return ExitCode::from(2);
+    }
+    if !(0.0..=1.0).contains(&a.churn) {
+        eprintln!("genesis-sim: --churn must be in [0, 1], got {}", a.churn);
         return ExitCode::from(2);
     }
     if a.hello_ms == 0 || a.hold_ms <= a.hello_ms || a.periodic_ms == 0 {
@@ -78,6 +89,8 @@ fn main() -> ExitCode {
         hold_time: Duration::from_millis(a.hold_ms),
         periodic_interval: Duration::from_millis(a.periodic_ms),
         join_spread: Duration::from_millis(a.join_spread_ms),
+        churn_fraction: a.churn,
+        churn_down: Duration::from_millis(a.churn_down_ms),
         ..genesis_sim::Scenario::default()
     };
     let r = genesis_sim::run(&scenario);
@@ -114,6 +127,16 @@ fn main() -> ExitCode {
             ),
             ("steady route changes / s", format!("{:.2}", r.steady_route_changes_per_sec)),
             ("steady link closes", r.steady_link_closes.to_string()),
+            (
+                "churn: members down together, reconverged",
+                format!(
+                    "{}, {} ms after their restart ({} route changes, {} link closes)",
+                    r.churn_members,
+                    r.churn_reconverged_ms.map_or("never".into(), |v| format!("{v:.0}")),
+                    r.churn_route_changes,
+                    r.churn_link_closes
+                ),
+            ),
             (
                 "frames, bytes per member per s",
                 format!("{:.1}, {:.0}", r.frames_per_member_per_sec, r.bytes_per_member_per_sec),

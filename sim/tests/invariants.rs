@@ -15,6 +15,10 @@ fn check(s: Scenario) {
     assert_eq!(r.control_coverage, 1.0);
     assert_eq!(r.revocation_applied_ms.count, s.members - 1, "every other member applied the CRL");
     assert_eq!(r.steady_link_closes, 0, "links stay up at rest");
+    // A tenth of the members crashed together and came back: the mesh reconverged (the
+    // invariants above include loop-free paths afterwards).
+    assert_eq!(r.churn_members, (s.members as f64 * s.churn_fraction).round() as usize);
+    assert!(r.churn_reconverged_ms.is_some(), "no reconvergence after churn");
     // Quiet at rest: at most a handful of route changes over the whole window.
     assert!(
         r.steady_route_changes_per_sec * s.steady.as_secs_f64() <= 5.0,
