@@ -43,9 +43,24 @@ pub struct DemoArgs {
     /// The first three octets of the members' loopback addresses.
     #[arg(long, default_value = "127.42.0")]
     subnet: String,
-    /// Print one JSON summary on standard output instead of progress.
-    #[arg(long)]
+    /// table: progress and a summary for people; json or yaml: one summary document on
+    /// standard output instead.
+    #[arg(long, short, value_enum, default_value_t = crate::output::Output::Table)]
+    output: crate::output::Output,
+    /// The same as `-o json` (kept for scripts).
+    #[arg(long, hide = true)]
     json: bool,
+}
+
+impl DemoArgs {
+    /// The summary's format (`--json` is `-o json`).
+    fn format(&self) -> crate::output::Output {
+        if self.json {
+            crate::output::Output::Json
+        } else {
+            self.output
+        }
+    }
 }
 
 /// One stage's outcome.
@@ -158,7 +173,7 @@ pub fn run(args: &DemoArgs) -> ExitCode {
     };
     let children = Children::default();
     stop_on_signal(children.clone());
-    let progress = !args.json;
+    let progress = args.format() == crate::output::Output::Table;
     if progress {
         println!(
             "Genesis Mesh demo: an authority and {} sidecar processes ({:?} topology) on {}.0/24\n\
@@ -180,8 +195,8 @@ pub fn run(args: &DemoArgs) -> ExitCode {
     let ok = run.stages.iter().all(|s| s.ok);
     if args.keep && ok {
         if let Some(m) = &manifest {
-            print_summary(&run, &spec, None, args.json);
-            keep_running(m, &dir, &children, args.json);
+            print_summary(&run, &spec, None, args.format());
+            keep_running(m, &dir, &children, !progress);
         }
     }
     let left = children.stop_all(Duration::from_secs(3));
@@ -200,7 +215,7 @@ pub fn run(args: &DemoArgs) -> ExitCode {
         }
     }
     if !(args.keep && ok) {
-        print_summary(&run, &spec, Some(stopped), args.json);
+        print_summary(&run, &spec, Some(stopped), args.format());
     }
     if all_ok {
         ExitCode::SUCCESS
@@ -741,10 +756,15 @@ fn audit(run: &mut Run, manifest: &Manifest) -> Result<String, String> {
     ))
 }
 
-fn print_summary(run: &Run, spec: &LaunchSpec, stopped: Option<bool>, as_json: bool) {
+fn print_summary(
+    run: &Run,
+    spec: &LaunchSpec,
+    stopped: Option<bool>,
+    format: crate::output::Output,
+) {
     let ok = run.stages.iter().all(|s| s.ok);
     let f = &run.figures;
-    if as_json {
+    if format != crate::output::Output::Table {
         let value = json!({
             "ok": ok,
             "nodes": spec.nodes,
@@ -753,7 +773,7 @@ fn print_summary(run: &Run, spec: &LaunchSpec, stopped: Option<bool>, as_json: b
             "figures": f,
             "leftRunning": stopped.map(|s| !s),
         });
-        println!("{value}");
+        crate::output::print(format, &value, String::new);
         return;
     }
     let ms = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.1} ms"));

@@ -98,6 +98,21 @@ fn demo_refuses_too_few_nodes_with_a_clear_error() {
 }
 
 #[test]
+fn a_small_demo_summarises_as_yaml_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = genesisctl()
+        .args(["demo", "--nodes", "4", "-o", "yaml", "--subnet", "127.200.10", "--dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let summary: Value = serde_yaml::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
+    assert_eq!(out.status.code(), Some(0), "{summary}");
+    assert_eq!((summary["ok"].as_bool(), summary["nodes"].as_u64()), (Some(true), Some(4)));
+    assert_eq!(summary["leftRunning"], false);
+}
+
+#[test]
 fn demo_checks_its_subnet_up_front() {
     let out = genesisctl().args(["demo", "--subnet", "127.42"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
