@@ -125,15 +125,17 @@ impl DataPlane {
         self.pinned.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
     }
 
-    /// Ends every stream pinned to a link that closed: its records are lost with the link, so
-    /// the stream cannot go on, and its app hears so now rather than at its next write.
-    pub fn end_flows_on_closed_links(&self) {
+    /// Ends every stream pinned to the link whose data queue is `link` (it is gone): its
+    /// records are lost with it, so the stream cannot go on, and its app hears so now rather
+    /// than at its next write. Matched by channel, not by the queue being closed yet: the core
+    /// lets go of a link before its writer task has finished.
+    pub fn end_flows_pinned_to(&self, link: &mpsc::Sender<Bytes>) {
         let broken: Vec<FlowKey> = self
             .pinned
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
-            .filter(|(_, link)| link.is_closed())
+            .filter(|(_, pinned)| pinned.same_channel(link))
             .map(|(k, _)| k.clone())
             .collect();
         let flows = self.flows.lock().unwrap_or_else(|p| p.into_inner());
@@ -665,12 +667,12 @@ impl Core {
                     }
                 }
                 Output::LinkGone { node, link_id } => {
-                    if self.links.remove(&link_id).is_some() {
+                    if let Some(link) = self.links.remove(&link_id) {
                         if self.current.get(&node) == Some(&link_id) {
                             self.current.remove(&node);
                         }
                         self.publish_links();
-                        self.shared.data.end_flows_on_closed_links();
+                        self.shared.data.end_flows_pinned_to(&link.queues.data);
                     }
                 }
                 Output::Dial { addr } => {
