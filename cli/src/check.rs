@@ -179,8 +179,8 @@ pub fn evaluate(
                 human_secs(min.crl)
             ),
             format!(
-                "sign a fresh CRL (genesis-operator local publish-crl --dir {auth_dir}, also \
-                 `genesisctl internal-operator local publish-crl`), then {}",
+                "sign a fresh CRL (genesisctl crl sign --mesh {}), then {}",
+                mesh_dir.display(),
                 crl_hint()
             ),
         )

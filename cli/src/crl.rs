@@ -132,3 +132,43 @@ fn run(args: &PushArgs) -> Result<bool, String> {
     });
     Ok(converged)
 }
+
+#[derive(clap::Args)]
+pub struct SignArgs {
+    #[command(flatten)]
+    mesh: crate::MeshArgs,
+}
+
+/// `crl sign`: the local mesh's authority signs a fresh CRL (same revocations, the next
+/// number, a new validity window) into its directory; push it with `crl push`.
+pub fn sign(args: &SignArgs) -> ExitCode {
+    let signed = args
+        .mesh
+        .local_only("crl sign (the local authority's files)")
+        .and_then(|()| crate::mesh::Manifest::load(&args.mesh.dir()))
+        .and_then(|m| {
+            let authority = m.authority()?;
+            let crl = authority.refresh_crl().map_err(|e| e.to_string())?;
+            Ok((m, crl))
+        });
+    match signed {
+        Ok((m, crl)) => {
+            let file = m.authority_dir.join("crl.der");
+            let value = serde_json::json!({
+                "crlNumber": crl.number(),
+                "revoked": crl.revoked().len(),
+                "file": file.display().to_string(),
+            });
+            crate::output::print(args.mesh.output, &value, || {
+                format!(
+                    "signed CRL {} ({} revoked serials) into {}\n",
+                    crl.number(),
+                    crl.revoked().len(),
+                    file.display()
+                )
+            });
+            ExitCode::SUCCESS
+        }
+        Err(e) => crate::fail(&e),
+    }
+}

@@ -122,6 +122,8 @@ enum Command {
 enum CrlCommand {
     /// Push a CRL through one member and wait until every listed member holds it.
     Push(crl::PushArgs),
+    /// Have the local mesh's authority sign a fresh CRL (before the current one lapses).
+    Sign(crl::SignArgs),
 }
 
 #[derive(Subcommand)]
@@ -186,6 +188,7 @@ fn main() -> ExitCode {
         Command::Control(args) => control::run(&args),
         Command::Check(args) => check::run(&args),
         Command::Crl { command: CrlCommand::Push(args) } => crl::push(&args),
+        Command::Crl { command: CrlCommand::Sign(args) } => crl::sign(&args),
         Command::Completion { shell } => {
             use clap::CommandFactory;
             let mut cmd = Cli::command();

@@ -246,6 +246,17 @@ fn status_peers_routes_control_revoke_check_and_audit_against_a_running_mesh() {
     assert_eq!(pushed["converged"], true, "{pushed}");
     assert_eq!(pushed["members"], 3, "every live member, the revoked two left out: {pushed}");
     wait_for("check to pass after the push", || mesh.json(&["check"]).0 == Some(0));
+    // crl sign: the authority signs the next CRL; the members are behind until it is pushed.
+    let before = mesh.json(&["status"]).1["crlNumber"].as_u64().unwrap();
+    let (code, signed) = mesh.json(&["crl", "sign"]);
+    assert_eq!(code, Some(0), "{signed}");
+    assert_eq!(signed["crlNumber"].as_u64(), Some(before + 1), "{signed}");
+    let (code, report) = mesh.json(&["check"]);
+    assert_eq!(code, Some(1), "members hold the previous CRL: {report:#}");
+    let hint = check(&report, "CRL fresh")["hint"].as_str().unwrap().to_owned();
+    let push: Vec<&str> = hint.trim_start_matches("push it: ").split_whitespace().skip(1).collect();
+    assert!(genesisctl().args(&push).output().unwrap().status.success(), "{hint}");
+    wait_for("check to pass after the second push", || mesh.json(&["check"]).0 == Some(0));
 
     // Near expiry: 24 h certificates fail a 48 h threshold, naming every member.
     let (code, report) = mesh.json(&["check", "--min-cert-validity", "48h"]);
