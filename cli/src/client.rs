@@ -1,62 +1,51 @@
-//! A small blocking HTTP/1.1 client for the sidecars' admin and app APIs on loopback. One
-//! request per connection (`Connection: close`), bounded by timeouts, errors in words.
+//! A blocking face on hyper's HTTP/1.1 client (already the sidecar's HTTP stack) for the
+//! sidecars' admin and app APIs: one request per connection, one deadline for the whole
+//! answer (connect, send, every byte of the body), errors in words.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
 use serde_json::Value;
 
 /// How long a connect may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// One request; (status, body). The read timeout bounds the whole answer.
+/// One request to `addr` (host:port; a name is resolved); (status, body). `deadline` bounds
+/// the whole exchange.
 pub fn http(
     addr: &str,
     method: &str,
     path: &str,
     body: &[u8],
-    read_timeout: Duration,
+    deadline: Duration,
 ) -> Result<(u16, Vec<u8>), String> {
-    let sock: SocketAddr = addr.parse().map_err(|e| format!("{addr} is not host:port: {e}"))?;
-    let mut s = TcpStream::connect_timeout(&sock, CONNECT_TIMEOUT)
-        .map_err(|e| format!("cannot reach {addr}: {e}"))?;
-    s.set_read_timeout(Some(read_timeout)).map_err(|e| e.to_string())?;
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    )
-    .and_then(|()| s.write_all(body))
-    .map_err(|e| format!("{addr}: {e}"))?;
-    let mut resp = Vec::new();
-    s.read_to_end(&mut resp).map_err(|e| format!("{addr}: {e}"))?;
-    let end = resp
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or(format!("{addr}: not an HTTP answer"))?;
-    let head = String::from_utf8_lossy(&resp[..end]).into_owned();
-    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let mut body = resp[end + 4..].to_vec();
-    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
-        body = dechunk(&body);
-    }
-    Ok((status, body))
-}
-
-fn dechunk(mut b: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    while let Some(pos) = b.windows(2).position(|w| w == b"\r\n") {
-        let Ok(size) = usize::from_str_radix(String::from_utf8_lossy(&b[..pos]).trim(), 16) else {
-            break;
-        };
-        if size == 0 || b.len() < pos + 4 + size {
-            break;
-        }
-        out.extend_from_slice(&b[pos + 2..pos + 2 + size]);
-        b = &b[pos + 4 + size..];
-    }
-    out
+    let exchange = async {
+        let tcp = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr))
+            .await
+            .map_err(|_| format!("cannot reach {addr}: no answer within {CONNECT_TIMEOUT:?}"))?
+            .map_err(|e| format!("cannot reach {addr}: {e}"))?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+            .await
+            .map_err(|e| format!("{addr}: {e}"))?;
+        tokio::spawn(conn);
+        let request = hyper::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", addr)
+            .body(Full::new(Bytes::copy_from_slice(body)))
+            .map_err(|e| format!("{method} {path}: {e}"))?;
+        let response = sender.send_request(request).await.map_err(|e| format!("{addr}: {e}"))?;
+        let status = response.status().as_u16();
+        let bytes = response.into_body().collect().await.map_err(|e| format!("{addr}: {e}"))?;
+        Ok::<_, String>((status, bytes.to_bytes().to_vec()))
+    };
+    crate::cluster::block_on(async {
+        tokio::time::timeout(deadline, exchange)
+            .await
+            .map_err(|_| format!("{addr} did not answer {method} {path} within {deadline:?}"))?
+    })?
 }
 
 /// GET `path` as JSON (admin reads answer quickly).
@@ -112,10 +101,38 @@ mod tests {
     use super::*;
 
     #[test]
-    fn chunked_bodies_are_joined_and_truncated_ones_stop_cleanly() {
-        assert_eq!(dechunk(b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"), b"abcde");
-        assert_eq!(dechunk(b"5\r\nab"), b"");
-        assert_eq!(dechunk(b"zz\r\nab"), b"");
+    fn the_deadline_bounds_the_whole_answer_and_chunked_bodies_arrive_whole() {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        std::thread::spawn(move || {
+            // First: a chunked answer. Second: a server that trickles a byte every 300 ms,
+            // so no single read times out but the whole answer would take seconds.
+            let (mut s, _) = listener.accept().unwrap();
+            let _ = s.read(&mut [0u8; 1024]);
+            s.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n").unwrap();
+            drop(s);
+            let (mut s, _) = listener.accept().unwrap();
+            let _ = s.read(&mut [0u8; 1024]);
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 20\r\n\r\n");
+            for _ in 0..20 {
+                std::thread::sleep(Duration::from_millis(300));
+                if s.write_all(b"x").is_err() {
+                    break;
+                }
+            }
+        });
+        assert_eq!(
+            http(&addr, "GET", "/", b"", Duration::from_secs(5)).unwrap(),
+            (200, b"abcde".to_vec())
+        );
+        let start = std::time::Instant::now();
+        let e = http(&addr, "GET", "/", b"", Duration::from_secs(1)).unwrap_err();
+        assert!(e.contains("did not answer GET / within 1s"), "{e}");
+        assert!(start.elapsed() < Duration::from_secs(2), "{:?}", start.elapsed());
+        // A name, not only an address.
+        let e = http("localhost:1", "GET", "/", b"", Duration::from_secs(1)).unwrap_err();
+        assert!(e.starts_with("cannot reach localhost:1"), "{e}");
     }
 
     #[test]
