@@ -510,6 +510,42 @@ pub fn serve_page(addr: &str, body: &'static str) -> std::thread::JoinHandle<()>
     })
 }
 
+/// An echo server beside a member (the "app"): answers every byte it gets and keeps each
+/// connection open.
+pub fn serve_echo(addr: &str) {
+    let listener = std::net::TcpListener::bind(addr).unwrap();
+    std::thread::spawn(move || {
+        for s in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut s = s;
+                let mut buf = [0u8; 16384];
+                while let Ok(n) = s.read(&mut buf) {
+                    if n == 0 || s.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+}
+
+/// Asks the CONNECT proxy at `api` for a tunnel to `target`; the socket and the proxy's answer
+/// head (status line and headers), or the error that cut the exchange short.
+pub fn connect_tunnel(api: &str, target: &str) -> std::io::Result<(TcpStream, String)> {
+    let mut s = TcpStream::connect(api)?;
+    s.set_read_timeout(Some(Duration::from_secs(20)))?;
+    write!(s, "CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n")?;
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        if s.read(&mut byte)? == 0 {
+            return Err(std::io::Error::other("the proxy closed before its answer"));
+        }
+        head.push(byte[0]);
+    }
+    Ok((s, String::from_utf8_lossy(&head).into_owned()))
+}
+
 /// A hand-driven peer for hostile tests: real mutual TLS with whatever certificate it is
 /// given, then raw frames.
 pub struct RawPeer {

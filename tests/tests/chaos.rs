@@ -11,14 +11,15 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{ErrorKind, Read, Write};
-use std::net::TcpStream;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use genesis_e2e::{wait_for, Authority, Sidecar, SidecarOptions, Subnet};
+use genesis_e2e::{
+    connect_tunnel, serve_echo, wait_for, Authority, Sidecar, SidecarOptions, Subnet,
+};
 
 const MEMBERS: u8 = 12;
 /// Members that send and receive the counted messages; never killed, so their inboxes are
@@ -31,23 +32,6 @@ const TUNNEL_PORT: u16 = 9300;
 fn signal(node: &Sidecar, sig: &str) {
     let pid = node.pid().expect("running").to_string();
     assert!(Command::new("kill").args([sig, &pid]).status().unwrap().success());
-}
-
-fn serve_echo(addr: &str) {
-    let listener = std::net::TcpListener::bind(addr).unwrap();
-    std::thread::spawn(move || {
-        for s in listener.incoming().flatten() {
-            std::thread::spawn(move || {
-                let mut s = s;
-                let mut buf = [0u8; 16384];
-                while let Ok(n) = s.read(&mut buf) {
-                    if n == 0 || s.write_all(&buf[..n]).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-    });
 }
 
 /// How one tunnel ended.
@@ -63,25 +47,13 @@ enum Tunnel {
 /// Sends 256 KiB through a tunnel to an echo server and reads it back.
 fn one_tunnel(via: &str, target: &str, seed: u8) -> Tunnel {
     let err = |e: std::io::Error| Tunnel::Error(e.to_string());
-    let mut s = match TcpStream::connect(via) {
-        Ok(s) => s,
+    let (mut s, head) = match connect_tunnel(via, target) {
+        Ok(answer) => answer,
         Err(e) => return err(e),
     };
     s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
-    if let Err(e) = write!(s, "CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n") {
-        return err(e);
-    }
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        let mut byte = [0u8; 1];
-        match s.read(&mut byte) {
-            Ok(1) => head.push(byte[0]),
-            Ok(_) => return Tunnel::Error("closed before the CONNECT answer".into()),
-            Err(e) => return err(e),
-        }
-    }
-    if !head.starts_with(b"HTTP/1.1 200") {
-        return Tunnel::Error(String::from_utf8_lossy(&head).lines().next().unwrap_or("").into());
+    if !head.starts_with("HTTP/1.1 200") {
+        return Tunnel::Error(head.lines().next().unwrap_or("").into());
     }
     let data: Vec<u8> = (0..256 * 1024u32).map(|i| (i as u8).wrapping_mul(31) ^ seed).collect();
     let mut writer = s.try_clone().unwrap();

@@ -105,15 +105,8 @@ fn a_bulk_transfer_crosses_three_hops_intact() {
         s.write_all(&total.to_be_bytes()).unwrap();
         s.write_all(&sum.to_be_bytes()).unwrap();
     });
-    let mut s = std::net::TcpStream::connect(&nodes[0].api).unwrap();
-    write!(s, "CONNECT b3.bulk:9002 HTTP/1.1\r\nHost: b3.bulk:9002\r\n\r\n").unwrap();
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        let mut byte = [0u8; 1];
-        s.read_exact(&mut byte).unwrap();
-        head.push(byte[0]);
-    }
-    assert!(head.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&head));
+    let (mut s, head) = genesis_e2e::connect_tunnel(&nodes[0].api, "b3.bulk:9002").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     let total: usize = 48 << 20;
     let data: Vec<u8> = (0..total).map(|i| (i * 7 % 251) as u8).collect();
     let expected = data.iter().fold(0u64, |a, b| a.wrapping_mul(31).wrapping_add(u64::from(*b)));

@@ -6,38 +6,14 @@ use std::net::TcpStream;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use genesis_e2e::{wait_for, Authority, Sidecar, SidecarOptions, Subnet};
-
-/// An echo server beside a member: answers every byte it gets, keeps the connection open.
-fn serve_echo(addr: &str) {
-    let listener = std::net::TcpListener::bind(addr).unwrap();
-    std::thread::spawn(move || {
-        for s in listener.incoming().flatten() {
-            std::thread::spawn(move || {
-                let mut s = s;
-                let mut buf = [0u8; 4096];
-                while let Ok(n) = s.read(&mut buf) {
-                    if n == 0 || s.write_all(&buf[..n]).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-    });
-}
+use genesis_e2e::{
+    connect_tunnel, serve_echo, wait_for, Authority, Sidecar, SidecarOptions, Subnet,
+};
 
 /// A CONNECT tunnel through `via`'s API to `target`, checked with one echoed byte.
 fn tunnel(via: &Sidecar, target: &str) -> TcpStream {
-    let mut s = TcpStream::connect(&via.api).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    write!(s, "CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").unwrap();
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        let mut byte = [0u8; 1];
-        s.read_exact(&mut byte).unwrap();
-        head.push(byte[0]);
-    }
-    assert!(head.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&head));
+    let (mut s, head) = connect_tunnel(&via.api, target).unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     s.write_all(b"x").unwrap();
     let mut echo = [0u8; 1];
     s.read_exact(&mut echo).unwrap();
