@@ -59,17 +59,18 @@ fn a_tunnel_whose_far_end_dies_is_reset_for_the_app_within_the_hold_time() {
 fn a_stalled_relay_neither_hangs_a_tunnel_nor_poisons_later_messages_on_the_pair() {
     let net = Subnet::new();
     let auth = Authority::start(&net, "stall", "24h");
-    // A line a - r - b: every stream crosses r.
-    let line = |anchor: Option<u8>| SidecarOptions {
+    // A line a - r - b: every stream crosses r (the ends keep one link each, so they do not
+    // link to each other while r is up).
+    let line = |anchor: Option<u8>, max_peers: usize| SidecarOptions {
         anchors: anchor.map(|i| vec![format!("{}:7000", net.ip(i))]).unwrap_or_default(),
         min_peers: 1,
-        max_peers: 2,
+        max_peers,
         allowed_ports: vec![9101],
         ..Default::default()
     };
-    let a = Sidecar::start(&auth, "a", &net.ip(1), &line(None));
-    let r = Sidecar::start(&auth, "r", &net.ip(2), &line(Some(1)));
-    let b = Sidecar::start(&auth, "b", &net.ip(3), &line(Some(2)));
+    let a = Sidecar::start(&auth, "a", &net.ip(1), &line(None, 1));
+    let r = Sidecar::start(&auth, "r", &net.ip(2), &line(Some(1), 2));
+    let b = Sidecar::start(&auth, "b", &net.ip(3), &line(Some(2), 1));
     wait_for(Duration::from_secs(30), "a to route to b through r", || {
         a.admin_json("/admin/routes")
             .as_array()
@@ -79,6 +80,11 @@ fn a_stalled_relay_neither_hangs_a_tunnel_nor_poisons_later_messages_on_the_pair
     assert_eq!(status, 200, "{receipt}");
     serve_echo(&format!("{}:9101", net.ip(3)));
     let mut app = tunnel(&a, "b.stall:9101");
+    let via_r = a
+        .admin_json("/admin/routes")
+        .as_array()
+        .is_some_and(|rs| rs.iter().any(|x| x["dest"] == "b" && x["next_hop"] == "r"));
+    assert!(via_r, "the tunnel must cross r: {}", a.admin_json("/admin/routes"));
 
     signal(&r, "-STOP");
     // The tunnel's path is gone: the app gets a reset, not a hang and not a clean end.
