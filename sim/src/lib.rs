@@ -57,6 +57,9 @@ pub struct Scenario {
     /// `churn_down` later with the same identity; 0 skips the phase.
     pub churn_fraction: f64,
     pub churn_down: Duration,
+    /// Partition: zone 0 is cut off from the others this long, then healed (needs 2+ zones;
+    /// zero skips the phase).
+    pub partition: Duration,
 }
 
 impl Default for Scenario {
@@ -81,6 +84,7 @@ impl Default for Scenario {
             steady: Duration::from_secs(20),
             churn_fraction: 0.1,
             churn_down: Duration::from_secs(5),
+            partition: Duration::ZERO,
         }
     }
 }
@@ -148,6 +152,11 @@ pub struct Report {
     pub churn_route_changes: u64,
     /// Link closes from the crash until reconverged (the crashed members' own links included).
     pub churn_link_closes: u64,
+    /// From the cut until every member routes to exactly its own side (None: never, or no
+    /// partition phase).
+    pub partition_split_ms: Option<f64>,
+    /// From the heal until every member routes to every other again.
+    pub partition_healed_ms: Option<f64>,
     pub wall_seconds: f64,
 }
 
@@ -311,6 +320,7 @@ pub fn run(s: &Scenario) -> Report {
         inter_zone: s.inter_zone,
         jitter: s.jitter,
         loss: s.loss,
+        cut_zone: None,
     };
     let verifications = Arc::new(Mutex::new(0u64));
     let check = world::shared_proof_check(verifications.clone());
@@ -497,6 +507,33 @@ pub fn run(s: &Scenario) -> Report {
         check_paths(&w, None, &mut rng, &mut violations);
     }
 
+    // 6. Partition: zone 0 is cut off from the rest, then healed.
+    let (mut split_ms, mut healed_ms) = (None, None);
+    if s.zones > 1 && !s.partition.is_zero() {
+        let zones = s.zones;
+        w.links.cut_zone = Some(0);
+        let cut_at = w.now;
+        let side = |w: &World, i: usize| {
+            w.nodes().filter(|(j, _)| j.is_multiple_of(zones) == i.is_multiple_of(zones)).count()
+        };
+        let split = |w: &World| w.nodes().all(|(i, n)| n.route_count() + 1 == side(w, i));
+        if w.run_until(cut_at + s.partition, |w| every(w, CHECK_EVERY) && split(w)) {
+            split_ms = Some(ms(w.now.saturating_sub(cut_at)));
+        }
+        w.run_until(cut_at + s.partition, |_| false);
+        w.links.cut_zone = None;
+        let healed_at = w.now;
+        if w.run_until(healed_at + s.converge_limit, |w| every(w, CHECK_EVERY) && converged(w)) {
+            healed_ms = Some(ms(w.now.saturating_sub(healed_at)));
+        } else {
+            violations.push(format!(
+                "zone 0 was cut off for {:?} and the mesh did not rejoin within {:?} of the heal",
+                s.partition, s.converge_limit
+            ));
+        }
+        check_paths(&w, None, &mut rng, &mut violations);
+    }
+
     let proof_verifications = *verifications.lock().expect("counter");
     Report {
         members: s.members,
@@ -523,6 +560,8 @@ pub fn run(s: &Scenario) -> Report {
         churn_reconverged_ms: churn_reconverged,
         churn_route_changes: churn_changes,
         churn_link_closes: churn_closes,
+        partition_split_ms: split_ms,
+        partition_healed_ms: healed_ms,
         wall_seconds: started.elapsed().as_secs_f64(),
     }
 }

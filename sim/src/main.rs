@@ -52,6 +52,10 @@ struct Args {
     /// How long the churned members stay down, in milliseconds.
     #[arg(long, default_value_t = 5000)]
     churn_down_ms: u64,
+    /// Seconds zone 0 is cut off from the other zones before the heal (needs --zones 2 or
+    /// more); 0 skips the phase.
+    #[arg(long, default_value_t = 0)]
+    partition_secs: u64,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
@@ -91,6 +95,7 @@ fn main() -> ExitCode {
         join_spread: Duration::from_millis(a.join_spread_ms),
         churn_fraction: a.churn,
         churn_down: Duration::from_millis(a.churn_down_ms),
+        partition: Duration::from_secs(a.partition_secs),
         ..genesis_sim::Scenario::default()
     };
     let r = genesis_sim::run(&scenario);
@@ -127,6 +132,14 @@ fn main() -> ExitCode {
             ),
             ("steady route changes / s", format!("{:.2}", r.steady_route_changes_per_sec)),
             ("steady link closes", r.steady_link_closes.to_string()),
+            (
+                "partition of zone 0: split, rejoined after the heal",
+                format!(
+                    "{} ms, {} ms",
+                    r.partition_split_ms.map_or("never".into(), |v| format!("{v:.0}")),
+                    r.partition_healed_ms.map_or("never".into(), |v| format!("{v:.0}")),
+                ),
+            ),
             (
                 "churn: members down together, reconverged",
                 format!(

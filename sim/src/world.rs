@@ -53,9 +53,20 @@ pub struct LinkModel {
     pub jitter: f64,
     /// Probability that a frame's segment is lost once (TCP retransmits it after an RTO).
     pub loss: f64,
+    /// A partition: this zone is cut off from the others (nothing crosses, dials time out).
+    pub cut_zone: Option<usize>,
 }
 
+/// How long a dial into a partition waits before it fails.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
 impl LinkModel {
+    /// Whether the partition separates `a` and `b`.
+    pub fn cut(&self, a: usize, b: usize) -> bool {
+        let zones = self.zones.max(1);
+        self.cut_zone.is_some_and(|z| (a % zones == z) != (b % zones == z))
+    }
+
     fn latency(&self, a: usize, b: usize) -> Duration {
         if a % self.zones.max(1) == b % self.zones.max(1) {
             self.intra_zone
@@ -246,6 +257,9 @@ impl World {
         self.members[i].node = None;
         let ends: Vec<(usize, u64)> = self.members[i].ends.drain().collect();
         for (peer, link) in ends {
+            if self.links.cut(i, peer) {
+                continue; // no reset crosses a partition: the peer's hold time notices
+            }
             let at = self.now + self.links.latency(i, peer);
             self.schedule(at, Event::Reset { to: peer, from: i, link });
         }
@@ -299,6 +313,10 @@ impl World {
                 self.schedule(at, Event::Tick(i));
             }
             Event::Connect { from, to } => {
+                if self.links.cut(from, to) {
+                    self.schedule(now + CONNECT_TIMEOUT, Event::DialFailed { from, to });
+                    return;
+                }
                 let from_name = self.members[from].name.clone();
                 let peer = self.members[from].peer.clone();
                 let Some(node) = self.members[to].node.as_mut() else {
@@ -411,6 +429,9 @@ impl World {
         *self.tally.by_type.entry(frame.frame_type().as_str()).or_default() += 1;
         self.tally.frames_out[from] += 1;
         self.tally.bytes_out[from] += size as u64;
+        if self.links.cut(from, to) {
+            return; // lost in the partition
+        }
         let base = self.links.latency(from, to);
         let jitter = 1.0 + self.links.jitter * (self.rng.unit() * 2.0 - 1.0);
         let mut at = self.now + base.mul_f64(jitter.max(0.0));
@@ -442,6 +463,7 @@ impl World {
                     let Some(j) = Self::index_of(&node) else { continue };
                     match goodbye {
                         Some(reason) => self.deliver(i, j, link_id, Frame::Close { reason }),
+                        None if self.links.cut(i, j) => {}
                         None => {
                             let at = self.now + self.links.latency(i, j);
                             self.schedule(at, Event::Reset { to: j, from: i, link: link_id });
