@@ -210,8 +210,6 @@ pub struct PeerSet {
     /// An anchor linked with us, or turned us away with its peers: we are in the mesh.
     anchor_reached: bool,
     next_exchange: Time,
-    /// Redials of unreachable members so far (varies the order they are tried in).
-    redials: u64,
 }
 
 impl PeerSet {
@@ -235,7 +233,6 @@ impl PeerSet {
         PeerSet {
             me: me.to_owned(),
             next_exchange: now + config.exchange_interval,
-            redials: 0,
             config,
             peers: BTreeMap::new(),
             dials,
@@ -471,47 +468,6 @@ impl PeerSet {
             .take(crate::frame::MAX_PEER_ADDRS)
             .map(|(n, p)| PeerAddr { node: n.clone(), addr: p.addr.clone() })
             .collect()
-    }
-
-    /// Once per exchange interval: dial one member this member knows the address of but can
-    /// no longer reach (no link, no route: `reachable` says). Two sides of a healed partition
-    /// can each meet min peers on their own and would otherwise stay islands for ever; one
-    /// dial across joins their routes. Skipped at max peers, and for banned or backing-off
-    /// addresses; each member tries them in its own order.
-    pub fn redial_unreachable(
-        &mut self,
-        now: Time,
-        reachable: impl Fn(&str) -> bool,
-    ) -> Option<PeerAction> {
-        if self.connected() >= self.config.max_peers {
-            return None;
-        }
-        let banned: Vec<&String> = self
-            .peers
-            .iter()
-            .filter(|(_, p)| p.banned_until.is_some_and(|t| now < t))
-            .map(|(n, _)| n)
-            .collect();
-        let mine = fnv1a(FNV_OFFSET, self.me.as_bytes());
-        let salt = self.redials;
-        let addr = self
-            .dials
-            .iter()
-            .filter(|(_, d)| {
-                !d.node.is_empty()
-                    && d.node != self.me
-                    && !d.in_flight
-                    && d.next <= now
-                    && !banned.contains(&&d.node)
-                    && !reachable(&d.node)
-            })
-            .min_by_key(|(a, _)| mix(fnv1a(mine ^ salt, a.as_bytes())))
-            .map(|(a, _)| a.clone())?;
-        self.redials = self.redials.wrapping_add(1);
-        let d = self.dials.get_mut(&addr).expect("chosen from dials");
-        d.next = now + MAX_DIAL_BACKOFF;
-        d.in_flight = true;
-        Some(PeerAction::Dial { addr })
     }
 
     /// Timer: dial when under `min_peers`, send peer exchange every interval.

@@ -550,16 +550,7 @@ impl Node {
         }
         let actions = self.routes.on_tick(now);
         self.route_actions(actions);
-        let mut actions = self.peers.on_tick(now);
-        // With each peer exchange, one dial to a member known but unreachable: this is what
-        // rejoins the two sides of a healed partition (docs/SCALE.md).
-        if actions.iter().any(|a| matches!(a, PeerAction::Exchange)) {
-            let reachable =
-                |n: &str| self.links.contains_key(n) || self.routes.next_hop(n).is_some();
-            if let Some(dial) = self.peers.redial_unreachable(now, reachable) {
-                actions.push(dial);
-            }
-        }
+        let actions = self.peers.on_tick(now);
         self.peer_actions(now, actions);
     }
 
