@@ -41,23 +41,9 @@ impl Default for Limits {
     }
 }
 
-/// Serves HTTP/1.1 (with CONNECT upgrades) on `listener` until `shutdown`; the handler is
-/// told the client's address.
+/// Serves HTTP/1.1 (with CONNECT upgrades) on `listener` until `shutdown`, within `limits`;
+/// the handler is told the client's address.
 pub async fn serve<S, H, F>(
-    listener: TcpListener,
-    state: Arc<S>,
-    handler: H,
-    shutdown: CancellationToken,
-) where
-    S: Send + Sync + 'static,
-    H: Fn(Arc<S>, SocketAddr, Request<Incoming>) -> F + Copy + Send + Sync + 'static,
-    F: Future<Output = Response<Body>> + Send + 'static,
-{
-    serve_with(listener, state, handler, shutdown, Limits::default()).await
-}
-
-/// [`serve`] with explicit limits.
-pub async fn serve_with<S, H, F>(
     listener: TcpListener,
     state: Arc<S>,
     handler: H,
@@ -156,7 +142,7 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let limits = Limits { max_connections: 4, header_read_timeout: Duration::from_millis(400) };
         let stop = CancellationToken::new();
-        tokio::spawn(serve_with(listener, Arc::new(()), ok, stop.clone(), limits));
+        tokio::spawn(serve(listener, Arc::new(()), ok, stop.clone(), limits));
         assert!(get(addr).await.unwrap().starts_with("HTTP/1.1 200"));
 
         // Four clients that never send a header hold every slot...

@@ -153,8 +153,20 @@ pub async fn start_prepared(
     let tasks = vec![
         tokio::spawn(node::run_core(shared.clone(), rx, shutdown.clone())),
         tokio::spawn(link::listen(shared.clone(), peer_listener, shutdown.clone())),
-        tokio::spawn(http::serve(api_listener, shared.clone(), api::handle, shutdown.clone())),
-        tokio::spawn(http::serve(admin_listener, shared.clone(), admin::handle, shutdown.clone())),
+        tokio::spawn(http::serve(
+            api_listener,
+            shared.clone(),
+            api::handle,
+            shutdown.clone(),
+            http::Limits::default(),
+        )),
+        tokio::spawn(http::serve(
+            admin_listener,
+            shared.clone(),
+            admin::handle,
+            shutdown.clone(),
+            http::Limits::default(),
+        )),
         tokio::spawn(renewal_loop(shared.clone(), shutdown.clone())),
     ];
     tracing::info!(identity = %shared.identity, peer = %addrs.0, api = %addrs.1, admin = %addrs.2, "sidecar started");
