@@ -42,7 +42,11 @@ impl FromStr for LogFormat {
 
 /// Whether to colour: stderr is a terminal and `NO_COLOR` is unset or empty (no-color.org).
 pub fn colour() -> bool {
-    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+    colour_for(std::io::stderr().is_terminal(), std::env::var_os("NO_COLOR"))
+}
+
+fn colour_for(terminal: bool, no_color: Option<std::ffi::OsString>) -> bool {
+    terminal && no_color.is_none_or(|v| v.is_empty())
 }
 
 /// The output layer for `format`, writing to stderr.
@@ -81,10 +85,10 @@ mod tests {
     }
 
     #[test]
-    fn no_colour_when_stderr_is_not_a_terminal() {
-        // Under the test harness stderr is captured, not a terminal.
-        if !std::io::stderr().is_terminal() {
-            assert!(!colour());
-        }
+    fn colour_only_on_a_terminal_without_no_color() {
+        assert!(colour_for(true, None));
+        assert!(colour_for(true, Some("".into())), "an empty NO_COLOR does not count");
+        assert!(!colour_for(true, Some("1".into())));
+        assert!(!colour_for(false, None), "a file or kubectl logs gets no escape codes");
     }
 }
