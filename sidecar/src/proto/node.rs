@@ -5,7 +5,7 @@
 //! deliveries to the app. It owns routing, the peer set, CRL gossip, control flooding,
 //! broadcast duplicate suppression and the forwarding decision.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -221,10 +221,33 @@ struct LinkState {
     peer: PeerIdentity,
     /// When a frame last arrived on it, as far as the node saw.
     heard: Time,
+    /// The certificate this link last carried for each destination, each way. An advert
+    /// carries a destination's certificate the first time a link needs it and an empty field
+    /// after that (docs/PROTOCOL.md, "Route updates"): the certificate was ~85 % of the bytes
+    /// of every periodic update. Indexed by `Node::dest_ids`: 16 bytes a destination each way.
+    certs_sent: CertSlots,
+    certs_heard: CertSlots,
+}
+
+/// A link's certificate per destination id (see `LinkState::certs_sent`).
+#[derive(Debug, Default)]
+struct CertSlots(Vec<Option<Arc<[u8]>>>);
+
+impl CertSlots {
+    fn get(&self, id: u32) -> Option<&Arc<[u8]>> {
+        self.0.get(id as usize)?.as_ref()
+    }
+    fn set(&mut self, id: u32, cert: Arc<[u8]>) {
+        let i = id as usize;
+        if self.0.len() <= i {
+            self.0.resize(i + 1, None);
+        }
+        self.0[i] = Some(cert);
+    }
 }
 
 /// Verified proofs of other members' sequence numbers: (seqno, signature, leaf DER).
-type Proof = (u32, Vec<u8>, Vec<u8>);
+type Proof = (u32, Vec<u8>, Arc<[u8]>);
 
 /// Changes the log filter (`log-level` control messages); the driver's hook.
 pub type LogLevelHook = Box<dyn Fn(&str) -> Result<(), String> + Send>;
@@ -236,13 +259,15 @@ pub struct Node {
     config: NodeConfig,
     store: Arc<TrustStore>,
     key: Arc<PrivateKey>,
-    leaf: Vec<u8>,
+    leaf: Arc<[u8]>,
     routes: RouteTable,
     peers: PeerSet,
     links: BTreeMap<String, LinkState>,
     /// Recent verified proofs per destination, oldest first (at most [`PROOFS_KEPT`]).
     proofs: BTreeMap<String, Vec<Proof>>,
     my_proof: Vec<u8>,
+    /// A small number for each destination name a link carried a certificate for.
+    dest_ids: HashMap<String, u32>,
     broadcasts: SeenSet<(String, u64)>,
     controls: SeenSet<[u8; 32]>,
     control: ControlVerifier,
@@ -253,7 +278,7 @@ pub struct Node {
     log_level: Option<LogLevelHook>,
     out: VecDeque<Output>,
     /// Route adverts to send, per neighbour and destination, flushed when outputs are polled.
-    pending_adverts: BTreeMap<String, BTreeMap<String, RouteAdvert>>,
+    pending_adverts: BTreeMap<String, BTreeMap<String, Advert>>,
 }
 
 impl std::fmt::Debug for Node {
@@ -289,12 +314,13 @@ impl Node {
             config,
             store,
             key,
-            leaf,
+            leaf: leaf.into(),
             routes,
             peers,
             links: BTreeMap::new(),
             proofs: BTreeMap::new(),
             my_proof: Vec::new(),
+            dest_ids: HashMap::new(),
             broadcasts: SeenSet::new(SEEN_BROADCASTS),
             controls: SeenSet::new(SEEN_CONTROLS),
             control,
@@ -336,7 +362,8 @@ impl Node {
     fn flush_adverts(&mut self) {
         let pending = std::mem::take(&mut self.pending_adverts);
         for (to, adverts) in pending {
-            let adverts: Vec<RouteAdvert> = adverts.into_values().collect();
+            let adverts: Vec<RouteAdvert> =
+                adverts.into_values().filter_map(|a| self.with_proof(&to, a)).collect();
             for chunk in adverts.chunks(MAX_ADVERTS) {
                 self.send(&to, Frame::RouteUpdate { adverts: chunk.to_vec() });
             }
@@ -428,7 +455,17 @@ impl Node {
         let rtts = VecDeque::from([first]);
         self.links.insert(
             node.clone(),
-            LinkState { id: link_id, outbound, ping: None, rtts, cost, peer, heard: now },
+            LinkState {
+                id: link_id,
+                outbound,
+                ping: None,
+                rtts,
+                cost,
+                peer,
+                heard: now,
+                certs_sent: CertSlots::default(),
+                certs_heard: CertSlots::default(),
+            },
         );
         self.count(Count::Handshake("ok"));
         tracing::info!(peer = %node, %addr, outbound, "link up");
@@ -591,8 +628,28 @@ impl Node {
             Frame::Ping { nonce } => self.send(from, Frame::Pong { nonce }),
             Frame::Pong { nonce } => self.on_pong(now, from, nonce),
             Frame::RouteUpdate { adverts } => {
-                for a in adverts {
-                    if let Some(advert) = self.verify_advert(now, wall, from, a) {
+                for mut a in adverts {
+                    let cert = if a.metric == METRIC_INFINITY {
+                        None
+                    } else {
+                        match self.advert_cert(from, &a.dest, std::mem::take(&mut a.cert)) {
+                            Some(cert) => Some(cert),
+                            None => {
+                                let what =
+                                    "a route advert named a certificate the link never carried";
+                                self.protocol_violation(now, from, what);
+                                self.close_link(
+                                    now,
+                                    from,
+                                    link_id,
+                                    CloseReason::InvalidFrame,
+                                    what,
+                                );
+                                return;
+                            }
+                        }
+                    };
+                    if let Some(advert) = self.verify_advert(now, wall, from, a, cert) {
                         let actions = self.routes.on_advert(from, advert, now);
                         self.route_actions(actions);
                     }
@@ -701,31 +758,64 @@ impl Node {
         tracing::warn!(peer = %from, "protocol violation: {what}");
     }
 
-    /// Checks an advert's seqno proof (cached per destination and seqno).
+    /// The certificate an advert for `dest` from `from` is checked with: the one it carries,
+    /// remembered for the link (sharing the bytes with a kept proof's copy), or, when it carries
+    /// none, the one this link carried last. `None`: it carries none and the link never did.
+    fn advert_cert(&mut self, from: &str, dest: &str, cert: Vec<u8>) -> Option<Arc<[u8]>> {
+        if cert.is_empty() {
+            let id = self.dest_ids.get(dest)?;
+            return self.links.get(from)?.certs_heard.get(*id).cloned();
+        }
+        let id = self.dest_id(dest);
+        let link = self.links.get_mut(from)?;
+        let same = |c: &&Arc<[u8]>| ***c == *cert;
+        let known =
+            self.proofs.get(dest).and_then(|kept| kept.iter().map(|(_, _, c)| c).find(same));
+        let cert = known
+            .or_else(|| link.certs_heard.get(id).filter(same))
+            .cloned()
+            .unwrap_or_else(|| Arc::from(cert));
+        link.certs_heard.set(id, cert.clone());
+        Some(cert)
+    }
+
+    /// The small number standing for `dest` in the links' certificate maps.
+    fn dest_id(&mut self, dest: &str) -> u32 {
+        if let Some(id) = self.dest_ids.get(dest) {
+            return *id;
+        }
+        let id = self.dest_ids.len() as u32;
+        self.dest_ids.insert(dest.to_owned(), id);
+        id
+    }
+
+    /// Checks an advert's seqno proof against `cert` (cached per destination and seqno).
+    /// `cert` is `None` for a withdrawal, which needs no proof.
     fn verify_advert(
         &mut self,
         now: Time,
         wall: SystemTime,
         from: &str,
         a: RouteAdvert,
+        cert: Option<Arc<[u8]>>,
     ) -> Option<Advert> {
         let advert =
             Advert { dest: a.dest.clone(), seqno: a.seqno, metric: a.metric, hops: a.hops };
-        if a.metric == METRIC_INFINITY {
+        let Some(cert) = cert else {
             return Some(advert); // a withdrawal only removes the sender's own candidate
-        }
+        };
         let known = self.proofs.get(&a.dest).is_some_and(|kept| {
-            kept.iter().any(|(s, sig, cert)| *s == a.seqno && *sig == a.proof && *cert == a.cert)
+            kept.iter().any(|(s, sig, c)| *s == a.seqno && *sig == a.proof && *c == cert)
         });
         if known {
             return Some(advert);
         }
-        match (self.proof_check)(&self.store, &a.cert, &a.dest, a.seqno, &a.proof, wall) {
+        match (self.proof_check)(&self.store, &cert, &a.dest, a.seqno, &a.proof, wall) {
             Ok(_) => {
                 let kept = self.proofs.entry(a.dest.clone()).or_default();
                 kept.retain(|(s, _, _)| *s != a.seqno);
                 let at = kept.iter().position(|(s, _, _)| crate::routing::seqno_newer(*s, a.seqno));
-                kept.insert(at.unwrap_or(kept.len()), (a.seqno, a.proof, a.cert));
+                kept.insert(at.unwrap_or(kept.len()), (a.seqno, a.proof, cert));
                 if kept.len() > PROOFS_KEPT {
                     kept.remove(0);
                 }
@@ -1119,7 +1209,7 @@ impl Node {
     /// leaf, so they re-check the link against it.
     pub fn handle_renewed(&mut self, key: Arc<PrivateKey>, leaf: Vec<u8>) {
         self.key = key;
-        self.leaf = leaf.clone();
+        self.leaf = Arc::from(leaf.as_slice());
         self.sign_own_seqno();
         self.flood(Frame::Certificate { der: leaf }, None);
     }
@@ -1203,8 +1293,6 @@ impl Node {
         for action in actions {
             match action {
                 RouteAction::Send { to, adverts } => {
-                    let adverts: Vec<RouteAdvert> =
-                        adverts.into_iter().filter_map(|a| self.with_proof(a)).collect();
                     let batch = self.pending_adverts.entry(to).or_default();
                     for a in adverts {
                         batch.insert(a.dest.clone(), a);
@@ -1225,15 +1313,27 @@ impl Node {
         }
     }
 
-    fn with_proof(&self, a: Advert) -> Option<RouteAdvert> {
+    /// The advert as it goes to neighbour `to`: with its destination's proof, and with the
+    /// destination's certificate unless this link already carried it. `None` when the proof
+    /// for its seqno is no longer kept (a newer advert replaces it).
+    fn with_proof(&mut self, to: &str, a: Advert) -> Option<RouteAdvert> {
         let (proof, cert) = if a.metric == METRIC_INFINITY {
             (Vec::new(), Vec::new())
-        } else if a.dest == self.me {
-            (self.my_proof.clone(), self.leaf.clone())
         } else {
-            let (_, sig, cert) =
-                self.proofs.get(&a.dest)?.iter().find(|(s, _, _)| *s == a.seqno)?;
-            (sig.clone(), cert.clone())
+            let (sig, cert) = if a.dest == self.me {
+                (&self.my_proof, &self.leaf)
+            } else {
+                let kept = self.proofs.get(&a.dest)?;
+                let (_, sig, cert) = kept.iter().find(|(s, _, _)| *s == a.seqno)?;
+                (sig, cert)
+            };
+            let (sig, cert) = (sig.clone(), cert.clone());
+            let id = self.dest_id(&a.dest);
+            let link = self.links.get_mut(to)?;
+            let carried = link.certs_sent.get(id).is_some_and(|c| *c == cert);
+            let bytes = if carried { Vec::new() } else { cert.to_vec() };
+            link.certs_sent.set(id, cert);
+            (sig, bytes)
         };
         Some(RouteAdvert {
             dest: a.dest,
