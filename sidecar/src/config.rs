@@ -83,6 +83,10 @@ pub struct Settings {
     pub ban_threshold: Option<u8>,
     #[arg(long, env = "GENESIS_BAN_DURATION")]
     pub ban_duration: Option<String>,
+    /// Threads that run the sidecar's tasks (default 1; at most 64). More help a sidecar that
+    /// relays bulk traffic and was given more than one core.
+    #[arg(long, env = "GENESIS_WORKER_THREADS")]
+    pub worker_threads: Option<usize>,
     /// Hash-chained audit log file.
     #[arg(long, env = "GENESIS_AUDIT_LOG")]
     pub audit_log: Option<PathBuf>,
@@ -163,6 +167,7 @@ impl Settings {
             exchange_interval,
             ban_threshold,
             ban_duration,
+            worker_threads,
             audit_log,
             state_dir,
             test_capture_relayed,
@@ -170,6 +175,11 @@ impl Settings {
         )
     }
 }
+
+/// Worker threads by default. A sidecar is one small process per pod; with one worker an idle
+/// member wakes once per event instead of waking a second thread to look for work (100 idle
+/// members: 0.124 of a core with two workers on two cores, 0.107 with one; docs/BENCHMARKS.md).
+pub const DEFAULT_WORKER_THREADS: usize = 1;
 
 /// The validated configuration.
 #[derive(Debug, Clone)]
@@ -192,6 +202,7 @@ pub struct Config {
     pub hold_time: Duration,
     pub routing: RoutingConfig,
     pub peers: PeerConfig,
+    pub worker_threads: usize,
     pub audit_log: Option<PathBuf>,
     pub state_dir: Option<PathBuf>,
     pub test_capture_relayed: Option<PathBuf>,
@@ -264,6 +275,10 @@ impl Config {
                 "min-peers {min_peers} and max-peers {max_peers}: need 1 <= min <= max <= 256"
             ));
         }
+        let worker_threads = s.worker_threads.unwrap_or(DEFAULT_WORKER_THREADS);
+        if !(1..=64).contains(&worker_threads) {
+            return Err(format!("worker-threads {worker_threads} is outside 1..=64"));
+        }
         let ban_threshold = s.ban_threshold.unwrap_or(20);
         if ban_threshold > 100 {
             return Err(format!("ban-threshold {ban_threshold} is above 100"));
@@ -299,6 +314,7 @@ impl Config {
                 ban_duration: dur("ban-duration", s.ban_duration, "5m")?,
                 ..PeerConfig::default()
             },
+            worker_threads,
             audit_log: s.audit_log,
             state_dir: s.state_dir,
             test_capture_relayed: s.test_capture_relayed,
@@ -398,6 +414,7 @@ mod tests {
             (Settings { allowed_ports: Some(vec![0]), ..minimal() }, "allowed-ports"),
             (Settings { join_token: None, ..minimal() }, "join-token"),
             (Settings { ban_threshold: Some(101), ..minimal() }, "ban-threshold"),
+            (Settings { worker_threads: Some(0), ..minimal() }, "worker-threads"),
         ];
         for (settings, expected) in cases {
             let err = Config::resolve(settings).unwrap_err();
