@@ -229,3 +229,32 @@ fn a_garbage_hello_from_a_member_that_never_linked_costs_it_and_bans_it() {
     assert!(p.record("nobody", Conduct::Pong(Duration::from_millis(1)), Time::ZERO).is_empty());
     assert!(p.level("nobody", Time::ZERO).is_none());
 }
+
+#[test]
+fn a_member_that_lost_its_anchor_for_an_interval_dials_it_then_a_lost_member_it_was_referred_to() {
+    let mut p = set(&["anchor:1"]);
+    p.on_tick(Time::ZERO);
+    p.on_connected("anchor", "anchor:1", Time::ZERO).unwrap();
+    let peers = ["b", "c", "d"].map(|n| PeerAddr { node: n.into(), addr: format!("{n}:1") });
+    p.on_exchange(&peers, Time::ZERO);
+    for n in ["b", "c", "d"] {
+        p.on_connected(n, &format!("{n}:1"), Time::ZERO).unwrap();
+    }
+    // A healthy mesh (every anchor reachable) dials nothing.
+    assert_eq!(p.rejoin(secs(100), |_| true), None);
+
+    // A partition: the link to the anchor breaks and no route leads to it; min peers still met.
+    p.on_disconnected("anchor", true, secs(101));
+    let lost = |n: &str| n != "anchor";
+    assert_eq!(p.rejoin(secs(102), lost), None, "not before an exchange interval");
+    assert_eq!(p.rejoin(secs(112), lost), Some(PeerAction::Dial { addr: "anchor:1".into() }));
+    // Full, it turns us away with members on its side, which we cannot reach either.
+    let far = [PeerAddr { node: "z".into(), addr: "z:1".into() }];
+    p.on_dial_refused("anchor:1", &far, secs(112));
+    let lost = |n: &str| !matches!(n, "anchor" | "z");
+    assert_eq!(p.rejoin(secs(113), lost), None, "one rejoin dial per interval or so");
+    assert_eq!(p.rejoin(secs(130), lost), Some(PeerAction::Dial { addr: "z:1".into() }));
+
+    // Healed: the anchor is reachable again, through the new link; nothing more is dialled.
+    assert_eq!(p.rejoin(secs(200), |_| true), None);
+}

@@ -589,6 +589,11 @@ impl Node {
         self.route_actions(actions);
         let actions = self.peers.on_tick(now);
         self.peer_actions(now, actions);
+        let (links, routes) = (&self.links, &self.routes);
+        let reachable = |n: &str| links.contains_key(n) || routes.next_hop(n).is_some();
+        if let Some(dial) = self.peers.rejoin(now, reachable) {
+            self.peer_actions(now, vec![dial]);
+        }
     }
 
     // ---- frames ----
