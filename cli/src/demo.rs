@@ -592,25 +592,45 @@ fn short(v: &Value) -> String {
 
 /// Whether removing `node` keeps the rest connected (links as the members report them).
 fn keeps_mesh_connected(graph: &BTreeMap<String, BTreeSet<String>>, node: &str) -> bool {
-    let Some(start) = graph.keys().find(|k| *k != node) else { return true };
+    unreached(graph, node).is_empty()
+}
+
+/// The members other than `without` that the first of them cannot reach over `graph`'s links
+/// once `without` is gone.
+fn unreached(graph: &BTreeMap<String, BTreeSet<String>>, without: &str) -> Vec<String> {
+    let Some(start) = graph.keys().find(|k| *k != without) else { return vec![] };
     let mut seen = BTreeSet::from([start.clone()]);
     let mut queue = VecDeque::from([start.clone()]);
     while let Some(n) = queue.pop_front() {
         for next in graph.get(&n).into_iter().flatten() {
-            if next != node && seen.insert(next.clone()) {
+            if next != without && seen.insert(next.clone()) {
                 queue.push_back(next.clone());
             }
         }
     }
-    seen.len() == graph.len() - 1
+    graph.keys().filter(|k| *k != without && !seen.contains(*k)).cloned().collect()
 }
 
 /// Revokes a well-connected member whose loss does not split the mesh (sparing `spare`, the
 /// member that just rotated, when another will do).
 fn revoke(run: &mut Run, manifest: &Manifest, spare: &str) -> Result<String, String> {
-    let mut graph = BTreeMap::new();
+    let mut graph: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for m in &manifest.members {
-        graph.insert(m.name.clone(), links(m)?);
+        let linked = links(m)?;
+        // A link counts when either end reports it: at 200 members one end of a link that
+        // was just made or closed often reported it and the other not yet, and a one-way
+        // edge made every member look like a cut vertex.
+        for n in &linked {
+            graph.entry(n.clone()).or_default().insert(m.name.clone());
+        }
+        graph.entry(m.name.clone()).or_default().extend(linked);
+    }
+    let apart = unreached(&graph, "");
+    if !apart.is_empty() {
+        return Err(format!(
+            "the mesh is not connected before the revocation: {} reached from the rest by no link",
+            apart.join(", ")
+        ));
     }
     let candidates: Vec<(&String, usize)> = graph
         .iter()
@@ -643,21 +663,38 @@ fn revoke(run: &mut Run, manifest: &Manifest, spare: &str) -> Result<String, Str
     let start = Instant::now();
     let rest: Vec<&Member> = manifest.members.iter().filter(|m| m.name != victim).collect();
     let want = rest.len() * (rest.len() - 1);
+    // Members still short of routes at the last look, with how many they lack.
+    let mut short: Vec<(usize, String)> = Vec::new();
     mesh::wait_until(
         Duration::from_secs(30),
         "the mesh to route around the revoked member",
         || {
-            let got: usize = rest
-                .iter()
-                .filter_map(|m| client::get_json(&m.admin, "/admin/routes").ok())
-                .map(|r| {
-                    r.as_array()
-                        .map_or(0, |a| a.iter().filter(|r| r["dest"] != victim.as_str()).count())
-                })
-                .sum();
-            got == want
+            short.clear();
+            for m in &rest {
+                let routes = client::get_json(&m.admin, "/admin/routes").ok();
+                let got = routes
+                    .as_ref()
+                    .and_then(|r| r.as_array())
+                    .map_or(0, |a| a.iter().filter(|r| r["dest"] != victim.as_str()).count());
+                if got < rest.len() - 1 {
+                    short.push((rest.len() - 1 - got, m.name.clone()));
+                }
+            }
+            short.is_empty()
         },
-    )?;
+    )
+    .map_err(|e| {
+        let lacking: usize = short.iter().map(|(n, _)| n).sum();
+        short.sort_by(|a, b| b.cmp(a));
+        let worst: Vec<String> =
+            short.iter().take(5).map(|(n, m)| format!("{m} lacks {n}")).collect();
+        format!(
+            "{e}: {lacking} of {want} routes missing, at {} members ({}{})",
+            short.len(),
+            worst.join(", "),
+            if short.len() > 5 { ", ..." } else { "" }
+        )
+    })?;
     let healed = start.elapsed().as_secs_f64() * 1e3 + r.cut_off_everywhere_ms.unwrap_or(0.0);
     run.figures.healed_ms = Some(healed);
     Ok(format!(

@@ -57,8 +57,9 @@ pub struct Advert {
 pub enum RouteAction {
     /// Send these adverts to this neighbour (the driver attaches each destination's proof).
     Send { to: String, adverts: Vec<Advert> },
-    /// Ask every neighbour to pass on a request for `dest` to announce at least `seqno`.
-    RequestSeqno { dest: String, seqno: u32, hops_left: u8 },
+    /// Ask for `dest` to announce at least `seqno`: every neighbour (`to: None`, a request we
+    /// originate) or one neighbour (a request passed on towards `dest`).
+    RequestSeqno { dest: String, seqno: u32, hops_left: u8, to: Option<String> },
     /// Our own sequence number changed: sign a proof for it before the next send.
     OwnSeqnoChanged { seqno: u32 },
     /// The selected route to `dest` changed (`None`: unreachable). For metrics and logs.
@@ -256,7 +257,19 @@ impl RouteTable {
 
     /// A seqno request for `dest` arrived. If it is for us, bump our seqno and
     /// announce it; otherwise pass it on (once per (dest, seqno)) while hops remain.
-    pub fn on_seqno_request(&mut self, dest: &str, seqno: u32, hops_left: u8) -> Vec<RouteAction> {
+    ///
+    /// As in Babel (RFC 8966, 3.8.1.2), a request is answered by a member whose route already
+    /// carries the seqno asked for, else passed on to one neighbour towards `dest`, never
+    /// flooded. NB: flooded, one lost link sent a request per destination through the whole
+    /// mesh; at 200 real members on two cores those bursts tripped the neighbours' frame-rate
+    /// limits, the bans cut more links, and the mesh came apart.
+    pub fn on_seqno_request(
+        &mut self,
+        from: &str,
+        dest: &str,
+        seqno: u32,
+        hops_left: u8,
+    ) -> Vec<RouteAction> {
         // NB: bounded: an entry is added per distinct request handled, and entries older than
         // REQUEST_RETRY are dropped at every tick (a repeated request after that is legitimate).
         if !self.fresh_request(dest, seqno) {
@@ -274,10 +287,39 @@ impl RouteTable {
             actions.extend(self.send_to_all(|_| vec![me.clone()]));
             return actions;
         }
+        let Some(d) = self.dests.get(dest) else { return Vec::new() };
+        if let Some(via) = d.selected.as_deref().filter(|via| *via != from) {
+            let c = &d.candidates[via];
+            if !seqno_newer(seqno, c.seqno) {
+                let advert = Advert {
+                    dest: dest.to_owned(),
+                    seqno: c.seqno,
+                    metric: self.total(via, c),
+                    hops: c.hops,
+                };
+                return vec![RouteAction::Send { to: from.to_owned(), adverts: vec![advert] }];
+            }
+        }
         if hops_left <= 1 {
             return Vec::new();
         }
-        vec![RouteAction::RequestSeqno { dest: dest.to_owned(), seqno, hops_left: hops_left - 1 }]
+        // Towards `dest`: the selected next hop, else the best other neighbour that offers a
+        // route; not back to the asker.
+        let next = d.selected.clone().filter(|via| via != from).or_else(|| {
+            d.candidates
+                .iter()
+                .filter(|(via, c)| *via != from && c.advertised < METRIC_INFINITY)
+                .min_by_key(|(via, c)| self.total(via, c))
+                .map(|(via, _)| via.clone())
+        });
+        next.map(|to| RouteAction::RequestSeqno {
+            dest: dest.to_owned(),
+            seqno,
+            hops_left: hops_left - 1,
+            to: Some(to),
+        })
+        .into_iter()
+        .collect()
     }
 
     /// Timer: expire stale routes, retry seqno requests, send the periodic full update.
@@ -459,7 +501,8 @@ impl RouteTable {
 
     fn originate_request(&mut self, dest: &str, seqno: u32) -> RouteAction {
         self.seen_requests.insert((dest.to_owned(), seqno), self.clock);
-        RouteAction::RequestSeqno { dest: dest.to_owned(), seqno, hops_left: self.config.max_hops }
+        let hops_left = self.config.max_hops;
+        RouteAction::RequestSeqno { dest: dest.to_owned(), seqno, hops_left, to: None }
     }
 
     /// Our own route plus every selected route, minus those through `neighbour` (split horizon).

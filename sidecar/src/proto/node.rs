@@ -661,7 +661,7 @@ impl Node {
                 }
             }
             Frame::SeqnoRequest { dest, seqno, hops_left } => {
-                let actions = self.routes.on_seqno_request(&dest, seqno, hops_left);
+                let actions = self.routes.on_seqno_request(from, &dest, seqno, hops_left);
                 self.route_actions(actions);
             }
             Frame::PeerExchange { peers } => self.peers.on_exchange(&peers, now),
@@ -1303,8 +1303,12 @@ impl Node {
                         batch.insert(a.dest.clone(), a);
                     }
                 }
-                RouteAction::RequestSeqno { dest, seqno, hops_left } => {
-                    self.flood(Frame::SeqnoRequest { dest, seqno, hops_left }, None);
+                RouteAction::RequestSeqno { dest, seqno, hops_left, to } => {
+                    let frame = Frame::SeqnoRequest { dest, seqno, hops_left };
+                    match to {
+                        Some(to) => self.send(&to, frame),
+                        None => self.flood(frame, None),
+                    }
                 }
                 RouteAction::OwnSeqnoChanged { .. } => self.sign_own_seqno(),
                 RouteAction::Changed { .. } => {

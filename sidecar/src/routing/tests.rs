@@ -40,9 +40,11 @@ impl Sim {
                         self.queue.push_back((node.to_owned(), to, Msg::Adverts(adverts)));
                     }
                 }
-                RouteAction::RequestSeqno { dest, seqno, hops_left } => {
-                    let neighbours: Vec<String> =
-                        self.nodes[node].neighbours().map(str::to_owned).collect();
+                RouteAction::RequestSeqno { dest, seqno, hops_left, to } => {
+                    let neighbours: Vec<String> = match to {
+                        Some(to) => vec![to],
+                        None => self.nodes[node].neighbours().map(str::to_owned).collect(),
+                    };
                     for n in neighbours {
                         self.queue.push_back((
                             node.to_owned(),
@@ -99,7 +101,7 @@ impl Sim {
                     adverts.into_iter().flat_map(|a| table.on_advert(&from, a, now)).collect()
                 }
                 Msg::Request { dest, seqno, hops_left } => {
-                    table.on_seqno_request(&dest, seqno, hops_left)
+                    table.on_seqno_request(&from, &dest, seqno, hops_left)
                 }
             };
             self.apply(&to, actions);
@@ -278,7 +280,8 @@ fn feasibility_rejects_older_seqnos_and_worse_metrics_but_takes_newer_seqnos() {
     assert!(actions.contains(&RouteAction::RequestSeqno {
         dest: "d".into(),
         seqno: 11,
-        hops_left: 16
+        hops_left: 16,
+        to: None,
     }));
     // A newer seqno is feasible whatever its metric.
     t.on_advert("x", advert(11, 5000), Time::ZERO);
@@ -358,4 +361,41 @@ fn a_worse_metric_on_the_selected_route_keeps_it_and_asks_for_a_newer_seqno() {
     // The newer seqno makes the better route feasible again.
     t.on_advert("y", advert(11, 250), Time::ZERO);
     assert_eq!(t.next_hop("d"), Some("y"));
+}
+
+#[test]
+fn a_seqno_request_is_answered_by_a_fresh_enough_route_or_passed_on_towards_its_destination_only() {
+    let mut t = RouteTable::new("me", 1, RoutingConfig::default(), Time::ZERO);
+    for n in ["a", "x", "y"] {
+        t.neighbour_up(n, 100);
+    }
+    let advert = |seqno, metric| Advert { dest: "d".into(), seqno, metric, hops: 2 };
+    t.on_advert("x", advert(10, 100), Time::ZERO);
+    t.on_advert("y", advert(10, 300), Time::ZERO);
+    assert_eq!(t.next_hop("d"), Some("x"));
+
+    // Our route already carries seqno 10: we answer the asker with it, and ask nobody.
+    let actions = t.on_seqno_request("a", "d", 10, 16);
+    let answer = Advert { dest: "d".into(), seqno: 10, metric: 200, hops: 3 };
+    assert_eq!(actions, vec![RouteAction::Send { to: "a".into(), adverts: vec![answer] }]);
+
+    // Seqno 11 is newer than ours: passed on to our next hop towards d, and to no one else.
+    let actions = t.on_seqno_request("a", "d", 11, 16);
+    let on = RouteAction::RequestSeqno {
+        dest: "d".into(),
+        seqno: 11,
+        hops_left: 15,
+        to: Some("x".into()),
+    };
+    assert_eq!(actions, vec![on]);
+
+    // Asked by our own next hop: not sent back to it, but to the next best neighbour.
+    let actions = t.on_seqno_request("x", "d", 12, 16);
+    assert!(
+        matches!(&actions[..], [RouteAction::RequestSeqno { to: Some(to), .. }] if to == "y"),
+        "{actions:?}"
+    );
+    // A destination we know nothing of, or the hop limit reached: dropped.
+    assert!(t.on_seqno_request("a", "nowhere", 1, 16).is_empty());
+    assert!(t.on_seqno_request("a", "d", 13, 1).is_empty());
 }
