@@ -298,20 +298,18 @@ impl Sidecar {
             &opts.min_peers.to_string(),
             "--max-peers",
             &opts.max_peers.to_string(),
-            "--hello-interval",
-            "200ms",
-            "--hold-time",
-            "1s",
-            "--periodic-update-interval",
-            "2s",
-            "--exchange-interval",
-            "1s",
             "--audit-log",
             &authority.dir.path().join(format!("{node}.audit.jsonl")).display().to_string(),
         ]
         .iter()
         .map(|a| a.to_string())
         .collect();
+        // Snappy timers, so tests do not wait on the defaults; `extra` may set its own.
+        for (flag, value) in SNAPPY_TIMERS {
+            if !opts.extra.iter().any(|a| a == flag) {
+                args.extend([flag.to_owned(), value.to_owned()]);
+            }
+        }
         if !opts.anchors.is_empty() {
             args.extend(["--anchors".to_owned(), opts.anchors.join(",")]);
         }
@@ -617,8 +615,18 @@ impl RawPeer {
     }
 }
 
+/// The timers a test sidecar runs with unless its options set others.
+const SNAPPY_TIMERS: [(&str, &str); 4] = [
+    ("--hello-interval", "200ms"),
+    ("--hold-time", "1s"),
+    ("--periodic-update-interval", "2s"),
+    ("--exchange-interval", "1s"),
+];
+
 /// `n` members in a sparse random (seeded, so reproducible) topology: each bootstraps from one
-/// or two earlier members and keeps 2 to 4 links.
+/// or two earlier members and keeps 2 to 4 links. Past 50 members they run the sidecar's
+/// default timers, as the demo does: with a hold time of 1 s, 200 members sharing two cores
+/// lose links to their own CPU starvation.
 pub fn sparse_mesh(auth: &Authority, net: &Subnet, n: u8, seed: u64) -> Vec<Sidecar> {
     let mut state = seed;
     let mut rand = move |below: u8| {
@@ -639,7 +647,15 @@ pub fn sparse_mesh(auth: &Authority, net: &Subnet, n: u8, seed: u64) -> Vec<Side
                     }
                 }
             }
-            let opts = SidecarOptions { anchors, min_peers: 2, max_peers: 4, ..Default::default() };
+            let extra = if n > 50 {
+                let defaults = ["--hello-interval", "1s", "--hold-time", "3s"];
+                let more = ["--periodic-update-interval", "10s", "--exchange-interval", "10s"];
+                defaults.iter().chain(&more).map(|a| a.to_string()).collect()
+            } else {
+                Vec::new()
+            };
+            let opts =
+                SidecarOptions { anchors, min_peers: 2, max_peers: 4, extra, ..Default::default() };
             Sidecar::start(auth, &format!("m{i}"), &net.ip(i + 1), &opts)
         })
         .collect()
