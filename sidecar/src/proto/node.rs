@@ -266,7 +266,9 @@ pub struct Node {
     /// Recent verified proofs per destination, oldest first (at most [`PROOFS_KEPT`]).
     proofs: BTreeMap<String, Vec<Proof>>,
     my_proof: Vec<u8>,
-    /// A small number for each destination name a link carried a certificate for.
+    /// A small number for each destination name a link carried a certificate for. Bounded by
+    /// the names neighbours sent with certificates: a forged one costs its sender its link
+    /// within a frame (32 adverts) and then its reputation.
     dest_ids: HashMap<String, u32>,
     broadcasts: SeenSet<(String, u64)>,
     controls: SeenSet<[u8; 32]>,
@@ -770,6 +772,9 @@ impl Node {
         if cert.is_empty() {
             let id = self.dest_ids.get(dest)?;
             return self.links.get(from)?.certs_heard.get(*id).cloned();
+        }
+        if !self.links.contains_key(from) {
+            return None;
         }
         let id = self.dest_id(dest);
         let link = self.links.get_mut(from)?;
