@@ -219,7 +219,14 @@ async fn renewal_loop(shared: Arc<Shared>, shutdown: CancellationToken) {
                 if let Err(e) = shared.store.set_bundle(creds.bundle.clone()) {
                     tracing::warn!(error = %e, "renewal brought an unusable bundle; keeping the old one");
                 }
-                let _ = shared.store.install_crl(&creds.crl, SystemTime::now());
+                // A newer CRL that came with the renewal enters through the node, as every
+                // CRL does: applied, audited, passed to the neighbours, and routes to newly
+                // revoked members cut. (Installed into the store here, it was applied quietly
+                // and reached the neighbours only with the next periodic announcement.)
+                if shared.store.crl_number().is_none_or(|n| creds.crl.number() > n) {
+                    let der = creds.crl.der().to_vec();
+                    let _ = shared.commands.send(Command::RenewalCrl { der }).await;
+                }
                 match tls_configs(&shared.store, creds) {
                     Ok(tls) => {
                         let serial = genesis_trust::CertInfo::parse(&tls.chain[0])

@@ -405,6 +405,10 @@ pub enum Command {
     Renewed,
     /// Drain: say goodbye to every peer.
     Drain,
+    /// A newer CRL the identity service sent with a renewal.
+    RenewalCrl {
+        der: Vec<u8>,
+    },
     /// A CRL pushed through the admin API (the operator's or genesisctl's injection point).
     InjectCrl {
         der: Vec<u8>,
@@ -598,6 +602,9 @@ impl Core {
             Command::Renewed => {
                 let tls = self.shared.tls.load_full();
                 self.node.handle_renewed(tls.key.clone(), tls.chain[0].to_vec());
+            }
+            Command::RenewalCrl { der } => {
+                let _ = self.node.handle_crl(now, wall, "identity-service", &der);
             }
             Command::InjectCrl { der, reply } => {
                 let _ = reply.send(self.node.handle_crl(now, wall, "admin-api", &der));

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use genesis_e2e::{linked_pair, wait_for, Authority, Sidecar, Subnet};
+use genesis_e2e::{http, linked_pair, wait_for, Authority, Sidecar, SidecarOptions, Subnet};
 
 #[test]
 fn certificates_rotate_without_dropping_links() {
@@ -81,4 +81,37 @@ fn a_failed_renewal_keeps_the_valid_certificate_and_recovers_when_the_authority_
     wait_for(Duration::from_secs(30), "the retried renewal to succeed", || serial(&a) != first);
     assert!(a.metric("genesis_sidecar_certificate_renewals_total", "result=\"ok\"") >= 1.0);
     assert_eq!(a.send("b", b"renewed").0, 200);
+}
+
+#[test]
+fn a_newer_crl_that_comes_with_a_renewal_is_applied_audited_and_passed_on() {
+    let net = Subnet::new();
+    let auth = Authority::start(&net, "renewcrl", "24h");
+    let (a, b) = linked_pair(&auth, &net);
+    wait_for(Duration::from_secs(20), "a and b to link", || {
+        a.routes() == ["b"] && b.routes() == ["a"]
+    });
+    // A third member is revoked at the authority, and nobody pushes the new CRL: a renewal is
+    // the first to bring it.
+    let c = Sidecar::start(&auth, "c", &net.ip(3), &SidecarOptions::default());
+    let crl = |s: &Sidecar| s.admin_json("/admin/identity")["crlNumber"].as_u64().unwrap_or(0);
+    let held = crl(&a);
+    auth.revoke(&c.node);
+    let applied = |s: &Sidecar| s.metric("genesis_sidecar_crl_updates_total", "result=\"applied\"");
+    let (applied_a, applied_b) = (applied(&a), applied(&b));
+
+    let (status, body) = http(&a.admin, "POST", "/admin/renew", b"").unwrap();
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    // It enters a's node as every CRL does (before, the renewal installed it quietly), and a
+    // passes it to b at once.
+    wait_for(Duration::from_secs(10), "a to apply the CRL its renewal brought", || {
+        applied(&a) > applied_a
+    });
+    assert!(crl(&a) > held, "a holds CRL {} (had {held})", crl(&a));
+    wait_for(Duration::from_secs(5), "b to apply it from a", || applied(&b) > applied_b);
+    let audit = std::fs::read_to_string(auth.dir.path().join("a.audit.jsonl")).unwrap();
+    assert!(
+        audit.lines().any(|l| l.contains("crl-applied") && l.contains("identity-service")),
+        "a's audit log does not record the CRL: {audit}"
+    );
 }
