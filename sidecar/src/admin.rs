@@ -10,7 +10,7 @@ use serde::Serialize;
 use tokio::sync::oneshot;
 
 use crate::http::{error, json, Body};
-use crate::node::{Command, Shared, Snapshot};
+use crate::shared::{Command, Shared, Snapshot};
 
 /// One readiness check.
 #[derive(Debug, Clone, Serialize)]

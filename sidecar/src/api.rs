@@ -21,7 +21,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::oneshot;
 
 use crate::http::{error, json, Body};
-use crate::node::{Command, Shared};
+use crate::shared::{Command, Shared};
 use crate::stream::{open_tunnel, reset_tcp, send_message, MAX_MESSAGE};
 
 /// Messages returned per receive call.

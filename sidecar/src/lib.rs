@@ -19,6 +19,7 @@ pub mod peers;
 pub mod proto;
 pub mod repeats;
 pub mod routing;
+pub mod shared;
 pub mod state;
 pub mod stream;
 
@@ -36,7 +37,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::identity::Credentials;
-use crate::node::{Command, Shared, TlsConfigs, CORE_QUEUE};
+use crate::shared::{Command, Shared, TlsConfigs, CORE_QUEUE};
 
 /// A running sidecar.
 pub struct Running {
@@ -143,7 +144,7 @@ pub async fn start_prepared(
         admin_listener.local_addr().map_err(|e| e.to_string())?,
     );
     let (tx, rx) = mpsc::channel(CORE_QUEUE);
-    let shared = node::new_shared(config, identity, store, tls, tx, audit);
+    let shared = shared::new_shared(config, identity, store, tls, tx, audit);
     shared.audit(
         "started",
         &shared.identity.uri(),

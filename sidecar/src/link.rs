@@ -15,8 +15,8 @@ use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tokio_util::sync::CancellationToken;
 
 use crate::frame::{Data, DataKind, Frame, FrameDecoder};
-use crate::node::{Command, LinkQueues, NewLink, Shared, CONTROL_QUEUE, DATA_QUEUE};
 use crate::proto::forward::{FlowPins, Forward};
+use crate::shared::{Command, LinkQueues, NewLink, Shared, CONTROL_QUEUE, DATA_QUEUE};
 
 /// Connecting and the TLS handshake must finish within this.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);

@@ -321,9 +321,9 @@ mod tests {
 
     #[test]
     fn the_audit_head_metric_is_the_hash_prefix_as_a_number() {
-        assert_eq!(crate::node::head_number("00000000000f00ff"), 15);
-        assert_eq!(crate::node::head_number("ffffffffffffff"), 0xffff_ffff_ffff);
-        assert_eq!(crate::node::head_number("not hex"), 0);
+        assert_eq!(crate::shared::head_number("00000000000f00ff"), 15);
+        assert_eq!(crate::shared::head_number("ffffffffffffff"), 0xffff_ffff_ffff);
+        assert_eq!(crate::shared::head_number("not hex"), 0);
     }
 
     #[test]

@@ -25,8 +25,8 @@ use tokio_util::sync::PollSender;
 use bytes::Bytes;
 
 use crate::frame::{Data, DataKind, Frame, MAX_DATA_PAYLOAD};
-use crate::node::{Command, FlowEvent, FlowKey, Received, Shared};
 use crate::peers::Conduct;
+use crate::shared::{Command, FlowEvent, FlowKey, Outgoing, Received, Shared, MAX_OPENING};
 
 /// Service byte of a TCP tunnel stream.
 pub const SERVICE_TUNNEL: u8 = 1;
@@ -40,8 +40,6 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const MAX_MESSAGE: usize = 32 * 1024;
 /// How long a sender waits for a delivery receipt.
 pub const RECEIPT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Streams in their end-to-end handshake at once (each holds a TLS state and a queue).
-pub const MAX_OPENING: usize = 256;
 /// Messages in flight on one channel.
 const CHANNEL_QUEUE: usize = 1024;
 
@@ -566,24 +564,6 @@ async fn serve_messages(shared: Arc<Shared>, tls: ServerStream, from: String) {
         if write_record(&mut w, RECORD_RECEIPT, id, status).await.is_err() {
             break;
         }
-    }
-}
-
-struct Outgoing {
-    id: u64,
-    body: Vec<u8>,
-    reply: oneshot::Sender<Result<(), String>>,
-}
-
-/// Message channels to destinations, opened on first use and reused.
-#[derive(Default)]
-pub struct Messenger {
-    channels: tokio::sync::Mutex<HashMap<String, mpsc::Sender<Outgoing>>>,
-}
-
-impl std::fmt::Debug for Messenger {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Messenger")
     }
 }
 
