@@ -9,6 +9,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde::Serialize;
 use tokio::sync::oneshot;
 
+use crate::error::Error;
 use crate::http::{error, json, Body};
 use crate::shared::{Command, Shared, Snapshot};
 
@@ -241,10 +242,11 @@ async fn inject_crl(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Bod
         Ok(Ok(number)) => {
             json(StatusCode::OK, &serde_json::json!({"applied": true, "crlNumber": number}))
         }
-        Ok(Err(e)) if e.contains("not newer") => {
-            json(StatusCode::CONFLICT, &serde_json::json!({"applied": false, "error": e}))
-        }
-        Ok(Err(e)) => error(StatusCode::UNPROCESSABLE_ENTITY, &e),
+        Ok(Err(e @ Error::CrlNotNewer { .. })) => json(
+            StatusCode::CONFLICT,
+            &serde_json::json!({"applied": false, "error": e.to_string()}),
+        ),
+        Ok(Err(e)) => error(StatusCode::UNPROCESSABLE_ENTITY, &e.to_string()),
         Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "sidecar stopping"),
     }
 }

@@ -20,6 +20,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::oneshot;
 
+use crate::error::Error;
 use crate::http::{error, json, Body};
 use crate::shared::{Command, Shared};
 use crate::stream::{open_tunnel, reset_tcp, send_message, MAX_MESSAGE};
@@ -54,10 +55,8 @@ pub async fn handle(
             }
             match send_message(&shared, &node, body).await {
                 Ok(receipt) => json(StatusCode::OK, &receipt),
-                Err(e) if e.contains("no delivery receipt") => {
-                    error(StatusCode::GATEWAY_TIMEOUT, &e)
-                }
-                Err(e) => error(StatusCode::BAD_GATEWAY, &e),
+                Err(e @ Error::NoReceipt(_)) => error(StatusCode::GATEWAY_TIMEOUT, &e.to_string()),
+                Err(e) => error(StatusCode::BAD_GATEWAY, &e.to_string()),
             }
         }
         (Method::GET, ["v1", "messages"]) => receive(shared, req.uri().query().unwrap_or("")).await,
@@ -121,8 +120,8 @@ async fn connect(shared: Arc<Shared>, mut req: Request<Incoming>) -> Response<Bo
     }
     let mut tunnel = match open_tunnel(&shared, &node, port).await {
         Ok(t) => t,
-        Err(e) if e.contains("not allowed") => return error(StatusCode::FORBIDDEN, &e),
-        Err(e) => return error(StatusCode::BAD_GATEWAY, &e),
+        Err(e @ Error::TunnelRefused(_)) => return error(StatusCode::FORBIDDEN, &e.to_string()),
+        Err(e) => return error(StatusCode::BAD_GATEWAY, &e.to_string()),
     };
     let on_upgrade = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
 use crate::config::{Config, Settings};
+use crate::error::Error;
 use clap::Parser;
 use genesis_trust::Identity;
 
@@ -101,8 +102,9 @@ pub fn main_from(args: impl IntoIterator<Item = OsString>) -> ExitCode {
             };
             match attempt {
                 Ok(c) => break c,
-                // A refusal (bad token, wrong identity, revoked) will not change by retrying.
-                Err(e) if e.contains("refused (") || tokio::time::Instant::now() >= deadline => {
+                // Only an unreachable service is worth waiting for; a refusal (bad token,
+                // another identity, revoked) or an unusable bundle will not change by retrying.
+                Err(e) if !e.is_transient() || tokio::time::Instant::now() >= deadline => {
                     return fail(&join_failure(&config, saved.is_some(), &e));
                 }
                 Err(e) => {
@@ -145,7 +147,7 @@ pub fn main_from(args: impl IntoIterator<Item = OsString>) -> ExitCode {
 }
 
 /// Why joining failed, and what to do about it.
-fn join_failure(config: &Config, resumed: bool, e: &str) -> String {
+fn join_failure(config: &Config, resumed: bool, e: &Error) -> String {
     if resumed {
         let dir = config.state_dir.as_ref().map(|d| d.display().to_string()).unwrap_or_default();
         return format!(
@@ -153,7 +155,9 @@ fn join_failure(config: &Config, resumed: bool, e: &str) -> String {
              an admin must un-revoke it; to start over, delete {dir} and join with a new token)"
         );
     }
-    if e.contains("spent") && config.state_dir.is_none() {
+    // The service's own words say why it refused; a spent token gets its own advice.
+    let spent = matches!(e, Error::IdentityRefused { reason, .. } if reason.contains("spent"));
+    if spent && config.state_dir.is_none() {
         return format!(
             "cannot join: {e}. A join token works once: give a restarted member a new token, or \
              run members with --state-dir DIR so a restart renews with the kept key instead"

@@ -20,6 +20,7 @@ use rustls::pki_types::{CertificateDer, ServerName};
 use tokio_rustls::TlsConnector;
 
 use crate::config::Config;
+use crate::error::Error;
 
 /// Largest answer we read from the identity service (a chain, a bundle and a CRL).
 const MAX_RESPONSE_BYTES: usize = 2 * 1024 * 1024;
@@ -49,10 +50,12 @@ impl std::fmt::Debug for Credentials {
 
 /// First join: authenticated by the one-time token; the service is checked against the bundle
 /// file and must present an `operator` certificate of our network.
-pub async fn join(config: &Config) -> Result<Credentials, String> {
+pub async fn join(config: &Config) -> Result<Credentials, Error> {
     let pem = std::fs::read_to_string(&config.trust_bundle)
-        .map_err(|e| format!("cannot read trust bundle {}: {e}", config.trust_bundle.display()))?;
-    let bundle = TrustBundle::from_pem(&pem).map_err(|e| format!("trust bundle: {e}"))?;
+        .map_err(|e| format!("cannot read trust bundle {}: {e}", config.trust_bundle.display()))
+        .map_err(Error::Identity)?;
+    let bundle =
+        TrustBundle::from_pem(&pem).map_err(|e| Error::Identity(format!("trust bundle: {e}")))?;
     // NB: no CRL yet at first join: revocation status of the service is unknown, and the join
     // answer brings the CRL that every later check uses.
     let store = Arc::new(TrustStore::new(policy(config, false), bundle));
@@ -61,10 +64,12 @@ pub async fn join(config: &Config) -> Result<Credentials, String> {
 
 /// Restart: renew with the key and certificate a previous run kept in `--state-dir`, checking
 /// the service against the bundle file as a first join does.
-pub async fn resume(config: &Config, saved: &crate::state::Saved) -> Result<Credentials, String> {
+pub async fn resume(config: &Config, saved: &crate::state::Saved) -> Result<Credentials, Error> {
     let pem = std::fs::read_to_string(&config.trust_bundle)
-        .map_err(|e| format!("cannot read trust bundle {}: {e}", config.trust_bundle.display()))?;
-    let bundle = TrustBundle::from_pem(&pem).map_err(|e| format!("trust bundle: {e}"))?;
+        .map_err(|e| format!("cannot read trust bundle {}: {e}", config.trust_bundle.display()))
+        .map_err(Error::Identity)?;
+    let bundle =
+        TrustBundle::from_pem(&pem).map_err(|e| Error::Identity(format!("trust bundle: {e}")))?;
     let store = Arc::new(TrustStore::new(policy(config, false), bundle));
     request(config, store, Some((saved.chain.clone(), &saved.key)), None).await
 }
@@ -75,7 +80,7 @@ pub async fn renew(
     chain: Vec<CertificateDer<'static>>,
     key: &PrivateKey,
     store: Arc<TrustStore>,
-) -> Result<Credentials, String> {
+) -> Result<Credentials, Error> {
     request(config, store, Some((chain, key)), None).await
 }
 
@@ -92,39 +97,41 @@ async fn request(
     store: Arc<TrustStore>,
     current: Option<(Vec<CertificateDer<'static>>, &PrivateKey)>,
     token: Option<String>,
-) -> Result<Credentials, String> {
+) -> Result<Credentials, Error> {
+    let local = |e: String| Error::Identity(e);
     let identity = Identity::new(&config.trust_domain, &config.network, config.role, &config.node)
-        .map_err(|e| e.to_string())?;
-    let key = PrivateKey::generate(KeyAlgorithm::EcdsaP256).map_err(|e| e.to_string())?;
-    let csr = create_csr(&identity, &key).map_err(|e| e.to_string())?;
+        .map_err(|e| local(e.to_string()))?;
+    let key = PrivateKey::generate(KeyAlgorithm::EcdsaP256).map_err(|e| local(e.to_string()))?;
+    let csr = create_csr(&identity, &key).map_err(|e| local(e.to_string()))?;
     let body = serde_json::to_vec(&CertificateRequest {
         node: config.node.clone(),
         token,
         csr: B64.encode(csr),
     })
     .expect("request serializes");
-    let tls =
-        genesis_trust::tls::identity_client_config(store, current).map_err(|e| e.to_string())?;
+    let tls = genesis_trust::tls::identity_client_config(store, current)
+        .map_err(|e| local(e.to_string()))?;
     let server_name = genesis_trust::join::identity_server_name(&config.network);
     let post = post(&config.identity_service, &server_name, tls, body);
     let response = tokio::time::timeout(REQUEST_TIMEOUT, post).await.map_err(|_| {
-        format!(
+        Error::IdentityUnreachable(format!(
             "identity service {} did not answer within {REQUEST_TIMEOUT:?}",
             config.identity_service
-        )
+        ))
     })??;
-    let chain = certs_from_pem(&response.chain_pem).map_err(|e| format!("issued chain: {e}"))?;
-    let issued =
-        CertInfo::require_identity(&chain[0]).map_err(|e| format!("issued certificate: {e}"))?;
+    let chain =
+        certs_from_pem(&response.chain_pem).map_err(|e| local(format!("issued chain: {e}")))?;
+    let issued = CertInfo::require_identity(&chain[0])
+        .map_err(|e| local(format!("issued certificate: {e}")))?;
     if issued != identity {
-        return Err(format!(
+        return Err(local(format!(
             "the identity service issued {issued}, but this sidecar is {identity}"
-        ));
+        )));
     }
-    let bundle =
-        TrustBundle::from_pem(&response.bundle_pem).map_err(|e| format!("issued bundle: {e}"))?;
-    let crl_der = B64.decode(&response.crl).map_err(|e| format!("issued CRL: {e}"))?;
-    let crl = Crl::parse(&crl_der).map_err(|e| format!("issued CRL: {e}"))?;
+    let bundle = TrustBundle::from_pem(&response.bundle_pem)
+        .map_err(|e| local(format!("issued bundle: {e}")))?;
+    let crl_der = B64.decode(&response.crl).map_err(|e| local(format!("issued CRL: {e}")))?;
+    let crl = Crl::parse(&crl_der).map_err(|e| local(format!("issued CRL: {e}")))?;
     Ok(Credentials {
         key,
         chain,
@@ -142,28 +149,32 @@ async fn post(
     server_name: &str,
     tls: rustls::ClientConfig,
     body: Vec<u8>,
-) -> Result<CertificateResponse, String> {
+) -> Result<CertificateResponse, Error> {
+    let unreachable = |e: String| Error::IdentityUnreachable(e);
     let tcp = tokio::net::TcpStream::connect(addr)
         .await
-        .map_err(|e| format!("cannot reach the identity service at {addr}: {e}"))?;
+        .map_err(|e| unreachable(format!("cannot reach the identity service at {addr}: {e}")))?;
     let name = ServerName::try_from(server_name.to_owned())
-        .map_err(|e| format!("{server_name} is not a server name: {e}"))?;
+        .map_err(|e| Error::Identity(format!("{server_name} is not a server name: {e}")))?;
     let stream = TlsConnector::from(Arc::new(tls))
         .connect(name, tcp)
         .await
-        .map_err(|e| format!("TLS with the identity service at {addr} failed: {e}"))?;
+        .map_err(|e| unreachable(format!("TLS with the identity service at {addr} failed: {e}")))?;
     let service = stream
         .get_ref()
         .1
         .peer_certificates()
         .and_then(|c| CertInfo::require_identity(&c[0]).ok())
-        .ok_or("the identity service presented no identity")?;
+        .ok_or_else(|| Error::Identity("the identity service presented no identity".into()))?;
     if service.role() != Role::Operator {
-        return Err(format!("{service} is not an operator: refusing to send it a join token"));
+        return Err(Error::Identity(format!(
+            "{service} is not an operator: refusing to send it a join token"
+        )));
     }
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| format!("HTTP handshake with the identity service failed: {e}"))?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| {
+            unreachable(format!("HTTP handshake with the identity service failed: {e}"))
+        })?;
     tokio::spawn(conn);
     let req = hyper::Request::post(CERTIFICATES_PATH)
         .header("host", server_name)
@@ -179,23 +190,25 @@ async fn post(
             text = format!("{text}: {s}");
             source = s.source();
         }
+        // NB: rustls names the alert only in its text.
         if text.contains("CertificateRevoked") {
-            format!("identity service refused (certificate revoked): {text}")
+            Error::IdentityRefused { status: "certificate revoked".into(), reason: text }
         } else {
-            format!("identity service request failed: {text}")
+            unreachable(format!("identity service request failed: {text}"))
         }
     })?;
     let status = resp.status();
     let bytes = Limited::new(resp.into_body(), MAX_RESPONSE_BYTES)
         .collect()
         .await
-        .map_err(|e| format!("identity service answer: {e}"))?
+        .map_err(|e| unreachable(format!("identity service answer: {e}")))?
         .to_bytes();
     if !status.is_success() {
         let reason = serde_json::from_slice::<ErrorResponse>(&bytes)
             .map(|e| e.error)
             .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).into_owned());
-        return Err(format!("identity service refused ({status}): {reason}"));
+        return Err(Error::IdentityRefused { status: status.to_string(), reason });
     }
-    serde_json::from_slice(&bytes).map_err(|e| format!("identity service answer is not valid: {e}"))
+    serde_json::from_slice(&bytes)
+        .map_err(|e| Error::Identity(format!("identity service answer is not valid: {e}")))
 }

@@ -9,6 +9,7 @@ pub mod admin;
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod error;
 pub mod frame;
 pub mod http;
 pub mod identity;

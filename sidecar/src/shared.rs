@@ -410,7 +410,7 @@ pub enum Command {
     /// A CRL pushed through the admin API (the operator's or genesisctl's injection point).
     InjectCrl {
         der: Vec<u8>,
-        reply: oneshot::Sender<Result<u64, String>>,
+        reply: oneshot::Sender<Result<u64, crate::error::Error>>,
     },
     /// A signed control envelope injected through the admin API.
     InjectControl {

@@ -24,6 +24,7 @@ use tokio_util::sync::PollSender;
 
 use bytes::Bytes;
 
+use crate::error::Error;
 use crate::frame::{Data, DataKind, Frame, MAX_DATA_PAYLOAD};
 use crate::peers::Conduct;
 use crate::shared::{Command, FlowEvent, FlowKey, Outgoing, Received, Shared, MAX_OPENING};
@@ -250,7 +251,7 @@ pub async fn open(
     dst: &str,
     service: u8,
     port: u16,
-) -> Result<ClientStream, String> {
+) -> Result<ClientStream, Error> {
     let flow = shared.next_id();
     let key = (dst.to_owned(), flow);
     let (tx, rx) = mpsc::channel(FLOW_QUEUE);
@@ -263,17 +264,19 @@ pub async fn open(
     let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, connector.connect(name, transport))
         .await
         .map_err(|_| {
-            format!("{dst} did not complete the end-to-end handshake in {HANDSHAKE_TIMEOUT:?}")
+            Error::Stream(format!(
+                "{dst} did not complete the end-to-end handshake in {HANDSHAKE_TIMEOUT:?}"
+            ))
         })?
-        .map_err(|e| format!("end-to-end handshake with {dst} failed: {e}"))?;
+        .map_err(|e| Error::Stream(format!("end-to-end handshake with {dst} failed: {e}")))?;
     let peer = tls
         .get_ref()
         .1
         .peer_certificates()
         .and_then(|c| CertInfo::require_identity(&c[0]).ok())
-        .ok_or("the destination presented no identity")?;
+        .ok_or_else(|| Error::Stream("the destination presented no identity".into()))?;
     if peer.node() != dst {
-        return Err(format!("asked for {dst} but {peer} answered"));
+        return Err(Error::Stream(format!("asked for {dst} but {peer} answered")));
     }
     Ok(tls)
 }
@@ -283,9 +286,10 @@ pub async fn open_tunnel(
     shared: &Arc<Shared>,
     dst: &str,
     port: u16,
-) -> Result<ClientStream, String> {
+) -> Result<ClientStream, Error> {
     let mut tls = open(shared, dst, SERVICE_TUNNEL, port).await?;
-    let status = tls.read_u8().await.map_err(|e| format!("{dst} closed the tunnel: {e}"))?;
+    let status =
+        tls.read_u8().await.map_err(|e| Error::Stream(format!("{dst} closed the tunnel: {e}")))?;
     if status == 0 {
         shared.metrics.streams.with_label_values(&["out", "ok"]).inc();
         return Ok(tls);
@@ -294,7 +298,7 @@ pub async fn open_tunnel(
     let mut reason = vec![0u8; len.min(1024)];
     let _ = tls.read_exact(&mut reason).await;
     shared.metrics.streams.with_label_values(&["out", "refused"]).inc();
-    Err(String::from_utf8_lossy(&reason).into_owned())
+    Err(Error::TunnelRefused(String::from_utf8_lossy(&reason).into_owned()))
 }
 
 /// Serves a stream a remote opened to us (on its first StreamOpen, delivered by neighbour
@@ -581,18 +585,21 @@ pub async fn send_message(
     shared: &Arc<Shared>,
     dst: &str,
     body: Vec<u8>,
-) -> Result<Receipt, String> {
+) -> Result<Receipt, Error> {
     let start = Instant::now();
     let id = shared.next_id();
     let tx = channel(shared, dst).await?;
     let (reply, answer) = oneshot::channel();
     tx.send(Outgoing { id, body, reply })
         .await
-        .map_err(|_| format!("the channel to {dst} closed"))?;
+        .map_err(|_| Error::Stream(format!("the channel to {dst} closed")))?;
     let result = tokio::time::timeout(RECEIPT_TIMEOUT, answer)
         .await
-        .map_err(|_| format!("no delivery receipt from {dst} within {RECEIPT_TIMEOUT:?}"))?
-        .map_err(|_| format!("the channel to {dst} closed before the receipt"))?;
+        .map_err(|_| {
+            Error::NoReceipt(format!("no delivery receipt from {dst} within {RECEIPT_TIMEOUT:?}"))
+        })?
+        .map_err(|_| Error::Stream(format!("the channel to {dst} closed before the receipt")))
+        .and_then(|r| r.map_err(Error::Stream));
     shared
         .metrics
         .messages
@@ -605,7 +612,7 @@ pub async fn send_message(
     })
 }
 
-async fn channel(shared: &Arc<Shared>, dst: &str) -> Result<mpsc::Sender<Outgoing>, String> {
+async fn channel(shared: &Arc<Shared>, dst: &str) -> Result<mpsc::Sender<Outgoing>, Error> {
     let mut channels = shared.messenger.channels.lock().await;
     if let Some(tx) = channels.get(dst).filter(|tx| !tx.is_closed()) {
         return Ok(tx.clone());

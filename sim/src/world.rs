@@ -515,7 +515,7 @@ impl World {
         let node = self.members[i].node.as_mut().ok_or("that member is not running")?;
         let result = node.handle_crl(now, wall, "publisher", der);
         self.drain(i);
-        result
+        result.map_err(|e| e.to_string())
     }
 
     /// Injects a signed control envelope at member `i` (its admin API).

@@ -80,7 +80,10 @@ fn sidecar(
 }
 
 /// A renewal as the sidecar does it: authenticated by `held`, verifying with its bundle + CRL.
-async fn renew_with(config: &Config, held: &Credentials) -> Result<Credentials, String> {
+async fn renew_with(
+    config: &Config,
+    held: &Credentials,
+) -> Result<Credentials, genesis_sidecar::error::Error> {
     let store = Arc::new(TrustStore::new(
         TrustPolicy {
             trust_domain: "prod.example".into(),
@@ -174,26 +177,36 @@ fn members_join_and_renew_and_every_serial_is_recorded_before_they_get_it() {
         assert_eq!(status["conditions"][0]["reason"], json!("Renewed"));
         // A write that keeps losing: the member gets no certificate (none unrecorded exists).
         api.races.store(RECORD_ATTEMPTS, SeqCst);
-        let e = renew_with(&config, &b).await.unwrap_err();
+        let e = renew_with(&config, &b).await.unwrap_err().to_string();
         assert!(e.contains("it kept changing; retry"), "{e}");
         assert_eq!(api.get(MEMBER).unwrap()["status"]["revision"], json!(4));
 
         // Refusals, each with its reason.
         let e =
             join(&sidecar(&addr, &bundle, "blog-0.blog", "payments", "t-blog")).await.unwrap_err();
+        // A refusal, which the sidecar does not retry; an unreachable service it would.
+        assert!(matches!(e, genesis_sidecar::error::Error::IdentityRefused { .. }), "{e:?}");
+        assert!(!e.is_transient());
+        let e = e.to_string();
         assert!(e.contains("pod blog/blog-0 is not a member of any network"), "{e}");
-        let e = join(&sidecar(&addr, &bundle, "api-0.shop", "ledger", "t-api")).await.unwrap_err();
+        let e = join(&sidecar(&addr, &bundle, "api-0.shop", "ledger", "t-api"))
+            .await
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("member of network payments, but this connection named network ledger"),
             "{e}"
         );
-        let e = join(&sidecar(&addr, &bundle, "api-0.shop", "nowhere", "t-api")).await.unwrap_err();
+        let e = join(&sidecar(&addr, &bundle, "api-0.shop", "nowhere", "t-api"))
+            .await
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("TLS with the identity service"), "{e}");
         assert_eq!(metrics.refused.with_label_values(&["unknown_network"]).get(), 1);
         api.update(MEMBER, json!({"spec": {"revoked": true}}));
-        let e = renew_with(&config, &b).await.unwrap_err();
+        let e = renew_with(&config, &b).await.unwrap_err().to_string();
         assert!(e.contains("Certificate shop/api-0 is revoked"), "{e}");
-        let e = join(&config).await.unwrap_err();
+        let e = join(&config).await.unwrap_err().to_string();
         assert!(e.contains("revoked"), "{e}");
         assert_eq!(
             api.get(MEMBER).unwrap()["status"]["revision"],

@@ -14,6 +14,7 @@ use rustls::pki_types::CertificateDer;
 
 use super::forward::{self, Forward};
 use super::seen::SeenSet;
+use crate::error::Error;
 use crate::frame::{
     Broadcast, ControlAck, Data, DataKind, Frame, FrameError, FrameType, PeerAddr, RouteAdvert,
     MAX_ADVERTS, METRIC_INFINITY,
@@ -862,7 +863,7 @@ impl Node {
         wall: SystemTime,
         from: &str,
         der: &[u8],
-    ) -> Result<u64, String> {
+    ) -> Result<u64, Error> {
         let crl = match genesis_trust::Crl::parse(der) {
             Ok(c) => c,
             Err(e) => return Err(self.refuse_crl(from, e.to_string())),
@@ -915,19 +916,17 @@ impl Node {
                         serde_json::json!({"offered": offered, "current": current}),
                     );
                 }
-                Err(format!(
-                    "CRL number {offered} is not newer than the current CRL number {current}"
-                ))
+                Err(Error::CrlNotNewer { current, offered })
             }
             Err(e) => Err(self.refuse_crl(from, e.to_string())),
         }
     }
 
-    fn refuse_crl(&mut self, from: &str, reason: String) -> String {
+    fn refuse_crl(&mut self, from: &str, reason: String) -> Error {
         self.count(Count::CrlUpdate("refused"));
         tracing::warn!(peer = %from, error = %reason, "refused a CRL");
         self.audit("crl-refused", from, serde_json::json!({"reason": reason}));
-        reason
+        Error::CrlRefused(reason)
     }
 
     /// Re-checks every live link: a peer whose certificate expired or was revoked since the
@@ -1123,7 +1122,7 @@ impl Node {
                 let der = base64::engine::general_purpose::STANDARD
                     .decode(crl)
                     .map_err(|e| format!("args.crl is not base64: {e}"))?;
-                self.handle_crl(now, wall, "control", &der).map(drop)
+                self.handle_crl(now, wall, "control", &der).map(drop).map_err(|e| e.to_string())
             }
         }
     }
