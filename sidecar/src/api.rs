@@ -120,7 +120,8 @@ async fn connect(shared: Arc<Shared>, mut req: Request<Incoming>) -> Response<Bo
     }
     let mut tunnel = match open_tunnel(&shared, &node, port).await {
         Ok(t) => t,
-        Err(e @ Error::TunnelRefused(_)) => return error(StatusCode::FORBIDDEN, &e.to_string()),
+        // NB: a port outside the network's list was refused above (403); the old check for
+        // "not allowed" in the text here only caught a destination configured differently.
         Err(e) => return error(StatusCode::BAD_GATEWAY, &e.to_string()),
     };
     let on_upgrade = hyper::upgrade::on(&mut req);

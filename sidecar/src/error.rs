@@ -22,9 +22,6 @@ pub enum Error {
     /// sent back (another identity, an unusable chain or CRL).
     #[error("{0}")]
     Identity(String),
-    /// The destination refused the tunnel (its port is not open to the mesh).
-    #[error("{0}")]
-    TunnelRefused(String),
     /// A message was sent but no delivery receipt came back in time.
     #[error("{0}")]
     NoReceipt(String),

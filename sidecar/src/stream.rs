@@ -298,7 +298,9 @@ pub async fn open_tunnel(
     let mut reason = vec![0u8; len.min(1024)];
     let _ = tls.read_exact(&mut reason).await;
     shared.metrics.streams.with_label_values(&["out", "refused"]).inc();
-    Err(Error::TunnelRefused(String::from_utf8_lossy(&reason).into_owned()))
+    // The destination could not reach its app on that port (the port itself was checked
+    // against the network's list before the tunnel was opened).
+    Err(Error::Stream(String::from_utf8_lossy(&reason).into_owned()))
 }
 
 /// Serves a stream a remote opened to us (on its first StreamOpen, delivered by neighbour
