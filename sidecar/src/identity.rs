@@ -51,27 +51,27 @@ impl std::fmt::Debug for Credentials {
 /// First join: authenticated by the one-time token; the service is checked against the bundle
 /// file and must present an `operator` certificate of our network.
 pub async fn join(config: &Config) -> Result<Credentials, Error> {
-    let pem = std::fs::read_to_string(&config.trust_bundle)
-        .map_err(|e| format!("cannot read trust bundle {}: {e}", config.trust_bundle.display()))
-        .map_err(Error::Identity)?;
-    let bundle =
-        TrustBundle::from_pem(&pem).map_err(|e| Error::Identity(format!("trust bundle: {e}")))?;
-    // NB: no CRL yet at first join: revocation status of the service is unknown, and the join
-    // answer brings the CRL that every later check uses.
-    let store = Arc::new(TrustStore::new(policy(config, false), bundle));
+    let store = bundle_store(config)?;
     request(config, store, None, Some(config.join_token.clone())).await
 }
 
 /// Restart: renew with the key and certificate a previous run kept in `--state-dir`, checking
 /// the service against the bundle file as a first join does.
 pub async fn resume(config: &Config, saved: &crate::state::Saved) -> Result<Credentials, Error> {
+    let store = bundle_store(config)?;
+    request(config, store, Some((saved.chain.clone(), &saved.key)), None).await
+}
+
+/// A trust store of the bundle file alone, to check the identity service with before this
+/// member holds a CRL. NB: the revocation status of the service is unknown until then; the
+/// answer brings the CRL that every later check uses.
+fn bundle_store(config: &Config) -> Result<Arc<TrustStore>, Error> {
+    let path = config.trust_bundle.display();
     let pem = std::fs::read_to_string(&config.trust_bundle)
-        .map_err(|e| format!("cannot read trust bundle {}: {e}", config.trust_bundle.display()))
-        .map_err(Error::Identity)?;
+        .map_err(|e| Error::Identity(format!("cannot read trust bundle {path}: {e}")))?;
     let bundle =
         TrustBundle::from_pem(&pem).map_err(|e| Error::Identity(format!("trust bundle: {e}")))?;
-    let store = Arc::new(TrustStore::new(policy(config, false), bundle));
-    request(config, store, Some((saved.chain.clone(), &saved.key)), None).await
+    Ok(Arc::new(TrustStore::new(policy(config, false), bundle)))
 }
 
 /// Renewal: a fresh key, authenticated by the current certificate (`chain`, `key`) over mutual TLS.
