@@ -288,8 +288,8 @@ impl RouteTable {
             return actions;
         }
         let Some(d) = self.dests.get(dest) else { return Vec::new() };
-        if let Some(via) = d.selected.as_deref().filter(|via| *via != from) {
-            let c = &d.candidates[via];
+        let selected = d.selected.as_deref().filter(|via| *via != from);
+        if let Some((via, c)) = selected.and_then(|via| Some((via, d.candidates.get(via)?))) {
             if !seqno_newer(seqno, c.seqno) {
                 let advert = Advert {
                     dest: dest.to_owned(),
