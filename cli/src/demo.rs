@@ -590,6 +590,22 @@ fn short(v: &Value) -> String {
     s.chars().take(12).collect()
 }
 
+/// The links as the members report them, each counted when either end reports it: at 200
+/// members one end of a link just made or closed often reported it and the other not yet, and
+/// a one-way edge made every member look like a cut vertex.
+fn link_graph(
+    reports: impl IntoIterator<Item = (String, BTreeSet<String>)>,
+) -> BTreeMap<String, BTreeSet<String>> {
+    let mut graph: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for (member, linked) in reports {
+        for n in &linked {
+            graph.entry(n.clone()).or_default().insert(member.clone());
+        }
+        graph.entry(member).or_default().extend(linked);
+    }
+    graph
+}
+
 /// Whether removing `node` keeps the rest connected (links as the members report them).
 fn keeps_mesh_connected(graph: &BTreeMap<String, BTreeSet<String>>, node: &str) -> bool {
     unreached(graph, node).is_empty()
@@ -614,17 +630,11 @@ fn unreached(graph: &BTreeMap<String, BTreeSet<String>>, without: &str) -> Vec<S
 /// Revokes a well-connected member whose loss does not split the mesh (sparing `spare`, the
 /// member that just rotated, when another will do).
 fn revoke(run: &mut Run, manifest: &Manifest, spare: &str) -> Result<String, String> {
-    let mut graph: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut reports = Vec::new();
     for m in &manifest.members {
-        let linked = links(m)?;
-        // A link counts when either end reports it: at 200 members one end of a link that
-        // was just made or closed often reported it and the other not yet, and a one-way
-        // edge made every member look like a cut vertex.
-        for n in &linked {
-            graph.entry(n.clone()).or_default().insert(m.name.clone());
-        }
-        graph.entry(m.name.clone()).or_default().extend(linked);
+        reports.push((m.name.clone(), links(m)?));
     }
+    let graph = link_graph(reports);
     let apart = unreached(&graph, "");
     if !apart.is_empty() {
         return Err(format!(
@@ -904,5 +914,32 @@ fn keep_running(m: &Manifest, dir: &std::path::Path, children: &Children, as_jso
         if children.pids().is_empty() {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(member: &str, linked: &[&str]) -> (String, BTreeSet<String>) {
+        (member.to_owned(), linked.iter().map(|n| n.to_string()).collect())
+    }
+
+    #[test]
+    fn a_link_reported_by_one_end_counts_and_cut_vertices_are_found() {
+        // m2 has not reported its link to m3 yet; m3 has.
+        let graph = link_graph([
+            report("m0", &["m1", "m2"]),
+            report("m1", &["m0", "m2"]),
+            report("m2", &["m0", "m1"]),
+            report("m3", &["m2"]),
+        ]);
+        assert!(unreached(&graph, "").is_empty(), "{graph:?}");
+        assert!(keeps_mesh_connected(&graph, "m0"));
+        assert!(!keeps_mesh_connected(&graph, "m2"), "m3 hangs on m2 alone");
+        assert_eq!(unreached(&graph, "m2"), ["m3"]);
+        // A member nobody reports a link with, and that reports none, is apart.
+        let graph = link_graph([report("m0", &["m1"]), report("m1", &[]), report("m9", &[])]);
+        assert_eq!(unreached(&graph, ""), ["m9"]);
     }
 }
