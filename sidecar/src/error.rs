@@ -31,7 +31,9 @@ pub enum Error {
 }
 
 impl Error {
-    /// A join or renewal that may succeed if tried again as it is.
+    /// Whether the same request may succeed if tried again as it is: an unreachable identity
+    /// service, a stream that broke, a receipt that did not come. Refusals and unusable
+    /// answers are not.
     pub fn is_transient(&self) -> bool {
         matches!(self, Error::IdentityUnreachable(_) | Error::Stream(_) | Error::NoReceipt(_))
     }
