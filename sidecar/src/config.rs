@@ -13,6 +13,9 @@ use serde::Deserialize;
 use crate::peers::PeerConfig;
 use crate::routing::RoutingConfig;
 
+/// Routing areas a network may have at most.
+pub const MAX_AREAS: u16 = 4096;
+
 /// Settings as they may appear in the file; every field optional.
 #[derive(Debug, Default, Clone, Deserialize, clap::Args)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -68,6 +71,11 @@ pub struct Settings {
     pub hold_time: Option<String>,
     #[arg(long, env = "GENESIS_MAX_HOPS")]
     pub max_hops: Option<u8>,
+    /// Routing areas (default 1, flat): above a few hundred members, each member keeps routes
+    /// to its own area's members and one per other area (docs/SCALE.md). Every member of a
+    /// network must use the same value.
+    #[arg(long, env = "GENESIS_AREAS")]
+    pub areas: Option<u16>,
     /// Send route updates as soon as a route changes (default true), not only periodically.
     #[arg(long, env = "GENESIS_TRIGGERED_UPDATES")]
     pub triggered_updates: Option<bool>,
@@ -160,6 +168,7 @@ impl Settings {
             hello_interval,
             hold_time,
             max_hops,
+            areas,
             triggered_updates,
             periodic_update_interval,
             min_peers,
@@ -268,6 +277,12 @@ impl Config {
         if !(1..=64).contains(&max_hops) {
             return Err(format!("max-hops {max_hops} is outside 1..=64"));
         }
+        let areas = s.areas.unwrap_or(1);
+        if !(1..=MAX_AREAS).contains(&areas) {
+            return Err(format!(
+                "areas {areas} is outside 1..={MAX_AREAS}; about one area per 100 members suits a large network"
+            ));
+        }
         let min_peers = s.min_peers.unwrap_or(3);
         let max_peers = s.max_peers.unwrap_or(8);
         if min_peers == 0 || min_peers > max_peers || max_peers > 256 {
@@ -305,6 +320,7 @@ impl Config {
                 periodic_interval: periodic,
                 route_expiry: periodic * 7 / 2,
                 triggered_updates: s.triggered_updates.unwrap_or(true),
+                areas,
             },
             peers: PeerConfig {
                 min_peers,

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::frame::PeerAddr;
-use crate::routing::Time;
+use crate::routing::{area_of, Time};
 
 /// Discovery and reputation parameters (MeshNetwork `spec.discovery` and `spec.reputation`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,6 +49,9 @@ pub const MAX_BAN: Duration = Duration::from_secs(3600);
 pub const MAX_KNOWN: usize = 512;
 /// Longest pause between dial attempts to one address.
 const MAX_DIAL_BACKOFF: Duration = Duration::from_secs(30);
+/// Links a member seeks outside its routing area, in a network with areas: long links that
+/// keep the areas joined and the mesh's diameter short.
+pub const CROSS_AREA_LINKS: usize = 1;
 /// How long an admitted inbound link holds its place: the peer's hello is due well within it.
 const ADMISSION_HOLD: Duration = Duration::from_secs(5);
 /// Links accepted at most, as a multiple of `max_peers` (see [`PeerSet::link_limit`]).
@@ -215,6 +218,8 @@ pub struct PeerSet {
     /// No rejoin dial before this (see [`PeerSet::rejoin`]), and rejoin dials so far.
     next_rejoin: Time,
     rejoins: u64,
+    /// Routing areas of the network (1: flat; see [`crate::routing::area_of`]).
+    areas: u16,
 }
 
 impl PeerSet {
@@ -247,7 +252,22 @@ impl PeerSet {
             admitted: BTreeMap::new(),
             referral_cursor: 0,
             anchor_reached: false,
+            areas: 1,
         }
+    }
+
+    /// The same, in a network of `areas` routing areas: a member then seeks `min_peers` links
+    /// inside its own area (member routes travel only there, so an area must hang together on
+    /// its own links) and [`CROSS_AREA_LINKS`] outside it, and it remembers and refers members
+    /// of the asker's area first.
+    pub fn with_areas(mut self, areas: u16) -> Self {
+        self.areas = areas.max(1);
+        self
+    }
+
+    /// Whether `node` (empty: not known yet) is in our routing area.
+    fn in_my_area(&self, node: &str) -> bool {
+        !node.is_empty() && area_of(node, self.areas) == area_of(&self.me, self.areas)
     }
 
     /// Connected peers.
@@ -434,7 +454,11 @@ impl PeerSet {
                 continue;
             }
             if self.dials.len() >= MAX_KNOWN && !self.dials.contains_key(&p.addr) {
-                break;
+                // With areas, a member of ours takes the place of one from another area:
+                // our own area's members are the ones we must be able to find.
+                if !(self.areas > 1 && self.in_my_area(&p.node) && self.forget_one_foreign()) {
+                    continue;
+                }
             }
             let d = self.dials.entry(p.addr.clone()).or_insert(Dial {
                 node: p.node.clone(),
@@ -450,6 +474,28 @@ impl PeerSet {
         }
     }
 
+    /// Forgets one address of another area that is neither an anchor nor being dialled nor
+    /// linked; whether there was one.
+    fn forget_one_foreign(&mut self) -> bool {
+        let linked: Vec<&str> = self
+            .peers
+            .values()
+            .filter(|p| p.connected_since.is_some())
+            .map(|p| p.addr.as_str())
+            .collect();
+        let victim = self
+            .dials
+            .iter()
+            .find(|(a, d)| {
+                !d.anchor
+                    && !d.in_flight
+                    && !self.in_my_area(&d.node)
+                    && !linked.contains(&a.as_str())
+            })
+            .map(|(a, _)| a.clone());
+        victim.is_some_and(|a| self.dials.remove(&a).is_some())
+    }
+
     /// Whom to send a dialer `node` to when we turn it away: our peers, and a rotating slice
     /// of the other members we have heard of. Our peers alone are as full as we are (everyone
     /// who found us found them); the wider slice spreads newcomers over the mesh.
@@ -462,7 +508,20 @@ impl PeerSet {
             .filter(|(_, d)| !d.node.is_empty() && d.node != node && d.node != self.me)
             .map(|(a, d)| PeerAddr { node: d.node.clone(), addr: a.clone() })
             .collect();
-        let room = crate::frame::MAX_PEER_ADDRS.saturating_sub(list.len());
+        let mut room = crate::frame::MAX_PEER_ADDRS.saturating_sub(list.len());
+        if self.areas > 1 {
+            // Members of the dialer's own area first: those are the links it seeks.
+            let area = area_of(node, self.areas);
+            for p in known.iter().filter(|p| area_of(&p.node, self.areas) == area) {
+                if room == 0 {
+                    break;
+                }
+                if !list.iter().any(|l| l.addr == p.addr) {
+                    list.push(p.clone());
+                    room -= 1;
+                }
+            }
+        }
         for k in 0..known.len().min(room) {
             let p = &known[(self.referral_cursor + k) % known.len()];
             if !list.iter().any(|l| l.addr == p.addr) {
@@ -536,14 +595,18 @@ impl PeerSet {
             && self.dials.values().any(|d| d.anchor)
             && self.connected() < self.config.max_peers;
         let mut dialled = Vec::new();
-        for (addr, d) in candidates {
-            // Anchors sort first, so the extra dial (beyond min peers) is always an anchor.
-            let extra_anchor = need_anchor && d.anchor && dialled.is_empty();
-            if wanted == 0 && !extra_anchor {
-                break;
+        if self.areas > 1 {
+            dialled = self.pick_in_areas(&candidates, need_anchor, in_flight);
+        } else {
+            for (addr, d) in candidates {
+                // Anchors sort first, so the extra dial (beyond min peers) is always an anchor.
+                let extra_anchor = need_anchor && d.anchor && dialled.is_empty();
+                if wanted == 0 && !extra_anchor {
+                    break;
+                }
+                dialled.push(addr.clone());
+                wanted = wanted.saturating_sub(1);
             }
-            dialled.push(addr.clone());
-            wanted = wanted.saturating_sub(1);
         }
         for addr in dialled {
             // NB: not dialled again until it connects or fails (failure sets the backoff).
@@ -558,6 +621,56 @@ impl PeerSet {
             actions.push(PeerAction::Exchange);
         }
         actions
+    }
+
+    /// Whom to dial in a network with areas: `min_peers` links inside our area, and
+    /// [`CROSS_AREA_LINKS`] outside it (never an anchor for that: every member would pick
+    /// one), plus an anchor while `need_anchor`. While our area's members are not known yet,
+    /// anyone will do up to `min_peers` links in all: the links are how we learn of them.
+    fn pick_in_areas(
+        &self,
+        candidates: &[(&String, &Dial)],
+        need_anchor: bool,
+        in_flight: usize,
+    ) -> Vec<String> {
+        let linked = self.peers.iter().filter(|(_, p)| p.connected_since.is_some());
+        let own_linked = linked.filter(|(n, _)| self.in_my_area(n)).count();
+        let own_flying =
+            self.dials.values().filter(|d| d.in_flight && self.in_my_area(&d.node)).count();
+        let other = (self.connected() + in_flight).saturating_sub(own_linked + own_flying);
+        let mut want_own = self.config.min_peers.saturating_sub(own_linked + own_flying);
+        let mut want_other = CROSS_AREA_LINKS.saturating_sub(other);
+        let mut dialled: Vec<String> = Vec::new();
+        if need_anchor {
+            if let Some((addr, d)) = candidates.iter().find(|(_, d)| d.anchor) {
+                dialled.push((*addr).clone());
+                if self.in_my_area(&d.node) {
+                    want_own = want_own.saturating_sub(1);
+                } else {
+                    want_other = want_other.saturating_sub(1);
+                }
+            }
+        }
+        for (addr, d) in candidates {
+            if dialled.contains(addr) {
+                continue;
+            }
+            let own = self.in_my_area(&d.node);
+            if own && want_own > 0 {
+                want_own -= 1;
+            } else if !own && !d.anchor && want_other > 0 {
+                want_other -= 1;
+            } else {
+                continue;
+            }
+            dialled.push((*addr).clone());
+        }
+        let short = self.config.min_peers.saturating_sub(self.connected() + in_flight);
+        let spare = candidates.iter().filter(|(a, _)| !dialled.contains(a));
+        let fill: Vec<String> =
+            spare.take(short.saturating_sub(dialled.len())).map(|(a, _)| (*a).clone()).collect();
+        dialled.extend(fill);
+        dialled
     }
 
     /// While this member has had neither a link nor a route (`reachable` says) to one of its

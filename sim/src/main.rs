@@ -18,6 +18,10 @@ struct Args {
     /// zones --inter-zone-ms.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
     zones: u32,
+    /// Routing areas (1: flat). Above a few hundred members, about one per 100 members keeps
+    /// each member's table small (docs/SCALE.md).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=4096))]
+    areas: u16,
     #[arg(long, default_value_t = 1)]
     seed: u64,
     #[arg(long, default_value_t = 1.0)]
@@ -82,6 +86,7 @@ fn main() -> ExitCode {
     let scenario = genesis_sim::Scenario {
         members: a.members as usize,
         zones: a.zones as usize,
+        areas: a.areas,
         seed: a.seed,
         intra_zone: Duration::from_secs_f64(a.intra_zone_ms.max(0.0) / 1e3),
         inter_zone: Duration::from_secs_f64(a.inter_zone_ms.max(0.0) / 1e3),
@@ -103,7 +108,7 @@ fn main() -> ExitCode {
         println!("{}", serde_json::to_string(&r).expect("a report serializes"));
     } else {
         let rows = [
-            ("members / zones", format!("{} / {}", r.members, r.zones)),
+            ("members / zones / areas", format!("{} / {} / {}", r.members, r.zones, r.areas)),
             ("invariants", if r.invariants_ok { "ok".into() } else { r.violations.join("; ") }),
             (
                 "routes converged",

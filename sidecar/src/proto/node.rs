@@ -308,7 +308,8 @@ impl Node {
         let secs = wall.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs();
         let seqno = secs.wrapping_mul(SEQNO_PER_SECOND) as u32;
         let routes = RouteTable::new(&me, seqno, config.routing.clone(), now);
-        let peers = PeerSet::new(&me, config.peers.clone(), &config.anchors, now);
+        let peers = PeerSet::new(&me, config.peers.clone(), &config.anchors, now)
+            .with_areas(config.routing.areas);
         let control = ControlVerifier::new(store.clone(), identity.network(), config.rbac.clone())
             .started_at(wall);
         let mut node = Node {
@@ -397,6 +398,11 @@ impl Node {
 
     pub fn route_count(&self) -> usize {
         self.routes.route_count()
+    }
+
+    /// Our routing area (0 in a flat network).
+    pub fn area(&self) -> u16 {
+        self.routes.area()
     }
 
     pub fn peer_views(&self, now: Time) -> Vec<PeerView> {
