@@ -145,6 +145,14 @@ pub struct Routing {
     #[serde(default = "default_periodic")]
     #[schemars(length(max = 32), regex(pattern = DURATION_PATTERN))]
     pub periodic_update_interval: String,
+    /// Routing areas. 1 (the default) is flat: every member holds a route to every other,
+    /// right for a few hundred members. Above that, about one area per 100 members: each member
+    /// then holds routes to its own area's members and one per other area (docs/SCALE.md).
+    /// Every member of the network must run with the same value: change it with a rollout of
+    /// all of them, never on a running mesh's members one by one.
+    #[serde(default = "default_areas")]
+    #[schemars(range(min = 1, max = 4096))]
+    pub areas: i32,
 }
 
 impl Default for Routing {
@@ -155,6 +163,7 @@ impl Default for Routing {
             max_hops: default_max_hops(),
             triggered_updates: true,
             periodic_update_interval: default_periodic(),
+            areas: default_areas(),
         }
     }
 }
@@ -167,6 +176,9 @@ fn default_hold() -> String {
 }
 fn default_max_hops() -> i32 {
     16
+}
+fn default_areas() -> i32 {
+    1
 }
 fn default_true() -> bool {
     true

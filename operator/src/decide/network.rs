@@ -120,6 +120,10 @@ pub fn genesis_document(
         .ok()
         .filter(|h| (1..=64).contains(h))
         .ok_or_else(|| format!("routing.maxHops {} is not 1..64", spec.routing.max_hops))?;
+    let areas = u16::try_from(spec.routing.areas)
+        .ok()
+        .filter(|a| (1..=4096).contains(a))
+        .ok_or_else(|| format!("routing.areas {} is not 1..4096", spec.routing.areas))?;
     let rbac = genesis_trust::RbacPolicy::from(&spec.rbac);
     let document = json!({
         "network": network,
@@ -129,6 +133,7 @@ pub fn genesis_document(
         "helloInterval": spec.routing.hello_interval,
         "holdTime": spec.routing.hold_time,
         "maxHops": max_hops,
+        "areas": areas,
         "triggeredUpdates": spec.routing.triggered_updates,
         "periodicUpdateInterval": spec.routing.periodic_update_interval,
         "minPeers": d.min_peers,
@@ -215,6 +220,7 @@ mod tests {
         assert_eq!(v["anchors"], json!(["10.0.0.7:7000"]));
         assert_eq!(v["allowedPorts"], json!([80, 8080]));
         assert_eq!(v["maxHops"], 16);
+        assert_eq!(v["areas"], 1, "flat unless the network asks for areas");
         assert_eq!(v["rbac"]["rules"][0]["name"], "admins-manage-the-network");
         // Stable for equal inputs (a changed document bumps the policy revision).
         assert_eq!(

@@ -258,3 +258,63 @@ fn a_member_that_lost_its_anchor_for_an_interval_dials_it_then_a_lost_member_it_
     // Healed: the anchor is reachable again, through the new link; nothing more is dialled.
     assert_eq!(p.rejoin(secs(200), |_| true), None);
 }
+
+#[test]
+fn with_areas_a_member_seeks_its_own_area_and_one_long_link_never_an_anchor_for_that() {
+    use crate::routing::area_of;
+    let areas = 4;
+    let mine = area_of("me", areas);
+    let mut p = PeerSet::new("me", PeerConfig::default(), &["anchor:1".to_owned()], Time::ZERO)
+        .with_areas(areas);
+    assert_eq!(p.on_tick(Time::ZERO), vec![PeerAction::Dial { addr: "anchor:1".into() }]);
+    p.on_connected("anchor", "anchor:1", Time::ZERO).unwrap();
+    let names: Vec<String> = (0..40).map(|i| format!("m{i}")).collect();
+    let peers: Vec<PeerAddr> =
+        names.iter().map(|n| PeerAddr { node: n.clone(), addr: format!("{n}:1") }).collect();
+    p.on_exchange(&peers, Time::ZERO);
+    let dialled: Vec<String> = p
+        .on_tick(secs(1))
+        .into_iter()
+        .filter_map(|a| match a {
+            PeerAction::Dial { addr } => Some(addr.trim_end_matches(":1").to_owned()),
+            _ => None,
+        })
+        .collect();
+    let own = dialled.iter().filter(|n| area_of(n, areas) == mine).count();
+    let anchor_own = usize::from(area_of("anchor", areas) == mine);
+    assert_eq!(own + anchor_own, 3, "min_peers 3 inside the area: {dialled:?}");
+    // The anchor link is the long link when the anchor is in another area; else one more.
+    let other = dialled.len() - own;
+    assert_eq!(other + 1 - anchor_own, 1, "one link outside the area: {dialled:?}");
+}
+
+#[test]
+fn with_areas_a_full_address_book_makes_room_for_its_own_area_and_refers_the_dialers_area_first() {
+    use crate::routing::area_of;
+    let areas = 8;
+    let mine = area_of("me", areas);
+    let mut p = PeerSet::new("me", PeerConfig::default(), &[], Time::ZERO).with_areas(areas);
+    let foreign: Vec<PeerAddr> = (0..)
+        .map(|i| format!("f{i}"))
+        .filter(|n| area_of(n, areas) != mine)
+        .take(MAX_KNOWN)
+        .map(|n| PeerAddr { addr: format!("{n}:1"), node: n })
+        .collect();
+    p.on_exchange(&foreign, Time::ZERO);
+    assert_eq!(p.dials.len(), MAX_KNOWN);
+    let own: Vec<PeerAddr> = (0..)
+        .map(|i| format!("o{i}"))
+        .filter(|n| area_of(n, areas) == mine)
+        .take(10)
+        .map(|n| PeerAddr { addr: format!("{n}:1"), node: n })
+        .collect();
+    p.on_exchange(&own, Time::ZERO);
+    assert_eq!(p.dials.len(), MAX_KNOWN, "still bounded");
+    assert!(own.iter().all(|o| p.dials.contains_key(&o.addr)), "every member of our area kept");
+    // A dialer from area X hears of X's members first.
+    let dialer = foreign[0].node.clone();
+    let theirs = area_of(&dialer, areas);
+    let list = p.referrals(&dialer, Time::ZERO);
+    let first = &list[..list.len().min(5)];
+    assert!(first.iter().all(|r| area_of(&r.node, areas) == theirs), "{first:?}");
+}

@@ -21,7 +21,11 @@ const COST: u16 = 100;
 
 impl Sim {
     fn new(names: &[&str]) -> Self {
-        let config = RoutingConfig { max_hops: 16, ..Default::default() };
+        Self::with_areas(names, 1)
+    }
+
+    fn with_areas(names: &[&str], areas: u16) -> Self {
+        let config = RoutingConfig { max_hops: 16, areas, ..Default::default() };
         let nodes = names
             .iter()
             .enumerate()
@@ -398,4 +402,111 @@ fn a_seqno_request_is_answered_by_a_fresh_enough_route_or_passed_on_towards_its_
     // A destination we know nothing of, or the hop limit reached: dropped.
     assert!(t.on_seqno_request("a", "nowhere", 1, 16).is_empty());
     assert!(t.on_seqno_request("a", "d", 13, 1).is_empty());
+}
+
+/// 36 members in 3 routing areas: each area a ring of its own, and a few links between areas.
+fn three_areas() -> (Sim, Vec<String>) {
+    let n = names(36);
+    let refs: Vec<&str> = n.iter().map(String::as_str).collect();
+    let mut sim = Sim::with_areas(&refs, 3);
+    let mut by_area: BTreeMap<u16, Vec<&str>> = BTreeMap::new();
+    for name in &refs {
+        by_area.entry(area_of(name, 3)).or_default().push(name);
+    }
+    assert_eq!(by_area.len(), 3, "the hash spreads 36 names over all 3 areas: {by_area:?}");
+    for members in by_area.values() {
+        for i in 0..members.len() {
+            sim.link(members[i], members[(i + 1) % members.len()]);
+        }
+    }
+    for i in 0..36 {
+        let j = (i * 7 + 5) % 36;
+        if i % 3 == 0 && area_of(refs[i], 3) != area_of(refs[j], 3) {
+            sim.link(refs[i], refs[j]);
+        }
+    }
+    (sim, n)
+}
+
+#[test]
+fn with_areas_every_member_reaches_every_other_loop_free_on_a_table_of_its_area_and_the_other_areas(
+) {
+    let (mut sim, n) = three_areas();
+    sim.run(); // asserts loop freedom after every delivery
+    for a in &n {
+        let mine = area_of(a, 3);
+        let own = n.iter().filter(|b| area_of(b, 3) == mine).count();
+        // Own area's other members, plus the two other areas as wholes.
+        assert_eq!(sim.nodes[a.as_str()].route_count(), own - 1 + 2, "{a}'s table");
+        for b in &n {
+            let path = sim.path(a, b).unwrap_or_else(|| panic!("{a} has no path to {b}"));
+            // Once inside the destination's area, the path stays there.
+            let entered = path.iter().position(|p| area_of(p, 3) == area_of(b, 3)).unwrap();
+            assert!(path[entered..].iter().all(|p| area_of(p, 3) == area_of(b, 3)), "{path:?}");
+        }
+    }
+    // An area route is shown with the area and the member it leads to.
+    let a = &n[0];
+    let areas: Vec<u16> =
+        sim.nodes[a.as_str()].routes().iter().filter_map(|r| r.area).collect::<Vec<_>>();
+    assert_eq!(areas.len(), 2);
+    assert!(!areas.contains(&area_of(a, 3)));
+}
+
+#[test]
+fn with_areas_a_dead_border_member_is_routed_around_and_its_revocation_forgets_it() {
+    let (mut sim, n) = three_areas();
+    sim.run();
+    // The busiest border member: linked to another area, and the source of most area routes.
+    let border = n
+        .iter()
+        .max_by_key(|b| {
+            sim.nodes
+                .values()
+                .flat_map(|t| t.routes())
+                .filter(|r| r.area.is_some() && &r.dest == *b)
+                .count()
+        })
+        .unwrap()
+        .clone();
+    for t in sim.nodes.values_mut() {
+        let actions = t.forget(&border);
+        assert!(!actions.iter().any(|a| matches!(a, RouteAction::RequestSeqno { .. })));
+    }
+    sim.kill(&border);
+    sim.tick(Duration::from_secs(10));
+    sim.tick(Duration::from_secs(10));
+    for a in n.iter().filter(|a| **a != border) {
+        assert!(!sim.nodes[a.as_str()]
+            .routes()
+            .iter()
+            .any(|r| r.dest == border || r.next_hop == border));
+        for b in n.iter().filter(|b| **b != border) {
+            assert!(sim.path(a, b).is_some(), "{a} lost its path to {b}");
+        }
+    }
+}
+
+#[test]
+fn with_areas_a_member_route_from_another_area_is_ignored() {
+    let (a, b) = (0..100)
+        .map(|i| format!("x{i}"))
+        .find_map(|x| {
+            let y = (0..100).map(|j| format!("y{j}")).find(|y| area_of(y, 2) != area_of(&x, 2))?;
+            Some((x, y))
+        })
+        .unwrap();
+    // c: a member of a's area, told about by b from the other area.
+    let c = (0..100).map(|i| format!("z{i}")).find(|c| area_of(c, 2) == area_of(&a, 2)).unwrap();
+    let config = RoutingConfig { areas: 2, ..Default::default() };
+    let mut t = RouteTable::new(&a, 1, config, Time::ZERO);
+    t.neighbour_up(&b, COST);
+    let advert = Advert { dest: c.clone(), seqno: 1, metric: 100, hops: 1 };
+    assert!(t.on_advert(&b, advert, Time::ZERO).is_empty());
+    assert_eq!(t.next_hop(&c), None);
+    // b itself is a route to b's area, and b's own neighbour: reached directly.
+    let own = Advert { dest: b.clone(), seqno: 1, metric: 0, hops: 0 };
+    t.on_advert(&b, own, Time::ZERO);
+    assert_eq!(t.route_count(), 1);
+    assert_eq!(t.next_hop(&b), Some(b.as_str()));
 }
