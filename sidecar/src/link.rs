@@ -377,7 +377,7 @@ async fn relay_or_deliver(
     let m = &shared.metrics;
     m.frames.with_label_values(&["data", "in"]).inc();
     m.bytes.with_label_values(&["in"]).inc_by(size as u64);
-    let next_hop = |dst: &str| shared.data.next_hops.load().get(dst).cloned();
+    let next_hop = |dst: &str| shared.data.next_hops.load().get(dst).map(str::to_owned);
     let links = shared.data.links.load();
     let alive = |n: &str| links.get(n).is_some_and(|tx| !tx.is_closed());
     let now = std::time::Instant::now();

@@ -3,7 +3,7 @@
 //! timer ticks to the node with the time, and carries out what the node asks for: frames onto
 //! link queues, dials, audit records, metrics, deliveries to the app.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -411,14 +411,12 @@ impl Core {
 
     fn publish_routes(&self) {
         self.metrics().routes.set(self.node.route_count() as i64);
-        let hops: HashMap<String, String> =
-            self.node.routes().into_iter().map(|r| (r.dest, r.next_hop)).collect();
+        let hops = self.node.next_hops();
         let old = self.shared.data.next_hops.load();
         if **old != hops {
-            let gone: HashSet<&String> = old.keys().filter(|d| !hops.contains_key(*d)).collect();
-            if !gone.is_empty() {
-                self.shared.data.end_flows_to(&gone);
-            }
+            self.shared
+                .data
+                .end_flows_where(|dst| old.contains_key(dst) && !hops.contains_key(dst));
             self.shared.data.next_hops.store(Arc::new(hops));
         }
     }

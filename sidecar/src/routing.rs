@@ -10,7 +10,7 @@
 //! newer sequence number instead. Sequence numbers are signed by their destination (checked by
 //! the driver before an advert gets here), so no member can make a fresher route to another.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use crate::frame::METRIC_INFINITY;
@@ -198,6 +198,39 @@ pub fn area_of(name: &str, areas: u16) -> u16 {
     ((z ^ (z >> 31)) % u64::from(areas)) as u16
 }
 
+/// The forwarding decision as a snapshot, for the data path outside the core (link readers
+/// relaying, streams sending): the same answers as [`RouteTable::next_hop`] gave when it was
+/// taken.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct NextHops {
+    areas: u16,
+    my_area: u16,
+    /// Members of our area (everyone, in a flat network) → next hop.
+    members: HashMap<String, String>,
+    /// Other areas → next hop.
+    by_area: HashMap<u16, String>,
+    /// Neighbours in other areas, reached directly.
+    neighbours: HashSet<String>,
+}
+
+impl NextHops {
+    /// The neighbour to send traffic for `dest` to.
+    pub fn get(&self, dest: &str) -> Option<&str> {
+        let area = area_of(dest, self.areas);
+        if area == self.my_area {
+            return self.members.get(dest).map(String::as_str);
+        }
+        if let Some(n) = self.neighbours.get(dest) {
+            return Some(n.as_str());
+        }
+        self.by_area.get(&area).map(String::as_str)
+    }
+
+    pub fn contains_key(&self, dest: &str) -> bool {
+        self.get(dest).is_some()
+    }
+}
+
 /// The routing state of one member.
 ///
 /// In a network with routing areas ([`RoutingConfig::areas`] above 1), member routes stay
@@ -275,6 +308,19 @@ impl RouteTable {
             return Some(n.as_str());
         }
         self.areas.get(&area).and_then(|d| d.selected.as_deref())
+    }
+
+    /// A snapshot of [`RouteTable::next_hop`]'s answers.
+    pub fn next_hops(&self) -> NextHops {
+        let pick = |d: &Destination| d.selected.clone();
+        let outside = |n: &&String| area_of(n, self.config.areas) != self.my_area;
+        NextHops {
+            areas: self.config.areas,
+            my_area: self.my_area,
+            members: self.dests.iter().filter_map(|(k, d)| Some((k.clone(), pick(d)?))).collect(),
+            by_area: self.areas.iter().filter_map(|(a, d)| Some((*a, pick(d)?))).collect(),
+            neighbours: self.neighbours.keys().filter(outside).cloned().collect(),
+        }
     }
 
     /// Selected routes.

@@ -22,7 +22,7 @@ use crate::metrics::Metrics;
 use crate::peers::{Conduct, PeerView};
 use crate::proto::seen::SeenSet;
 use crate::repeats::Repeats;
-use crate::routing::{RouteView, Time};
+use crate::routing::{NextHops, RouteView, Time};
 
 /// Data frames queued for one link's writer (4 MiB of 32 KiB frames). Senders of stream data
 /// wait when it is full (backpressure), so it need not be deep; a deep queue would only add
@@ -79,7 +79,7 @@ pub struct TlsConfigs {
 /// hop-by-hop backpressure instead of being dropped at a full queue.
 pub struct DataPlane {
     /// Destination → next hop.
-    pub next_hops: ArcSwap<HashMap<String, String>>,
+    pub next_hops: ArcSwap<NextHops>,
     /// Neighbour → its link's frame queue.
     pub links: ArcSwap<HashMap<String, mpsc::Sender<Bytes>>>,
     /// Open end-to-end streams.
@@ -152,9 +152,9 @@ impl DataPlane {
 
     /// Ends every stream with a member that is no longer reachable: its app sees an error
     /// within the hold time, not a hang.
-    pub fn end_flows_to(&self, gone: &HashSet<&String>) {
+    pub fn end_flows_where(&self, gone: impl Fn(&str) -> bool) {
         let flows = self.flows.lock().unwrap_or_else(|p| p.into_inner());
-        for ((remote, _), tx) in flows.iter().filter(|((r, _), _)| gone.contains(r)) {
+        for ((remote, _), tx) in flows.iter().filter(|((r, _), _)| gone(r)) {
             let _ = tx.try_send(FlowEvent::Unreachable(format!("{remote} became unreachable")));
         }
     }

@@ -111,7 +111,7 @@ impl FlowTransport {
             }
             Some(_) => {}
             None => {
-                let next = self.shared.data.next_hops.load().get(dst).cloned();
+                let next = self.shared.data.next_hops.load().get(dst).map(str::to_owned);
                 let tx = next.as_ref().and_then(|n| self.shared.data.links.load().get(n).cloned());
                 let (Some(next), Some(tx)) = (next, tx) else {
                     return Poll::Ready(Err(io::Error::new(

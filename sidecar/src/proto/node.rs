@@ -396,6 +396,11 @@ impl Node {
         self.routes.routes()
     }
 
+    /// A snapshot of the forwarding decision for the data path.
+    pub fn next_hops(&self) -> crate::routing::NextHops {
+        self.routes.next_hops()
+    }
+
     pub fn route_count(&self) -> usize {
         self.routes.route_count()
     }

@@ -445,6 +445,15 @@ fn with_areas_every_member_reaches_every_other_loop_free_on_a_table_of_its_area_
             assert!(path[entered..].iter().all(|p| area_of(p, 3) == area_of(b, 3)), "{path:?}");
         }
     }
+    // The data path's snapshot answers as the table does.
+    for a in &n {
+        let t = &sim.nodes[a.as_str()];
+        let snapshot = t.next_hops();
+        for b in &n {
+            assert_eq!(snapshot.get(b), t.next_hop(b), "{a} towards {b}");
+        }
+        assert_eq!(snapshot.get("unknown-member"), t.next_hop("unknown-member"));
+    }
     // An area route is shown with the area and the member it leads to.
     let a = &n[0];
     let areas: Vec<u16> =
