@@ -670,6 +670,10 @@ impl PeerSet {
         let fill: Vec<String> =
             spare.take(short.saturating_sub(dialled.len())).map(|(a, _)| (*a).clone()).collect();
         dialled.extend(fill);
+        // NB: never past the link limit, however few links of our area we hold: a member full
+        // of other areas' dialers would dial its own area at every tick, and its own full check
+        // close each link as it came up.
+        dialled.truncate(self.link_limit().saturating_sub(self.connected() + in_flight));
         dialled
     }
 
@@ -696,7 +700,11 @@ impl PeerSet {
             .map(|(n, _)| n.clone())
             .collect();
         let mut lost_anchor = false;
-        for d in self.dials.values_mut().filter(|d| d.anchor) {
+        // With areas, a lost member of our own area is a split too: member routes travel only
+        // inside an area, so its two halves do not find each other through the other areas.
+        let (areas, my_area) = (self.areas, area_of(&self.me, self.areas));
+        let watched = |d: &Dial| d.anchor || (areas > 1 && area_of(&d.node, areas) == my_area);
+        for d in self.dials.values_mut().filter(|d| watched(d)) {
             if d.node.is_empty() || d.node == self.me {
                 continue;
             }
@@ -722,7 +730,9 @@ impl PeerSet {
                     && !banned.contains(&d.node)
                     && !reachable(&d.node)
             })
-            .min_by_key(|(a, d)| (d.failures, !d.anchor, mix(fnv1a(mine, a.as_bytes()))))
+            .min_by_key(|(a, d)| {
+                (d.failures, !d.anchor, !watched(d), mix(fnv1a(mine, a.as_bytes())))
+            })
             .map(|(a, _)| a.clone())?;
         // Half to one and a half intervals, each member its own way: members that lost the
         // same anchor at the same moment must not all try again at the same moments.

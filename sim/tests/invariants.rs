@@ -63,3 +63,20 @@ fn the_same_seed_gives_the_same_run() {
     assert_eq!(a.links, b.links);
     assert_eq!(a.revocation_applied_ms.max, b.revocation_applied_ms.max);
 }
+
+#[test]
+fn five_hundred_members_in_five_routing_areas_and_three_zones_hold_every_invariant_and_rejoin() {
+    // With areas, a member holds routes to its own area's members and one per other area; an
+    // area split by the partition must find its halves again (peers.rs, `PeerSet::rejoin`:
+    // a lost member of one's own area counts as a split, as a lost anchor does).
+    check(Scenario {
+        members: 500,
+        zones: 3,
+        areas: 5,
+        seed: 3,
+        loss: 0.01,
+        steady: Duration::from_secs(5),
+        partition: Duration::from_secs(20),
+        ..Scenario::default()
+    });
+}
