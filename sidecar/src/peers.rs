@@ -52,6 +52,8 @@ const MAX_DIAL_BACKOFF: Duration = Duration::from_secs(30);
 /// Links a member seeks outside its routing area, in a network with areas: long links that
 /// keep the areas joined and the mesh's diameter short.
 pub const CROSS_AREA_LINKS: usize = 1;
+/// How often [`PeerSet::rejoin`] looks for lost anchors and members.
+const REJOIN_CHECK: Duration = Duration::from_secs(1);
 /// How long an admitted inbound link holds its place: the peer's hello is due well within it.
 const ADMISSION_HOLD: Duration = Duration::from_secs(5);
 /// Links accepted at most, as a multiple of `max_peers` (see [`PeerSet::link_limit`]).
@@ -218,6 +220,7 @@ pub struct PeerSet {
     /// No rejoin dial before this (see [`PeerSet::rejoin`]), and rejoin dials so far.
     next_rejoin: Time,
     rejoins: u64,
+    next_rejoin_check: Time,
     /// Routing areas of the network (1: flat; see [`crate::routing::area_of`]).
     areas: u16,
 }
@@ -246,6 +249,7 @@ impl PeerSet {
             next_exchange: now + config.exchange_interval,
             next_rejoin: now,
             rejoins: 0,
+            next_rejoin_check: now,
             config,
             peers: BTreeMap::new(),
             dials,
@@ -546,6 +550,27 @@ impl PeerSet {
     /// Timer: dial when under `min_peers`, send peer exchange every interval.
     pub fn on_tick(&mut self, now: Time) -> Vec<PeerAction> {
         let mut actions = Vec::new();
+        for d in self.dials.values_mut() {
+            if d.in_flight && now >= d.next {
+                d.in_flight = false; // never reported back: give up on that attempt
+            }
+        }
+        let in_flight = self.dials.values().filter(|d| d.in_flight).count();
+        let mut wanted = self.config.min_peers.saturating_sub(self.connected() + in_flight);
+        // NB: a member with the links it seeks looks no further (the usual case at rest): the
+        // candidate list below costs a sort of every known address, and at 10,000 simulated
+        // members that ran four times a second on each was most of the simulator's time.
+        let area_wants = self.areas > 1 && {
+            let (own, other) = self.area_wants(in_flight);
+            own + other > 0
+        };
+        if wanted == 0 && self.anchor_reached && !area_wants {
+            if now >= self.next_exchange {
+                self.next_exchange = now + self.config.exchange_interval;
+                actions.push(PeerAction::Exchange);
+            }
+            return actions;
+        }
         let connected_addrs: Vec<String> = self
             .peers
             .values()
@@ -558,13 +583,6 @@ impl PeerSet {
             .filter(|p| p.banned_until.is_some_and(|t| now < t))
             .map(|p| p.addr.clone())
             .collect();
-        for d in self.dials.values_mut() {
-            if d.in_flight && now >= d.next {
-                d.in_flight = false; // never reported back: give up on that attempt
-            }
-        }
-        let in_flight = self.dials.values().filter(|d| d.in_flight).count();
-        let mut wanted = self.config.min_peers.saturating_sub(self.connected() + in_flight);
         // Anchors first, then learned addresses; skip connected, banned and backing-off ones.
         let mut candidates: Vec<(&String, &Dial)> = self
             .dials
@@ -623,6 +641,23 @@ impl PeerSet {
         actions
     }
 
+    /// Links still wanted in a network with areas: (inside our area, outside it); none when
+    /// the link limit is reached.
+    fn area_wants(&self, in_flight: usize) -> (usize, usize) {
+        if self.connected() + in_flight >= self.link_limit() {
+            return (0, 0);
+        }
+        let linked = self.peers.iter().filter(|(_, p)| p.connected_since.is_some());
+        let own_linked = linked.filter(|(n, _)| self.in_my_area(n)).count();
+        let own_flying =
+            self.dials.values().filter(|d| d.in_flight && self.in_my_area(&d.node)).count();
+        let other = (self.connected() + in_flight).saturating_sub(own_linked + own_flying);
+        (
+            self.config.min_peers.saturating_sub(own_linked + own_flying),
+            CROSS_AREA_LINKS.saturating_sub(other),
+        )
+    }
+
     /// Whom to dial in a network with areas: `min_peers` links inside our area, and
     /// [`CROSS_AREA_LINKS`] outside it (never an anchor for that: every member would pick
     /// one), plus an anchor while `need_anchor`. While our area's members are not known yet,
@@ -633,13 +668,7 @@ impl PeerSet {
         need_anchor: bool,
         in_flight: usize,
     ) -> Vec<String> {
-        let linked = self.peers.iter().filter(|(_, p)| p.connected_since.is_some());
-        let own_linked = linked.filter(|(n, _)| self.in_my_area(n)).count();
-        let own_flying =
-            self.dials.values().filter(|d| d.in_flight && self.in_my_area(&d.node)).count();
-        let other = (self.connected() + in_flight).saturating_sub(own_linked + own_flying);
-        let mut want_own = self.config.min_peers.saturating_sub(own_linked + own_flying);
-        let mut want_other = CROSS_AREA_LINKS.saturating_sub(other);
+        let (mut want_own, mut want_other) = self.area_wants(in_flight);
         let mut dialled: Vec<String> = Vec::new();
         if need_anchor {
             if let Some((addr, d)) = candidates.iter().find(|(_, d)| d.anchor) {
@@ -693,6 +722,11 @@ impl PeerSet {
     /// relay stalled.)
     pub fn rejoin(&mut self, now: Time, reachable: impl Fn(&str) -> bool) -> Option<PeerAction> {
         let interval = self.config.exchange_interval;
+        // Looked at once a second, not at every tick: it acts on losses an interval old.
+        if now < self.next_rejoin_check {
+            return None;
+        }
+        self.next_rejoin_check = now + REJOIN_CHECK;
         let banned: Vec<String> = self
             .peers
             .iter()

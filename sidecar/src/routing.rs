@@ -252,6 +252,7 @@ pub struct RouteTable {
     /// Other areas (empty in a flat network).
     areas: BTreeMap<u16, Destination>,
     next_periodic: Time,
+    next_expiry_scan: Time,
     /// (dest, seqno) requests already passed on: duplicate suppression for the flood.
     seen_requests: HashMap<(String, u32), Time>,
     /// The latest time an input brought (adverts and ticks carry it).
@@ -278,6 +279,7 @@ impl RouteTable {
             my_area: area_of(me, config.areas),
             seqno,
             next_periodic: now + config.periodic_interval,
+            next_expiry_scan: now,
             config,
             neighbours: BTreeMap::new(),
             dests: BTreeMap::new(),
@@ -444,6 +446,16 @@ impl RouteTable {
             if d.candidates.remove(from).is_none() {
                 return actions;
             }
+        } else if let Some(c) = d.candidates.get_mut(from).filter(|c| {
+            c.source == advert.dest
+                && c.seqno == advert.seqno
+                && c.advertised == advert.metric
+                && c.hops == hops
+        }) {
+            // The periodic refresh of what we already hold (most adverts at rest): it only
+            // moves the expiry, and the selection cannot change.
+            c.expires = now + expiry;
+            return actions;
         } else {
             d.candidates.insert(
                 from.to_owned(),
@@ -533,7 +545,16 @@ impl RouteTable {
         self.clock = self.clock.max(now);
         self.seen_requests.retain(|_, at| now.saturating_sub(*at) < REQUEST_RETRY);
         let mut actions = Vec::new();
+        // NB: expiry is looked for once a second, not at every tick (a route lives 35 s; the
+        // scan of every candidate at every tick was the simulator's largest cost at rest).
+        let scan = now >= self.next_expiry_scan;
+        if scan {
+            self.next_expiry_scan = now + EXPIRY_SCAN;
+        }
         let expire = |d: &mut Destination| {
+            if !scan {
+                return false;
+            }
             let before = d.candidates.len();
             d.candidates.retain(|_, c| c.expires > now);
             d.candidates.len() != before
@@ -621,23 +642,24 @@ impl RouteTable {
     /// Re-runs route selection for `key` and records what changed.
     fn reselect(&mut self, key: &Key, actions: &mut Vec<RouteAction>) {
         let Some(d) = self.get(key) else { return };
-        let feasible: Vec<(String, u16, u32, u8, String)> = d
+        let feasible: Vec<(&String, u16, &Candidate)> = d
             .candidates
             .iter()
             .filter(|(_, c)| d.feasible(c))
-            .map(|(via, c)| (via.clone(), self.total(via, c), c.seqno, c.hops, c.source.clone()))
+            .map(|(via, c)| (via, self.total(via, c), c))
             .collect();
         let best_metric = feasible.iter().map(|f| f.1).min();
         // Hysteresis: the current next hop stays while it is feasible and within a margin of
         // the best, so two near-equal paths (RTT jitter) do not take turns.
         let current = d.selected.as_ref().and_then(|via| {
-            feasible.iter().find(|f| &f.0 == via).filter(|f| {
+            feasible.iter().find(|f| f.0 == via).filter(|f| {
                 best_metric.is_some_and(|b| u32::from(f.1) <= u32::from(b) + switch_margin(b))
             })
         });
-        let feasible_best = current.cloned().or_else(|| {
-            feasible.iter().min_by_key(|(via, metric, ..)| (*metric, via.clone())).cloned()
-        });
+        // (Candidates iterate in next-hop order, so the first of equal metrics is the least.)
+        let feasible_best = current
+            .or_else(|| feasible.iter().min_by_key(|(_, metric, _)| *metric))
+            .map(|(via, metric, c)| ((*via).clone(), *metric, c.seqno, c.hops, c.source.clone()));
         // NB: when only the selected route's metric got worse (same source and seqno, not
         // withdrawn), keep using it and ask for a newer seqno (as Babel allows) rather than
         // dropping traffic while the request travels. Switching to a *different* unfeasible
@@ -825,6 +847,9 @@ fn starving_for(d: &Destination) -> Option<(String, u32)> {
 fn self_advert_for(me: &str, seqno: u32) -> Advert {
     Advert { dest: me.to_owned(), seqno, metric: 0, hops: 0 }
 }
+
+/// How often expired routes are looked for.
+const EXPIRY_SCAN: Duration = Duration::from_secs(1);
 
 /// A seqno request is originated, or passed on, at most once per this for one (dest, seqno).
 const REQUEST_RETRY: Duration = Duration::from_secs(1);

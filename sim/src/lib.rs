@@ -62,6 +62,8 @@ pub struct Scenario {
     /// Partition: zone 0 is cut off from the others this long, then healed (needs 2+ zones;
     /// zero skips the phase).
     pub partition: Duration,
+    /// Print a line on standard error as each phase ends.
+    pub progress: bool,
 }
 
 impl Default for Scenario {
@@ -88,6 +90,7 @@ impl Default for Scenario {
             churn_fraction: 0.1,
             churn_down: Duration::from_secs(5),
             partition: Duration::ZERO,
+            progress: false,
         }
     }
 }
@@ -314,6 +317,15 @@ fn members(s: &Scenario, ca: &CertificateAuthority, wall0: SystemTime) -> Vec<Me
         .collect()
 }
 
+/// A line on standard error as each phase ends, when `s.progress` asks (a 10,000-member run
+/// takes minutes).
+fn progress(s: &Scenario, w: &World, started: Instant, phase: &str) {
+    if s.progress {
+        let (virt, wall) = (w.now.as_secs_f64(), started.elapsed().as_secs_f64());
+        eprintln!("genesis-sim: {phase}: virtual {virt:.1} s, wall {wall:.1} s");
+    }
+}
+
 /// Runs `s` and reports.
 pub fn run(s: &Scenario) -> Report {
     let started = Instant::now();
@@ -380,6 +392,7 @@ pub fn run(s: &Scenario) -> Report {
     }
     let max_hops = w.nodes().flat_map(|(_, n)| n.routes()).map(|r| r.hops).max().unwrap_or(0);
 
+    progress(s, &w, started, "joined and converged");
     // 2. At rest: no route or link churn, and the traffic it costs.
     let settle = w.now + s.periodic_interval;
     w.run_until(settle, |_| false);
@@ -406,6 +419,7 @@ pub fn run(s: &Scenario) -> Report {
     let links = w.members.iter().map(|m| m.ends.len()).sum::<usize>() / 2;
     check_paths(&w, None, &mut rng, &mut violations);
 
+    progress(s, &w, started, "watched at rest");
     // 3. Revocation: a well-connected client is revoked; the CRL is pushed at one anchor.
     let victim = (s.anchors..s.members).max_by_key(|&i| w.members[i].ends.len());
     let mut revocation = Spread::default();
@@ -469,6 +483,7 @@ pub fn run(s: &Scenario) -> Report {
         check_paths(&w, Some(&victim_name), &mut rng, &mut violations);
     }
 
+    progress(s, &w, started, "revocation");
     // 4. A network-wide control message from an admin reaches every member.
     let admin = Identity::new(TRUST_DOMAIN, NETWORK, Role::Admin, "sim-admin").expect("admin");
     let policy = LeafPolicy { duration: Duration::from_secs(3600), renew_before: None };
@@ -500,6 +515,7 @@ pub fn run(s: &Scenario) -> Report {
         w.tally.control_accepted.values().map(|t| ms(t.saturating_sub(sent_at))).collect(),
     );
 
+    progress(s, &w, started, "control message");
     // 5. Churn: a fraction of the members crash together and come back with the same
     //    identity (a rolling restart gone wrong, a node lost and rescheduled).
     let candidates: Vec<usize> = w.nodes().map(|(i, _)| i).filter(|&i| i >= s.anchors).collect();
@@ -536,6 +552,7 @@ pub fn run(s: &Scenario) -> Report {
         check_paths(&w, None, &mut rng, &mut violations);
     }
 
+    progress(s, &w, started, "churn");
     // 6. Partition: zone 0 is cut off from the rest, then healed.
     let (mut split_ms, mut healed_ms) = (None, None);
     if s.zones > 1 && !s.partition.is_zero() {
@@ -560,6 +577,7 @@ pub fn run(s: &Scenario) -> Report {
         check_paths(&w, None, &mut rng, &mut violations);
     }
 
+    progress(s, &w, started, "done");
     let proof_verifications = *verifications.lock().expect("counter");
     Report {
         members: s.members,

@@ -101,6 +101,7 @@ fn main() -> ExitCode {
         churn_fraction: a.churn,
         churn_down: Duration::from_millis(a.churn_down_ms),
         partition: Duration::from_secs(a.partition_secs),
+        progress: true,
         ..genesis_sim::Scenario::default()
     };
     let r = genesis_sim::run(&scenario);

@@ -827,7 +827,11 @@ impl Node {
             return Some(advert); // a withdrawal only removes the sender's own candidate
         };
         let known = self.proofs.get(&a.dest).is_some_and(|kept| {
-            kept.iter().any(|(s, sig, c)| *s == a.seqno && *sig == a.proof && *c == cert)
+            // NB: the same certificate is almost always the same allocation (advert_cert
+            // shares it): the pointer is compared before ~600 bytes are.
+            kept.iter().any(|(s, sig, c)| {
+                *s == a.seqno && *sig == a.proof && (Arc::ptr_eq(c, &cert) || *c == cert)
+            })
         });
         if known {
             return Some(advert);
