@@ -315,7 +315,14 @@ pub fn peers(args: &NodeArgs) -> ExitCode {
 
 /// `routes NODE`: the member's selected routes with their metrics.
 pub fn routes(args: &NodeArgs) -> ExitCode {
-    table_of(args, "routes", "/admin/routes", &["dest", "next_hop", "metric", "hops", "seqno"])
+    // `area` is set on a route to another routing area as a whole (its `dest` is the member
+    // of that area it leads to), "-" on a member route.
+    table_of(
+        args,
+        "routes",
+        "/admin/routes",
+        &["dest", "area", "next_hop", "metric", "hops", "seqno"],
+    )
 }
 
 fn table_of(args: &NodeArgs, command: &str, path: &str, columns: &[&str]) -> ExitCode {
