@@ -217,6 +217,41 @@ fn converged_within(w: &World, side: impl Fn(usize) -> usize, exact: bool) -> bo
     })
 }
 
+/// Who lacks which routes: how many members are short, and the first one's missing
+/// destinations (members of its area, and other areas) and links.
+fn unconverged(w: &World) -> String {
+    let mut areas: BTreeMap<u16, Vec<&str>> = BTreeMap::new();
+    for (_, n) in w.nodes() {
+        areas.entry(n.area()).or_default().push(n.name());
+    }
+    let lacking = |n: &genesis_sidecar::proto::Node| -> Vec<String> {
+        let mut missing: Vec<String> = areas[&n.area()]
+            .iter()
+            .filter(|m| **m != n.name() && n.next_hop(m).is_none())
+            .map(|m| m.to_string())
+            .collect();
+        let held: Vec<u16> = n.routes().iter().filter_map(|r| r.area).collect();
+        let other = areas.keys().filter(|a| **a != n.area() && !held.contains(a));
+        missing.extend(other.map(|a| format!("area {a}")));
+        missing
+    };
+    let short: Vec<(&genesis_sidecar::proto::Node, Vec<String>)> = w
+        .nodes()
+        .map(|(_, n)| (n, lacking(n)))
+        .filter(|(_, missing)| !missing.is_empty())
+        .collect();
+    let Some((first, missing)) = short.first() else { return "every member converged".into() };
+    let shown: Vec<&String> = missing.iter().take(8).collect();
+    format!(
+        "{} members lack routes; {} (area {}, links {:?}) lacks {} of them: {shown:?}",
+        short.len(),
+        first.name(),
+        first.area(),
+        first.links(),
+        missing.len()
+    )
+}
+
 /// Whether `node` keeps a route to or through `victim` (a route to another area that leads
 /// elsewhere in the victim's area is fine).
 fn routes_via(node: &genesis_sidecar::proto::Node, victim: &str) -> bool {
@@ -317,6 +352,9 @@ fn members(s: &Scenario, ca: &CertificateAuthority, wall0: SystemTime) -> Vec<Me
         .collect()
 }
 
+/// How often (wall time) a long phase says how far it got.
+const PROGRESS_EVERY: Duration = Duration::from_secs(10);
+
 /// A line on standard error as each phase ends, when `s.progress` asks (a 10,000-member run
 /// takes minutes).
 fn progress(s: &Scenario, w: &World, started: Instant, phase: &str) {
@@ -377,17 +415,23 @@ pub fn run(s: &Scenario) -> Report {
         let at = s.join_spread.mul_f64(i as f64 / s.members.max(1) as f64);
         w.start_at(i, at);
     }
+    let mut report_at = Instant::now() + PROGRESS_EVERY;
     let converged_at = w
         .run_until(s.converge_limit, |w| {
+            if s.progress && Instant::now() >= report_at {
+                report_at = Instant::now() + PROGRESS_EVERY;
+                let routes: usize = w.nodes().map(|(_, n)| n.route_count()).sum();
+                let (virt, wall) = (w.now.as_secs_f64(), started.elapsed().as_secs_f64());
+                eprintln!("genesis-sim: joining: virtual {virt:.2} s, wall {wall:.0} s, {routes} routes held");
+            }
             w.now >= s.join_spread && every(w, CHECK_EVERY) && converged(w)
         })
         .then_some(w.now);
     if converged_at.is_none() {
-        let most = w.nodes().map(|(_, n)| n.route_count()).max().unwrap_or(0);
-        let short: usize = w.nodes().filter(|(_, n)| n.route_count() < most).count();
         violations.push(format!(
-            "routes did not converge within {:?}: {short} members hold fewer routes than the best-served",
-            s.converge_limit
+            "routes did not converge within {:?}: {}",
+            s.converge_limit,
+            unconverged(&w)
         ));
     }
     let max_hops = w.nodes().flat_map(|(_, n)| n.routes()).map(|r| r.hops).max().unwrap_or(0);
