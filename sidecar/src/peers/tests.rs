@@ -318,3 +318,31 @@ fn with_areas_a_full_address_book_makes_room_for_its_own_area_and_refers_the_dia
     let first = &list[..list.len().min(5)];
     assert!(first.iter().all(|r| area_of(&r.node, areas) == theirs), "{first:?}");
 }
+
+#[test]
+fn with_areas_places_are_kept_for_links_into_ones_own_area() {
+    use crate::routing::area_of;
+    let areas = 4;
+    let mine = area_of("me", areas);
+    let mut p = PeerSet::new("me", PeerConfig::default(), &[], Time::ZERO).with_areas(areas);
+    let mut names = (0..).map(|i| format!("n{i}"));
+    let mut foreign = names.clone().filter(|n| area_of(n, areas) != mine);
+    let limit = p.link_limit();
+    let kept = PeerConfig::default().min_peers;
+    // Other areas' dialers fill all but the kept places...
+    for _ in 0..limit - kept {
+        let n = foreign.next().unwrap();
+        p.admit_inbound(&n, Time::ZERO).unwrap();
+        p.on_connected(&n, &format!("{n}:1"), Time::ZERO).unwrap();
+    }
+    let refused = p.admit_inbound(&foreign.next().unwrap(), Time::ZERO).unwrap_err();
+    assert!(refused.starts_with(FULL), "{refused}");
+    // ... which a member of our own area still gets.
+    let own = names.find(|n| area_of(n, areas) == mine).unwrap();
+    p.admit_inbound(&own, Time::ZERO).unwrap();
+    p.on_connected(&own, &format!("{own}:1"), Time::ZERO).unwrap();
+    // It took one of the kept places; the others stay kept.
+    assert!(p.admit_inbound(&foreign.next().unwrap(), Time::ZERO).is_err());
+    let second = names.find(|n| area_of(n, areas) == mine).unwrap();
+    p.admit_inbound(&second, Time::ZERO).unwrap();
+}
