@@ -485,7 +485,7 @@ impl Node {
         tracing::info!(peer = %node, %addr, outbound, "link up");
         let actions = self.routes.neighbour_up(&node, cost);
         self.route_actions(actions);
-        let exchange = Frame::PeerExchange { peers: self.peers.exchange_list(now) };
+        let exchange = Frame::PeerExchange { peers: self.peers.exchange_list_for(&node, now) };
         self.send(&node, exchange);
         if let Some(n) = self.store.crl_number() {
             self.send(&node, Frame::CrlAnnounce { number: n });
@@ -1387,8 +1387,12 @@ impl Node {
                     }
                 }
                 PeerAction::Exchange => {
-                    let frame = Frame::PeerExchange { peers: self.peers.exchange_list(now) };
-                    self.flood(frame, None);
+                    let mut nodes: Vec<String> = self.links.keys().cloned().collect();
+                    nodes.sort();
+                    for n in nodes {
+                        let peers = self.peers.exchange_list_for(&n, now);
+                        self.send(&n, Frame::PeerExchange { peers });
+                    }
                     // Members announce their CRL number periodically too: one that missed a
                     // push catches up within an exchange interval.
                     if let Some(number) = self.store.crl_number() {
