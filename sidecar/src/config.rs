@@ -318,7 +318,7 @@ impl Config {
             routing: RoutingConfig {
                 max_hops,
                 periodic_interval: periodic,
-                route_expiry: periodic * 7 / 2,
+                route_expiry: crate::routing::expiry_for(periodic),
                 triggered_updates: s.triggered_updates.unwrap_or(true),
                 areas,
             },

@@ -384,7 +384,7 @@ pub fn run(s: &Scenario) -> Report {
         routing: RoutingConfig {
             max_hops: s.max_hops,
             periodic_interval: s.periodic_interval,
-            route_expiry: s.periodic_interval * 7 / 2,
+            route_expiry: genesis_sidecar::routing::expiry_for(s.periodic_interval),
             triggered_updates: true,
             areas: s.areas,
         },

@@ -60,6 +60,13 @@ struct Args {
     /// more); 0 skips the phase.
     #[arg(long, default_value_t = 0)]
     partition_secs: u64,
+    /// Hop limit (the sidecar's --max-hops).
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u8).range(1..=64))]
+    max_hops: u8,
+    /// Seconds of virtual time routes may take to converge (after the joins, and after the
+    /// churn and partition phases) before the run calls it a violation and goes on.
+    #[arg(long, default_value_t = 120)]
+    converge_limit_secs: u64,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
@@ -102,6 +109,8 @@ fn main() -> ExitCode {
         churn_down: Duration::from_millis(a.churn_down_ms),
         partition: Duration::from_secs(a.partition_secs),
         progress: true,
+        max_hops: a.max_hops,
+        converge_limit: Duration::from_secs(a.converge_limit_secs),
         ..genesis_sim::Scenario::default()
     };
     let r = genesis_sim::run(&scenario);

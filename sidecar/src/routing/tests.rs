@@ -231,10 +231,53 @@ fn unreachable_destination_is_forgotten_after_route_expiry() {
     assert_eq!(sim.nodes["a"].route_count(), 1);
     // b goes silent without the link being torn down: no refresh arrives.
     sim.links.clear();
-    sim.tick(Duration::from_secs(20));
+    sim.tick(Duration::from_secs(200));
     assert_eq!(sim.nodes["a"].route_count(), 1, "still within the expiry");
     sim.tick(Duration::from_secs(20));
-    assert_eq!(sim.nodes["a"].route_count(), 0, "expired after 35s without refresh");
+    assert_eq!(sim.nodes["a"].route_count(), 0, "expired after 210s without refresh");
+}
+
+#[test]
+fn a_periodic_update_carries_only_changes_and_every_sixth_the_whole_table() {
+    let mut t = RouteTable::new("me", 1, RoutingConfig::default(), Time::ZERO);
+    t.neighbour_up("x", 100);
+    t.neighbour_up("y", 100);
+    t.on_advert("x", Advert { dest: "d".into(), seqno: 1, metric: 100, hops: 1 }, Time::ZERO);
+    t.on_advert("x", Advert { dest: "e".into(), seqno: 1, metric: 100, hops: 1 }, Time::ZERO);
+    let to = |actions: &[RouteAction], n: &str| -> Vec<Advert> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                RouteAction::Send { to, adverts } if to == n => Some(adverts.clone()),
+                _ => None,
+            })
+            .flatten()
+            .collect()
+    };
+    // y heard d and e at once (triggered): the next periodic update has nothing for it.
+    let tick = |t: &mut RouteTable, s: u64| t.on_tick(Duration::from_secs(s));
+    assert!(to(&tick(&mut t, 10), "y").is_empty(), "nothing changed");
+    // A metric move too small for a triggered update goes out with the next periodic one.
+    t.on_advert("x", Advert { dest: "d".into(), seqno: 1, metric: 103, hops: 1 }, Time::ZERO);
+    let sent = to(&tick(&mut t, 20), "y");
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert_eq!((sent[0].dest.as_str(), sent[0].metric), ("d", 203));
+    // d now goes through y: y still holds what we told it of d before, and split horizon
+    // keeps d out of what y may hear, so the next periodic update withdraws it there.
+    t.on_advert("y", Advert { dest: "d".into(), seqno: 2, metric: 50, hops: 1 }, Time::ZERO);
+    assert_eq!(t.next_hop("d"), Some("y"));
+    let sent = to(&tick(&mut t, 30), "y");
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert_eq!((sent[0].dest.as_str(), sent[0].metric), ("d", METRIC_INFINITY));
+    let mut all = Vec::new();
+    for s in [40, 50, 60] {
+        all.push(to(&tick(&mut t, s), "y"));
+    }
+    assert!(all[..2].iter().all(|a| a.is_empty()), "{all:?}");
+    // The sixth is the whole table: our own route and e (d goes through y).
+    let mut dests: Vec<&str> = all[2].iter().map(|a| a.dest.as_str()).collect();
+    dests.sort();
+    assert_eq!(dests, ["e", "me"]);
 }
 
 #[test]
@@ -330,12 +373,16 @@ fn split_horizon_does_not_advertise_a_route_back_to_its_next_hop() {
         _ => None,
     });
     assert!(to_y.unwrap().iter().any(|a| a.dest == "d"));
-    let full = t.on_tick(Duration::from_secs(10));
+    // The sixth periodic update is the whole table.
+    let full: Vec<RouteAction> =
+        (1..=FULL_EVERY).flat_map(|i| t.on_tick(Duration::from_secs(10 * u64::from(i)))).collect();
     let to_x = full.iter().find_map(|a| match a {
         RouteAction::Send { to, adverts } if to == "x" => Some(adverts.clone()),
         _ => None,
     });
-    assert!(!to_x.unwrap().iter().any(|a| a.dest == "d"), "route to d sent back to its next hop");
+    let to_x = to_x.expect("the whole table went to x");
+    assert!(to_x.iter().any(|a| a.dest == "me"));
+    assert!(!to_x.iter().any(|a| a.dest == "d"), "route to d sent back to its next hop");
 }
 
 #[test]
