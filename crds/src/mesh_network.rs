@@ -141,7 +141,8 @@ pub struct Routing {
     /// Send an update as soon as a route changes, not only periodically.
     #[serde(default = "default_true")]
     pub triggered_updates: bool,
-    /// Interval of the periodic full route announcement.
+    /// Interval of the periodic route update: what changed since a link last carried it, and
+    /// every sixth the whole table.
     #[serde(default = "default_periodic")]
     #[schemars(length(max = 32), regex(pattern = DURATION_PATTERN))]
     pub periodic_update_interval: String,
