@@ -72,7 +72,7 @@ pub enum RouteAction {
 }
 
 /// What a route leads to: a member of our own area, or (with areas) another area as a whole.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum Key {
     Member(String),
     Area(u16),
@@ -256,14 +256,18 @@ pub struct RouteTable {
     /// Periodic updates since the last full one.
     periodics: u32,
     next_expiry_scan: Time,
-    /// Per neighbour, what its link last carried for each destination: (seqno, metric, hops).
-    /// A periodic update sends only what differs (see [`FULL_EVERY`]).
-    told: BTreeMap<String, HashMap<String, (u32, u16, u8)>>,
+    /// Per neighbour, what its link last carried for each destination (a member, or an area):
+    /// the advert's name (an area route's source), seqno, metric and hops. A periodic update
+    /// sends only what differs (see [`FULL_EVERY`]).
+    told: BTreeMap<String, HashMap<Key, Told>>,
     /// (dest, seqno) requests already passed on: duplicate suppression for the flood.
     seen_requests: HashMap<(String, u32), Time>,
     /// The latest time an input brought (adverts and ticks carry it).
     clock: Time,
 }
+
+/// What a link last carried for one destination: (name, seqno, metric, hops).
+type Told = (String, u32, u16, u8);
 
 /// One selected route, as adverts and views need it.
 struct Selected<'a> {
@@ -636,14 +640,19 @@ impl RouteTable {
     /// plus a withdrawal for each destination it carried that `table` no longer has.
     fn changes_for(&self, neighbour: &str, table: Vec<Advert>) -> Vec<Advert> {
         let told = self.told.get(neighbour);
-        let heard =
-            |a: &Advert| told.and_then(|t| t.get(&a.dest)) == Some(&(a.seqno, a.metric, a.hops));
-        let listed: HashSet<&str> = table.iter().map(|a| a.dest.as_str()).collect();
+        let heard = |a: &Advert| {
+            let t = told.and_then(|t| t.get(&self.key_of(&a.dest)));
+            t.is_some_and(|t| t.0 == a.dest && (t.1, t.2, t.3) == (a.seqno, a.metric, a.hops))
+        };
+        let listed: HashSet<Key> = table.iter().map(|a| self.key_of(&a.dest)).collect();
+        // NB: keyed by destination, not by name: an area route that moved to another source
+        // is news about the same area, and withdrawing its old source's name would withdraw
+        // the area.
         let mut gone: Vec<Advert> = told
             .into_iter()
-            .flat_map(|t| t.keys())
-            .filter(|d| !listed.contains(d.as_str()))
-            .map(|d| Advert { dest: d.clone(), seqno: 0, metric: METRIC_INFINITY, hops: 0 })
+            .flat_map(|t| t.iter())
+            .filter(|(key, _)| !listed.contains(*key))
+            .map(|(_, t)| Advert { dest: t.0.clone(), seqno: 0, metric: METRIC_INFINITY, hops: 0 })
             .collect();
         let mut changed: Vec<Advert> = table.into_iter().filter(|a| !heard(a)).collect();
         changed.append(&mut gone);
@@ -657,12 +666,13 @@ impl RouteTable {
             if !self.neighbours.contains_key(to) {
                 continue;
             }
-            let told = self.told.entry(to.clone()).or_default();
             for a in adverts {
+                let key = self.key_of(&a.dest);
+                let told = self.told.entry(to.clone()).or_default();
                 if a.metric == METRIC_INFINITY {
-                    told.remove(&a.dest);
+                    told.remove(&key);
                 } else {
-                    told.insert(a.dest.clone(), (a.seqno, a.metric, a.hops));
+                    told.insert(key, (a.dest.clone(), a.seqno, a.metric, a.hops));
                 }
             }
         }

@@ -492,6 +492,14 @@ fn with_areas_every_member_reaches_every_other_loop_free_on_a_table_of_its_area_
             assert!(path[entered..].iter().all(|p| area_of(p, 3) == area_of(b, 3)), "{path:?}");
         }
     }
+    // At rest, periodic updates (changes only, and a whole table at the sixth) change nothing:
+    // an area route is known by its area, whichever member it leads to.
+    let before: Vec<Vec<RouteView>> = n.iter().map(|a| sim.nodes[a.as_str()].routes()).collect();
+    for _ in 0..7 {
+        sim.tick(Duration::from_secs(10));
+    }
+    let after: Vec<Vec<RouteView>> = n.iter().map(|a| sim.nodes[a.as_str()].routes()).collect();
+    assert_eq!(before, after, "routes moved at rest");
     // The data path's snapshot answers as the table does.
     for a in &n {
         let t = &sim.nodes[a.as_str()];
@@ -565,4 +573,35 @@ fn with_areas_a_member_route_from_another_area_is_ignored() {
     t.on_advert(&b, own, Time::ZERO);
     assert_eq!(t.route_count(), 1);
     assert_eq!(t.next_hop(&b), Some(b.as_str()));
+}
+
+#[test]
+fn with_areas_an_area_route_that_moves_to_another_member_is_not_withdrawn_at_the_next_update() {
+    let areas = 3;
+    let pick = |prefix: &str, area: &dyn Fn(u16) -> bool, skip: usize| {
+        (0..).map(|i| format!("{prefix}{i}")).filter(|n| area(area_of(n, areas))).nth(skip).unwrap()
+    };
+    let me = "me".to_owned();
+    let b = (area_of(&me, areas) + 1) % areas;
+    let (b1, b2) = (pick("b", &|a| a == b, 0), pick("b", &|a| a == b, 1));
+    let x = pick("x", &|a| a != b, 0);
+    let (y, z) = (pick("y", &|a| a != b, 0), pick("z", &|a| a != b, 0));
+    let config = RoutingConfig { areas, ..Default::default() };
+    let mut t = RouteTable::new(&me, 1, config, Time::ZERO);
+    for n in [&x, &y, &z] {
+        t.neighbour_up(n, 100);
+    }
+    t.on_advert(&x, Advert { dest: b1.clone(), seqno: 1, metric: 300, hops: 2 }, Time::ZERO);
+    t.on_advert(&y, Advert { dest: b2.clone(), seqno: 1, metric: 100, hops: 1 }, Time::ZERO);
+    assert_eq!(t.next_hop(&b1), Some(y.as_str()), "the area route moved to b2 through y");
+    let sent: Vec<Advert> = t
+        .on_tick(Duration::from_secs(10))
+        .into_iter()
+        .filter_map(|a| match a {
+            RouteAction::Send { to, adverts } if to == z => Some(adverts),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    assert!(sent.is_empty(), "z was told of b2 already, and b1 is not gone: {sent:?}");
 }
