@@ -52,6 +52,8 @@ const MAX_DIAL_BACKOFF: Duration = Duration::from_secs(30);
 /// Links a member seeks outside its routing area, in a network with areas: long links that
 /// keep the areas joined and the mesh's diameter short.
 pub const CROSS_AREA_LINKS: usize = 1;
+/// How often a member with the links it seeks looks for more.
+const DIAL_CHECK: Duration = Duration::from_secs(1);
 /// How often [`PeerSet::rejoin`] looks for lost anchors and members.
 const REJOIN_CHECK: Duration = Duration::from_secs(1);
 /// How long an admitted inbound link holds its place: the peer's hello is due well within it.
@@ -175,6 +177,8 @@ impl Peer {
 struct Dial {
     /// The member at that address, when learned from a peer exchange (empty for anchors).
     node: String,
+    /// Its routing area (None while its name is unknown), worked out once.
+    area: Option<u16>,
     failures: u32,
     next: Time,
     anchor: bool,
@@ -221,8 +225,11 @@ pub struct PeerSet {
     next_rejoin: Time,
     rejoins: u64,
     next_rejoin_check: Time,
-    /// Routing areas of the network (1: flat; see [`crate::routing::area_of`]).
+    /// Routing areas of the network (1: flat; see [`crate::routing::area_of`]), and ours.
     areas: u16,
+    my_area: u16,
+    /// No look for links to dial before this (see [`PeerSet::on_tick`]).
+    next_dial_check: Time,
 }
 
 impl PeerSet {
@@ -235,6 +242,7 @@ impl PeerSet {
                     a.clone(),
                     Dial {
                         node: String::new(),
+                        area: None,
                         failures: 0,
                         next: now,
                         anchor: true,
@@ -257,6 +265,8 @@ impl PeerSet {
             referral_cursor: 0,
             anchor_reached: false,
             areas: 1,
+            my_area: 0,
+            next_dial_check: now,
         }
     }
 
@@ -266,12 +276,21 @@ impl PeerSet {
     /// of the asker's area first.
     pub fn with_areas(mut self, areas: u16) -> Self {
         self.areas = areas.max(1);
+        self.my_area = area_of(&self.me, self.areas);
+        for d in self.dials.values_mut().filter(|d| !d.node.is_empty()) {
+            d.area = Some(area_of(&d.node, self.areas));
+        }
         self
     }
 
     /// Whether `node` (empty: not known yet) is in our routing area.
     fn in_my_area(&self, node: &str) -> bool {
-        !node.is_empty() && area_of(node, self.areas) == area_of(&self.me, self.areas)
+        !node.is_empty() && area_of(node, self.areas) == self.my_area
+    }
+
+    /// The same for a known address (its area worked out once).
+    fn dial_in_my_area(&self, d: &Dial) -> bool {
+        d.area == Some(self.my_area)
     }
 
     /// Connected peers.
@@ -376,6 +395,7 @@ impl PeerSet {
             self.anchor_reached |= d.anchor;
             // The certificate's word, over what a peer exchange said.
             d.node = node.to_owned();
+            d.area = Some(area_of(node, self.areas));
         }
         Ok(())
     }
@@ -394,6 +414,7 @@ impl PeerSet {
     /// The link to `node` closed (`failure`: without a goodbye).
     pub fn on_disconnected(&mut self, node: &str, failure: bool, now: Time) -> Vec<PeerAction> {
         let mut actions = Vec::new();
+        self.next_dial_check = now;
         if let Some(p) = self.peers.get_mut(node) {
             p.connected_since = None;
         }
@@ -405,6 +426,7 @@ impl PeerSet {
 
     /// Dialling `addr` failed: back off exponentially.
     pub fn on_dial_failed(&mut self, addr: &str, now: Time) {
+        self.next_dial_check = now;
         if let Some(d) = self.dials.get_mut(addr) {
             d.in_flight = false;
             d.failures += 1;
@@ -482,8 +504,10 @@ impl PeerSet {
                     continue;
                 }
             }
+            let area = Some(area_of(&p.node, self.areas));
             let d = self.dials.entry(p.addr.clone()).or_insert(Dial {
                 node: p.node.clone(),
+                area,
                 failures: 0,
                 next: now,
                 anchor: false,
@@ -492,6 +516,7 @@ impl PeerSet {
             });
             if d.node.is_empty() {
                 d.node = p.node.clone(); // an anchor, known by address until now
+                d.area = area;
             }
         }
     }
@@ -511,7 +536,7 @@ impl PeerSet {
             .find(|(a, d)| {
                 !d.anchor
                     && !d.in_flight
-                    && !self.in_my_area(&d.node)
+                    && !self.dial_in_my_area(d)
                     && !linked.contains(&a.as_str())
             })
             .map(|(a, _)| a.clone());
@@ -583,7 +608,7 @@ impl PeerSet {
             .dials
             .iter()
             .filter(|(_, d)| !d.node.is_empty() && d.node != node && d.node != self.me)
-            .filter(|(_, d)| area_of(&d.node, self.areas) == area)
+            .filter(|(_, d)| d.area == Some(area))
             .map(|(a, d)| PeerAddr { node: d.node.clone(), addr: a.clone() })
             .collect();
         let room = crate::frame::MAX_PEER_ADDRS.saturating_sub(list.len());
@@ -600,6 +625,17 @@ impl PeerSet {
     /// Timer: dial when under `min_peers`, send peer exchange every interval.
     pub fn on_tick(&mut self, now: Time) -> Vec<PeerAction> {
         let mut actions = Vec::new();
+        // NB: a member with the links it seeks looks again once a second (or at once after a
+        // loss, see `recheck`), one short of them at every tick: this look walks every known
+        // address, and four times a second on every member it was much of the simulator's time.
+        if now < self.next_dial_check {
+            if now >= self.next_exchange {
+                self.next_exchange = now + self.config.exchange_interval;
+                actions.push(PeerAction::Exchange);
+            }
+            return actions;
+        }
+        self.next_dial_check = now;
         for d in self.dials.values_mut() {
             if d.in_flight && now >= d.next {
                 d.in_flight = false; // never reported back: give up on that attempt
@@ -615,6 +651,7 @@ impl PeerSet {
             own + other > 0
         };
         if wanted == 0 && self.anchor_reached && !area_wants {
+            self.next_dial_check = now + DIAL_CHECK;
             if now >= self.next_exchange {
                 self.next_exchange = now + self.config.exchange_interval;
                 actions.push(PeerAction::Exchange);
@@ -700,7 +737,7 @@ impl PeerSet {
         let linked = self.peers.iter().filter(|(_, p)| p.connected_since.is_some());
         let own_linked = linked.filter(|(n, _)| self.in_my_area(n)).count();
         let own_flying =
-            self.dials.values().filter(|d| d.in_flight && self.in_my_area(&d.node)).count();
+            self.dials.values().filter(|d| d.in_flight && self.dial_in_my_area(d)).count();
         let other = (self.connected() + in_flight).saturating_sub(own_linked + own_flying);
         (
             self.config.min_peers.saturating_sub(own_linked + own_flying),
@@ -723,7 +760,7 @@ impl PeerSet {
         if need_anchor {
             if let Some((addr, d)) = candidates.iter().find(|(_, d)| d.anchor) {
                 dialled.push((*addr).clone());
-                if self.in_my_area(&d.node) {
+                if self.dial_in_my_area(d) {
                     want_own = want_own.saturating_sub(1);
                 } else {
                     want_other = want_other.saturating_sub(1);
@@ -734,7 +771,7 @@ impl PeerSet {
             if dialled.contains(addr) {
                 continue;
             }
-            let own = self.in_my_area(&d.node);
+            let own = self.dial_in_my_area(d);
             if own && want_own > 0 {
                 want_own -= 1;
             } else if !own
@@ -790,8 +827,8 @@ impl PeerSet {
         let mut lost_anchor = false;
         // With areas, a lost member of our own area is a split too: member routes travel only
         // inside an area, so its two halves do not find each other through the other areas.
-        let (areas, my_area) = (self.areas, area_of(&self.me, self.areas));
-        let watched = |d: &Dial| d.anchor || (areas > 1 && area_of(&d.node, areas) == my_area);
+        let (areas, my_area) = (self.areas, self.my_area);
+        let watched = |d: &Dial| d.anchor || (areas > 1 && d.area == Some(my_area));
         for d in self.dials.values_mut().filter(|d| watched(d)) {
             if d.node.is_empty() || d.node == self.me {
                 continue;

@@ -567,7 +567,9 @@ impl RouteTable {
     /// Timer: expire stale routes, retry seqno requests, send the periodic full update.
     pub fn on_tick(&mut self, now: Time) -> Vec<RouteAction> {
         self.clock = self.clock.max(now);
-        self.seen_requests.retain(|_, at| now.saturating_sub(*at) < REQUEST_RETRY);
+        if !self.seen_requests.is_empty() {
+            self.seen_requests.retain(|_, at| now.saturating_sub(*at) < REQUEST_RETRY);
+        }
         let mut actions = Vec::new();
         // NB: expiry is looked for once a second, not at every tick (a route lives 35 s; the
         // scan of every candidate at every tick was the simulator's largest cost at rest).
@@ -576,22 +578,21 @@ impl RouteTable {
             self.next_expiry_scan = now + EXPIRY_SCAN;
         }
         let expire = |d: &mut Destination| {
-            if !scan {
-                return false;
-            }
             let before = d.candidates.len();
             d.candidates.retain(|_, c| c.expires > now);
             d.candidates.len() != before
         };
         let mut expired = Vec::new();
-        for (k, d) in &mut self.dests {
-            if expire(d) {
-                expired.push(Key::Member(k.clone()));
+        if scan {
+            for (k, d) in &mut self.dests {
+                if expire(d) {
+                    expired.push(Key::Member(k.clone()));
+                }
             }
-        }
-        for (a, d) in &mut self.areas {
-            if expire(d) {
-                expired.push(Key::Area(*a));
+            for (a, d) in &mut self.areas {
+                if expire(d) {
+                    expired.push(Key::Area(*a));
+                }
             }
         }
         for key in expired {
