@@ -54,8 +54,9 @@ const MAX_DIAL_BACKOFF: Duration = Duration::from_secs(30);
 pub const CROSS_AREA_LINKS: usize = 1;
 /// How often a member with the links it seeks looks for more.
 const DIAL_CHECK: Duration = Duration::from_secs(1);
-/// How often [`PeerSet::rejoin`] looks for lost anchors and members.
-const REJOIN_CHECK: Duration = Duration::from_secs(1);
+/// How many times an exchange interval [`PeerSet::rejoin`] looks for lost anchors and members
+/// (it acts on losses an interval old; each look walks every known address).
+const REJOIN_CHECKS: u32 = 4;
 /// How long an admitted inbound link holds its place: the peer's hello is due well within it.
 const ADMISSION_HOLD: Duration = Duration::from_secs(5);
 /// Links accepted at most, as a multiple of `max_peers` (see [`PeerSet::link_limit`]).
@@ -813,11 +814,10 @@ impl PeerSet {
     /// relay stalled.)
     pub fn rejoin(&mut self, now: Time, reachable: impl Fn(&str) -> bool) -> Option<PeerAction> {
         let interval = self.config.exchange_interval;
-        // Looked at once a second, not at every tick: it acts on losses an interval old.
         if now < self.next_rejoin_check {
             return None;
         }
-        self.next_rejoin_check = now + REJOIN_CHECK;
+        self.next_rejoin_check = now + interval / REJOIN_CHECKS;
         let banned: Vec<String> = self
             .peers
             .iter()

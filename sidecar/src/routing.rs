@@ -72,7 +72,7 @@ pub enum RouteAction {
 }
 
 /// What a route leads to: a member of our own area, or (with areas) another area as a whole.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Key {
     Member(String),
     Area(u16),
@@ -259,15 +259,38 @@ pub struct RouteTable {
     /// Per neighbour, what its link last carried for each destination (a member, or an area):
     /// the advert's name (an area route's source), seqno, metric and hops. A periodic update
     /// sends only what differs (see [`FULL_EVERY`]).
-    told: BTreeMap<String, HashMap<Key, Told>>,
+    told: BTreeMap<String, Carried>,
     /// (dest, seqno) requests already passed on: duplicate suppression for the flood.
     seen_requests: HashMap<(String, u32), Time>,
     /// The latest time an input brought (adverts and ticks carry it).
     clock: Time,
 }
 
-/// What a link last carried for one destination: (name, seqno, metric, hops).
-type Told = (String, u32, u16, u8);
+/// What a link last carried, per destination: members of our area by name, other areas by
+/// area (with the name of the member the route led to).
+#[derive(Debug, Default)]
+struct Carried {
+    members: HashMap<String, (u32, u16, u8)>,
+    areas: HashMap<u16, (String, u32, u16, u8)>,
+}
+
+impl Carried {
+    /// (carried at all, carried exactly this) for advert `a`, whose area route key is `area`.
+    fn holds(&self, area: Option<u16>, a: &Advert) -> (bool, bool) {
+        let now = (a.seqno, a.metric, a.hops);
+        match area {
+            None => self.members.get(&a.dest).map_or((false, false), |t| (true, *t == now)),
+            Some(x) => self
+                .areas
+                .get(&x)
+                .map_or((false, false), |t| (true, t.0 == a.dest && (t.1, t.2, t.3) == now)),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.members.len() + self.areas.len()
+    }
+}
 
 /// One selected route, as adverts and views need it.
 struct Selected<'a> {
@@ -625,10 +648,7 @@ impl RouteTable {
             let full = self.periodics == 0;
             let neighbours: Vec<String> = self.neighbours.keys().cloned().collect();
             for n in neighbours {
-                let mut adverts = self.full_table_for(&n);
-                if !full {
-                    adverts = self.changes_for(&n, adverts);
-                }
+                let adverts = if full { self.full_table_for(&n) } else { self.changes_for(&n) };
                 if !adverts.is_empty() {
                     actions.push(RouteAction::Send { to: n, adverts });
                 }
@@ -637,27 +657,73 @@ impl RouteTable {
         self.record(actions)
     }
 
-    /// Of `table` (everything `neighbour` may hear from us), what its link has not carried,
-    /// plus a withdrawal for each destination it carried that `table` no longer has.
-    fn changes_for(&self, neighbour: &str, table: Vec<Advert>) -> Vec<Advert> {
-        let told = self.told.get(neighbour);
-        let heard = |a: &Advert| {
-            let t = told.and_then(|t| t.get(&self.key_of(&a.dest)));
-            t.is_some_and(|t| t.0 == a.dest && (t.1, t.2, t.3) == (a.seqno, a.metric, a.hops))
+    /// What `neighbour` may hear from us that its link has not carried, plus a withdrawal for
+    /// each destination it carried that it may no longer hear. Nothing is built for what is
+    /// unchanged (at rest, everything).
+    fn changes_for(&self, neighbour: &str) -> Vec<Advert> {
+        let empty = Carried::default();
+        let carried = self.told.get(neighbour).unwrap_or(&empty);
+        let mut changed = Vec::new();
+        // Destinations of the table the link carried (exactly or not).
+        let mut present = 0;
+        let mut consider = |area: Option<u16>, a: Advert| {
+            let (held, same) = carried.holds(area, &a);
+            present += usize::from(held);
+            if !same {
+                changed.push(a);
+            }
         };
-        let listed: HashSet<Key> = table.iter().map(|a| self.key_of(&a.dest)).collect();
-        // NB: keyed by destination, not by name: an area route that moved to another source
-        // is news about the same area, and withdrawing its old source's name would withdraw
-        // the area.
-        let mut gone: Vec<Advert> = told
-            .into_iter()
-            .flat_map(|t| t.iter())
-            .filter(|(key, _)| !listed.contains(*key))
-            .map(|(_, t)| Advert { dest: t.0.clone(), seqno: 0, metric: METRIC_INFINITY, hops: 0 })
-            .collect();
-        let mut changed: Vec<Advert> = table.into_iter().filter(|a| !heard(a)).collect();
-        changed.append(&mut gone);
+        consider(None, self_advert_for(&self.me, self.seqno));
+        for r in self.selected() {
+            if r.via != neighbour && r.source != neighbour && self.visible(r.area, neighbour) {
+                let a = Advert {
+                    dest: r.source.to_owned(),
+                    seqno: r.seqno,
+                    metric: r.metric,
+                    hops: r.hops,
+                };
+                consider(r.area, a);
+            }
+        }
+        if present < carried.len() {
+            // Some destination it carried is not in the table any more: withdraw it.
+            // NB: keyed by destination, not by name: an area route that moved to another
+            // source is news about the same area, and withdrawing its old source's name would
+            // withdraw the area.
+            let table = self.full_table_for(neighbour);
+            let members: HashSet<&str> = table
+                .iter()
+                .filter(|a| self.area_key(&a.dest).is_none())
+                .map(|a| a.dest.as_str())
+                .collect();
+            let areas: HashSet<u16> = table.iter().filter_map(|a| self.area_key(&a.dest)).collect();
+            let withdraw = |dest: &str| Advert {
+                dest: dest.to_owned(),
+                seqno: 0,
+                metric: METRIC_INFINITY,
+                hops: 0,
+            };
+            changed.extend(
+                carried
+                    .members
+                    .keys()
+                    .filter(|d| !members.contains(d.as_str()))
+                    .map(|d| withdraw(d)),
+            );
+            changed.extend(
+                carried
+                    .areas
+                    .iter()
+                    .filter(|(x, _)| !areas.contains(x))
+                    .map(|(_, t)| withdraw(&t.0)),
+            );
+        }
         changed
+    }
+
+    /// The area key of an advert's name: `None` for a member of our own area.
+    fn area_key(&self, name: &str) -> Option<u16> {
+        Some(area_of(name, self.config.areas)).filter(|a| *a != self.my_area)
     }
 
     /// Notes what each `Send` tells its neighbour, and passes the actions on.
@@ -668,12 +734,16 @@ impl RouteTable {
                 continue;
             }
             for a in adverts {
-                let key = self.key_of(&a.dest);
+                let area = self.area_key(&a.dest);
                 let told = self.told.entry(to.clone()).or_default();
-                if a.metric == METRIC_INFINITY {
-                    told.remove(&key);
-                } else {
-                    told.insert(key, (a.dest.clone(), a.seqno, a.metric, a.hops));
+                let now = (a.seqno, a.metric, a.hops);
+                match (area, a.metric == METRIC_INFINITY) {
+                    (None, true) => drop(told.members.remove(&a.dest)),
+                    (None, false) => drop(told.members.insert(a.dest.clone(), now)),
+                    (Some(x), true) => drop(told.areas.remove(&x)),
+                    (Some(x), false) => {
+                        told.areas.insert(x, (a.dest.clone(), now.0, now.1, now.2));
+                    }
                 }
             }
         }
