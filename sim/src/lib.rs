@@ -242,14 +242,40 @@ fn unconverged(w: &World) -> String {
         .collect();
     let Some((first, missing)) = short.first() else { return "every member converged".into() };
     let shown: Vec<&String> = missing.iter().take(8).collect();
+    // The member most often lacked, and where it stands: its links (with their areas) and
+    // how many routes it holds.
+    let mut lacked: BTreeMap<&str, usize> = BTreeMap::new();
+    for (_, m) in &short {
+        for name in m.iter().filter(|m| !m.starts_with("area ")) {
+            *lacked.entry(name.as_str()).or_default() += 1;
+        }
+    }
+    let most = lacked.iter().max_by_key(|(_, n)| **n).map(|(m, n)| (*m, *n));
+    let about = most
+        .and_then(|(m, n)| {
+            let node = w.nodes().map(|(_, x)| x).find(|x| x.name() == m)?;
+            let links: Vec<String> =
+                node.links().iter().map(|l| format!("{l}@{}", area_of_member(w, l))).collect();
+            Some(format!(
+                "; most lacked: {m} (area {}, lacked by {n}, holds {} routes, links {links:?})",
+                node.area(),
+                node.route_count()
+            ))
+        })
+        .unwrap_or_default();
     format!(
-        "{} members lack routes; {} (area {}, links {:?}) lacks {} of them: {shown:?}",
+        "{} members lack routes; {} (area {}, links {:?}) lacks {} of them: {shown:?}{about}",
         short.len(),
         first.name(),
         first.area(),
         first.links(),
         missing.len()
     )
+}
+
+/// The routing area of running member `name` (`?` if it is not running).
+fn area_of_member(w: &World, name: &str) -> String {
+    w.nodes().find(|(_, n)| n.name() == name).map_or("?".into(), |(_, n)| n.area().to_string())
 }
 
 /// Whether `node` keeps a route to or through `victim` (a route to another area that leads
@@ -428,11 +454,11 @@ pub fn run(s: &Scenario) -> Report {
         })
         .then_some(w.now);
     if converged_at.is_none() {
-        violations.push(format!(
-            "routes did not converge within {:?}: {}",
-            s.converge_limit,
-            unconverged(&w)
-        ));
+        let why = unconverged(&w);
+        if s.progress {
+            eprintln!("genesis-sim: not converged: {why}");
+        }
+        violations.push(format!("routes did not converge within {:?}: {why}", s.converge_limit));
     }
     let max_hops = w.nodes().flat_map(|(_, n)| n.routes()).map(|r| r.hops).max().unwrap_or(0);
 
