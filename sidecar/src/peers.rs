@@ -49,6 +49,8 @@ pub const MAX_BAN: Duration = Duration::from_secs(3600);
 pub const MAX_KNOWN: usize = 512;
 /// Longest pause between dial attempts to one address.
 const MAX_DIAL_BACKOFF: Duration = Duration::from_secs(30);
+/// Addresses of each other area an address book keeps room for, in a network with areas.
+const PER_AREA_KEPT: usize = 4;
 /// Links a member seeks outside its routing area, in a network with areas: long links that
 /// keep the areas joined and the mesh's diameter short.
 pub const CROSS_AREA_LINKS: usize = 1;
@@ -501,7 +503,17 @@ impl PeerSet {
             if self.dials.len() >= MAX_KNOWN && !self.dials.contains_key(&p.addr) {
                 // With areas, a member of ours takes the place of one from another area:
                 // our own area's members are the ones we must be able to find.
-                if !(self.areas > 1 && self.in_my_area(&p.node) && self.forget_one_foreign()) {
+                let area = area_of(&p.node, self.areas);
+                let room = self.areas > 1
+                    && if area == self.my_area {
+                        self.forget_one_foreign(None)
+                    } else {
+                        // A few of every area, so that whoever asks us for members of its
+                        // area finds some (see `exchange_list_for`).
+                        self.known_in(area) < PER_AREA_KEPT
+                            && self.forget_one_foreign(Some(PER_AREA_KEPT))
+                    };
+                if !room {
                     continue;
                 }
             }
@@ -523,25 +535,42 @@ impl PeerSet {
     }
 
     /// Forgets one address of another area that is neither an anchor nor being dialled nor
-    /// linked; whether there was one.
-    fn forget_one_foreign(&mut self) -> bool {
+    /// linked; with `above`, only from the area we know most addresses of, and only if that is
+    /// more than `above`. Whether there was one.
+    fn forget_one_foreign(&mut self, above: Option<usize>) -> bool {
         let linked: Vec<&str> = self
             .peers
             .values()
             .filter(|p| p.connected_since.is_some())
             .map(|p| p.addr.as_str())
             .collect();
-        let victim = self
-            .dials
-            .iter()
-            .find(|(a, d)| {
-                !d.anchor
-                    && !d.in_flight
-                    && !self.dial_in_my_area(d)
-                    && !linked.contains(&a.as_str())
-            })
-            .map(|(a, _)| a.clone());
+        let spare = |(a, d): &(&String, &Dial)| {
+            !d.anchor && !d.in_flight && !self.dial_in_my_area(d) && !linked.contains(&a.as_str())
+        };
+        let victim = match above {
+            None => self.dials.iter().find(|e| spare(e)).map(|(a, _)| a.clone()),
+            Some(above) => {
+                let mut counts: BTreeMap<u16, usize> = BTreeMap::new();
+                for d in self.dials.values() {
+                    if let Some(x) = d.area.filter(|x| *x != self.my_area) {
+                        *counts.entry(x).or_default() += 1;
+                    }
+                }
+                let (crowded, n) = counts.into_iter().max_by_key(|(_, n)| *n).unwrap_or((0, 0));
+                (n > above)
+                    .then(|| {
+                        let pick = |e: &(&String, &Dial)| spare(e) && e.1.area == Some(crowded);
+                        self.dials.iter().find(|e| pick(e)).map(|(a, _)| a.clone())
+                    })
+                    .flatten()
+            }
+        };
         victim.is_some_and(|a| self.dials.remove(&a).is_some())
+    }
+
+    /// Addresses known in `area`.
+    fn known_in(&self, area: u16) -> usize {
+        self.dials.values().filter(|d| d.area == Some(area)).count()
     }
 
     /// Whom to send a dialer `node` to when we turn it away: our peers, and a rotating slice

@@ -347,3 +347,32 @@ fn with_areas_places_are_kept_for_links_into_ones_own_area() {
     let second = names.find(|n| area_of(n, areas) == mine).unwrap();
     p.admit_inbound(&second, Time::ZERO).unwrap();
 }
+
+#[test]
+fn with_areas_a_full_address_book_keeps_a_few_addresses_of_every_area() {
+    use crate::routing::area_of;
+    let areas = 8;
+    let mine = area_of("me", areas);
+    let mut p = PeerSet::new("me", PeerConfig::default(), &[], Time::ZERO).with_areas(areas);
+    let crowded = (mine + 1) % areas;
+    let fill: Vec<PeerAddr> = (0..)
+        .map(|i| format!("c{i}"))
+        .filter(|n| area_of(n, areas) == crowded)
+        .take(MAX_KNOWN)
+        .map(|n| PeerAddr { addr: format!("{n}:1"), node: n })
+        .collect();
+    p.on_exchange(&fill, Time::ZERO);
+    assert_eq!(p.dials.len(), MAX_KNOWN);
+    // A rare area's members find room (up to a few), taken from the crowded area.
+    let rare = (mine + 2) % areas;
+    let few: Vec<PeerAddr> = (0..)
+        .map(|i| format!("r{i}"))
+        .filter(|n| area_of(n, areas) == rare)
+        .take(PER_AREA_KEPT + 3)
+        .map(|n| PeerAddr { addr: format!("{n}:1"), node: n })
+        .collect();
+    p.on_exchange(&few, Time::ZERO);
+    assert_eq!(p.dials.len(), MAX_KNOWN, "still bounded");
+    assert_eq!(p.known_in(rare), PER_AREA_KEPT, "a few of the rare area, no more");
+    assert_eq!(p.known_in(crowded), MAX_KNOWN - PER_AREA_KEPT);
+}
