@@ -569,7 +569,7 @@ impl PeerSet {
     }
 
     /// Addresses known in `area`.
-    fn known_in(&self, area: u16) -> usize {
+    pub fn known_in(&self, area: u16) -> usize {
         self.dials.values().filter(|d| d.area == Some(area)).count()
     }
 

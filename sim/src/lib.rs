@@ -257,9 +257,10 @@ fn unconverged(w: &World) -> String {
             let links: Vec<String> =
                 node.links().iter().map(|l| format!("{l}@{}", area_of_member(w, l))).collect();
             Some(format!(
-                "; most lacked: {m} (area {}, lacked by {n}, holds {} routes, links {links:?})",
+                "; most lacked: {m} (area {}, lacked by {n}, holds {} routes, knows {} addresses in its area, links {links:?})",
                 node.area(),
-                node.route_count()
+                node.route_count(),
+                node.known_in_area(node.area())
             ))
         })
         .unwrap_or_default();

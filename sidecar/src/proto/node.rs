@@ -410,6 +410,11 @@ impl Node {
         self.routes.area()
     }
 
+    /// Addresses this member knows in routing area `area` (diagnostics).
+    pub fn known_in_area(&self, area: u16) -> usize {
+        self.peers.known_in(area)
+    }
+
     pub fn peer_views(&self, now: Time) -> Vec<PeerView> {
         self.peers.views(now)
     }
