@@ -376,3 +376,24 @@ fn with_areas_a_full_address_book_keeps_a_few_addresses_of_every_area() {
     assert_eq!(p.known_in(rare), PER_AREA_KEPT, "a few of the rare area, no more");
     assert_eq!(p.known_in(crowded), MAX_KNOWN - PER_AREA_KEPT);
 }
+
+#[test]
+fn with_areas_a_peer_exchange_tells_the_neighbours_area_first_and_a_few_of_any_area() {
+    use crate::routing::area_of;
+    let areas = 8;
+    let mut p = PeerSet::new("me", PeerConfig::default(), &[], Time::ZERO).with_areas(areas);
+    let known: Vec<PeerAddr> = (0..200)
+        .map(|i| format!("k{i}"))
+        .map(|n| PeerAddr { addr: format!("{n}:1"), node: n })
+        .collect();
+    p.on_exchange(&known, Time::ZERO);
+    let neighbour = "k0";
+    let theirs = area_of(neighbour, areas);
+    let list = p.exchange_list_for(neighbour, Time::ZERO);
+    assert!(list.len() <= crate::frame::MAX_PEER_ADDRS);
+    assert!(list.iter().all(|a| a.node != neighbour), "not itself");
+    let of_theirs = list.iter().filter(|a| area_of(&a.node, areas) == theirs).count();
+    let others = list.len() - of_theirs;
+    assert!(of_theirs >= crate::frame::MAX_PEER_ADDRS - SPREAD_ADDRS - 1, "{list:?}");
+    assert!(others >= 1, "addresses of other areas spread too: {list:?}");
+}
