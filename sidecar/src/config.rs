@@ -431,6 +431,8 @@ mod tests {
             (Settings { join_token: None, ..minimal() }, "join-token"),
             (Settings { ban_threshold: Some(101), ..minimal() }, "ban-threshold"),
             (Settings { worker_threads: Some(0), ..minimal() }, "worker-threads"),
+            (Settings { areas: Some(0), ..minimal() }, "areas 0 is outside"),
+            (Settings { areas: Some(MAX_AREAS + 1), ..minimal() }, "areas 4097 is outside"),
         ];
         for (settings, expected) in cases {
             let err = Config::resolve(settings).unwrap_err();

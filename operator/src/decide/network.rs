@@ -120,10 +120,12 @@ pub fn genesis_document(
         .ok()
         .filter(|h| (1..=64).contains(h))
         .ok_or_else(|| format!("routing.maxHops {} is not 1..64", spec.routing.max_hops))?;
+    // NB: the sidecar's MAX_AREAS and the CRD's range; the operator does not link the sidecar.
+    let max_areas = 4096;
     let areas = u16::try_from(spec.routing.areas)
         .ok()
-        .filter(|a| (1..=4096).contains(a))
-        .ok_or_else(|| format!("routing.areas {} is not 1..4096", spec.routing.areas))?;
+        .filter(|a| (1..=max_areas).contains(a))
+        .ok_or_else(|| format!("routing.areas {} is not 1..{max_areas}", spec.routing.areas))?;
     let rbac = genesis_trust::RbacPolicy::from(&spec.rbac);
     let document = json!({
         "network": network,
@@ -234,6 +236,9 @@ mod tests {
         let bad = spec("authorityRef: {name: ca}\nrouting: {helloInterval: 5s, holdTime: 2s}");
         let e = genesis_document("pay", "prod.example", &bad, &[]).unwrap_err();
         assert!(e.contains("must be longer"), "{e}");
+        let bad = spec("authorityRef: {name: ca}\nrouting: {areas: 0}");
+        let e = genesis_document("pay", "prod.example", &bad, &[]).unwrap_err();
+        assert!(e.contains("routing.areas 0 is not 1..4096"), "{e}");
     }
 }
 
@@ -248,8 +253,10 @@ mod sidecar_reads_it {
     #[test]
     fn the_sidecar_accepts_the_signed_document() {
         let dir = tempfile::tempdir().unwrap();
-        let spec: MeshNetworkSpec =
-            serde_yaml::from_str("authorityRef: {name: ca}\nallowedPorts: [8080]").unwrap();
+        let spec: MeshNetworkSpec = serde_yaml::from_str(
+            "authorityRef: {name: ca}\nallowedPorts: [8080]\nrouting: {areas: 5}",
+        )
+        .unwrap();
         let doc =
             genesis_document("pay", "prod.example", &spec, &["10.0.0.7:7000".into()]).unwrap();
         let day = std::time::Duration::from_secs(86_400);
@@ -269,6 +276,7 @@ mod sidecar_reads_it {
         )
         .unwrap();
         assert_eq!(settings.allowed_ports, Some(vec![8080]));
+        assert_eq!(settings.areas, Some(5), "every member gets the network's areas");
         assert_eq!(settings.network.as_deref(), Some("pay"));
         assert_eq!(settings.rbac, Some(genesis_trust::RbacPolicy::default()));
     }
