@@ -397,3 +397,40 @@ fn with_areas_a_peer_exchange_tells_the_neighbours_area_first_and_a_few_of_any_a
     assert!(of_theirs >= crate::frame::MAX_PEER_ADDRS - SPREAD_ADDRS - 1, "{list:?}");
     assert!(others >= 1, "addresses of other areas spread too: {list:?}");
 }
+
+#[test]
+fn with_areas_a_member_that_knows_no_one_of_its_area_asks_an_anchor_and_backs_off() {
+    use crate::routing::area_of;
+    let areas = 8;
+    let mine = area_of("me", areas);
+    let mut foreign = (0..).map(|i| format!("f{i}")).filter(|n| area_of(n, areas) != mine);
+    let (first, second) = (foreign.next().unwrap(), foreign.next().unwrap());
+    let anchors = [format!("{first}:1"), format!("{second}:1")];
+    let mut p = PeerSet::new("me", PeerConfig::default(), &anchors, Time::ZERO).with_areas(areas);
+    // Joined through the first anchor, and linked only to other areas' members.
+    p.on_connected(&first, &anchors[0], Time::ZERO).unwrap();
+    let peers: Vec<PeerAddr> =
+        foreign.take(3).map(|n| PeerAddr { addr: format!("{n}:1"), node: n }).collect();
+    p.on_exchange(&peers, Time::ZERO);
+    for n in &peers {
+        p.on_connected(&n.node, &n.addr, Time::ZERO).unwrap();
+    }
+    let other = anchors[1].clone();
+    let rejoin = |p: &mut PeerSet, s: u64| p.rejoin(secs(s), |_| true);
+    assert_eq!(rejoin(&mut p, 1), None, "not before an exchange interval alone");
+    // An interval on, it dials the anchor it holds no link to (it refers us to our area).
+    assert_eq!(rejoin(&mut p, 11), Some(PeerAction::Dial { addr: other.clone() }));
+    p.on_dial_failed(&other, secs(11));
+    // Then it waits twice as long each time: a member alone in its area dials rarely.
+    assert_eq!(rejoin(&mut p, 14), None);
+    assert_eq!(rejoin(&mut p, 21), Some(PeerAction::Dial { addr: other.clone() }));
+    p.on_dial_failed(&other, secs(21));
+    assert_eq!(rejoin(&mut p, 31), None, "20 s after the second lookup");
+    assert_eq!(rejoin(&mut p, 41), Some(PeerAction::Dial { addr: other.clone() }));
+    // The anchor turns us away with a member of our area: no more lookups.
+    let own = (0..).map(|i| format!("o{i}")).find(|n| area_of(n, areas) == mine).unwrap();
+    p.on_dial_refused(&other, &[PeerAddr { addr: format!("{own}:1"), node: own }], secs(41));
+    for s in 42..400 {
+        assert_eq!(rejoin(&mut p, s), None, "at {s} s");
+    }
+}
