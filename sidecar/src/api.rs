@@ -192,7 +192,8 @@ async fn publish(shared: Arc<Shared>, req: Request<Incoming>, topic: String) -> 
         return error(StatusCode::SERVICE_UNAVAILABLE, "sidecar stopping");
     }
     match answer.await {
-        Ok(id) => json(StatusCode::ACCEPTED, &serde_json::json!({ "id": id })),
+        Ok(Ok(id)) => json(StatusCode::ACCEPTED, &serde_json::json!({ "id": id })),
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
         Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "sidecar stopping"),
     }
 }

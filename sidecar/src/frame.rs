@@ -8,7 +8,7 @@
 use std::fmt;
 
 /// Version of the frame protocol; a frame of another version is refused.
-pub const PROTOCOL_VERSION: u8 = 1;
+pub const PROTOCOL_VERSION: u8 = 2;
 /// Header: length (4), version (1), type (1).
 pub const HEADER_LEN: usize = 6;
 /// Application payload of one data frame. Streams are cut into chunks of at most this size;
@@ -183,6 +183,11 @@ pub struct Broadcast {
     /// Empty for a plain broadcast; otherwise only subscribers of the topic deliver it.
     pub topic: String,
     pub payload: Vec<u8>,
+    /// The source's leaf certificate (DER) and its signature over network, source, id, topic
+    /// and payload (`genesis_trust::broadcast`): relays pass both on unchanged, and every
+    /// receiver checks them before it delivers or relays the message.
+    pub cert: Vec<u8>,
+    pub sig: Vec<u8>,
 }
 
 /// The frame type byte.
@@ -365,6 +370,8 @@ impl Frame {
                 w.u8(b.ttl);
                 w.str(&b.topic, MAX_TOPIC);
                 w.long_bytes(&b.payload, MAX_DATA_PAYLOAD);
+                w.bytes(&b.cert, MAX_CERT);
+                w.bytes(&b.sig, MAX_SIG);
             }
             Frame::Close { reason } => w.str(truncate(reason, MAX_REASON), MAX_REASON),
             Frame::Certificate { der } => w.bytes(der, MAX_CERT),
@@ -452,6 +459,8 @@ impl Frame {
                 ttl: r.u8()?,
                 topic: r.str(MAX_TOPIC)?,
                 payload: r.long_bytes(MAX_DATA_PAYLOAD)?,
+                cert: r.bytes(MAX_CERT)?,
+                sig: r.bytes(MAX_SIG)?,
             }),
             FrameType::Close => Frame::Close { reason: r.str(MAX_REASON)? },
             FrameType::Certificate => Frame::Certificate { der: r.bytes(MAX_CERT)? },

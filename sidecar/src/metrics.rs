@@ -287,7 +287,10 @@ impl Metrics {
         );
         init(&self.stream_bytes, &[&["in"], &["out"]]);
         init(&self.dropped, &[&["no_route"], &["ttl_expired"], &["rate_limited"]]);
-        init(&self.invalid_frames, &[&["malformed"], &["protocol"], &["forged_route"]]);
+        init(
+            &self.invalid_frames,
+            &[&["malformed"], &["protocol"], &["forged_route"], &["forged_broadcast"]],
+        );
         init(&self.frames, &[&["data", "in"], &["data", "out"]]);
         for level in ["new", "trusted", "suspicious", "banned"] {
             self.peers.with_label_values(&[level]);

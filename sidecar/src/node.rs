@@ -312,8 +312,8 @@ impl Core {
                     self.shared.audit(event, &subject, detail)
                 }
                 Output::RoutesChanged => self.publish_routes(),
-                Output::AppBroadcast { src, topic, id, payload } => {
-                    self.deliver_broadcast(src, topic, id, payload)
+                Output::AppBroadcast { src, identity, topic, id, payload } => {
+                    self.deliver_broadcast(src, identity, topic, id, payload)
                 }
                 Output::DeliverData(d) => {
                     tokio::spawn(crate::stream::deliver(self.shared.clone(), d, None));
@@ -358,7 +358,14 @@ impl Core {
     }
 
     /// A broadcast for the app, if it asked for its topic.
-    fn deliver_broadcast(&self, src: String, topic: String, id: u64, payload: Vec<u8>) {
+    fn deliver_broadcast(
+        &self,
+        src: String,
+        identity: String,
+        topic: String,
+        id: u64,
+        payload: Vec<u8>,
+    ) {
         let wanted = topic.is_empty()
             || self.shared.subscriptions.lock().unwrap_or_else(|p| p.into_inner()).contains(&topic);
         if !wanted {
@@ -367,6 +374,7 @@ impl Core {
         use base64::Engine;
         let item = Received {
             from: src,
+            from_identity: Some(identity),
             kind: if topic.is_empty() { "broadcast" } else { "topic" },
             topic: (!topic.is_empty()).then_some(topic),
             id,

@@ -164,6 +164,9 @@ impl DataPlane {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Received {
     pub from: String,
+    /// A broadcast's or topic message's source identity, as its signature was verified.
+    #[serde(rename = "fromIdentity", skip_serializing_if = "Option::is_none")]
+    pub from_identity: Option<String>,
     /// `message`, `broadcast` or `topic`.
     pub kind: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -390,7 +393,7 @@ pub enum Command {
     Broadcast {
         topic: String,
         payload: Vec<u8>,
-        reply: oneshot::Sender<u64>,
+        reply: oneshot::Sender<Result<u64, crate::error::Error>>,
     },
     HasRoute {
         dst: String,

@@ -556,6 +556,7 @@ async fn serve_messages(shared: Arc<Shared>, tls: ServerStream, from: String) {
         }
         let item = Received {
             from: from.clone(),
+            from_identity: None,
             kind: "message",
             topic: None,
             id,

@@ -35,6 +35,10 @@ fn broadcasts_reach_everyone_and_topics_only_their_subscribers() {
         });
         let broadcast = got.iter().find(|m| m["kind"] == "broadcast").unwrap();
         assert_eq!(broadcast["from"], "m0");
+        // The source's identity, from the certificate its signature was checked with.
+        let identity = broadcast["fromIdentity"].as_str().unwrap_or_default();
+        let source: genesis_trust::Identity = identity.parse().expect("an identity URI");
+        assert_eq!((source.network(), source.node()), ("pubsub", "m0"), "{identity}");
         assert_eq!(decode(broadcast), b"to everyone");
         std::thread::sleep(Duration::from_millis(300));
         got.extend(n.inbox(0));

@@ -267,3 +267,102 @@ fn a_flood_of_forged_stream_openings_costs_its_sender_and_little_else() {
     assert_eq!(victim.send("innocent", b"still friends").0, 200);
     assert_eq!(innocent.send("victim", b"and back").0, 200);
 }
+
+/// A hostile member relays broadcasts it forged: one claiming another member as its source,
+/// and its own with the payload changed after signing. Every member it reaches refuses both
+/// (counted and audited), no app receives them, and a genuine broadcast still arrives
+/// everywhere, with its source's verified identity.
+#[test]
+fn forged_broadcasts_are_refused_everywhere_and_genuine_ones_still_arrive() {
+    use genesis_sidecar::frame::Broadcast;
+    use genesis_trust::broadcast::sign_broadcast;
+    let net = Subnet::new();
+    let auth = Authority::start(&net, NET, "24h");
+    let opts = |i: u8| SidecarOptions {
+        anchors: if i == 0 { vec![] } else { vec![format!("{}:7000", net.ip(1))] },
+        min_peers: 1,
+        max_peers: 8,
+        ..Default::default()
+    };
+    let members: Vec<Sidecar> = (0..3u8)
+        .map(|i| Sidecar::start(&auth, &format!("s{i}"), &net.ip(i + 1), &opts(i)))
+        .collect();
+    wait_for(Duration::from_secs(30), "the three to route to each other", || {
+        members.iter().all(|s| s.routes().len() == 2)
+    });
+    let mint = Mint {
+        authority: LocalAuthority::open(auth.dir.path()).unwrap(),
+        bundle: std::fs::read_to_string(auth.bundle_path()).unwrap(),
+    };
+    let hostile = mint.member("h-bcast");
+    let id = hostile.0.identity.clone();
+    // "s2 says": signed by h-bcast, with h-bcast's certificate, claiming s2 as the source.
+    let as_s2 = Broadcast {
+        src: "s2".into(),
+        id: 1,
+        ttl: 8,
+        topic: String::new(),
+        payload: b"forged: s2 says".to_vec(),
+        cert: hostile.0.leaf().to_vec(),
+        sig: sign_broadcast(&hostile.1, &Mint::id("s2"), 1, "", b"forged: s2 says").unwrap(),
+    };
+    // Its own broadcast, altered after signing (what a relay that rewrites would send).
+    let altered = Broadcast {
+        src: "h-bcast".into(),
+        id: 2,
+        payload: b"forged: altered".to_vec(),
+        sig: sign_broadcast(&hostile.1, &id, 2, "", b"the original").unwrap(),
+        ..as_s2.clone()
+    };
+    let forged_at = |s: &Sidecar| {
+        s.metric("genesis_sidecar_invalid_frames_total", "reason=\"forged_broadcast\"")
+    };
+    // The hostile member links to every member and hands each both forgeries.
+    let mut links: Vec<_> = members.iter().map(|s| mint.connect(s, &hostile).unwrap()).collect();
+    for p in &mut links {
+        p.send(&Frame::Broadcast(as_s2.clone())).unwrap();
+        p.send(&Frame::Broadcast(altered.clone())).unwrap();
+    }
+    for s in &members {
+        wait_for(Duration::from_secs(10), "both forgeries to be refused", || forged_at(s) >= 2.0);
+        let log = s.log_text();
+        assert!(log.contains("forged broadcast: it names s2"), "the reason is logged");
+        assert!(log.contains("forged broadcast: the signature does not verify"), "logged");
+    }
+    // Each forgery cost the sender reputation: it is cut off.
+    for p in &mut links {
+        assert!(p.closed_within(Duration::from_secs(10)), "the forger kept a link");
+    }
+    // A genuine broadcast from another member, h-source, linked to s2 only: the members
+    // relay it and it arrives everywhere with h-source's verified identity. The forgeries
+    // never reached an app.
+    let source = mint.member("h-source");
+    let mut at_s2 = mint.connect(&members[2], &source).unwrap();
+    let genuine = Broadcast {
+        src: "h-source".into(),
+        id: 3,
+        payload: b"genuine".to_vec(),
+        cert: source.0.leaf().to_vec(),
+        sig: sign_broadcast(&source.1, &source.0.identity, 3, "", b"genuine").unwrap(),
+        ..as_s2.clone()
+    };
+    at_s2.send(&Frame::Broadcast(genuine)).unwrap();
+    use base64::Engine;
+    let body = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+    for (i, s) in members.iter().enumerate() {
+        let mut got = Vec::new();
+        wait_for(Duration::from_secs(10), "the genuine broadcast to arrive", || {
+            got.extend(s.inbox(200));
+            got.iter().any(|m| m["from"] == "h-source")
+        });
+        let from_source = got.iter().find(|m| m["from"] == "h-source").unwrap();
+        assert_eq!(from_source["fromIdentity"], source.0.identity.uri());
+        assert_eq!(from_source["body"], body(b"genuine"));
+        for forged in [b"forged: s2 says".as_slice(), b"forged: altered"] {
+            assert!(
+                got.iter().all(|m| m["body"] != body(forged)),
+                "s{i} delivered a forgery: {got:?}"
+            );
+        }
+    }
+}

@@ -107,6 +107,11 @@ pub enum Error {
     #[error("control envelope signature does not verify with the key of {signer}")]
     EnvelopeForged { signer: String },
 
+    /// A member-signed message (a route seqno, a broadcast) that its named member did not
+    /// sign: the signature does not verify, or the certificate names someone else.
+    #[error("forged {what}: {reason}")]
+    Forged { what: &'static str, reason: String },
+
     /// The signer's certificate was refused (expired, revoked, foreign...).
     #[error("control envelope signer refused: {source}")]
     EnvelopeSigner {

@@ -7,6 +7,7 @@
 
 pub mod audit;
 pub mod authority;
+pub mod broadcast;
 pub mod cert;
 pub mod control;
 pub mod crl;

@@ -41,22 +41,44 @@ pub fn verify_seqno(
     proof: &[u8],
     now: SystemTime,
 ) -> Result<Identity> {
+    verify_member_signature(store, "route seqno", cert, node, proof, now, |network| {
+        message(network, node, seqno)
+    })
+}
+
+/// Checks that `cert` is a valid, unrevoked member certificate of our authority for `node`,
+/// and that `signature` is its key's signature over `message(network)` (the network taken
+/// from the certificate). The one check behind every member-signed message (route seqnos,
+/// broadcasts).
+pub(crate) fn verify_member_signature(
+    store: &TrustStore,
+    what: &'static str,
+    cert: &[u8],
+    node: &str,
+    signature: &[u8],
+    now: SystemTime,
+    message: impl FnOnce(&str) -> Vec<u8>,
+) -> Result<Identity> {
     let der = CertificateDer::from(cert);
     let peer = store.verify(std::slice::from_ref(&der), now, PeerRole::Server)?;
     if peer.identity.node() != node {
-        return Err(Error::EnvelopeForged {
-            signer: format!("{} (advertised as {node})", peer.identity),
+        return Err(Error::Forged {
+            what,
+            reason: format!("it names {node}, but its certificate is {}'s", peer.identity),
         });
     }
     let ee = EndEntityCert::try_from(&der)
         .map_err(|e| Error::InvalidCertificate { reason: format!("{e:?}") })?;
-    let msg = message(peer.identity.network(), node, seqno);
+    let msg = message(peer.identity.network());
     let algs: [&dyn rustls_pki_types::SignatureVerificationAlgorithm; 2] =
         [webpki::ring::ECDSA_P256_SHA256, webpki::ring::ED25519];
-    if algs.iter().any(|alg| ee.verify_signature(*alg, &msg, proof).is_ok()) {
+    if algs.iter().any(|alg| ee.verify_signature(*alg, &msg, signature).is_ok()) {
         Ok(peer.identity)
     } else {
-        Err(Error::EnvelopeForged { signer: peer.identity.uri() })
+        Err(Error::Forged {
+            what,
+            reason: format!("the signature does not verify with the key of {}", peer.identity),
+        })
     }
 }
 
@@ -82,12 +104,12 @@ mod tests {
         // A fresher seqno with the old proof, or a proof by someone else: forged.
         assert!(matches!(
             verify_seqno(&store, &leaf, "dest", 8, &proof, now),
-            Err(Error::EnvelopeForged { .. })
+            Err(Error::Forged { .. })
         ));
         let forged = sign_seqno(&mallory_key, &dest.identity, 8).unwrap();
         assert!(matches!(
             verify_seqno(&store, &leaf, "dest", 8, &forged, now),
-            Err(Error::EnvelopeForged { .. })
+            Err(Error::Forged { .. })
         ));
         // The certificate must be the destination's own, and from our authority.
         assert!(verify_seqno(&store, &leaf, "other", 7, &proof, now).is_err());

@@ -41,6 +41,8 @@ fn samples() -> Vec<Frame> {
             ttl: 8,
             topic: "orders".into(),
             payload: b"hi".to_vec(),
+            cert: vec![0x30; 600],
+            sig: vec![7; 72],
         }),
         Frame::Close { reason: "draining".into() },
         Frame::Certificate { der: vec![0x30; 700] },
@@ -96,9 +98,12 @@ fn oversized_frame_is_refused_from_its_header_before_the_body_arrives() {
 #[test]
 fn wrong_version_unknown_type_and_short_length_are_refused() {
     let good = Frame::Ping { nonce: 1 }.encode();
-    let mut v = good.clone();
-    v[4] = 2;
-    assert_eq!(decode_one(&v), Err(FrameError::Version(2)));
+    // Version 1 (before broadcasts were source-signed) and a future version alike.
+    for version in [1, PROTOCOL_VERSION + 1] {
+        let mut v = good.clone();
+        v[4] = version;
+        assert_eq!(decode_one(&v), Err(FrameError::Version(version)));
+    }
     let mut t = good.clone();
     t[5] = 200;
     assert_eq!(decode_one(&t), Err(FrameError::UnknownType(200)));

@@ -174,6 +174,8 @@ pub enum Output {
     /// A broadcast or topic message for the app (the driver filters by subscription).
     AppBroadcast {
         src: String,
+        /// The source's identity, from the certificate its signature was checked with.
+        identity: String,
         topic: String,
         id: u64,
         payload: Vec<u8>,
@@ -712,7 +714,7 @@ impl Node {
                 }
             }
             Frame::Data(d) => self.route_data(d, true),
-            Frame::Broadcast(b) => self.on_broadcast(from, b),
+            Frame::Broadcast(b) => self.on_broadcast(now, wall, from, b),
             Frame::Certificate { der } => self.on_peer_certificate(now, wall, from, der),
             Frame::Close { reason } => {
                 tracing::info!(peer = %from, %reason, "peer said goodbye");
@@ -1200,28 +1202,83 @@ impl Node {
         }
     }
 
-    /// A broadcast (empty topic) or topic message from this member's app; returns its id.
-    pub fn broadcast(&mut self, topic: String, payload: Vec<u8>) -> u64 {
+    /// A broadcast (empty topic) or topic message from this member's app, signed with our
+    /// key; returns its id.
+    pub fn broadcast(
+        &mut self,
+        topic: String,
+        payload: Vec<u8>,
+    ) -> Result<u64, crate::error::Error> {
         let id = self.next_id();
+        let sig = genesis_trust::broadcast::sign_broadcast(
+            &self.key,
+            &self.identity,
+            id,
+            &topic,
+            &payload,
+        )
+        .map_err(|e| {
+            crate::error::Error::Identity(format!("signing a broadcast with our key: {e}"))
+        })?;
         let b = Broadcast {
             src: self.me.clone(),
             id,
             ttl: self.config.routing.max_hops,
             topic,
             payload,
+            cert: self.leaf.to_vec(),
+            sig,
         };
         self.broadcasts.insert((b.src.clone(), id));
         self.flood(Frame::Broadcast(b), None);
-        id
+        Ok(id)
     }
 
-    fn on_broadcast(&mut self, from: &str, mut b: Broadcast) {
-        if b.src == self.me || !self.broadcasts.insert((b.src.clone(), b.id)) {
+    /// A broadcast from neighbour `from`: delivered and relayed only once its source's
+    /// signature checks out. A duplicate is dropped before any check; a forgery is never
+    /// remembered as seen, so it cannot shadow the genuine message with the same id.
+    fn on_broadcast(&mut self, now: Time, wall: SystemTime, from: &str, mut b: Broadcast) {
+        // (Our own broadcasts are in the seen set from the start; one that names us and is
+        // not there is checked like any other, so a forgery in our name is refused as such.)
+        if self.broadcasts.contains(&(b.src.clone(), b.id)) {
             self.count(Count::Dropped("duplicate"));
+            return;
+        }
+        let claims = genesis_trust::broadcast::SignedBroadcast {
+            source: &b.src,
+            id: b.id,
+            topic: &b.topic,
+            payload: &b.payload,
+            cert: &b.cert,
+            signature: &b.sig,
+        };
+        let identity = match genesis_trust::broadcast::verify_broadcast(&self.store, claims, wall) {
+            Ok(identity) => identity,
+            Err(genesis_trust::Error::Revoked { .. }) => {
+                // A source revoked after it sent, or a neighbour behind on the CRL.
+                self.count(Count::Dropped("revoked_source"));
+                return;
+            }
+            Err(e) => {
+                self.count(Count::Invalid("forged_broadcast"));
+                tracing::warn!(peer = %from, src = %b.src, error = %e, "refused a broadcast");
+                self.audit(
+                    "broadcast-refused",
+                    from,
+                    serde_json::json!({"src": b.src, "id": b.id, "reason": e.to_string()}),
+                );
+                let actions = self.peers.record(from, Conduct::InvalidFrame, now);
+                self.peer_actions(now, actions);
+                return;
+            }
+        };
+        if !self.broadcasts.insert((b.src.clone(), b.id)) || b.src == self.me {
+            self.count(Count::Dropped("duplicate")); // an echo of ours, older than the seen set
             return;
         }
         self.out.push_back(Output::AppBroadcast {
             src: b.src.clone(),
+            identity: identity.uri(),
             topic: b.topic.clone(),
             id: b.id,
             payload: b.payload.clone(),

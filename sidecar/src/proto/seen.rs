@@ -31,6 +31,11 @@ impl<K: Hash + Eq + Clone> SeenSet<K> {
         true
     }
 
+    /// Whether `key` is remembered.
+    pub fn contains(&self, key: &K) -> bool {
+        self.keys.contains(key)
+    }
+
     pub fn len(&self) -> usize {
         self.keys.len()
     }
@@ -52,6 +57,7 @@ mod tests {
         assert!(seen.insert(2));
         assert!(seen.insert(3));
         assert_eq!(seen.len(), 2);
+        assert!(!seen.contains(&1) && seen.contains(&3));
         assert!(seen.insert(1), "1 was the oldest and is forgotten");
         assert!(!seen.insert(3));
     }
