@@ -928,11 +928,11 @@ impl PeerSet {
         Some(PeerAction::Dial { addr })
     }
 
-    /// With areas: while we have known no address of our own area for an exchange interval,
-    /// dial an anchor we hold no link to. It refers a dialer to the dialer's own area first
-    /// when it is full, and its peer exchange names them when it is not. Lookups back off
-    /// (one interval, then twice as long each time, up to [`MAX_AREA_LOOKUP_WAIT`]), so a
-    /// member that is alone in its area dials rarely.
+    /// With areas: while we have known no address of our own area for a quarter of an
+    /// exchange interval, dial an anchor we hold no link to. It refers a dialer to the dialer's
+    /// own area first when it is full, and its peer exchange names them when it is not.
+    /// Lookups back off (a quarter interval, then twice as long each time, up to
+    /// [`MAX_AREA_LOOKUP_WAIT`]), so a member that is alone in its area dials rarely.
     ///
     /// NB: a member whose first links were all to other areas could go on knowing none of
     /// its own: its neighbours knew of few members of its area, and the anchors it reached
@@ -951,8 +951,8 @@ impl PeerSet {
             return None;
         }
         let since = *self.alone_since.get_or_insert(now);
-        let interval = self.config.exchange_interval;
-        if now.saturating_sub(since) < interval || now < self.next_area_lookup {
+        let first = self.config.exchange_interval / REJOIN_CHECKS;
+        if now.saturating_sub(since) < first || now < self.next_area_lookup {
             return None;
         }
         let linked: Vec<&str> = self
@@ -970,7 +970,7 @@ impl PeerSet {
                 (d.failures, mix(fnv1a(mine ^ u64::from(self.area_lookups), a.as_bytes())))
             })
             .map(|(a, _)| a.clone())?;
-        let wait = interval.saturating_mul(1 << self.area_lookups.min(5));
+        let wait = first.saturating_mul(1 << self.area_lookups.min(7));
         self.next_area_lookup = now + wait.min(MAX_AREA_LOOKUP_WAIT);
         self.area_lookups = self.area_lookups.saturating_add(1);
         let d = self.dials.get_mut(&addr).expect("picked from the dials");

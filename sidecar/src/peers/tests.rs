@@ -417,20 +417,24 @@ fn with_areas_a_member_that_knows_no_one_of_its_area_asks_an_anchor_and_backs_of
     }
     let other = anchors[1].clone();
     let rejoin = |p: &mut PeerSet, s: u64| p.rejoin(secs(s), |_| true);
-    assert_eq!(rejoin(&mut p, 1), None, "not before an exchange interval alone");
-    // An interval on, it dials the anchor it holds no link to (it refers us to our area).
-    assert_eq!(rejoin(&mut p, 11), Some(PeerAction::Dial { addr: other.clone() }));
-    p.on_dial_failed(&other, secs(11));
+    // (It looks four times an exchange interval, 2.5 s apart.)
+    assert_eq!(rejoin(&mut p, 1), None, "not before a quarter interval alone");
+    // Alone for 2.5 s, it dials the anchor it holds no link to (it refers us to our area).
+    assert_eq!(rejoin(&mut p, 4), Some(PeerAction::Dial { addr: other.clone() }));
+    p.on_dial_failed(&other, secs(4));
     // Then it waits twice as long each time: a member alone in its area dials rarely.
-    assert_eq!(rejoin(&mut p, 14), None);
-    assert_eq!(rejoin(&mut p, 21), Some(PeerAction::Dial { addr: other.clone() }));
-    p.on_dial_failed(&other, secs(21));
-    assert_eq!(rejoin(&mut p, 31), None, "20 s after the second lookup");
-    assert_eq!(rejoin(&mut p, 41), Some(PeerAction::Dial { addr: other.clone() }));
+    assert_eq!(rejoin(&mut p, 5), None);
+    assert_eq!(rejoin(&mut p, 7), Some(PeerAction::Dial { addr: other.clone() }));
+    p.on_dial_failed(&other, secs(7));
+    assert_eq!(rejoin(&mut p, 10), None, "5 s after the second lookup");
+    assert_eq!(rejoin(&mut p, 13), Some(PeerAction::Dial { addr: other.clone() }));
+    p.on_dial_failed(&other, secs(13));
+    assert_eq!(rejoin(&mut p, 20), None, "10 s after the third");
+    assert_eq!(rejoin(&mut p, 23), Some(PeerAction::Dial { addr: other.clone() }));
     // The anchor turns us away with a member of our area: no more lookups.
     let own = (0..).map(|i| format!("o{i}")).find(|n| area_of(n, areas) == mine).unwrap();
-    p.on_dial_refused(&other, &[PeerAddr { addr: format!("{own}:1"), node: own }], secs(41));
-    for s in 42..400 {
+    p.on_dial_refused(&other, &[PeerAddr { addr: format!("{own}:1"), node: own }], secs(23));
+    for s in 24..400 {
         assert_eq!(rejoin(&mut p, s), None, "at {s} s");
     }
 }
