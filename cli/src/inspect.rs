@@ -309,19 +309,20 @@ pub fn peers(args: &NodeArgs) -> ExitCode {
         args,
         "peers",
         "/admin/peers",
-        &["node", "addr", "connected", "score", "level", "rtt_ms"],
+        &["node", "addr", "zone", "connected", "score", "level", "rtt_ms"],
     )
 }
 
 /// `routes NODE`: the member's selected routes with their metrics.
 pub fn routes(args: &NodeArgs) -> ExitCode {
     // `area` is set on a route to another routing area as a whole (its `dest` is the member
-    // of that area it leads to), "-" on a member route.
+    // of that area it leads to), "-" on a member route; `next_hop_zone`, "-" where zones are
+    // not known.
     table_of(
         args,
         "routes",
         "/admin/routes",
-        &["dest", "area", "next_hop", "metric", "hops", "seqno"],
+        &["dest", "area", "next_hop", "next_hop_zone", "metric", "hops", "seqno"],
     )
 }
 

@@ -15,6 +15,11 @@ use crate::routing::RoutingConfig;
 
 /// Routing areas a network may have at most.
 pub const MAX_AREAS: u16 = 4096;
+/// What a link across zones may add to its cost at most: 16 hops of the dearest links with
+/// it stay below the metric's ceiling (65,535).
+pub const MAX_ZONE_PENALTY: u16 = 2000;
+/// The cross-zone penalty by default: five hops on a LAN (a hop costs 100 to 1,000 by RTT).
+pub const DEFAULT_ZONE_PENALTY: u16 = 500;
 
 /// Settings as they may appear in the file; every field optional.
 #[derive(Debug, Default, Clone, Deserialize, clap::Args)]
@@ -76,6 +81,15 @@ pub struct Settings {
     /// network must use the same value.
     #[arg(long, env = "GENESIS_AREAS")]
     pub areas: Option<u16>,
+    /// This member's zone (a Kubernetes label value; in a cluster, its node's
+    /// `topology.kubernetes.io/zone`). Empty or unset: not known, no link is charged for it.
+    #[arg(long, env = "GENESIS_ZONE")]
+    pub zone: Option<String>,
+    /// What a link to a member of another zone adds to its cost (0 to 2000, default 500, five
+    /// LAN hops): traffic between members of one zone stays in the zone while a path there is
+    /// not much longer.
+    #[arg(long, env = "GENESIS_ZONE_PENALTY")]
+    pub zone_penalty: Option<u16>,
     /// Send route updates as soon as a route changes (default true), not only periodically.
     #[arg(long, env = "GENESIS_TRIGGERED_UPDATES")]
     pub triggered_updates: Option<bool>,
@@ -135,9 +149,13 @@ impl Settings {
         let settings: Settings = serde_json::from_str(document)
             .map_err(|e| format!("genesis document {}: {e}", path.display()))?;
         // Per-member settings come from the pod, never from the network's document.
-        if settings.node.is_some() || settings.listen.is_some() || settings.advertise.is_some() {
+        if settings.node.is_some()
+            || settings.listen.is_some()
+            || settings.advertise.is_some()
+            || settings.zone.is_some()
+        {
             return Err(format!(
-                "genesis document {} sets node, listen or advertise, which are per member",
+                "genesis document {} sets node, listen, advertise or zone, which are per member",
                 path.display()
             ));
         }
@@ -169,6 +187,8 @@ impl Settings {
             hold_time,
             max_hops,
             areas,
+            zone,
+            zone_penalty,
             triggered_updates,
             periodic_update_interval,
             min_peers,
@@ -211,11 +231,25 @@ pub struct Config {
     pub hold_time: Duration,
     pub routing: RoutingConfig,
     pub peers: PeerConfig,
+    /// This member's zone (empty: not known) and the cost of a link across zones.
+    pub zone: String,
+    pub zone_penalty: u16,
     pub worker_threads: usize,
     pub audit_log: Option<PathBuf>,
     pub state_dir: Option<PathBuf>,
     pub test_capture_relayed: Option<PathBuf>,
     pub rbac: genesis_trust::RbacPolicy,
+}
+
+/// Whether `zone` is empty or a Kubernetes label value.
+fn valid_zone(zone: &str) -> bool {
+    let b = zone.as_bytes();
+    let inner = |c: &u8| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.');
+    zone.is_empty()
+        || (b.len() <= crate::frame::MAX_ZONE
+            && b.iter().all(inner)
+            && b[0].is_ascii_alphanumeric()
+            && b[b.len() - 1].is_ascii_alphanumeric())
 }
 
 impl Config {
@@ -283,6 +317,18 @@ impl Config {
                 "areas {areas} is outside 1..={MAX_AREAS}; about one area per 100 members suits a large network"
             ));
         }
+        let zone = s.zone.unwrap_or_default();
+        if !valid_zone(&zone) {
+            return Err(format!(
+                "zone {zone:?} is not a label value: at most 63 of A-Z, a-z, 0-9, '-', '_', '.', beginning and ending with a letter or digit (as topology.kubernetes.io/zone, e.g. eu-west-1a)"
+            ));
+        }
+        let zone_penalty = s.zone_penalty.unwrap_or(DEFAULT_ZONE_PENALTY);
+        if zone_penalty > MAX_ZONE_PENALTY {
+            return Err(format!(
+                "zone-penalty {zone_penalty} is above {MAX_ZONE_PENALTY} (a hop costs 100 to 1,000; 500 is five LAN hops)"
+            ));
+        }
         let min_peers = s.min_peers.unwrap_or(3);
         let max_peers = s.max_peers.unwrap_or(8);
         if min_peers == 0 || min_peers > max_peers || max_peers > 256 {
@@ -330,6 +376,8 @@ impl Config {
                 ban_duration: dur("ban-duration", s.ban_duration, "5m")?,
                 ..PeerConfig::default()
             },
+            zone,
+            zone_penalty,
             worker_threads,
             audit_log: s.audit_log,
             state_dir: s.state_dir,
@@ -381,9 +429,14 @@ mod tests {
         assert!(e.contains("does not match the document"), "{e}");
 
         // A per-member setting in the network's document is refused even when signed.
-        let doc = SignedDocument::sign(&ca, r#"{"node":"web-1"}"#.into()).unwrap();
-        let e = Settings::from_genesis(&write(&doc), &bundle).unwrap_err();
-        assert!(e.contains("per member"), "{e}");
+        for member in [r#"{"node":"web-1"}"#, r#"{"zone":"eu-west-1a"}"#] {
+            let doc = SignedDocument::sign(&ca, member.into()).unwrap();
+            let e = Settings::from_genesis(&write(&doc), &bundle).unwrap_err();
+            assert!(e.contains("per member"), "{member}: {e}");
+        }
+        // The zone penalty is the network's.
+        let doc = SignedDocument::sign(&ca, r#"{"zonePenalty":800}"#.into()).unwrap();
+        assert_eq!(Settings::from_genesis(&write(&doc), &bundle).unwrap().zone_penalty, Some(800));
     }
 
     #[test]
@@ -398,6 +451,7 @@ mod tests {
         assert_eq!(c.routing.max_hops, 16);
         assert_eq!((c.peers.min_peers, c.peers.max_peers), (3, 8));
         assert_eq!(c.role, Role::Client);
+        assert_eq!((c.zone.as_str(), c.zone_penalty), ("", DEFAULT_ZONE_PENALTY));
     }
 
     #[test]
@@ -433,6 +487,10 @@ mod tests {
             (Settings { worker_threads: Some(0), ..minimal() }, "worker-threads"),
             (Settings { areas: Some(0), ..minimal() }, "areas 0 is outside"),
             (Settings { areas: Some(MAX_AREAS + 1), ..minimal() }, "areas 4097 is outside"),
+            (Settings { zone: Some("eu west".into()), ..minimal() }, "zone \"eu west\" is not"),
+            (Settings { zone: Some("-a".into()), ..minimal() }, "not a label value"),
+            (Settings { zone: Some("z".repeat(64)), ..minimal() }, "at most 63"),
+            (Settings { zone_penalty: Some(2001), ..minimal() }, "zone-penalty 2001 is above"),
         ];
         for (settings, expected) in cases {
             let err = Config::resolve(settings).unwrap_err();

@@ -35,6 +35,8 @@ pub const MAX_CERT: usize = 2048;
 pub const MAX_SIG: usize = 128;
 /// A topic name.
 pub const MAX_TOPIC: usize = 128;
+/// A zone (a Kubernetes label value).
+pub const MAX_ZONE: usize = 63;
 /// A close reason.
 pub const MAX_REASON: usize = 256;
 /// A control envelope id (32 hex digits) with room to spare.
@@ -45,9 +47,9 @@ pub const METRIC_INFINITY: u16 = u16::MAX;
 /// One frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frame {
-    /// First frame on a link, both directions: who I am (must match my TLS certificate) and
-    /// where I accept links (empty if nowhere).
-    Hello { identity: String, listen: String },
+    /// First frame on a link, both directions: who I am (must match my TLS certificate),
+    /// where I accept links (empty if nowhere) and my zone (empty if not known).
+    Hello { identity: String, listen: String, zone: String },
     /// Liveness and RTT probe.
     Ping { nonce: u64 },
     /// Answer to a ping with the same nonce.
@@ -320,9 +322,10 @@ impl Frame {
     pub fn encode(&self) -> Vec<u8> {
         let mut w = Writer(Vec::with_capacity(64));
         match self {
-            Frame::Hello { identity, listen } => {
+            Frame::Hello { identity, listen, zone } => {
                 w.str(identity, MAX_URI);
                 w.str(listen, MAX_ADDR);
+                w.str(zone, MAX_ZONE);
             }
             Frame::Ping { nonce } | Frame::Pong { nonce } => w.u64(*nonce),
             Frame::RouteUpdate { adverts } => {
@@ -398,9 +401,11 @@ impl Frame {
         let kind = ty.as_str();
         let mut r = Reader { buf: body, kind };
         let frame = match ty {
-            FrameType::Hello => {
-                Frame::Hello { identity: r.str(MAX_URI)?, listen: r.str(MAX_ADDR)? }
-            }
+            FrameType::Hello => Frame::Hello {
+                identity: r.str(MAX_URI)?,
+                listen: r.str(MAX_ADDR)?,
+                zone: r.str(MAX_ZONE)?,
+            },
             FrameType::Ping => Frame::Ping { nonce: r.u64()? },
             FrameType::Pong => Frame::Pong { nonce: r.u64()? },
             FrameType::RouteUpdate => {

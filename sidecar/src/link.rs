@@ -167,8 +167,11 @@ async fn run_link<S>(
             return;
         }
     }
-    let hello =
-        Frame::Hello { identity: shared.identity.uri(), listen: shared.config.advertise.clone() };
+    let hello = Frame::Hello {
+        identity: shared.identity.uri(),
+        listen: shared.config.advertise.clone(),
+        zone: shared.config.zone.clone(),
+    };
     if writer.write_all(&hello.encode()).await.is_err() || writer.flush().await.is_err() {
         let _ = shared
             .commands
@@ -183,8 +186,10 @@ async fn run_link<S>(
     let mut buf = vec![0u8; READ_CHUNK];
     let first =
         tokio::time::timeout(HELLO_TIMEOUT, next_frame(&mut decoder, &mut reader, &mut buf)).await;
-    let listen = match first {
-        Ok(Ok(Frame::Hello { identity, listen })) if identity == peer.identity.uri() => listen,
+    let (listen, zone) = match first {
+        Ok(Ok(Frame::Hello { identity, listen, zone })) if identity == peer.identity.uri() => {
+            (listen, zone)
+        }
         Ok(Ok(Frame::Hello { identity, .. })) => {
             let reason =
                 format!("hello claims {identity} but the certificate is {}", peer.identity);
@@ -228,6 +233,7 @@ async fn run_link<S>(
         // The dialer waited about three round trips for the peer's hello (TCP, TLS 1.3,
         // hello), the acceptor about two: a first cost for the link until pongs refine it.
         rtt: Some(started.elapsed() / if outbound { 3 } else { 2 }),
+        zone,
     };
     if shared.commands.send(Command::LinkUp { link, reply: reply_tx }).await.is_err() {
         return;

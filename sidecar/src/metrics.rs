@@ -46,6 +46,9 @@ pub struct Metrics {
     pub inbox: IntGauge,
     pub control_acks: IntCounterVec,
     pub routes_by_hops: IntGaugeVec,
+    /// Links and routes (by their next hop) by zone: `same`, `other` or `unknown`.
+    pub links_by_zone: IntGaugeVec,
+    pub routes_by_zone: IntGaugeVec,
     pub start_time: Gauge,
     pub build_info: IntGaugeVec,
     pub audit_errors: IntCounter,
@@ -237,6 +240,17 @@ impl Metrics {
             routes_by_hops: reg!(IntGaugeVec::new(
                 opts("routes_by_hops", "Reachable destinations by hop count"),
                 &["hops"]
+            )),
+            links_by_zone: reg!(IntGaugeVec::new(
+                opts("links_by_zone", "Open links by the peer's zone: same, other or unknown"),
+                &["zone"]
+            )),
+            routes_by_zone: reg!(IntGaugeVec::new(
+                opts(
+                    "routes_by_zone",
+                    "Reachable destinations by their next hop's zone: same, other or unknown"
+                ),
+                &["zone"]
             )),
             start_time: reg!(Gauge::with_opts(opts(
                 "start_time_seconds",

@@ -64,6 +64,8 @@ pub fn node_config(config: &Config) -> NodeConfig {
         // NB: in a cluster every member gets the same anchor list, anchors included; an anchor
         // does not dial itself.
         anchors: config.anchors.iter().filter(|a| **a != config.advertise).cloned().collect(),
+        zone: config.zone.clone(),
+        zone_penalty: config.zone_penalty,
     }
 }
 
@@ -146,9 +148,19 @@ impl Core {
         let wall = SystemTime::now();
         match cmd {
             Command::LinkUp { link, reply } => {
-                let NewLink { node, addr, peer, outbound, queues, heard, cancel, link_id, rtt } =
-                    link;
-                let up = LinkUp { node: node.clone(), addr, peer, outbound, link_id, rtt };
+                let NewLink {
+                    node,
+                    addr,
+                    peer,
+                    outbound,
+                    queues,
+                    heard,
+                    cancel,
+                    link_id,
+                    rtt,
+                    zone,
+                } = link;
+                let up = LinkUp { node: node.clone(), addr, peer, outbound, link_id, rtt, zone };
                 // NB: the link is registered before the node hears of it: what the node sends
                 // at once (our table, our peers, our CRL number) must find the link. Sent while it
                 // was not registered yet, the new neighbour got no routes until the next periodic
@@ -275,8 +287,32 @@ impl Core {
             m.peer_reputation.with_label_values(&[&p.node]).set(i64::from(p.score));
         }
         m.routes_by_hops.reset();
+        let mine = self.node.zone();
+        let relation = |zone: Option<&str>| match zone {
+            _ if mine.is_empty() => "unknown",
+            None => "unknown",
+            Some(z) if z == mine => "same",
+            Some(_) => "other",
+        };
+        let mut by_zone = [("same", 0i64, 0i64), ("other", 0, 0), ("unknown", 0, 0)];
+        let mut count = |zone: Option<&str>, link: bool| {
+            let at = by_zone.iter_mut().find(|(r, _, _)| *r == relation(zone)).expect("one of 3");
+            if link {
+                at.1 += 1;
+            } else {
+                at.2 += 1;
+            }
+        };
+        for p in views.iter().filter(|p| p.connected) {
+            count(p.zone.as_deref(), true);
+        }
         for r in self.node.routes() {
             m.routes_by_hops.with_label_values(&[&r.hops.to_string()]).inc();
+            count(r.next_hop_zone.as_deref(), false);
+        }
+        for (zone, links, routes) in by_zone {
+            m.links_by_zone.with_label_values(&[zone]).set(links);
+            m.routes_by_zone.with_label_values(&[zone]).set(routes);
         }
     }
 

@@ -204,6 +204,9 @@ pub struct PeerView {
     pub level: Level,
     pub connected: bool,
     pub rtt_ms: Option<f64>,
+    /// Its zone, as its hello named it (linked peers with a known zone).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
 }
 
 /// Whether a frame may pass the rate limit.
@@ -990,6 +993,7 @@ impl PeerSet {
                 level: level_of(p, now),
                 connected: p.connected_since.is_some(),
                 rtt_ms: p.rtt.map(|r| r.as_secs_f64() * 1e3),
+                zone: None,
             })
             .collect()
     }

@@ -175,6 +175,9 @@ pub struct RouteView {
     /// Set for a route to another area as a whole (networks with routing areas).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub area: Option<u16>,
+    /// The next hop's zone, when known (filled by the node, which knows its links).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_hop_zone: Option<String>,
 }
 
 /// Is `a` newer than `b` in wrapping sequence-number arithmetic?
@@ -370,6 +373,7 @@ impl RouteTable {
                 hops: r.hops,
                 seqno: r.seqno,
                 area: r.area,
+                next_hop_zone: None,
             })
             .collect()
     }

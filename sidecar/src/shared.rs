@@ -332,6 +332,8 @@ pub struct NewLink {
     pub link_id: u64,
     /// The round-trip time the handshake suggested.
     pub rtt: Option<Duration>,
+    /// The zone its hello named (empty: not known).
+    pub zone: String,
 }
 
 /// Everything that reaches the core.

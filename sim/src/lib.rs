@@ -49,6 +49,8 @@ pub struct Scenario {
     pub hold_time: Duration,
     pub periodic_interval: Duration,
     pub max_hops: u8,
+    /// What a link across zones adds to its cost (the sidecar's `--zone-penalty`).
+    pub zone_penalty: u16,
     /// Members start spread over this long.
     pub join_spread: Duration,
     /// How long to wait for routes to converge before giving up.
@@ -84,6 +86,7 @@ impl Default for Scenario {
             hold_time: Duration::from_secs(3),
             periodic_interval: Duration::from_secs(10),
             max_hops: 16,
+            zone_penalty: genesis_sidecar::config::DEFAULT_ZONE_PENALTY,
             join_spread: Duration::from_secs(1),
             converge_limit: Duration::from_secs(120),
             steady: Duration::from_secs(20),
@@ -133,6 +136,11 @@ pub struct Report {
     /// Longest route, in hops, once converged.
     pub max_hops: u8,
     pub links: usize,
+    /// Traffic between random pairs of members at rest, one unit per pair along its route:
+    /// the share of its hops that cross zones, and the share of same-zone pairs whose route
+    /// leaves their zone (None with one zone).
+    pub cross_zone_hop_share: Option<f64>,
+    pub same_zone_routes_leaving: Option<f64>,
     /// Per member: from the CRL's push at one anchor until the member applied it.
     pub revocation_applied_ms: Spread,
     /// Fraction of running members that accepted the network-wide control message.
@@ -287,6 +295,41 @@ fn routes_via(node: &genesis_sidecar::proto::Node, victim: &str) -> bool {
 
 /// Follows next hops from each source to each destination (all pairs up to 200 members, a
 /// sample beyond): every walk must arrive, never revisit a member, and never pass `avoid`.
+/// Walks the routes of random pairs of members (at most 20,000): the share of all hops that
+/// cross zones, and the share of same-zone pairs whose route leaves the zone.
+fn zone_traffic(w: &World, rng: &mut Rng) -> Option<(f64, f64)> {
+    let names: Vec<(usize, String)> = w.nodes().map(|(i, n)| (i, n.name().to_owned())).collect();
+    let by_name: BTreeMap<&str, usize> = names.iter().map(|(i, n)| (n.as_str(), *i)).collect();
+    let (mut hops, mut crossing, mut same, mut leaving) = (0u64, 0u64, 0u64, 0u64);
+    for _ in 0..20_000 {
+        let (a, b) = (rng.below(names.len()), rng.below(names.len()));
+        if a == b {
+            continue;
+        }
+        let (from, dst) = (names[a].0, names[b].1.as_str());
+        let same_zone = w.links.same_zone(from, names[b].0);
+        let (mut at, mut left) = (from, false);
+        for _ in 0..64 {
+            let node = w.members[at].node.as_ref().expect("a running member");
+            let Some(&next) = node.next_hop(dst).and_then(|n| by_name.get(n)) else { break };
+            hops += 1;
+            if !w.links.same_zone(at, next) {
+                crossing += 1;
+                left = true;
+            }
+            at = next;
+            if at == names[b].0 {
+                break;
+            }
+        }
+        if same_zone {
+            same += 1;
+            leaving += u64::from(left);
+        }
+    }
+    (hops > 0 && same > 0).then(|| (crossing as f64 / hops as f64, leaving as f64 / same as f64))
+}
+
 fn check_paths(w: &World, avoid: Option<&str>, rng: &mut Rng, violations: &mut Vec<String>) {
     let names: Vec<(usize, String)> = w.nodes().map(|(i, n)| (i, n.name().to_owned())).collect();
     let by_name: BTreeMap<&str, usize> = names.iter().map(|(i, n)| (n.as_str(), *i)).collect();
@@ -422,6 +465,8 @@ pub fn run(s: &Scenario) -> Report {
         },
         rbac: RbacPolicy::default(),
         anchors,
+        zone: String::new(),
+        zone_penalty: s.zone_penalty,
     };
     let links = LinkModel {
         zones: s.zones.max(1),
@@ -489,6 +534,10 @@ pub fn run(s: &Scenario) -> Report {
     let memory = rss_bytes().saturating_sub(rss_before) / s.members.max(1) as u64;
     let links = w.members.iter().map(|m| m.ends.len()).sum::<usize>() / 2;
     check_paths(&w, None, &mut rng, &mut violations);
+    let (cross_zone_hop_share, same_zone_routes_leaving) = match s.zones {
+        0 | 1 => (None, None),
+        _ => zone_traffic(&w, &mut rng).map_or((None, None), |(a, b)| (Some(a), Some(b))),
+    };
 
     progress(s, &w, started, "watched at rest");
     // 3. Revocation: a well-connected client is revoked; the CRL is pushed at one anchor.
@@ -678,6 +727,8 @@ pub fn run(s: &Scenario) -> Report {
         routes_converged_ms: converged_at.map(ms),
         max_hops,
         links,
+        cross_zone_hop_share,
+        same_zone_routes_leaving,
         revocation_applied_ms: revocation,
         control_coverage: coverage,
         control_applied_ms: control,

@@ -60,6 +60,10 @@ struct Args {
     /// more); 0 skips the phase.
     #[arg(long, default_value_t = 0)]
     partition_secs: u64,
+    /// What a link across zones adds to its cost (the sidecar's --zone-penalty; 0 to 2000).
+    #[arg(long, default_value_t = genesis_sidecar::config::DEFAULT_ZONE_PENALTY,
+          value_parser = clap::value_parser!(u16).range(0..=2000))]
+    zone_penalty: u16,
     /// Hop limit (the sidecar's --max-hops).
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u8).range(1..=64))]
     max_hops: u8,
@@ -110,6 +114,7 @@ fn main() -> ExitCode {
         partition: Duration::from_secs(a.partition_secs),
         progress: true,
         max_hops: a.max_hops,
+        zone_penalty: a.zone_penalty,
         converge_limit: Duration::from_secs(a.converge_limit_secs),
         ..genesis_sim::Scenario::default()
     };
@@ -125,6 +130,13 @@ fn main() -> ExitCode {
                 r.routes_converged_ms.map_or("never".into(), |m| format!("{m:.0} ms")),
             ),
             ("links / longest path", format!("{} / {} hops", r.links, r.max_hops)),
+            (
+                "hops crossing zones; same-zone routes leaving",
+                match (r.cross_zone_hop_share, r.same_zone_routes_leaving) {
+                    (Some(h), Some(l)) => format!("{:.1} %; {:.1} %", h * 100.0, l * 100.0),
+                    _ => "one zone".into(),
+                },
+            ),
             (
                 "revocation applied (p50 / p99 / max)",
                 format!(

@@ -67,6 +67,21 @@ impl LinkModel {
         self.cut_zone.is_some_and(|z| (a % zones == z) != (b % zones == z))
     }
 
+    /// Member `i`'s zone, as its sidecar would be told it: `z0`, `z1`, ..., or empty with one
+    /// zone.
+    pub fn zone_name(&self, i: usize) -> String {
+        if self.zones > 1 {
+            format!("z{}", i % self.zones)
+        } else {
+            String::new()
+        }
+    }
+
+    /// Whether `a` and `b` are in one zone.
+    pub fn same_zone(&self, a: usize, b: usize) -> bool {
+        a % self.zones.max(1) == b % self.zones.max(1)
+    }
+
     fn latency(&self, a: usize, b: usize) -> Duration {
         if a % self.zones.max(1) == b % self.zones.max(1) {
             self.intra_zone
@@ -340,6 +355,7 @@ impl World {
                             outbound: false,
                             link_id: link,
                             rtt: Some(self.links.latency(from, to) * 2),
+                            zone: self.links.zone_name(from),
                         };
                         match node.handle_link_up(now, up) {
                             Ok(()) => {
@@ -370,6 +386,7 @@ impl World {
                     outbound: true,
                     link_id: link,
                     rtt,
+                    zone: self.links.zone_name(to),
                 };
                 match node.handle_link_up(now, up) {
                     Ok(()) => {
@@ -418,8 +435,8 @@ impl World {
         }
     }
 
-    fn config_for(&self, _i: usize) -> NodeConfig {
-        self.config.clone()
+    fn config_for(&self, i: usize) -> NodeConfig {
+        NodeConfig { zone: self.links.zone_name(i), ..self.config.clone() }
     }
 
     /// Schedules `frame` from `from` to `to` on `link`: latency with jitter, a retransmission

@@ -40,7 +40,11 @@ impl Mint {
         cert: &(IssuedCertificate, PrivateKey),
     ) -> Result<RawPeer, String> {
         let mut p = RawPeer::connect(&s.peer, cert.0.chain.clone(), &cert.1, &self.bundle, NET)?;
-        let hello = Frame::Hello { identity: cert.0.identity.uri(), listen: String::new() };
+        let hello = Frame::Hello {
+            identity: cert.0.identity.uri(),
+            listen: String::new(),
+            zone: String::new(),
+        };
         p.send(&hello).map_err(|e| e.to_string())?;
         Ok(p)
     }

@@ -144,7 +144,8 @@ fn stale_foreign_and_garbage_crls_are_refused_and_audited_and_the_current_one_st
     let leaf = authority.issue(&create_csr(&id, &key).unwrap(), &id).unwrap();
     let bundle = std::fs::read_to_string(auth.bundle_path()).unwrap();
     let mut peer = RawPeer::connect(&b.peer, leaf.chain.clone(), &key, &bundle, "badcrl").unwrap();
-    peer.send(&Frame::Hello { identity: id.uri(), listen: String::new() }).unwrap();
+    let hello = Frame::Hello { identity: id.uri(), listen: String::new(), zone: String::new() };
+    peer.send(&hello).unwrap();
     for (_, der, _, _) in &cases {
         peer.send(&Frame::CrlData { der: der.clone() }).unwrap();
     }

@@ -126,6 +126,11 @@ pub fn genesis_document(
         .ok()
         .filter(|a| (1..=max_areas).contains(a))
         .ok_or_else(|| format!("routing.areas {} is not 1..{max_areas}", spec.routing.areas))?;
+    // NB: the sidecar's MAX_ZONE_PENALTY and the CRD's range.
+    let zone_penalty =
+        u16::try_from(spec.routing.zone_penalty).ok().filter(|p| *p <= 2000).ok_or_else(|| {
+            format!("routing.zonePenalty {} is not 0..2000", spec.routing.zone_penalty)
+        })?;
     let rbac = genesis_trust::RbacPolicy::from(&spec.rbac);
     let document = json!({
         "network": network,
@@ -136,6 +141,7 @@ pub fn genesis_document(
         "holdTime": spec.routing.hold_time,
         "maxHops": max_hops,
         "areas": areas,
+        "zonePenalty": zone_penalty,
         "triggeredUpdates": spec.routing.triggered_updates,
         "periodicUpdateInterval": spec.routing.periodic_update_interval,
         "minPeers": d.min_peers,
@@ -239,6 +245,10 @@ mod tests {
         let bad = spec("authorityRef: {name: ca}\nrouting: {areas: 0}");
         let e = genesis_document("pay", "prod.example", &bad, &[]).unwrap_err();
         assert!(e.contains("routing.areas 0 is not 1..4096"), "{e}");
+        assert_eq!(v["zonePenalty"], 500, "zones cost five LAN hops unless the network says");
+        let bad = spec("authorityRef: {name: ca}\nrouting: {zonePenalty: 2001}");
+        let e = genesis_document("pay", "prod.example", &bad, &[]).unwrap_err();
+        assert!(e.contains("routing.zonePenalty 2001 is not 0..2000"), "{e}");
     }
 }
 
@@ -254,7 +264,7 @@ mod sidecar_reads_it {
     fn the_sidecar_accepts_the_signed_document() {
         let dir = tempfile::tempdir().unwrap();
         let spec: MeshNetworkSpec = serde_yaml::from_str(
-            "authorityRef: {name: ca}\nallowedPorts: [8080]\nrouting: {areas: 5}",
+            "authorityRef: {name: ca}\nallowedPorts: [8080]\nrouting: {areas: 5, zonePenalty: 900}",
         )
         .unwrap();
         let doc =
@@ -277,6 +287,7 @@ mod sidecar_reads_it {
         .unwrap();
         assert_eq!(settings.allowed_ports, Some(vec![8080]));
         assert_eq!(settings.areas, Some(5), "every member gets the network's areas");
+        assert_eq!(settings.zone_penalty, Some(900));
         assert_eq!(settings.network.as_deref(), Some("pay"));
         assert_eq!(settings.rbac, Some(genesis_trust::RbacPolicy::default()));
     }

@@ -3,6 +3,7 @@ use super::*;
 fn samples() -> Vec<Frame> {
     vec![
         Frame::Hello {
+            zone: "eu-west-1a".into(),
             identity: "spiffe://td/mesh/n/client/a".into(),
             listen: "127.0.0.2:7000".into(),
         },

@@ -51,6 +51,10 @@ pub struct NodeConfig {
     pub rbac: RbacPolicy,
     /// Bootstrap addresses (our own advertised address already left out).
     pub anchors: Vec<String>,
+    /// Our zone (empty: not known), and what a link to a member of another known zone adds to
+    /// its cost (docs/PROTOCOL.md, "Zones").
+    pub zone: String,
+    pub zone_penalty: u16,
 }
 
 /// Checks a member's signed sequence number (`genesis_trust::seqno::verify_seqno`); the
@@ -212,6 +216,8 @@ pub struct LinkUp {
     pub link_id: u64,
     /// The round-trip time the handshake suggested, if measured: the link's first cost.
     pub rtt: Option<Duration>,
+    /// The zone the peer's hello named (empty: not known).
+    pub zone: String,
 }
 
 struct LinkState {
@@ -221,6 +227,9 @@ struct LinkState {
     /// The last RTT samples (at most [`RTT_WINDOW`]) and the link cost last given to routing.
     rtts: VecDeque<Duration>,
     cost: u16,
+    /// The peer's zone (empty: not known), and what crossing zones adds to the link's cost.
+    zone: String,
+    penalty: u16,
     peer: PeerIdentity,
     /// When a frame last arrived on it, as far as the node saw.
     heard: Time,
@@ -395,7 +404,11 @@ impl Node {
     }
 
     pub fn routes(&self) -> Vec<RouteView> {
-        self.routes.routes()
+        let mut routes = self.routes.routes();
+        for r in &mut routes {
+            r.next_hop_zone = self.neighbour_zone(&r.next_hop).map(str::to_owned);
+        }
+        routes
     }
 
     /// A snapshot of the forwarding decision for the data path.
@@ -418,7 +431,32 @@ impl Node {
     }
 
     pub fn peer_views(&self, now: Time) -> Vec<PeerView> {
-        self.peers.views(now)
+        let mut views = self.peers.views(now);
+        for v in &mut views {
+            v.zone = self.links.get(&v.node).map(|l| l.zone.clone()).filter(|z| !z.is_empty());
+        }
+        views
+    }
+
+    /// What crossing from our zone into `zone` adds to a link's cost: nothing while either
+    /// zone is not known.
+    fn zone_penalty(&self, zone: &str) -> u16 {
+        let ours = &self.config.zone;
+        if ours.is_empty() || zone.is_empty() || ours == zone {
+            0
+        } else {
+            self.config.zone_penalty
+        }
+    }
+
+    /// Our zone (empty: not known).
+    pub fn zone(&self) -> &str {
+        &self.config.zone
+    }
+
+    /// The zone of neighbour `node`, when linked and known.
+    pub fn neighbour_zone(&self, node: &str) -> Option<&str> {
+        self.links.get(node).map(|l| l.zone.as_str()).filter(|z| !z.is_empty())
     }
 
     /// Neighbours with a live link.
@@ -452,7 +490,7 @@ impl Node {
     /// A link finished its handshake and hello. Refused (the caller closes it with the reason)
     /// while the peer is banned or we are full.
     pub fn handle_link_up(&mut self, now: Time, link: LinkUp) -> Result<(), String> {
-        let LinkUp { node, addr, peer, outbound, link_id, rtt } = link;
+        let LinkUp { node, addr, peer, outbound, link_id, rtt, zone } = link;
         if let Some(existing) = self.links.get(&node) {
             // Both sides may dial each other at once. Keep the link dialled by the smaller
             // node name; both ends decide the same way.
@@ -472,7 +510,8 @@ impl Node {
         }
         self.peers.on_connected(&node, &addr, now)?;
         let first = rtt.unwrap_or(INITIAL_RTT);
-        let cost = link_cost(first);
+        let penalty = self.zone_penalty(&zone);
+        let cost = link_cost(first).saturating_add(penalty);
         let rtts = VecDeque::from([first]);
         self.links.insert(
             node.clone(),
@@ -482,6 +521,8 @@ impl Node {
                 ping: None,
                 rtts,
                 cost,
+                zone,
+                penalty,
                 peer,
                 heard: now,
                 certs_sent: CertSlots::default(),
@@ -742,7 +783,7 @@ impl Node {
         let srtt = link.rtts.iter().min().copied().unwrap_or(rtt);
         // Hysteresis: routing hears about a cost change only when it moved by a fifth, so
         // RTT jitter under load does not churn routes.
-        let cost = link_cost(srtt);
+        let cost = link_cost(srtt).saturating_add(link.penalty);
         let moved = cost.abs_diff(link.cost) * 5 >= link.cost;
         if moved {
             link.cost = cost;

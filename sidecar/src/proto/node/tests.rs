@@ -13,6 +13,17 @@ fn authority(at: SystemTime) -> CertificateAuthority {
 
 /// A member of `ca`'s network, and the identity its neighbours see on a link to it.
 fn member_of(ca: &CertificateAuthority, name: &str, at: SystemTime) -> (Node, PeerIdentity) {
+    member_in(ca, name, "", 0, at)
+}
+
+/// The same, in `zone`, charging `zone_penalty` for a link to another zone.
+fn member_in(
+    ca: &CertificateAuthority,
+    name: &str,
+    zone: &str,
+    zone_penalty: u16,
+    at: SystemTime,
+) -> (Node, PeerIdentity) {
     let id = Identity::new("t.local", "net", Role::Client, name).unwrap();
     let policy = LeafPolicy { duration: Duration::from_secs(3600), renew_before: None };
     let (issued, key) =
@@ -31,6 +42,8 @@ fn member_of(ca: &CertificateAuthority, name: &str, at: SystemTime) -> (Node, Pe
         peers: PeerConfig::default(),
         rbac: RbacPolicy::default(),
         anchors: vec![],
+        zone: zone.to_owned(),
+        zone_penalty,
     };
     let peer = PeerIdentity {
         identity: id.clone(),
@@ -59,10 +72,21 @@ struct Line {
 
 impl Line {
     fn new(n: usize) -> Line {
+        let edges: Vec<(usize, usize, u64)> = (1..n).map(|i| (i - 1, i, 1)).collect();
+        Line::mesh(n, &edges, |_| "", 0)
+    }
+
+    /// Members m0, m1, ... linked by `edges` (a, b, RTT in ms), member i in `zone(i)`.
+    fn mesh(
+        n: usize,
+        edges: &[(usize, usize, u64)],
+        zone: impl Fn(usize) -> &'static str,
+        zone_penalty: u16,
+    ) -> Line {
         let wall = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
         let ca = authority(wall);
         let members: Vec<(Node, PeerIdentity)> =
-            (0..n).map(|i| member_of(&ca, &format!("m{i}"), wall)).collect();
+            (0..n).map(|i| member_in(&ca, &format!("m{i}"), zone(i), zone_penalty, wall)).collect();
         let peers: Vec<PeerIdentity> = members.iter().map(|(_, p)| p.clone()).collect();
         let mut line = Line {
             nodes: members.into_iter().map(|(node, _)| node).collect(),
@@ -71,15 +95,16 @@ impl Line {
             with_cert: 0,
             closed: vec![],
         };
-        for i in 1..n {
-            for (a, b, outbound) in [(i - 1, i, true), (i, i - 1, false)] {
+        for &(x, y, rtt) in edges {
+            for (a, b, outbound) in [(x, y, true), (y, x, false)] {
                 let up = LinkUp {
                     node: format!("m{b}"),
                     addr: format!("m{b}"),
                     peer: peers[b].clone(),
                     outbound,
                     link_id: Line::link_id(a, b),
-                    rtt: Some(Duration::from_millis(1)),
+                    rtt: Some(Duration::from_millis(rtt)),
+                    zone: zone(b).to_owned(),
                 };
                 line.nodes[a].handle_link_up(Time::ZERO, up).unwrap();
             }
@@ -89,7 +114,7 @@ impl Line {
     }
 
     fn link_id(a: usize, b: usize) -> u64 {
-        a.min(b) as u64
+        (a.min(b) * 1000 + a.max(b)) as u64
     }
 
     /// Carries every frame the members send until none is left.
@@ -187,4 +212,27 @@ fn an_advert_naming_a_certificate_the_link_never_carried_closes_the_link() {
     line.pump(Time::from_secs(1));
     assert_eq!(line.closed, vec![(1, 0)], "m1 closed its link to m0");
     assert_eq!(line.nodes[1].next_hop("m9"), None);
+}
+
+#[test]
+fn a_cross_zone_penalty_keeps_traffic_between_members_of_one_zone_inside_it_while_a_path_exists() {
+    // m0 and m1 in zone a; m2 in zone b on the short path between them (1 ms links), m3 in
+    // zone a on a longer one (3 ms links).
+    let zone = |i: usize| if i == 2 { "b" } else { "a" };
+    let edges = [(0, 2, 1), (2, 1, 1), (0, 3, 3), (3, 1, 3)];
+    let flat = Line::mesh(4, &edges, zone, 0);
+    assert_eq!(flat.nodes[0].next_hop("m1"), Some("m2"), "without a penalty, the fastest path");
+    let mut line = Line::mesh(4, &edges, zone, 500);
+    assert_eq!(line.nodes[0].next_hop("m1"), Some("m3"), "the path inside zone a");
+    let route = line.nodes[0].routes().into_iter().find(|r| r.dest == "m1").unwrap();
+    assert_eq!(route.next_hop_zone.as_deref(), Some("a"));
+    let views = line.nodes[0].peer_views(Time::ZERO);
+    let m2 = views.iter().find(|p| p.node == "m2").unwrap();
+    assert_eq!(m2.zone.as_deref(), Some("b"), "peers show their zone");
+    // The path inside the zone breaks: the route crosses zones rather than fail.
+    let id = Line::link_id(0, 3);
+    line.nodes[0].handle_link_down(Time::ZERO, "m3", id, true, "test");
+    line.nodes[3].handle_link_down(Time::ZERO, "m0", id, true, "test");
+    line.pump(Time::ZERO);
+    assert_eq!(line.nodes[0].next_hop("m1"), Some("m2"));
 }
