@@ -399,7 +399,7 @@ fn with_areas_a_peer_exchange_tells_the_neighbours_area_first_and_a_few_of_any_a
 }
 
 #[test]
-fn with_areas_a_member_that_knows_no_one_of_its_area_asks_an_anchor_and_backs_off() {
+fn with_areas_a_member_that_knows_no_one_of_its_area_asks_others_and_backs_off() {
     use crate::routing::area_of;
     let areas = 8;
     let mine = area_of("me", areas);
@@ -417,24 +417,33 @@ fn with_areas_a_member_that_knows_no_one_of_its_area_asks_an_anchor_and_backs_of
     }
     let other = anchors[1].clone();
     let rejoin = |p: &mut PeerSet, s: u64| p.rejoin(secs(s), |_| true);
-    // (It looks four times an exchange interval, 2.5 s apart.)
-    assert_eq!(rejoin(&mut p, 1), None, "not before a quarter interval alone");
-    // Alone for 2.5 s, it dials the anchor it holds no link to (it refers us to our area).
-    assert_eq!(rejoin(&mut p, 4), Some(PeerAction::Dial { addr: other.clone() }));
-    p.on_dial_failed(&other, secs(4));
-    // Then it waits twice as long each time: a member alone in its area dials rarely.
-    assert_eq!(rejoin(&mut p, 5), None);
-    assert_eq!(rejoin(&mut p, 7), Some(PeerAction::Dial { addr: other.clone() }));
+    assert_eq!(rejoin(&mut p, 1), None, "not before a second alone");
+    // Alone for a second, it dials a member it holds no link to (here, the other anchor),
+    // which refers it to its own area.
+    let dial = Some(PeerAction::Dial { addr: other.clone() });
+    assert_eq!(rejoin(&mut p, 2), dial);
+    p.on_dial_failed(&other, secs(2));
+    // Lookups a second apart three times over...
+    for at in [3, 4, 5] {
+        assert_eq!(rejoin(&mut p, at), dial, "at {at} s");
+        p.on_dial_failed(&other, secs(at));
+    }
+    // ... then twice as far apart after each three: a member alone in its area dials rarely.
+    assert_eq!(rejoin(&mut p, 6), None, "2 s after the fourth");
+    assert_eq!(rejoin(&mut p, 7), dial);
     p.on_dial_failed(&other, secs(7));
-    assert_eq!(rejoin(&mut p, 10), None, "5 s after the second lookup");
-    assert_eq!(rejoin(&mut p, 13), Some(PeerAction::Dial { addr: other.clone() }));
-    p.on_dial_failed(&other, secs(13));
-    assert_eq!(rejoin(&mut p, 20), None, "10 s after the third");
-    assert_eq!(rejoin(&mut p, 23), Some(PeerAction::Dial { addr: other.clone() }));
+    let mut dials = 0;
+    for s in 8..600 {
+        if rejoin(&mut p, s).is_some() {
+            dials += 1;
+            p.on_dial_failed(&other, secs(s));
+        }
+    }
+    assert!(dials < 20, "{dials} lookups in ten minutes");
     // The anchor turns us away with a member of our area: no more lookups.
     let own = (0..).map(|i| format!("o{i}")).find(|n| area_of(n, areas) == mine).unwrap();
-    p.on_dial_refused(&other, &[PeerAddr { addr: format!("{own}:1"), node: own }], secs(23));
-    for s in 24..400 {
+    p.on_dial_refused(&other, &[PeerAddr { addr: format!("{own}:1"), node: own }], secs(600));
+    for s in 601..1200 {
         assert_eq!(rejoin(&mut p, s), None, "at {s} s");
     }
 }
