@@ -121,6 +121,8 @@ pub struct RouteAdvert {
 pub struct PeerAddr {
     pub node: String,
     pub addr: String,
+    /// Its zone, as it named it in its hello (empty: not known).
+    pub zone: String,
 }
 
 /// What a data frame carries.
@@ -351,6 +353,7 @@ impl Frame {
                 for p in peers {
                     w.str(&p.node, MAX_NAME);
                     w.str(&p.addr, MAX_ADDR);
+                    w.str(&p.zone, MAX_ZONE);
                 }
             }
             Frame::CrlAnnounce { number } | Frame::CrlRequest { number } => w.u64(*number),
@@ -436,7 +439,11 @@ impl Frame {
                 }
                 let mut peers = Vec::with_capacity(n);
                 for _ in 0..n {
-                    peers.push(PeerAddr { node: r.name()?, addr: r.str(MAX_ADDR)? });
+                    peers.push(PeerAddr {
+                        node: r.name()?,
+                        addr: r.str(MAX_ADDR)?,
+                        zone: r.str(MAX_ZONE)?,
+                    });
                 }
                 Frame::PeerExchange { peers }
             }

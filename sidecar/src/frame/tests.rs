@@ -22,7 +22,11 @@ fn samples() -> Vec<Frame> {
         Frame::RouteUpdate { adverts: vec![] },
         Frame::SeqnoRequest { dest: "node-3".into(), seqno: 43, hops_left: 15 },
         Frame::PeerExchange {
-            peers: vec![PeerAddr { node: "b".into(), addr: "127.0.0.3:7000".into() }],
+            peers: vec![PeerAddr {
+                zone: "eu-west-1b".into(),
+                node: "b".into(),
+                addr: "127.0.0.3:7000".into(),
+            }],
         },
         Frame::CrlAnnounce { number: 9 },
         Frame::CrlRequest { number: 10 },

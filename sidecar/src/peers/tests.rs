@@ -16,10 +16,10 @@ fn bootstraps_from_anchors_then_dials_learned_peers_up_to_min_peers() {
     p.on_connected("anchor", "10.0.0.1:7000", Time::ZERO).unwrap();
     p.on_exchange(
         &[
-            PeerAddr { node: "b".into(), addr: "b:1".into() },
-            PeerAddr { node: "c".into(), addr: "c:1".into() },
-            PeerAddr { node: "d".into(), addr: "d:1".into() },
-            PeerAddr { node: "me".into(), addr: "me:1".into() },
+            PeerAddr { zone: String::new(), node: "b".into(), addr: "b:1".into() },
+            PeerAddr { zone: String::new(), node: "c".into(), addr: "c:1".into() },
+            PeerAddr { zone: String::new(), node: "d".into(), addr: "d:1".into() },
+            PeerAddr { zone: String::new(), node: "me".into(), addr: "me:1".into() },
         ],
         Time::ZERO,
     );
@@ -141,8 +141,9 @@ fn a_full_member_refuses_a_newcomer_and_keeps_every_link_it_has() {
 
 #[test]
 fn members_dial_their_own_way_through_equal_candidates() {
-    let learned: Vec<PeerAddr> =
-        (0..20).map(|i| PeerAddr { node: format!("n{i}"), addr: format!("n{i}:1") }).collect();
+    let learned: Vec<PeerAddr> = (0..20)
+        .map(|i| PeerAddr { zone: String::new(), node: format!("n{i}"), addr: format!("n{i}:1") })
+        .collect();
     let first_dial = |me: &str| {
         let mut p =
             PeerSet::new(me, PeerConfig { min_peers: 1, ..Default::default() }, &[], Time::ZERO);
@@ -164,7 +165,11 @@ fn a_refused_dial_backs_off_and_dials_the_peers_it_was_handed_instead() {
     let config = PeerConfig { min_peers: 1, max_peers: 3, ..PeerConfig::default() };
     let mut p = PeerSet::new("me", config, &["a:1".to_owned()], Time::ZERO);
     assert_eq!(p.on_tick(Time::ZERO), vec![PeerAction::Dial { addr: "a:1".into() }]);
-    p.on_dial_refused("a:1", &[PeerAddr { node: "b".into(), addr: "b:1".into() }], Time::ZERO);
+    p.on_dial_refused(
+        "a:1",
+        &[PeerAddr { zone: String::new(), node: "b".into(), addr: "b:1".into() }],
+        Time::ZERO,
+    );
     // The full anchor is not reputation-punished, and not redialled at once.
     assert!(p.views(Time::ZERO).is_empty());
     let dials: Vec<_> = p
@@ -178,8 +183,9 @@ fn a_refused_dial_backs_off_and_dials_the_peers_it_was_handed_instead() {
 #[test]
 fn learned_addresses_are_bounded() {
     let mut p = set(&[]);
-    let flood: Vec<PeerAddr> =
-        (0..2000).map(|i| PeerAddr { node: format!("n{i}"), addr: format!("a{i}:1") }).collect();
+    let flood: Vec<PeerAddr> = (0..2000)
+        .map(|i| PeerAddr { zone: String::new(), node: format!("n{i}"), addr: format!("a{i}:1") })
+        .collect();
     for chunk in flood.chunks(32) {
         p.on_exchange(chunk, Time::ZERO);
     }
@@ -203,7 +209,10 @@ fn an_anchor_that_backs_off_is_not_replaced_by_a_learned_peer_beyond_min_peers()
     let config = PeerConfig { min_peers: 1, max_peers: 3, ..PeerConfig::default() };
     let mut p = PeerSet::new("me", config, &["a:1".to_owned()], Time::ZERO);
     p.on_connected("c", "c:1", Time::ZERO).unwrap();
-    p.on_exchange(&[PeerAddr { node: "d".into(), addr: "d:1".into() }], Time::ZERO);
+    p.on_exchange(
+        &[PeerAddr { zone: String::new(), node: "d".into(), addr: "d:1".into() }],
+        Time::ZERO,
+    );
     p.on_tick(Time::ZERO);
     p.on_dial_failed("a:1", Time::ZERO);
     // The anchor backs off; min peers is met, so nobody else is dialled meanwhile.
@@ -235,7 +244,11 @@ fn a_member_that_lost_its_anchor_for_an_interval_dials_it_then_a_lost_member_it_
     let mut p = set(&["anchor:1"]);
     p.on_tick(Time::ZERO);
     p.on_connected("anchor", "anchor:1", Time::ZERO).unwrap();
-    let peers = ["b", "c", "d"].map(|n| PeerAddr { node: n.into(), addr: format!("{n}:1") });
+    let peers = ["b", "c", "d"].map(|n| PeerAddr {
+        zone: String::new(),
+        node: n.into(),
+        addr: format!("{n}:1"),
+    });
     p.on_exchange(&peers, Time::ZERO);
     for n in ["b", "c", "d"] {
         p.on_connected(n, &format!("{n}:1"), Time::ZERO).unwrap();
@@ -250,7 +263,7 @@ fn a_member_that_lost_its_anchor_for_an_interval_dials_it_then_a_lost_member_it_
     assert_eq!(p.rejoin(secs(103), lost), None, "not before an exchange interval");
     assert_eq!(p.rejoin(secs(113), lost), Some(PeerAction::Dial { addr: "anchor:1".into() }));
     // Full, it turns us away with members on its side, which we cannot reach either.
-    let far = [PeerAddr { node: "z".into(), addr: "z:1".into() }];
+    let far = [PeerAddr { zone: String::new(), node: "z".into(), addr: "z:1".into() }];
     p.on_dial_refused("anchor:1", &far, secs(113));
     let lost = |n: &str| !matches!(n, "anchor" | "z");
     assert_eq!(p.rejoin(secs(116), lost), None, "one rejoin dial per interval or so");
@@ -270,8 +283,10 @@ fn with_areas_a_member_seeks_its_own_area_and_one_long_link_never_an_anchor_for_
     assert_eq!(p.on_tick(Time::ZERO), vec![PeerAction::Dial { addr: "anchor:1".into() }]);
     p.on_connected("anchor", "anchor:1", Time::ZERO).unwrap();
     let names: Vec<String> = (0..40).map(|i| format!("m{i}")).collect();
-    let peers: Vec<PeerAddr> =
-        names.iter().map(|n| PeerAddr { node: n.clone(), addr: format!("{n}:1") }).collect();
+    let peers: Vec<PeerAddr> = names
+        .iter()
+        .map(|n| PeerAddr { zone: String::new(), node: n.clone(), addr: format!("{n}:1") })
+        .collect();
     p.on_exchange(&peers, Time::ZERO);
     let dialled: Vec<String> = p
         .on_tick(secs(1))
@@ -299,7 +314,7 @@ fn with_areas_a_full_address_book_makes_room_for_its_own_area_and_refers_the_dia
         .map(|i| format!("f{i}"))
         .filter(|n| area_of(n, areas) != mine)
         .take(MAX_KNOWN)
-        .map(|n| PeerAddr { addr: format!("{n}:1"), node: n })
+        .map(|n| PeerAddr { zone: String::new(), addr: format!("{n}:1"), node: n })
         .collect();
     p.on_exchange(&foreign, Time::ZERO);
     assert_eq!(p.dials.len(), MAX_KNOWN);
@@ -307,7 +322,7 @@ fn with_areas_a_full_address_book_makes_room_for_its_own_area_and_refers_the_dia
         .map(|i| format!("o{i}"))
         .filter(|n| area_of(n, areas) == mine)
         .take(10)
-        .map(|n| PeerAddr { addr: format!("{n}:1"), node: n })
+        .map(|n| PeerAddr { zone: String::new(), addr: format!("{n}:1"), node: n })
         .collect();
     p.on_exchange(&own, Time::ZERO);
     assert_eq!(p.dials.len(), MAX_KNOWN, "still bounded");
@@ -359,7 +374,7 @@ fn with_areas_a_full_address_book_keeps_a_few_addresses_of_every_area() {
         .map(|i| format!("c{i}"))
         .filter(|n| area_of(n, areas) == crowded)
         .take(MAX_KNOWN)
-        .map(|n| PeerAddr { addr: format!("{n}:1"), node: n })
+        .map(|n| PeerAddr { zone: String::new(), addr: format!("{n}:1"), node: n })
         .collect();
     p.on_exchange(&fill, Time::ZERO);
     assert_eq!(p.dials.len(), MAX_KNOWN);
@@ -369,7 +384,7 @@ fn with_areas_a_full_address_book_keeps_a_few_addresses_of_every_area() {
         .map(|i| format!("r{i}"))
         .filter(|n| area_of(n, areas) == rare)
         .take(PER_AREA_KEPT + 3)
-        .map(|n| PeerAddr { addr: format!("{n}:1"), node: n })
+        .map(|n| PeerAddr { zone: String::new(), addr: format!("{n}:1"), node: n })
         .collect();
     p.on_exchange(&few, Time::ZERO);
     assert_eq!(p.dials.len(), MAX_KNOWN, "still bounded");
@@ -384,7 +399,7 @@ fn with_areas_a_peer_exchange_tells_the_neighbours_area_first_and_a_few_of_any_a
     let mut p = PeerSet::new("me", PeerConfig::default(), &[], Time::ZERO).with_areas(areas);
     let known: Vec<PeerAddr> = (0..200)
         .map(|i| format!("k{i}"))
-        .map(|n| PeerAddr { addr: format!("{n}:1"), node: n })
+        .map(|n| PeerAddr { zone: String::new(), addr: format!("{n}:1"), node: n })
         .collect();
     p.on_exchange(&known, Time::ZERO);
     let neighbour = "k0";
@@ -409,8 +424,10 @@ fn with_areas_a_member_that_knows_no_one_of_its_area_asks_others_and_backs_off()
     let mut p = PeerSet::new("me", PeerConfig::default(), &anchors, Time::ZERO).with_areas(areas);
     // Joined through the first anchor, and linked only to other areas' members.
     p.on_connected(&first, &anchors[0], Time::ZERO).unwrap();
-    let peers: Vec<PeerAddr> =
-        foreign.take(3).map(|n| PeerAddr { addr: format!("{n}:1"), node: n }).collect();
+    let peers: Vec<PeerAddr> = foreign
+        .take(3)
+        .map(|n| PeerAddr { zone: String::new(), addr: format!("{n}:1"), node: n })
+        .collect();
     p.on_exchange(&peers, Time::ZERO);
     for n in &peers {
         p.on_connected(&n.node, &n.addr, Time::ZERO).unwrap();
@@ -442,7 +459,11 @@ fn with_areas_a_member_that_knows_no_one_of_its_area_asks_others_and_backs_off()
     assert!(dials < 20, "{dials} lookups in ten minutes");
     // The anchor turns us away with a member of our area: no more lookups.
     let own = (0..).map(|i| format!("o{i}")).find(|n| area_of(n, areas) == mine).unwrap();
-    p.on_dial_refused(&other, &[PeerAddr { addr: format!("{own}:1"), node: own }], secs(600));
+    p.on_dial_refused(
+        &other,
+        &[PeerAddr { zone: String::new(), addr: format!("{own}:1"), node: own }],
+        secs(600),
+    );
     for s in 601..1200 {
         assert_eq!(rejoin(&mut p, s), None, "at {s} s");
     }

@@ -320,7 +320,8 @@ impl Node {
         let seqno = secs.wrapping_mul(SEQNO_PER_SECOND) as u32;
         let routes = RouteTable::new(&me, seqno, config.routing.clone(), now);
         let peers = PeerSet::new(&me, config.peers.clone(), &config.anchors, now)
-            .with_areas(config.routing.areas);
+            .with_areas(config.routing.areas)
+            .with_zone(&config.zone);
         let control = ControlVerifier::new(store.clone(), identity.network(), config.rbac.clone())
             .started_at(wall);
         let mut node = Node {
@@ -509,6 +510,7 @@ impl Node {
             );
         }
         self.peers.on_connected(&node, &addr, now)?;
+        self.peers.on_zone(&node, &zone);
         let first = rtt.unwrap_or(INITIAL_RTT);
         let penalty = self.zone_penalty(&zone);
         let cost = link_cost(first).saturating_add(penalty);
