@@ -599,12 +599,7 @@ impl PeerSet {
     /// linked; with `above`, only from the area we know most addresses of, and only if that is
     /// more than `above`. Whether there was one.
     fn forget_one_foreign(&mut self, above: Option<usize>) -> bool {
-        let linked: Vec<&str> = self
-            .peers
-            .values()
-            .filter(|p| p.connected_since.is_some())
-            .map(|p| p.addr.as_str())
-            .collect();
+        let linked = self.linked_addrs();
         let spare = |(a, d): &(&String, &Dial)| {
             !d.anchor && !d.in_flight && !self.dial_in_my_area(d) && !linked.contains(&a.as_str())
         };
@@ -627,6 +622,15 @@ impl PeerSet {
             }
         };
         victim.is_some_and(|a| self.dials.remove(&a).is_some())
+    }
+
+    /// The addresses of the peers we hold a link to.
+    fn linked_addrs(&self) -> Vec<&str> {
+        self.peers
+            .values()
+            .filter(|p| p.connected_since.is_some())
+            .map(|p| p.addr.as_str())
+            .collect()
     }
 
     /// Addresses known in `area`.
@@ -886,11 +890,13 @@ impl PeerSet {
                 && (self.areas <= 1 || self.in_my_area(n))
         });
         let flying = || self.dials.values().any(|d| d.in_flight && self.crosses_zone(d));
-        let connected =
-            |a: &str| self.peers.values().any(|p| p.connected_since.is_some() && p.addr == a);
         let known = || {
+            let connected = self.linked_addrs();
             self.dials.iter().any(|(a, d)| {
-                self.crosses_zone(d) && !d.in_flight && d.next <= now && !connected(a)
+                self.crosses_zone(d)
+                    && !d.in_flight
+                    && d.next <= now
+                    && !connected.contains(&a.as_str())
             })
         };
         !linked && !flying() && known()
@@ -1067,12 +1073,7 @@ impl PeerSet {
         if now.saturating_sub(since) < AREA_CHECK || now < self.next_area_lookup {
             return None;
         }
-        let linked: Vec<&str> = self
-            .peers
-            .values()
-            .filter(|p| p.connected_since.is_some())
-            .map(|p| p.addr.as_str())
-            .collect();
+        let linked = self.linked_addrs();
         let mine = fnv1a(FNV_OFFSET, me.as_bytes()) ^ u64::from(self.area_lookups);
         // Anyone we know and hold no link to, anchors included, a different one each time:
         // an address book filled by peer exchanges holds a few members of every area, and the

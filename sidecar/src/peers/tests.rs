@@ -468,3 +468,40 @@ fn with_areas_a_member_that_knows_no_one_of_its_area_asks_others_and_backs_off()
         assert_eq!(rejoin(&mut p, s), None, "at {s} s");
     }
 }
+
+#[test]
+fn with_a_zone_a_member_dials_its_own_zone_first_and_keeps_one_link_out_of_it() {
+    let mut p = PeerSet::new("me", PeerConfig::default(), &[], Time::ZERO).with_zone("a");
+    let peers: Vec<PeerAddr> = (0..12)
+        .map(|i| PeerAddr {
+            node: format!("n{i}"),
+            addr: format!("n{i}:1"),
+            zone: if i % 3 == 0 { "a" } else { "b" }.into(),
+        })
+        .collect();
+    p.on_exchange(&peers, Time::ZERO);
+    let zone_of = |addr: &str| peers.iter().find(|x| x.addr == addr).unwrap().zone.clone();
+    let dialled: Vec<String> = p
+        .on_tick(secs(1))
+        .into_iter()
+        .filter_map(|a| match a {
+            PeerAction::Dial { addr } => Some(zone_of(&addr)),
+            _ => None,
+        })
+        .collect();
+    // min_peers 3, all of zone a (4 are known), and one more to zone b: none is held yet.
+    assert_eq!(dialled.iter().filter(|z| *z == "a").count(), 3, "{dialled:?}");
+    assert_eq!(dialled.iter().filter(|z| *z == "b").count(), 1, "{dialled:?}");
+    // Once linked that way it seeks nothing more.
+    for x in [0, 3, 6, 1].map(|i| &peers[i]) {
+        p.on_connected(&x.node, &x.addr, secs(1)).unwrap();
+        p.on_zone(&x.node, &x.zone);
+    }
+    let again = p.on_tick(secs(5));
+    assert!(again.iter().all(|a| !matches!(a, PeerAction::Dial { .. })), "{again:?}");
+    // Without a zone of its own, zones play no part: no extra dial.
+    let mut q = PeerSet::new("me", PeerConfig::default(), &[], Time::ZERO);
+    q.on_exchange(&peers, Time::ZERO);
+    let dials = q.on_tick(secs(1)).iter().filter(|a| matches!(a, PeerAction::Dial { .. })).count();
+    assert_eq!(dials, 3);
+}
