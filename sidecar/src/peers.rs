@@ -212,7 +212,7 @@ pub struct PeerView {
     pub level: Level,
     pub connected: bool,
     pub rtt_ms: Option<f64>,
-    /// Its zone, as its hello named it (linked peers with a known zone).
+    /// Its zone, as its hello last named it (peers ever linked, with a known zone).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub zone: Option<String>,
 }
@@ -1105,7 +1105,7 @@ impl PeerSet {
                 level: level_of(p, now),
                 connected: p.connected_since.is_some(),
                 rtt_ms: p.rtt.map(|r| r.as_secs_f64() * 1e3),
-                zone: None,
+                zone: Some(p.zone.clone()).filter(|z| !z.is_empty()),
             })
             .collect()
     }

@@ -432,11 +432,7 @@ impl Node {
     }
 
     pub fn peer_views(&self, now: Time) -> Vec<PeerView> {
-        let mut views = self.peers.views(now);
-        for v in &mut views {
-            v.zone = self.links.get(&v.node).map(|l| l.zone.clone()).filter(|z| !z.is_empty());
-        }
-        views
+        self.peers.views(now)
     }
 
     /// What crossing from our zone into `zone` adds to a link's cost: nothing while either
