@@ -155,8 +155,9 @@ pub struct Routing {
     #[schemars(range(min = 1, max = 4096))]
     pub areas: i32,
     /// What a link between members of different zones adds to its cost (a hop costs 100 to
-    /// 1,000 by its round-trip time; the default 500 is five LAN hops). A member's zone is its
-    /// node's `topology.kubernetes.io/zone`. Traffic between members of one zone stays in the
+    /// 1,000 by its round-trip time; the default 500 is five LAN hops). A member's zone is what
+    /// its sidecar is given (`GENESIS_ZONE`); the operator does not pass the node's
+    /// `topology.kubernetes.io/zone` in yet. Traffic between members of one zone stays in the
     /// zone while a path there is at most this much dearer; 0 turns it off.
     #[serde(default = "default_zone_penalty")]
     #[schemars(range(min = 0, max = 2000))]

@@ -81,7 +81,7 @@ pub struct Settings {
     /// network must use the same value.
     #[arg(long, env = "GENESIS_AREAS")]
     pub areas: Option<u16>,
-    /// This member's zone (a Kubernetes label value; in a cluster, its node's
+    /// This member's zone (a Kubernetes label value, such as its node's
     /// `topology.kubernetes.io/zone`). Empty or unset: not known, no link is charged for it.
     #[arg(long, env = "GENESIS_ZONE")]
     pub zone: Option<String>,

@@ -172,14 +172,19 @@ impl Crl {
         if !rest.is_empty() {
             return Err(malformed(format!("{} trailing bytes", rest.len())));
         }
-        // RFC 5280 5.1.1.2: the outer signatureAlgorithm must be the tbsCertList's signature
-        // field. It lies outside the signed bytes, and the parser accepts it under a wrong
-        // tag, so one CRL could have two encodings: compare the encodings byte for byte.
-        if outer_algorithm(der, crl.tbs_cert_list.as_ref())
-            != inner_algorithm(crl.tbs_cert_list.as_ref())
-        {
+        // Everything outside the signed bytes must be the one DER encoding of what was
+        // parsed: the outer SEQUENCE, a signatureAlgorithm equal to the tbsCertList's signature
+        // field (RFC 5280 5.1.1.2) and the signature BIT STRING. The parser accepts some of
+        // them under a wrong tag (the algorithm, then the outer SEQUENCE's 0x30 as 0xb0, both
+        // found by the hostile-input test), which gave one CRL two verifying encodings.
+        let tbs = crl.tbs_cert_list.as_ref();
+        let canonical =
+            inner_algorithm(tbs).map(|alg| canonical_crl(tbs, alg, &crl.signature_value.data));
+        if canonical.as_deref() != Some(der) {
             return Err(malformed(
-                "signatureAlgorithm differs from the tbsCertList's signature field".into(),
+                "not the DER encoding of its parts (the outer SEQUENCE, a signatureAlgorithm \
+                 equal to the tbsCertList's, the signature BIT STRING)"
+                    .into(),
             ));
         }
         let number = crl
@@ -295,10 +300,29 @@ fn header_len(b: &[u8]) -> Option<usize> {
     Some(if first < 0x80 { 2 } else { 2 + usize::from(first & 0x7f) })
 }
 
-/// The encoded signatureAlgorithm that follows `tbs` in the CRL `der`.
-fn outer_algorithm<'a>(der: &'a [u8], tbs: &[u8]) -> Option<&'a [u8]> {
-    let rest = der.get(header_len(der)? + tbs.len()..)?;
-    rest.get(..element_len(rest)?)
+/// A DER length.
+fn der_len(n: usize) -> Vec<u8> {
+    match n {
+        0..=0x7f => vec![n as u8],
+        0x80..=0xff => vec![0x81, n as u8],
+        0x100..=0xffff => vec![0x82, (n >> 8) as u8, n as u8],
+        _ => vec![0x83, (n >> 16) as u8, (n >> 8) as u8, n as u8],
+    }
+}
+
+/// The DER encoding of a CRL: SEQUENCE { tbs, alg, BIT STRING (no unused bits) sig }.
+fn canonical_crl(tbs: &[u8], alg: &[u8], sig: &[u8]) -> Vec<u8> {
+    let mut bits = vec![0x03];
+    bits.extend(der_len(sig.len() + 1));
+    bits.push(0);
+    bits.extend_from_slice(sig);
+    let body = tbs.len() + alg.len() + bits.len();
+    let mut out = vec![0x30];
+    out.extend(der_len(body));
+    out.extend_from_slice(tbs);
+    out.extend_from_slice(alg);
+    out.extend(bits);
+    out
 }
 
 /// The encoded signature field of the tbsCertList (after the optional version).

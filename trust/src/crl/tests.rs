@@ -100,12 +100,12 @@ fn crl_from_another_authority_fails_signature_check() {
     assert!(matches!(crl.verify_signed_by(ours.cert_der()), Err(Error::CrlSignature { .. })));
 }
 
-/// The outer signatureAlgorithm is not covered by the signature; a CRL whose copy of it is
-/// encoded differently (here: the SEQUENCE tag flipped to an application tag, which the
-/// parser accepts) would be a second, still verifying encoding. The hostile-input test found
-/// it.
+/// Nothing outside the signed bytes may be encoded another way: the outer signatureAlgorithm
+/// (here its SEQUENCE tag flipped to an application tag), the outer SEQUENCE's own tag (0x30
+/// as 0xb0) and the signature BIT STRING's unused-bits byte. The parser accepts the first two,
+/// each a second, still verifying encoding of one CRL (the hostile-input test found both).
 #[test]
-fn an_outer_signature_algorithm_that_differs_from_the_signed_one_is_refused() {
+fn a_crl_encoded_otherwise_outside_its_signed_bytes_is_refused() {
     let now = SystemTime::now();
     let ca = ca(now);
     let crl = ca.sign_crl(&RevocationList::default(), now, now + hours(12)).unwrap();
@@ -116,9 +116,25 @@ fn an_outer_signature_algorithm_that_differs_from_the_signed_one_is_refused() {
         header_len(&der).unwrap() + parsed.tbs_cert_list.as_ref().len()
     };
     assert_eq!(der[tbs_end], 0x30, "the outer AlgorithmIdentifier SEQUENCE");
+    let refused = |at: usize, byte: u8| {
+        let mut other = der.clone();
+        other[at] = byte;
+        let e = Crl::parse(&other).unwrap_err().to_string();
+        assert!(e.contains("not the DER encoding of its parts"), "{e}");
+    };
+    refused(tbs_end, 0x70);
+    refused(0, 0xb0);
+    let unused_bits = der.len() - crl_signature_len(&der) - 1;
+    assert_eq!(der[unused_bits], 0, "no unused bits in the signature");
     let mut other = der.clone();
-    other[tbs_end] = 0x70;
-    let e = Crl::parse(&other).unwrap_err().to_string();
-    assert!(e.contains("signatureAlgorithm differs"), "{e}");
+    other[unused_bits] = 1; // the parser refuses this one itself
+    assert!(Crl::parse(&other).is_err());
     assert!(Crl::parse(&der).is_ok());
+}
+
+/// The signature's length, from the BIT STRING that ends `der`.
+fn crl_signature_len(der: &[u8]) -> usize {
+    let (_, parsed) =
+        x509_parser::revocation_list::CertificateRevocationList::from_der(der).unwrap();
+    parsed.signature_value.data.len()
 }
