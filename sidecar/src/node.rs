@@ -287,32 +287,23 @@ impl Core {
             m.peer_reputation.with_label_values(&[&p.node]).set(i64::from(p.score));
         }
         m.routes_by_hops.reset();
+        // Links and routes (by next hop) per zone relation: same, other, unknown.
         let mine = self.node.zone();
         let relation = |zone: Option<&str>| match zone {
-            _ if mine.is_empty() => "unknown",
-            None => "unknown",
-            Some(z) if z == mine => "same",
-            Some(_) => "other",
+            Some(z) if !mine.is_empty() => usize::from(z != mine),
+            _ => 2,
         };
-        let mut by_zone = [("same", 0i64, 0i64), ("other", 0, 0), ("unknown", 0, 0)];
-        let mut count = |zone: Option<&str>, link: bool| {
-            let at = by_zone.iter_mut().find(|(r, _, _)| *r == relation(zone)).expect("one of 3");
-            if link {
-                at.1 += 1;
-            } else {
-                at.2 += 1;
-            }
-        };
+        let (mut links, mut routes) = ([0i64; 3], [0i64; 3]);
         for p in views.iter().filter(|p| p.connected) {
-            count(p.zone.as_deref(), true);
+            links[relation(p.zone.as_deref())] += 1;
         }
         for r in self.node.routes() {
             m.routes_by_hops.with_label_values(&[&r.hops.to_string()]).inc();
-            count(r.next_hop_zone.as_deref(), false);
+            routes[relation(r.next_hop_zone.as_deref())] += 1;
         }
-        for (zone, links, routes) in by_zone {
-            m.links_by_zone.with_label_values(&[zone]).set(links);
-            m.routes_by_zone.with_label_values(&[zone]).set(routes);
+        for (i, zone) in ["same", "other", "unknown"].into_iter().enumerate() {
+            m.links_by_zone.with_label_values(&[zone]).set(links[i]);
+            m.routes_by_zone.with_label_values(&[zone]).set(routes[i]);
         }
     }
 

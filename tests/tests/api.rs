@@ -114,3 +114,44 @@ fn refusals_are_clear_http_errors_and_readyz_names_its_checks() {
     assert_eq!(s, 404);
     drop(b);
 }
+
+/// Zones as real sidecars report them: s0 and s1 in zone a, s2 in zone b, all linked to s0.
+/// The admin API names each peer's zone and each route's next-hop zone, and the gauges count
+/// links and routes by zone.
+#[test]
+fn zones_show_in_the_admin_api_and_the_metrics() {
+    let net = Subnet::new();
+    let auth = Authority::start(&net, "zones", "24h");
+    let nodes: Vec<Sidecar> = ["a", "a", "b"]
+        .iter()
+        .enumerate()
+        .map(|(i, zone)| {
+            let anchors = if i == 0 { vec![] } else { vec![format!("{}:7000", net.ip(1))] };
+            let extra = vec!["--zone".into(), (*zone).into()];
+            let opts = SidecarOptions { anchors, min_peers: 1, extra, ..Default::default() };
+            Sidecar::start(&auth, &format!("s{i}"), &net.ip(i as u8 + 1), &opts)
+        })
+        .collect();
+    let s0 = &nodes[0];
+    wait_for(Duration::from_secs(30), "s0 to route to both", || s0.routes().len() == 2);
+    let peers = s0.admin_json("/admin/peers");
+    let zone_of = |node: &str| {
+        peers.as_array().unwrap().iter().find(|p| p["node"] == node).map(|p| p["zone"].clone())
+    };
+    assert_eq!(zone_of("s1"), Some("a".into()), "{peers}");
+    assert_eq!(zone_of("s2"), Some("b".into()), "{peers}");
+    let routes = s0.admin_json("/admin/routes");
+    let via = |dest: &str| {
+        let r = routes.as_array().unwrap().iter().find(|r| r["dest"] == dest).unwrap().clone();
+        (r["next_hop"].clone(), r["next_hop_zone"].clone())
+    };
+    assert_eq!(via("s2"), ("s2".into(), "b".into()), "{routes}");
+    // The gauges refresh once a second.
+    wait_for(Duration::from_secs(5), "the zone gauges", || {
+        let gauge = |name: &str, zone: &str| s0.metric(name, &format!("zone=\"{zone}\""));
+        gauge("genesis_sidecar_links_by_zone", "other") == 1.0
+            && gauge("genesis_sidecar_routes_by_zone", "other") >= 1.0
+            && gauge("genesis_sidecar_links_by_zone", "same") >= 1.0
+            && gauge("genesis_sidecar_links_by_zone", "unknown") == 0.0
+    });
+}
