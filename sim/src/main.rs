@@ -5,11 +5,6 @@ use std::time::Duration;
 
 use clap::Parser;
 
-/// Millions of small route and frame objects come and go in a large run; mimalloc's
-/// per-thread free lists serve them faster than glibc malloc (docs/BENCHMARKS.md).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// Simulate a Genesis Mesh network of N members in virtual time (the sidecar's own protocol
 /// code, real certificates and signatures) and report convergence, revocation, control
 /// coverage, steady-state churn and cost. Exits 1 if an invariant broke.
