@@ -326,6 +326,17 @@ pub fn routes(args: &NodeArgs) -> ExitCode {
     )
 }
 
+/// `services NODE`: the services the member knows, nearest member first per name; `metric`
+/// "-" where it holds no route to the member now, `expires_in_secs` "-" on its own.
+pub fn services(args: &NodeArgs) -> ExitCode {
+    table_of(
+        args,
+        "services",
+        "/admin/services",
+        &["name", "member", "port", "metric", "expires_in_secs"],
+    )
+}
+
 fn table_of(args: &NodeArgs, command: &str, path: &str, columns: &[&str]) -> ExitCode {
     let answer = args
         .mesh

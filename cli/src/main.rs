@@ -93,6 +93,8 @@ enum Command {
     Peers(inspect::NodeArgs),
     /// A member's routes with metrics and next hops.
     Routes(inspect::NodeArgs),
+    /// The services a member knows across the mesh (name, member, port, route metric).
+    Services(inspect::NodeArgs),
     /// Revoke a member: sign a new CRL, push it into the mesh, wait until it is cut off.
     Revoke(revoke::RevokeArgs),
     /// Send a signed control message (drain, shutdown, route-reset, log-level, policy-update).
@@ -184,6 +186,7 @@ fn main() -> ExitCode {
         Command::Status(args) => inspect::status(&args),
         Command::Peers(args) => inspect::peers(&args),
         Command::Routes(args) => inspect::routes(&args),
+        Command::Services(args) => inspect::services(&args),
         Command::Revoke(args) => revoke::run(&args),
         Command::Control(args) => control::run(&args),
         Command::Check(args) => check::run(&args),

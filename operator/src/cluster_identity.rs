@@ -222,6 +222,32 @@ impl ClusterIssuer {
     }
 }
 
+impl ClusterIssuer {
+    /// The zone of the node the member's pod runs on (its `topology.kubernetes.io/zone`
+    /// label), if the pod is scheduled and the node has one. Never a reason to refuse an
+    /// issuance: without it the member simply has no zone.
+    async fn zone_of(&self, namespace: &str, pod: &str) -> Option<String> {
+        use k8s_openapi::api::core::v1::{Node, Pod};
+        let pods: Api<Pod> = Api::namespaced(self.ctx.client.clone(), namespace);
+        let lookup = async {
+            let node_name = pods.get_opt(pod).await?.and_then(|p| p.spec?.node_name);
+            let Some(node_name) = node_name else { return Ok(None) };
+            let nodes: Api<Node> = Api::all(self.ctx.client.clone());
+            let node = nodes.get_opt(&node_name).await?;
+            Ok::<_, kube::Error>(
+                node.and_then(|n| n.metadata.labels?.get(genesis_trust::join::ZONE_LABEL).cloned()),
+            )
+        };
+        match lookup.await {
+            Ok(zone) => zone.filter(|z| !z.is_empty()),
+            Err(e) => {
+                tracing::warn!(%namespace, %pod, error = %e, "cannot read the member's node zone: it gets none");
+                None
+            }
+        }
+    }
+}
+
 impl Issuer for ClusterIssuer {
     fn served<'a>(&'a self, server_name: Option<&'a str>) -> Pending<'a, Arc<Served>> {
         Box::pin(async move {
@@ -276,6 +302,7 @@ impl Issuer for ClusterIssuer {
                 crl: B64.encode(trust.crl.der()),
                 not_after: unix(issued.not_after),
                 renewal_time: unix(issued.renewal_time),
+                zone: self.zone_of(namespace, pod).await,
             })
         })
     }

@@ -192,6 +192,8 @@ impl Issuer for LocalIssuer {
                 crl: B64.encode(crl.der()),
                 not_after: unix(issued.not_after),
                 renewal_time: unix(issued.renewal_time),
+                // No cluster here: a local member's zone is its own --zone.
+                zone: None,
             })
         })();
         Box::pin(std::future::ready(answer))
@@ -260,6 +262,13 @@ impl IdentityService {
     ) -> Response<Full<Bytes>> {
         match (req.method(), req.uri().path()) {
             (&Method::POST, CERTIFICATES_PATH) => {
+                let wants_zone = req
+                    .headers()
+                    .get_all(genesis_trust::join::FEATURES_HEADER)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .flat_map(|v| v.split(','))
+                    .any(|f| f.trim() == genesis_trust::join::FEATURE_ZONE);
                 let body = match Limited::new(req.into_body(), MAX_REQUEST_BYTES).collect().await {
                     Ok(b) => b.to_bytes(),
                     Err(e) => {
@@ -275,7 +284,10 @@ impl IdentityService {
                 let timer = self.metrics.issue_seconds.start_timer();
                 let kind = if caller.is_some() { "renewal" } else { "join" };
                 let response = match self.issue(&served, &request, caller.as_ref()).await {
-                    Ok(resp) => {
+                    Ok(mut resp) => {
+                        if !wants_zone {
+                            resp.zone = None; // a sidecar that would refuse the field
+                        }
                         timer.observe_duration();
                         self.metrics.issued.with_label_values(&[kind]).inc();
                         json(StatusCode::OK, &resp)

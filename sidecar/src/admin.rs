@@ -1,5 +1,6 @@
 //! Admin and health endpoints: `/healthz` (alive), `/readyz` (deep checks, each named),
-//! `/admin/identity`, `/admin/peers`, `/admin/routes`, `/metrics` (Prometheus text).
+//! `/admin/identity`, `/admin/peers`, `/admin/routes`, `/admin/services`, `/admin/relay`,
+//! `/metrics` (Prometheus text).
 
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
@@ -198,6 +199,7 @@ pub async fn handle(
                 &serde_json::json!({
                     "identity": shared.identity.uri(),
                     "node": shared.identity.node(),
+                    "zone": shared.config.zone,
                     "serial": info.as_ref().map(|i| i.serial.to_string()),
                     "fingerprint": info.as_ref().map(|i| i.fingerprint.clone()),
                     "notAfter": unix(tls.not_after),
@@ -212,6 +214,10 @@ pub async fn handle(
         }
         "/admin/peers" => json(StatusCode::OK, &snap.peers),
         "/admin/routes" => json(StatusCode::OK, &snap.routes),
+        "/admin/services" => json(StatusCode::OK, &snap.services),
+        "/admin/relay" => {
+            json(StatusCode::OK, &shared.relay().view(shared.now(), crate::relay::TRACKED))
+        }
         _ => error(StatusCode::NOT_FOUND, &format!("no endpoint {path}")),
     }
 }

@@ -4,6 +4,9 @@
 //! | request | answer |
 //! |---|---|
 //! | `CONNECT <node>.<network>:<port>` | 200 then a tunnel; 400 bad target, 403 port not allowed, 502 no route or refused |
+//! | `CONNECT <service>.svc.<network>:<port>` | the same, to the nearest reachable member offering the service on that port (`genesis-member` names it), the next if it refuses |
+//! | `GET /v1/services` | 200 every service known across the mesh |
+//! | `PUT /v1/services/<name>` `{"port": N}` / `DELETE` | 204 offered (or withdrawn) mesh-wide |
 //! | `POST /v1/messages/<node>` | 200 receipt; 404 no route, 413 too large, 502/504 not delivered |
 //! | `GET /v1/messages?wait=<ms>` | 200 list of received messages (waits up to `wait` for one) |
 //! | `POST /v1/broadcast` | 202 flooded to every member |
@@ -68,6 +71,14 @@ pub async fn handle(
             }
             publish(shared, req, topic).await
         }
+        (Method::GET, ["v1", "services"]) => match crate::admin::snapshot(&shared).await {
+            Some(snap) => json(StatusCode::OK, &snap.services),
+            None => error(StatusCode::SERVICE_UNAVAILABLE, "sidecar stopping"),
+        },
+        (method @ (Method::PUT | Method::DELETE), ["v1", "services", name]) => {
+            let name = name.to_string();
+            offer(shared, req, name, method == Method::PUT).await
+        }
         (method @ (Method::PUT | Method::DELETE), ["v1", "subscriptions", topic]) => {
             if let Err(e) = check_topic(topic) {
                 return error(StatusCode::BAD_REQUEST, &e);
@@ -84,23 +95,34 @@ pub async fn handle(
     }
 }
 
+/// Where a CONNECT goes.
+enum Target {
+    Member(String),
+    Service(String),
+}
+
+/// A tunnel's far side: an end-to-end stream to a member, or this member's own app.
+trait Tunnel: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Tunnel for T {}
+
 async fn connect(shared: Arc<Shared>, mut req: Request<Incoming>) -> Response<Body> {
-    let usage = format!("CONNECT <node>.{}:<port>", shared.config.network);
+    let network = &shared.config.network;
+    let usage = format!("CONNECT <node>.{network}:<port> or <service>.svc.{network}:<port>");
     let Some(authority) = req.uri().authority().cloned() else {
         return error(StatusCode::BAD_REQUEST, &format!("missing target: use {usage}"));
     };
     let Some(port) = authority.port_u16() else {
         return error(StatusCode::BAD_REQUEST, &format!("missing port: use {usage}"));
     };
-    let suffix = format!(".{}", shared.config.network);
-    let Some(node) = authority.host().strip_suffix(&suffix).map(str::to_owned) else {
+    let host = authority.host();
+    let target = if let Some(name) = host.strip_suffix(&format!(".svc.{network}")) {
+        Target::Service(name.to_owned())
+    } else if let Some(node) = host.strip_suffix(&format!(".{network}")) {
+        Target::Member(node.to_owned())
+    } else {
         return error(
             StatusCode::BAD_REQUEST,
-            &format!(
-                "{} is not a member of network {}: use {usage}",
-                authority.host(),
-                shared.config.network
-            ),
+            &format!("{host} is not a member or service of network {network}: use {usage}"),
         );
     };
     if !shared.config.allowed_ports.contains(&port) {
@@ -112,19 +134,29 @@ async fn connect(shared: Arc<Shared>, mut req: Request<Incoming>) -> Response<Bo
             ),
         );
     }
-    if !has_route(&shared, &node).await {
-        return error(
-            StatusCode::BAD_GATEWAY,
-            &format!("no route to {node} (unknown member or unreachable)"),
-        );
-    }
-    let mut tunnel = match open_tunnel(&shared, &node, port).await {
-        Ok(t) => t,
-        // NB: a port outside the network's list was refused above (403); the old check for
-        // "not allowed" in the text here only caught a destination configured differently.
-        Err(e) => return error(StatusCode::BAD_GATEWAY, &e.to_string()),
+    let (member, mut tunnel) = match target {
+        Target::Member(node) => {
+            if !has_route(&shared, &node).await {
+                return error(
+                    StatusCode::BAD_GATEWAY,
+                    &format!("no route to {node} (unknown member or unreachable)"),
+                );
+            }
+            match open_tunnel(&shared, &node, port).await {
+                Ok(t) => (node, Box::new(t) as Box<dyn Tunnel>),
+                // NB: a port outside the network's list was refused above (403); the old check
+                // for "not allowed" in the text here only caught a destination configured
+                // differently.
+                Err(e) => return error(StatusCode::BAD_GATEWAY, &e.to_string()),
+            }
+        }
+        Target::Service(name) => match open_service(&shared, &name, port).await {
+            Ok(opened) => opened,
+            Err(response) => return response,
+        },
     };
     let on_upgrade = hyper::upgrade::on(&mut req);
+    let node = member.clone();
     tokio::spawn(async move {
         let Ok(upgraded) = on_upgrade.await else { return };
         // Back to the app's own TCP socket, so a broken tunnel can reset it.
@@ -150,7 +182,129 @@ async fn connect(shared: Arc<Shared>, mut req: Request<Incoming>) -> Response<Bo
             }
         }
     });
-    Response::builder().status(StatusCode::OK).body(Body::default()).expect("valid")
+    Response::builder()
+        .status(StatusCode::OK)
+        .header("genesis-member", member)
+        .body(Body::default())
+        .expect("valid")
+}
+
+/// Opens a tunnel to the nearest reachable member offering service `name` on `port`, failing
+/// over to the next when one refuses. This member's own app when it offers the service.
+async fn open_service(
+    shared: &Arc<Shared>,
+    name: &str,
+    port: u16,
+) -> Result<(String, Box<dyn Tunnel>), Response<Body>> {
+    if let Err(e) = crate::services::valid_name(name) {
+        return Err(error(StatusCode::BAD_REQUEST, &e));
+    }
+    let (reply, answer) = oneshot::channel();
+    let ask = Command::ResolveService { name: name.to_owned(), reply };
+    if shared.commands.send(ask).await.is_err() {
+        return Err(error(StatusCode::SERVICE_UNAVAILABLE, "sidecar stopping"));
+    }
+    let offers = answer.await.unwrap_or_default();
+    if offers.is_empty() {
+        return Err(error(
+            StatusCode::BAD_GATEWAY,
+            &format!(
+                "no reachable member offers service {name} (genesisctl services lists those known)"
+            ),
+        ));
+    }
+    let on_port: Vec<&String> = offers.iter().filter(|(_, p)| *p == port).map(|(m, _)| m).collect();
+    if on_port.is_empty() {
+        let mut ports: Vec<u16> = offers.iter().map(|(_, p)| *p).collect();
+        ports.sort_unstable();
+        ports.dedup();
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            &format!(
+                "service {name} is offered on port {ports:?}, not {port}: CONNECT {name}.svc.{}:{}",
+                shared.config.network, ports[0]
+            ),
+        ));
+    }
+    let mut tried = Vec::new();
+    for member in on_port {
+        if member == shared.identity.node() {
+            let app = (shared.config.app_host, port);
+            match tokio::net::TcpStream::connect(app).await {
+                Ok(s) => {
+                    let _ = s.set_nodelay(true);
+                    return Ok((member.clone(), Box::new(s)));
+                }
+                Err(e) => tried.push(format!("{member} (here): {e}")),
+            }
+            continue;
+        }
+        match open_tunnel(shared, member, port).await {
+            Ok(t) => return Ok((member.clone(), Box::new(t))),
+            Err(e) => {
+                tracing::info!(service = name, %member, error = %e, "service member refused: trying the next");
+                tried.push(format!("{member}: {e}"));
+            }
+        }
+    }
+    Err(error(
+        StatusCode::BAD_GATEWAY,
+        &format!("no member offering service {name} took the stream: {}", tried.join("; ")),
+    ))
+}
+
+/// `PUT /v1/services/<name>` (`{"port": N}`) offers a service mesh-wide; `DELETE` withdraws it.
+async fn offer(
+    shared: Arc<Shared>,
+    req: Request<Incoming>,
+    name: String,
+    put: bool,
+) -> Response<Body> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Offer {
+        port: u16,
+    }
+    if let Err(e) = crate::services::valid_name(&name) {
+        return error(StatusCode::BAD_REQUEST, &e);
+    }
+    let port = if put {
+        let body = match read_body(req).await {
+            Ok(b) => b,
+            Err(r) => return r,
+        };
+        let port = match serde_json::from_slice::<Offer>(&body) {
+            Ok(o) if o.port != 0 => o.port,
+            Ok(_) | Err(_) => {
+                return error(StatusCode::BAD_REQUEST, "the body must be {\"port\": <1-65535>}")
+            }
+        };
+        if !shared.config.allowed_ports.contains(&port) {
+            return error(
+                StatusCode::FORBIDDEN,
+                &format!(
+                    "port {port} is not in the network's allowed ports {:?}: members could not reach it",
+                    shared.config.allowed_ports
+                ),
+            );
+        }
+        Some(port)
+    } else {
+        None
+    };
+    let (reply, answer) = oneshot::channel();
+    let cmd = Command::OfferService { name, port, reply };
+    if shared.commands.send(cmd).await.is_err() {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "sidecar stopping");
+    }
+    match answer.await {
+        Ok(Ok(())) => {
+            Response::builder().status(StatusCode::NO_CONTENT).body(Body::default()).expect("valid")
+        }
+        Ok(Err(e @ Error::Invalid(_))) => error(StatusCode::BAD_REQUEST, &e.to_string()),
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+        Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "sidecar stopping"),
+    }
 }
 
 async fn has_route(shared: &Shared, node: &str) -> bool {

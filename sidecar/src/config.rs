@@ -90,6 +90,16 @@ pub struct Settings {
     /// not much longer.
     #[arg(long, env = "GENESIS_ZONE_PENALTY")]
     pub zone_penalty: Option<u16>,
+    /// The most of its data traffic this member relays for others, as a share in (0, 1]
+    /// (default 1: no limit). Above it, over the last 10 s and past 1 MiB relayed, it refuses
+    /// new streams through it with a reason and advertises its routes as costlier, so routes
+    /// steer around it; streams already through it go on (docs/SIDECAR.md, "Relay accounting").
+    #[arg(long, env = "GENESIS_MAX_RELAY_SHARE")]
+    pub max_relay_share: Option<f64>,
+    /// Services this member offers to the mesh, as `name=port` (comma separated): members reach
+    /// one with `CONNECT <name>.svc.<network>:<port>`. The port must also be allowed.
+    #[arg(long = "service", env = "GENESIS_SERVICES", value_delimiter = ',')]
+    pub services: Option<Vec<String>>,
     /// Send route updates as soon as a route changes (default true), not only periodically.
     #[arg(long, env = "GENESIS_TRIGGERED_UPDATES")]
     pub triggered_updates: Option<bool>,
@@ -153,9 +163,10 @@ impl Settings {
             || settings.listen.is_some()
             || settings.advertise.is_some()
             || settings.zone.is_some()
+            || settings.services.is_some()
         {
             return Err(format!(
-                "genesis document {} sets node, listen, advertise or zone, which are per member",
+                "genesis document {} sets node, listen, advertise, zone or services, which are per member",
                 path.display()
             ));
         }
@@ -189,6 +200,8 @@ impl Settings {
             areas,
             zone,
             zone_penalty,
+            max_relay_share,
+            services,
             triggered_updates,
             periodic_update_interval,
             min_peers,
@@ -234,6 +247,10 @@ pub struct Config {
     /// This member's zone (empty: not known) and the cost of a link across zones.
     pub zone: String,
     pub zone_penalty: u16,
+    /// Relayed bytes' largest share of this member's data traffic (1: no limit).
+    pub max_relay_share: f64,
+    /// Services offered: name → port (each port allowed).
+    pub services: std::collections::BTreeMap<String, u16>,
     pub worker_threads: usize,
     pub audit_log: Option<PathBuf>,
     pub state_dir: Option<PathBuf>,
@@ -241,8 +258,36 @@ pub struct Config {
     pub rbac: genesis_trust::RbacPolicy,
 }
 
+/// `name=port` service entries, each name a DNS label and each port one the member allows.
+fn parse_services(
+    entries: Vec<String>,
+    allowed: &[u16],
+) -> Result<std::collections::BTreeMap<String, u16>, String> {
+    let mut services = std::collections::BTreeMap::new();
+    for entry in entries.iter().filter(|e| !e.is_empty()) {
+        let (name, port) = entry.split_once('=').ok_or_else(|| {
+            format!("service {entry:?} is not name=port (e.g. --service web=8080)")
+        })?;
+        crate::services::valid_name(name).map_err(|e| format!("service {entry:?}: {e}"))?;
+        let port: u16 = port
+            .parse()
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| format!("service {entry:?}: {port:?} is not a port (1-65535)"))?;
+        if !allowed.contains(&port) {
+            return Err(format!(
+                "service {entry:?}: port {port} is not in allowed-ports {allowed:?}; allow it too, or members could not reach the service"
+            ));
+        }
+        if services.insert(name.to_owned(), port).is_some() {
+            return Err(format!("service {name:?} is named twice"));
+        }
+    }
+    Ok(services)
+}
+
 /// Whether `zone` is empty or a Kubernetes label value.
-fn valid_zone(zone: &str) -> bool {
+pub fn valid_zone(zone: &str) -> bool {
     let b = zone.as_bytes();
     let inner = |c: &u8| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.');
     zone.is_empty()
@@ -329,6 +374,13 @@ impl Config {
                 "zone-penalty {zone_penalty} is above {MAX_ZONE_PENALTY} (a hop costs 100 to 1,000; 500 is five LAN hops)"
             ));
         }
+        let max_relay_share = s.max_relay_share.unwrap_or(1.0);
+        if !(max_relay_share > 0.0 && max_relay_share <= 1.0) {
+            return Err(format!(
+                "max-relay-share {max_relay_share} is outside (0, 1]: it is the share of this member's traffic it may relay for others (0.5: half; 1: no limit)"
+            ));
+        }
+        let services = parse_services(s.services.unwrap_or_default(), &allowed_ports)?;
         let min_peers = s.min_peers.unwrap_or(3);
         let max_peers = s.max_peers.unwrap_or(8);
         if min_peers == 0 || min_peers > max_peers || max_peers > 256 {
@@ -378,6 +430,8 @@ impl Config {
             },
             zone,
             zone_penalty,
+            max_relay_share,
+            services,
             worker_threads,
             audit_log: s.audit_log,
             state_dir: s.state_dir,
@@ -452,6 +506,15 @@ mod tests {
         assert_eq!((c.peers.min_peers, c.peers.max_peers), (3, 8));
         assert_eq!(c.role, Role::Client);
         assert_eq!((c.zone.as_str(), c.zone_penalty), ("", DEFAULT_ZONE_PENALTY));
+        assert_eq!((c.max_relay_share, c.services.len()), (1.0, 0));
+        let offered = Settings {
+            services: Some(vec!["web=80".into(), "db=5432".into()]),
+            allowed_ports: Some(vec![80, 5432]),
+            ..minimal()
+        };
+        let c = Config::resolve(offered).unwrap();
+        assert_eq!(c.services.get("web"), Some(&80));
+        assert_eq!(c.services.get("db"), Some(&5432));
     }
 
     #[test]
@@ -491,6 +554,24 @@ mod tests {
             (Settings { zone: Some("-a".into()), ..minimal() }, "not a label value"),
             (Settings { zone: Some("z".repeat(64)), ..minimal() }, "at most 63"),
             (Settings { zone_penalty: Some(2001), ..minimal() }, "zone-penalty 2001 is above"),
+            (Settings { max_relay_share: Some(0.0), ..minimal() }, "max-relay-share 0 is outside"),
+            (Settings { max_relay_share: Some(1.5), ..minimal() }, "max-relay-share 1.5"),
+            (Settings { max_relay_share: Some(f64::NAN), ..minimal() }, "max-relay-share NaN"),
+            (Settings { services: Some(vec!["web".into()]), ..minimal() }, "is not name=port"),
+            (Settings { services: Some(vec!["Web=80".into()]), ..minimal() }, "not a service name"),
+            (Settings { services: Some(vec!["web=http".into()]), ..minimal() }, "is not a port"),
+            (
+                Settings { services: Some(vec!["web=81".into()]), ..minimal() },
+                "not in allowed-ports",
+            ),
+            (
+                Settings {
+                    services: Some(vec!["web=80".into(), "web=80".into()]),
+                    allowed_ports: Some(vec![80]),
+                    ..minimal()
+                },
+                "named twice",
+            ),
         ];
         for (settings, expected) in cases {
             let err = Config::resolve(settings).unwrap_err();

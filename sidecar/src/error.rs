@@ -25,6 +25,9 @@ pub enum Error {
     /// A message was sent but no delivery receipt came back in time.
     #[error("{0}")]
     NoReceipt(String),
+    /// A request that cannot be carried out as asked (what it asked for is out of bounds).
+    #[error("{0}")]
+    Invalid(String),
     /// An end-to-end stream could not be opened, or broke.
     #[error("{0}")]
     Stream(String),

@@ -36,6 +36,8 @@ pub struct Credentials {
     pub crl: Crl,
     pub not_after: SystemTime,
     pub renewal_time: SystemTime,
+    /// The zone the identity service says this member's node is in (a cluster), if any.
+    pub zone: Option<String>,
 }
 
 impl std::fmt::Debug for Credentials {
@@ -140,6 +142,7 @@ async fn request(
         crl,
         not_after: UNIX_EPOCH + Duration::from_secs(response.not_after),
         renewal_time: UNIX_EPOCH + Duration::from_secs(response.renewal_time),
+        zone: response.zone,
     })
 }
 
@@ -179,6 +182,8 @@ async fn post(
     let req = hyper::Request::post(CERTIFICATES_PATH)
         .header("host", server_name)
         .header("content-type", "application/json")
+        // We understand the zone field: the service may say which zone our node is in.
+        .header(genesis_trust::join::FEATURES_HEADER, genesis_trust::join::FEATURE_ZONE)
         .body(Full::new(Bytes::from(body)))
         .expect("valid request");
     let resp = sender.send_request(req).await.map_err(|e| {

@@ -18,8 +18,10 @@ pub mod metrics;
 pub mod node;
 pub mod peers;
 pub mod proto;
+pub mod relay;
 pub mod repeats;
 pub mod routing;
+pub mod services;
 pub mod shared;
 pub mod state;
 pub mod stream;
@@ -120,10 +122,21 @@ pub async fn start(config: Config, creds: Credentials) -> Result<Running, String
 
 /// Starts a sidecar on what [`prepare`] took.
 pub async fn start_prepared(
-    config: Config,
+    mut config: Config,
     prepared: Prepared,
     creds: Credentials,
 ) -> Result<Running, String> {
+    // In a cluster the identity service says which zone our node is in; `--zone` wins.
+    match creds.zone.as_deref() {
+        Some(zone) if config.zone.is_empty() && config::valid_zone(zone) => {
+            tracing::info!(%zone, "zone from the identity service (the node's topology label)");
+            config.zone = zone.to_owned();
+        }
+        Some(zone) if config.zone.is_empty() => {
+            tracing::warn!(%zone, "the identity service named a zone that is not a label value: ignored");
+        }
+        _ => {}
+    }
     let store = Arc::new(TrustStore::new(
         TrustPolicy {
             trust_domain: config.trust_domain.clone(),

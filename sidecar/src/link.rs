@@ -383,12 +383,33 @@ async fn relay_or_deliver(
     let m = &shared.metrics;
     m.frames.with_label_values(&["data", "in"]).inc();
     m.bytes.with_label_values(&["in"]).inc_by(size as u64);
+    let me = shared.identity.node();
+    if d.kind == DataKind::StreamOpen && d.dst != me && shared.relay().saturated() {
+        // Beyond our relay share: a new stream through us is refused (its source hears why
+        // and our routes already cost more); streams through us already go on.
+        let reason = {
+            let mut relay = shared.relay();
+            relay.refused();
+            relay.refusal(me, shared.now())
+        };
+        m.dropped.with_label_values(&["relay_refused"]).inc();
+        let refusal = Command::SendData {
+            dst: d.src,
+            kind: DataKind::Unreachable,
+            flow: d.flow,
+            payload: reason.into_bytes(),
+        };
+        let _ = shared.commands.send(refusal).await;
+        return None;
+    }
     let next_hop = |dst: &str| shared.data.next_hops.load().get(dst).map(str::to_owned);
     let links = shared.data.links.load();
     let alive = |n: &str| links.get(n).is_some_and(|tx| !tx.is_closed());
     let now = std::time::Instant::now();
-    let (next, ttl) = match pins.decide(shared.identity.node(), &d, now, alive, next_hop) {
+    let (next, ttl) = match pins.decide(me, &d, now, alive, next_hop) {
         Forward::Deliver => {
+            drop(links);
+            shared.record_own((d.src != from).then_some(from), size);
             crate::stream::deliver(shared.clone(), d, Some(from)).await;
             return None;
         }
@@ -400,6 +421,7 @@ async fn relay_or_deliver(
     drop(links);
     d.ttl = ttl;
     shared.capture_relayed(&d.payload);
+    shared.record_relayed(from, &d.src, size);
     let frame = Frame::Data(d).encode();
     m.forwarded.inc();
     m.frames.with_label_values(&["data", "out"]).inc();

@@ -49,6 +49,11 @@ pub struct Metrics {
     /// Links and routes (by their next hop) by zone: `same`, `other` or `unknown`.
     pub links_by_zone: IntGaugeVec,
     pub routes_by_zone: IntGaugeVec,
+    /// Relay accounting (docs/SIDECAR.md, "Relay accounting").
+    pub relay_bytes: IntCounterVec,
+    pub relay_share: Gauge,
+    pub relay_saturated: IntGauge,
+    pub services: IntGauge,
     pub start_time: Gauge,
     pub build_info: IntGaugeVec,
     pub audit_errors: IntCounter,
@@ -252,6 +257,26 @@ impl Metrics {
                 ),
                 &["zone"]
             )),
+            relay_bytes: reg!(IntCounterVec::new(
+                opts(
+                    "relay_bytes_total",
+                    "Data frame bytes relayed: for_others (this member relayed them), by_others \
+                     (a neighbour relayed ours, or passed on to us)"
+                ),
+                &["direction"]
+            )),
+            relay_share: reg!(Gauge::with_opts(opts(
+                "relay_share",
+                "Relayed bytes' share of this member's data bytes over the last 10 s"
+            ))),
+            relay_saturated: reg!(IntGauge::with_opts(opts(
+                "relay_saturated",
+                "1 while this member relays beyond --max-relay-share and refuses new relay load"
+            ))),
+            services: reg!(IntGauge::with_opts(opts(
+                "services",
+                "Services known across the mesh (name and member pairs), this member's included"
+            ))),
             start_time: reg!(Gauge::with_opts(opts(
                 "start_time_seconds",
                 "Unix time the sidecar started"

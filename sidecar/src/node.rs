@@ -96,6 +96,11 @@ pub async fn run_core(
             None => Err("this sidecar cannot change its log level".into()),
         }
     }));
+    if let Err(e) =
+        node.set_services(shared.now(), SystemTime::now(), shared.config.services.clone())
+    {
+        tracing::error!(error = %e, "cannot publish the configured services");
+    }
     let mut core = Core {
         node,
         links: HashMap::new(),
@@ -220,10 +225,17 @@ impl Core {
             Command::HasRoute { dst, reply } => {
                 let _ = reply.send(self.node.has_route(&dst));
             }
+            Command::OfferService { name, port, reply } => {
+                let _ = reply.send(self.node.offer_service(now, wall, &name, port));
+            }
+            Command::ResolveService { name, reply } => {
+                let _ = reply.send(self.node.service_targets(&name));
+            }
             Command::Snapshot { reply } => {
                 let _ = reply.send(Snapshot {
                     peers: self.node.peer_views(now),
                     routes: self.node.routes(),
+                    services: self.node.services(now),
                     links: self.node.links(),
                     seqno: self.node.seqno(),
                 });
@@ -258,12 +270,20 @@ impl Core {
             })
             .collect();
         self.node.handle_tick(now, sys_now, &|n| heard.get(n).copied());
+        let (saturated, share) = {
+            let mut relay = self.shared.relay();
+            (relay.update(now), relay.share(now))
+        };
+        self.node.set_relay_saturated(saturated);
+        self.metrics().relay_saturated.set(i64::from(saturated));
+        self.metrics().relay_share.set(share);
         self.drive();
         if now < self.metrics_due {
             return;
         }
         self.metrics_due = now + METRICS_EVERY;
         self.metrics().routes.set(self.node.route_count() as i64);
+        self.metrics().services.set(self.node.services(now).len() as i64);
         let views = self.node.peer_views(now);
         for level in [Level::New, Level::Trusted, Level::Suspicious, Level::Banned] {
             let n = views.iter().filter(|p| p.level == level).count();

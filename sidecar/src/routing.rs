@@ -267,6 +267,9 @@ pub struct RouteTable {
     seen_requests: HashMap<(String, u32), Time>,
     /// The latest time an input brought (adverts and ticks carry it).
     clock: Time,
+    /// Added to every route we advertise but our own while we relay beyond our share
+    /// (`Node::set_relay_saturated`), so neighbours with another path take it.
+    transit_penalty: u16,
 }
 
 /// What a link last carried, per destination: members of our area by name, other areas by
@@ -324,6 +327,7 @@ impl RouteTable {
             areas: BTreeMap::new(),
             seen_requests: HashMap::new(),
             clock: now,
+            transit_penalty: 0,
         }
     }
 
@@ -563,7 +567,7 @@ impl RouteTable {
                 let advert = Advert {
                     dest: dest.to_owned(),
                     seqno: c.seqno,
-                    metric: self.total(via, c),
+                    metric: self.advertised(self.total(via, c)),
                     hops: c.hops,
                 };
                 return vec![RouteAction::Send { to: from.to_owned(), adverts: vec![advert] }];
@@ -683,7 +687,7 @@ impl RouteTable {
                 let a = Advert {
                     dest: r.source.to_owned(),
                     seqno: r.seqno,
-                    metric: r.metric,
+                    metric: self.advertised(r.metric),
                     hops: r.hops,
                 };
                 consider(r.area, a);
@@ -791,6 +795,37 @@ impl RouteTable {
         }
     }
 
+    /// The metric we advertise for a route of ours whose metric is `metric`.
+    fn advertised(&self, metric: u16) -> u16 {
+        metric.saturating_add(self.transit_penalty).min(METRIC_INFINITY - 1)
+    }
+
+    /// Sets what every route we advertise but our own costs extra; a change goes to every
+    /// neighbour at once.
+    pub fn set_transit_penalty(&mut self, penalty: u16) -> Vec<RouteAction> {
+        if penalty == self.transit_penalty {
+            return Vec::new();
+        }
+        self.transit_penalty = penalty;
+        let actions = self.send_to_all(|n| self.full_table_for(n));
+        self.record(actions)
+    }
+
+    /// The metric of our route to `dest` (for a member of another area, to its area), if we
+    /// have one.
+    pub fn metric_to(&self, dest: &str) -> Option<u16> {
+        let area = area_of(dest, self.config.areas);
+        let d = if area == self.my_area {
+            self.dests.get(dest)?
+        } else if let Some(cost) = self.neighbours.get(dest) {
+            return Some(*cost);
+        } else {
+            self.areas.get(&area)?
+        };
+        let via = d.selected.as_deref()?;
+        Some(self.total(via, d.candidates.get(via)?))
+    }
+
     fn total(&self, via: &str, c: &Candidate) -> u16 {
         let cost = self.neighbours.get(via).copied().unwrap_or(METRIC_INFINITY);
         c.advertised.saturating_add(cost).min(METRIC_INFINITY - 1)
@@ -883,7 +918,8 @@ impl RouteTable {
                     actions.push(RouteAction::Send { to: via.clone(), adverts: vec![retract] });
                 }
                 if news && self.config.triggered_updates {
-                    let advert = Advert { dest: source, seqno, metric, hops };
+                    let advert =
+                        Advert { dest: source, seqno, metric: self.advertised(metric), hops };
                     actions.extend(self.send_visible(key, Some(&via), &advert));
                 }
             }
@@ -967,7 +1003,7 @@ impl RouteTable {
                 adverts.push(Advert {
                     dest: r.source.to_owned(),
                     seqno: r.seqno,
-                    metric: r.metric,
+                    metric: self.advertised(r.metric),
                     hops: r.hops,
                 });
             }

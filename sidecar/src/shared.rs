@@ -21,6 +21,7 @@ use crate::frame::{ControlAck, DataKind, Frame, FrameError, PeerAddr};
 use crate::metrics::Metrics;
 use crate::peers::{Conduct, PeerView};
 use crate::proto::seen::SeenSet;
+use crate::relay::RelayLedger;
 use crate::repeats::Repeats;
 use crate::routing::{NextHops, RouteView, Time};
 
@@ -209,6 +210,9 @@ pub struct Shared {
     next_id: AtomicU64,
     /// Identical audit records recently written (see [`Shared::audit`]).
     audit_repeats: Mutex<Repeats>,
+    /// What this member relays for others and others for it (link readers and stream writers
+    /// record into it; see [`Shared::relay`]).
+    relay: Mutex<RelayLedger>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -285,6 +289,28 @@ impl Shared {
         Some((log.len(), log.head().to_owned()))
     }
 
+    /// The relay ledger, locked (each record is a few additions).
+    pub fn relay(&self) -> std::sync::MutexGuard<'_, RelayLedger> {
+        self.relay.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A data frame of `bytes` relayed for `source`, arrived from `from`.
+    pub fn record_relayed(&self, from: &str, source: &str, bytes: usize) {
+        let now = self.now();
+        self.relay().relayed(now, from, source, bytes);
+        self.metrics.relay_bytes.with_label_values(&["for_others"]).inc_by(bytes as u64);
+    }
+
+    /// A data frame of ours of `bytes`, sent or delivered; `relay`: the neighbour that relays
+    /// it for us, if any.
+    pub fn record_own(&self, relay: Option<&str>, bytes: usize) {
+        let now = self.now();
+        self.relay().own(now, relay, bytes);
+        if relay.is_some() {
+            self.metrics.relay_bytes.with_label_values(&["by_others"]).inc_by(bytes as u64);
+        }
+    }
+
     /// Test hook (`--test-capture-relayed`): what this relay could see of other members' data.
     pub fn capture_relayed(&self, payload: &[u8]) {
         if let Some(path) = &self.config.test_capture_relayed {
@@ -315,6 +341,7 @@ impl Shared {
 pub struct Snapshot {
     pub peers: Vec<PeerView>,
     pub routes: Vec<RouteView>,
+    pub services: Vec<crate::services::ServiceView>,
     pub links: Vec<String>,
     pub seqno: u32,
 }
@@ -401,6 +428,17 @@ pub enum Command {
         dst: String,
         reply: oneshot::Sender<bool>,
     },
+    /// Offers service `name` on `port` (`None`: withdraws it), published at once.
+    OfferService {
+        name: String,
+        port: Option<u16>,
+        reply: oneshot::Sender<Result<(), crate::error::Error>>,
+    },
+    /// The reachable members offering service `name`, with their ports, nearest first.
+    ResolveService {
+        name: String,
+        reply: oneshot::Sender<Vec<(String, u16)>>,
+    },
     Snapshot {
         reply: oneshot::Sender<Snapshot>,
     },
@@ -434,6 +472,7 @@ pub fn new_shared(
     audit: Option<AuditLog>,
 ) -> Arc<Shared> {
     let metrics = Metrics::new();
+    let config_share = config.max_relay_share;
     let now = SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     metrics.start_time.set(now.as_secs_f64());
     metrics.crl_applied.set(now.as_secs_f64());
@@ -462,6 +501,7 @@ pub fn new_shared(
         log_level: Mutex::new(None),
         next_id: AtomicU64::new(1),
         audit_repeats: Mutex::new(Repeats::default()),
+        relay: Mutex::new(RelayLedger::new(config_share)),
     })
 }
 

@@ -137,6 +137,9 @@ impl FlowTransport {
         let m = &self.shared.metrics;
         m.frames.with_label_values(&["data", "out"]).inc();
         m.bytes.with_label_values(&["out"]).inc_by(frame.len() as u64);
+        let (next, _) = self.link.as_ref().expect("set above");
+        self.shared.record_own((next != dst).then_some(next.as_str()), frame.len());
+        let (_, sender) = self.link.as_mut().expect("set above");
         sender.send_item(Bytes::from(frame)).map_err(|_| broken())?;
         Poll::Ready(Ok(()))
     }

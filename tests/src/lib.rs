@@ -544,6 +544,21 @@ pub fn connect_tunnel(api: &str, target: &str) -> std::io::Result<(TcpStream, St
     Ok((s, String::from_utf8_lossy(&head).into_owned()))
 }
 
+/// The body of a proxy's refusal whose `head` [`connect_tunnel`] returned (by its
+/// Content-Length: the connection stays open after it).
+pub fn answer_body(s: &mut TcpStream, head: &str) -> String {
+    let len = head
+        .lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length").then(|| value.trim().parse().ok())?
+        })
+        .unwrap_or(0);
+    let mut body = vec![0u8; len];
+    let _ = s.read_exact(&mut body);
+    String::from_utf8_lossy(&body).into_owned()
+}
+
 /// A hand-driven peer for hostile tests: real mutual TLS with whatever certificate it is
 /// given, then raw frames.
 pub struct RawPeer {

@@ -361,10 +361,15 @@ async fn the_operator_works_against_a_real_api_server_with_the_charts_rbac() {
 
     // A member pod (no kubelet: it stays Pending) gets its Certificate: a server-side apply
     // that creates, which the chart's ClusterRole must allow.
+    // It is bound to a node in zone-x (no scheduler: the pod names its node), whose zone the
+    // operator reads, under the chart's RBAC, and hands the sidecar with its certificate.
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(admin.clone());
+    let node = json!({"metadata": {"name": "node-a", "labels": {"topology.kubernetes.io/zone": "zone-x"}}});
+    nodes.create(&PostParams::default(), &serde_json::from_value(node).unwrap()).await.unwrap();
     let pods: Api<Pod> = Api::namespaced(admin.clone(), "shop");
     let pod = json!({
         "metadata": {"name": "web-0", "labels": {"app.kubernetes.io/part-of": "payments", "genesis-mesh.io/network": "payments"}},
-        "spec": {"serviceAccountName": "default", "containers": [{"name": "app", "image": "app:1"}]},
+        "spec": {"serviceAccountName": "default", "nodeName": "node-a", "containers": [{"name": "app", "image": "app:1"}]},
     });
     let pod: Pod =
         pods.create(&PostParams::default(), &serde_json::from_value(pod).unwrap()).await.unwrap();
@@ -427,6 +432,22 @@ async fn the_operator_works_against_a_real_api_server_with_the_charts_rbac() {
     .await;
     let issued = certs.get("web-0").await.unwrap();
     let serial = serial_of(&issued).unwrap();
+    let sidecar_admin = format!("127.0.0.1:{admin_port}");
+    let zone = tokio::task::spawn_blocking(move || {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let answer = genesis_e2e::http(&sidecar_admin, "GET", "/admin/identity", b"");
+            if let Ok((200, body)) = answer {
+                let v: Value = serde_json::from_slice(&body).unwrap();
+                return v["zone"].clone();
+            }
+            assert!(std::time::Instant::now() < deadline, "the sidecar's admin API: {answer:?}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(zone, "zone-x", "the sidecar's zone, from its node's label\n{}", both_logs());
 
     // 5. Server-side-apply field ownership: the reconciles that follow (the certificate is up
     //    to date) must not wipe what the issuance wrote. A restarted operator reconciles

@@ -9,6 +9,8 @@ use serde::{Deserialize, Serialize};
 
 /// Path of the issuance endpoint.
 pub const CERTIFICATES_PATH: &str = "/v1/certificates";
+/// The node label a member's zone comes from in a cluster.
+pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
 /// Path of the CRL endpoint.
 pub const CRL_PATH: &str = "/v1/crl";
 /// Largest request body the service reads.
@@ -41,7 +43,18 @@ pub struct CertificateResponse {
     pub not_after: u64,
     /// Unix seconds: renew at this time.
     pub renewal_time: u64,
+    /// The member's zone, as its Kubernetes node's `topology.kubernetes.io/zone` label says;
+    /// present only when the request asked for it ([`FEATURES_HEADER`]), so a sidecar that
+    /// predates the field (it refuses unknown fields) never sees it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
 }
+
+/// A request header a sidecar sends to say which optional answer fields it understands
+/// (comma separated; [`FEATURE_ZONE`]). An identity service that predates it ignores it.
+pub const FEATURES_HEADER: &str = "genesis-features";
+/// The feature asking for [`CertificateResponse::zone`].
+pub const FEATURE_ZONE: &str = "zone";
 
 /// The current CRL.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -21,6 +21,7 @@ use crate::frame::{
 };
 use crate::peers::{Admit, Conduct, PeerAction, PeerConfig, PeerSet, PeerView};
 use crate::routing::{link_cost, Advert, RouteAction, RouteTable, RouteView, RoutingConfig, Time};
+use crate::services::{Directory, Refusal, ServiceView};
 
 /// Broadcast ids remembered for duplicate suppression.
 const SEEN_BROADCASTS: usize = 16_384;
@@ -40,6 +41,15 @@ const RTT_WINDOW: usize = 8;
 /// restarted member starts ahead of the proofs others still cache for its previous life, as
 /// long as it advanced its seqno fewer than this many times a second on average.
 const SEQNO_PER_SECOND: u64 = 16;
+
+/// What a member relaying beyond its share adds to every route it advertises but its own:
+/// ten LAN hops (docs/SIDECAR.md, "Relay accounting").
+pub const RELAY_PENALTY: u16 = 1000;
+
+/// Wall-clock Unix milliseconds.
+fn unix_ms(wall: SystemTime) -> u64 {
+    wall.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_millis() as u64
+}
 
 /// The protocol's settings (the sidecar's configuration, or the simulator's).
 #[derive(Debug, Clone)]
@@ -293,6 +303,14 @@ pub struct Node {
     out: VecDeque<Output>,
     /// Route adverts to send, per neighbour and destination, flushed when outputs are polled.
     pending_adverts: BTreeMap<String, BTreeMap<String, Advert>>,
+    /// Other members' service records.
+    services: Directory,
+    /// The services we offer, our latest signed record, when it is due again, and when the
+    /// last was issued (each issue is later than the one before, so it replaces it).
+    own_services: BTreeMap<String, u16>,
+    own_record: Option<Broadcast>,
+    next_publish: Option<Time>,
+    last_issued_ms: u64,
 }
 
 impl std::fmt::Debug for Node {
@@ -347,6 +365,11 @@ impl Node {
             log_level: None,
             out: VecDeque::new(),
             pending_adverts: BTreeMap::new(),
+            services: Directory::default(),
+            own_services: BTreeMap::new(),
+            own_record: None,
+            next_publish: None,
+            last_issued_ms: 0,
         };
         node.sign_own_seqno();
         node
@@ -536,6 +559,14 @@ impl Node {
         if let Some(n) = self.store.crl_number() {
             self.send(&node, Frame::CrlAnnounce { number: n });
         }
+        // The service records we hold, ours first: a new member need not wait for the next
+        // republish to resolve names (each is signed by its source and checked there).
+        let records: Vec<Broadcast> =
+            self.own_record.iter().chain(self.services.frames()).cloned().collect();
+        for mut b in records {
+            b.ttl = self.config.routing.max_hops;
+            self.send(&node, Frame::Broadcast(b));
+        }
         Ok(())
     }
 
@@ -645,6 +676,12 @@ impl Node {
                 self.send(&node, Frame::Ping { nonce });
             }
         }
+        if self.next_publish.is_some_and(|due| now >= due) {
+            if let Err(e) = self.publish_services(now, wall) {
+                tracing::error!(error = %e, "cannot republish our services");
+            }
+        }
+        self.services.expire(now);
         let actions = self.routes.on_tick(now);
         self.route_actions(actions);
         let actions = self.peers.on_tick(now);
@@ -963,6 +1000,8 @@ impl Node {
                     let actions = self.routes.forget(&dest);
                     self.route_actions(actions);
                 }
+                // Their service records go with their routes.
+                self.services.revoke(|serial| crl.is_revoked(serial));
                 // Links to revoked peers are closed, one by one (not every link).
                 self.close_invalid_links(now, wall);
                 Ok(update.number)
@@ -1248,6 +1287,18 @@ impl Node {
         topic: String,
         payload: Vec<u8>,
     ) -> Result<u64, crate::error::Error> {
+        let b = self.signed_broadcast(topic, payload)?;
+        let id = b.id;
+        self.flood(Frame::Broadcast(b), None);
+        Ok(id)
+    }
+
+    /// A broadcast of ours, signed, and remembered as seen.
+    fn signed_broadcast(
+        &mut self,
+        topic: String,
+        payload: Vec<u8>,
+    ) -> Result<Broadcast, crate::error::Error> {
         let id = self.next_id();
         let sig = genesis_trust::broadcast::sign_broadcast(
             &self.key,
@@ -1269,8 +1320,152 @@ impl Node {
             sig,
         };
         self.broadcasts.insert((b.src.clone(), id));
-        self.flood(Frame::Broadcast(b), None);
-        Ok(id)
+        Ok(b)
+    }
+
+    // ---- services ----
+
+    /// Sets the services this member offers and publishes them at once; a set without a name
+    /// withdraws it everywhere.
+    pub fn set_services(
+        &mut self,
+        now: Time,
+        wall: SystemTime,
+        services: BTreeMap<String, u16>,
+    ) -> Result<(), crate::error::Error> {
+        if services.len() > crate::services::MAX_SERVICES {
+            return Err(crate::error::Error::Invalid(format!(
+                "{} services: a member offers at most {}",
+                services.len(),
+                crate::services::MAX_SERVICES
+            )));
+        }
+        if services == self.own_services && self.own_record.is_some() {
+            return Ok(());
+        }
+        let withdrawing = !self.own_services.is_empty();
+        self.own_services = services;
+        if withdrawing || !self.own_services.is_empty() {
+            self.publish_services(now, wall)?;
+        }
+        Ok(())
+    }
+
+    /// Offers `name` on `port`, or withdraws it (`None`).
+    pub fn offer_service(
+        &mut self,
+        now: Time,
+        wall: SystemTime,
+        name: &str,
+        port: Option<u16>,
+    ) -> Result<(), crate::error::Error> {
+        crate::services::valid_name(name).map_err(crate::error::Error::Invalid)?;
+        let mut services = self.own_services.clone();
+        match port {
+            Some(port) => services.insert(name.to_owned(), port),
+            None => services.remove(name),
+        };
+        self.set_services(now, wall, services)
+    }
+
+    /// Signs and floods our service record; republished while we offer anything.
+    fn publish_services(&mut self, now: Time, wall: SystemTime) -> Result<(), crate::error::Error> {
+        let wall_ms = unix_ms(wall).max(self.last_issued_ms + 1);
+        self.last_issued_ms = wall_ms;
+        let record = crate::services::Record {
+            issued_ms: wall_ms,
+            ttl_secs: crate::services::RECORD_TTL.as_secs() as u32,
+            services: self.own_services.clone(),
+        };
+        let payload = serde_json::to_vec(&record).expect("a record serialises");
+        let b = self.signed_broadcast(crate::services::TOPIC.to_owned(), payload)?;
+        self.flood(Frame::Broadcast(b.clone()), None);
+        self.own_record = (!self.own_services.is_empty()).then_some(b);
+        self.next_publish = self.own_record.as_ref().map(|_| now + crate::services::REPUBLISH);
+        Ok(())
+    }
+
+    /// A verified service record from `from`'s flood: held (and passed on) if it is news.
+    fn on_service_record(&mut self, now: Time, wall: SystemTime, from: &str, b: &Broadcast) {
+        let serial = match genesis_trust::CertInfo::parse(&b.cert) {
+            Ok(info) => info.serial,
+            Err(e) => {
+                // (Its signature checked out against this certificate, so this cannot happen.)
+                tracing::warn!(src = %b.src, error = %e, "a service record's certificate");
+                return;
+            }
+        };
+        match self.services.apply(now, unix_ms(wall), &b.src, serial, b) {
+            Ok(()) => {
+                if b.ttl > 1 {
+                    let mut b = b.clone();
+                    b.ttl -= 1;
+                    self.flood(Frame::Broadcast(b), Some(from));
+                }
+            }
+            Err(Refusal::Malformed(reason)) => {
+                // Signed by its source: the source's fault, not the relay's.
+                self.count(Count::Invalid("bad_service_record"));
+                tracing::warn!(src = %b.src, %reason, "refused a service record");
+                self.audit(
+                    "service-record-refused",
+                    &b.src,
+                    serde_json::json!({"from": from, "reason": reason}),
+                );
+            }
+            Err(Refusal::Stale) => self.count(Count::Dropped("stale_service_record")),
+            Err(Refusal::Full) => self.count(Count::Dropped("service_table_full")),
+        }
+    }
+
+    /// Every service known: ours (metric 0) and other members' (with the route metric to
+    /// them, `None` while there is no route).
+    pub fn services(&self, now: Time) -> Vec<ServiceView> {
+        let mut views: Vec<ServiceView> = self
+            .own_services
+            .iter()
+            .map(|(name, port)| ServiceView {
+                name: name.clone(),
+                member: self.me.clone(),
+                port: *port,
+                metric: Some(0),
+                expires_in_secs: None,
+            })
+            .collect();
+        views.extend(self.services.view(now, |m| self.routes.metric_to(m)));
+        views.sort_by(|a, b| {
+            (&a.name, a.metric.is_none(), a.metric, &a.member).cmp(&(
+                &b.name,
+                b.metric.is_none(),
+                b.metric,
+                &b.member,
+            ))
+        });
+        views
+    }
+
+    /// The members offering `name` that we can reach now, with their ports, nearest first (by
+    /// route metric; this member itself first when it offers it).
+    pub fn service_targets(&self, name: &str) -> Vec<(String, u16)> {
+        let own = self.own_services.get(name).map(|p| (0, self.me.clone(), *p));
+        let mut found: Vec<(u16, String, u16)> = self
+            .services
+            .offering(name)
+            .filter_map(|(m, port)| Some((self.routes.metric_to(m)?, m.to_owned(), port)))
+            .collect();
+        found.sort();
+        own.into_iter().chain(found).map(|(_, m, p)| (m, p)).collect()
+    }
+
+    // ---- relay load ----
+
+    /// Our relay load went above (or back below) its share: while above, every route we
+    /// advertise but our own costs [`RELAY_PENALTY`] more, so neighbours with another path
+    /// take it.
+    pub fn set_relay_saturated(&mut self, saturated: bool) {
+        let penalty = if saturated { RELAY_PENALTY } else { 0 };
+        let actions = self.routes.set_transit_penalty(penalty);
+        self.route_actions(actions);
     }
 
     /// A broadcast from neighbour `from`: delivered and relayed only once its source's
@@ -1313,6 +1508,10 @@ impl Node {
         };
         if !self.broadcasts.insert((b.src.clone(), b.id)) || b.src == self.me {
             self.count(Count::Dropped("duplicate")); // an echo of ours, older than the seen set
+            return;
+        }
+        if b.topic == crate::services::TOPIC {
+            self.on_service_record(now, wall, from, &b);
             return;
         }
         self.out.push_back(Output::AppBroadcast {

@@ -605,3 +605,31 @@ fn with_areas_an_area_route_that_moves_to_another_member_is_not_withdrawn_at_the
         .collect();
     assert!(sent.is_empty(), "z was told of b2 already, and b1 is not gone: {sent:?}");
 }
+
+#[test]
+fn a_member_with_a_transit_penalty_is_routed_around_where_another_path_exists() {
+    // A square a - b - d - c - a: a reaches d through b or c at the same cost.
+    let mut sim = Sim::new(&["a", "b", "c", "d"]);
+    for (x, y) in [("a", "b"), ("b", "d"), ("a", "c"), ("c", "d")] {
+        sim.link(x, y);
+    }
+    sim.run();
+    let via = sim.nodes["a"].next_hop("d").unwrap().to_owned();
+    let other = if via == "b" { "c" } else { "b" };
+    // The next hop relays beyond its share: its whole table goes out at once, dearer.
+    let actions = sim.nodes.get_mut(&via).unwrap().set_transit_penalty(1000);
+    assert!(!actions.is_empty(), "a changed penalty is sent to every neighbour");
+    sim.apply(&via, actions);
+    sim.run();
+    assert_eq!(sim.nodes["a"].next_hop("d"), Some(other), "a now goes around it");
+    // Its own route costs it nothing more: a still reaches it directly.
+    assert_eq!(sim.nodes["a"].metric_to(&via), Some(COST));
+    assert_eq!(sim.nodes["a"].metric_to(other), Some(COST));
+    // Setting the same penalty again sends nothing; lifting it restores the old metric.
+    assert!(sim.nodes.get_mut(&via).unwrap().set_transit_penalty(1000).is_empty());
+    let actions = sim.nodes.get_mut(&via).unwrap().set_transit_penalty(0);
+    sim.apply(&via, actions);
+    sim.run();
+    assert_eq!(sim.nodes["a"].metric_to("d"), Some(2 * COST));
+    assert_eq!(sim.nodes["d"].metric_to("a"), Some(2 * COST), "d was never penalised");
+}
