@@ -370,3 +370,94 @@ fn forged_broadcasts_are_refused_everywhere_and_genuine_ones_still_arrive() {
         }
     }
 }
+
+#[test]
+fn forged_malformed_and_replayed_service_records_are_refused_and_genuine_ones_are_held() {
+    use genesis_sidecar::frame::Broadcast;
+    use genesis_sidecar::services::{Record, TOPIC};
+    use genesis_trust::broadcast::sign_broadcast;
+    let net = Subnet::new();
+    let auth = Authority::start(&net, NET, "24h");
+    let opts = |i: u8| SidecarOptions {
+        anchors: if i == 0 { vec![] } else { vec![format!("{}:7000", net.ip(1))] },
+        ..Default::default()
+    };
+    let members: Vec<Sidecar> = (0..2u8)
+        .map(|i| Sidecar::start(&auth, &format!("s{i}"), &net.ip(i + 1), &opts(i)))
+        .collect();
+    wait_for(Duration::from_secs(30), "the two to route to each other", || {
+        members.iter().all(|s| s.routes().len() == 1)
+    });
+    let mint = Mint {
+        authority: LocalAuthority::open(auth.dir.path()).unwrap(),
+        bundle: std::fs::read_to_string(auth.bundle_path()).unwrap(),
+    };
+    let now_ms = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_millis();
+    let record = |issued_ms: u128, services: &[(&str, u16)]| {
+        serde_json::to_vec(&Record {
+            issued_ms: issued_ms as u64,
+            ttl_secs: 90,
+            services: services.iter().map(|(n, p)| (n.to_string(), *p)).collect(),
+        })
+        .unwrap()
+    };
+    let signed = |who: &(IssuedCertificate, PrivateKey), src: &str, id: u64, payload: Vec<u8>| {
+        let sig = sign_broadcast(&who.1, &Mint::id(src), id, TOPIC, &payload).unwrap();
+        Broadcast {
+            src: src.into(),
+            id,
+            ttl: 8,
+            topic: TOPIC.into(),
+            payload,
+            cert: who.0.leaf().to_vec(),
+            sig,
+        }
+    };
+    let hostile = mint.member("h-svc");
+    let mut link = mint.connect(&members[0], &hostile).unwrap();
+    let services = |s: &Sidecar| s.admin_json("/admin/services");
+    // 1. A record in s1's name, signed with h-svc's key: "s1 offers pay".
+    link.send(&Frame::Broadcast(signed(&hostile, "s1", 1, record(now_ms, &[("pay", 9999)]))))
+        .unwrap();
+    // 2. Its own record, signed, but not a record (the source's fault, not a relay's).
+    link.send(&Frame::Broadcast(signed(&hostile, "h-svc", 2, b"{\"services\": 7}".to_vec())))
+        .unwrap();
+    // 3. Its own, well-formed record: held everywhere, under its own name.
+    link.send(&Frame::Broadcast(signed(&hostile, "h-svc", 3, record(now_ms, &[("pay", 9999)]))))
+        .unwrap();
+    for s in &members {
+        wait_for(Duration::from_secs(10), "the genuine record to arrive", || {
+            services(s).as_array().unwrap().iter().any(|r| r["member"] == "h-svc")
+        });
+        let held = services(s);
+        assert!(held.as_array().unwrap().iter().all(|r| r["member"] != "s1"), "{held}");
+    }
+    let s0 = &members[0];
+    wait_for(Duration::from_secs(5), "the forgery and the bad record to be counted", || {
+        s0.metric("genesis_sidecar_invalid_frames_total", "reason=\"forged_broadcast\"") >= 1.0
+            && s0.metric("genesis_sidecar_invalid_frames_total", "reason=\"bad_service_record\"")
+                >= 1.0
+    });
+    // 4. A newer record withdraws pay; a replay of the older one (a new id, same signed
+    //    record content) is stale and brings nothing back.
+    link.send(&Frame::Broadcast(signed(&hostile, "h-svc", 4, record(now_ms + 1, &[])))).unwrap();
+    for s in &members {
+        wait_for(Duration::from_secs(10), "the withdrawal to arrive", || {
+            services(s).as_array().unwrap().is_empty()
+        });
+    }
+    link.send(&Frame::Broadcast(signed(&hostile, "h-svc", 5, record(now_ms, &[("pay", 9999)]))))
+        .unwrap();
+    wait_for(Duration::from_secs(5), "the replay to be dropped as stale", || {
+        s0.metric("genesis_sidecar_dropped_frames_total", "reason=\"stale_service_record\"") >= 1.0
+    });
+    assert!(services(s0).as_array().unwrap().is_empty(), "{}", services(s0));
+    // 5. A record that outlived its lifetime is stale on arrival too.
+    let expired = record(now_ms - 120_000, &[("pay", 9999)]);
+    link.send(&Frame::Broadcast(signed(&hostile, "h-svc", 6, expired))).unwrap();
+    wait_for(Duration::from_secs(5), "the expired record to be dropped", || {
+        s0.metric("genesis_sidecar_dropped_frames_total", "reason=\"stale_service_record\"") >= 2.0
+    });
+    assert!(services(s0).as_array().unwrap().is_empty());
+    assert!(s0.log_text().contains("refused a service record"), "the bad record is logged");
+}
