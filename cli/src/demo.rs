@@ -325,6 +325,10 @@ fn stages(run: &mut Run, spec: &LaunchSpec, children: &Children) -> Option<Manif
     if !ok {
         return Some(manifest);
     }
+    let ok = run.stage("service name, nearest member first", |_| service(&manifest, &from, &to));
+    if !ok {
+        return Some(manifest);
+    }
     let ok = run.stage("certificate rotated, no link dropped", |run| rotate(run, &manifest));
     if !ok {
         return Some(manifest);
@@ -518,6 +522,149 @@ fn tunnel(
         "curl -p -x http://{} http://{target}/ fetched {page:?} from beside {} in {ms:.1} ms",
         from.api, to.name
     ))
+}
+
+/// Serves one HTTP page saying `who` on `ip`:APP_PORT, for each connection, in the background.
+fn serve_page(ip: &str, who: &str) -> Result<(), String> {
+    // (The tunnel stage's one-shot server on this address may still be closing.)
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let listener = loop {
+        match TcpListener::bind(format!("{ip}:{APP_PORT}")) {
+            Ok(l) => break l,
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+            Err(e) => return Err(format!("cannot serve a page on {ip}:{APP_PORT}: {e}")),
+        }
+    };
+    let page = format!("<h1>web on {who}</h1>");
+    std::thread::spawn(move || {
+        for mut s in listener.incoming().flatten() {
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf);
+            let _ = write!(
+                s,
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{page}",
+                page.len()
+            );
+        }
+    });
+    Ok(())
+}
+
+/// Two members offer service `web` (one in `from`'s zone if any, and `to`); a CONNECT to
+/// `web.svc.<network>` from `from` reaches the nearer, which `from`'s services list names first.
+fn service(manifest: &Manifest, from: &Member, to: &Member) -> Result<String, String> {
+    let index = |m: &Member| manifest.members.iter().position(|x| x.name == m.name).unwrap_or(0);
+    let zone = |m: &Member| mesh::zone_of(index(m));
+    // Another member, in `from`'s zone where there is one.
+    let others = || manifest.members.iter().filter(|m| m.name != from.name && m.name != to.name);
+    let near = others()
+        .find(|m| zone(m) == zone(from))
+        .or_else(|| others().next())
+        .ok_or("the demo needs a third member")?;
+    let offer = format!("{{\"port\": {APP_PORT}}}");
+    for m in [near, to] {
+        serve_page(&m.ip, &m.name)?;
+        let (status, body) = client::http(
+            &m.api,
+            "PUT",
+            "/v1/services/web",
+            offer.as_bytes(),
+            Duration::from_secs(5),
+        )?;
+        if status != 204 {
+            return Err(format!(
+                "{} refused the offer: {status} {}",
+                m.name,
+                String::from_utf8_lossy(&body)
+            ));
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let known = loop {
+        let known = client::get_json(&from.admin, "/admin/services")?;
+        let reachable = known
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|s| s["name"] == "web" && s["metric"].is_u64())
+            .count();
+        if reachable == 2 {
+            break known;
+        }
+        if Instant::now() > deadline {
+            return Err(format!("{} knows {known} after 20 s", from.name));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let first = known[0]["member"].as_str().unwrap_or_default().to_owned();
+    let metric = |m: &str| {
+        known
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|s| s["member"] == m)
+            .map(|s| s["metric"].clone())
+    };
+    let target = format!("web.svc.{}:{APP_PORT}", manifest.network);
+    let mut s = TcpStream::connect(&from.api).map_err(|e| format!("{}: {e}", from.api))?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| e.to_string())?;
+    write!(s, "CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").map_err(|e| e.to_string())?;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match s.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            _ => return Err(format!("the proxy closed: {}", String::from_utf8_lossy(&head))),
+        }
+    }
+    let head = String::from_utf8_lossy(&head).into_owned();
+    let served_by = head
+        .lines()
+        .find_map(|l| l.strip_prefix("genesis-member: "))
+        .map(str::trim)
+        .ok_or_else(|| format!("CONNECT {target}: {}", head.lines().next().unwrap_or("")))?
+        .to_owned();
+    write!(s, "GET / HTTP/1.1\r\nHost: {target}\r\nConnection: close\r\n\r\n")
+        .map_err(|e| e.to_string())?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).map_err(|e| e.to_string())?;
+    if served_by != first || !resp.ends_with(&format!("<h1>web on {first}</h1>")) {
+        return Err(format!("{target} went to {served_by} ({resp:?}), but the nearest is {first}"));
+    }
+    let (same, other) = zone_links(manifest)?;
+    Ok(format!(
+        "web offered by {} ({}, metric {}) and {} ({}, metric {}); CONNECT {target} from {} ({}) \
+         reached {first}, the nearer; {same} links within zones, {other} across",
+        near.name,
+        zone(near),
+        short(&metric(&near.name).unwrap_or_default()),
+        to.name,
+        zone(to),
+        short(&metric(&to.name).unwrap_or_default()),
+        from.name,
+        zone(from),
+    ))
+}
+
+/// Links within a zone and across zones, each counted once.
+fn zone_links(manifest: &Manifest) -> Result<(usize, usize), String> {
+    let (mut same, mut other) = (0, 0);
+    for m in &manifest.members {
+        let peers = client::get_json(&m.admin, "/admin/peers")?;
+        for p in peers.as_array().into_iter().flatten().filter(|p| p["connected"] == true) {
+            if p["node"].as_str().is_some_and(|n| n > m.name.as_str()) {
+                let mine = mesh::zone_of(
+                    manifest.members.iter().position(|x| x.name == m.name).unwrap_or(0),
+                );
+                if p["zone"] == mine {
+                    same += 1;
+                } else {
+                    other += 1;
+                }
+            }
+        }
+    }
+    Ok((same, other))
 }
 
 /// Connected neighbours of a member.

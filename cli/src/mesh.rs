@@ -24,6 +24,14 @@ pub const API_PORT: u16 = 7001;
 pub const ADMIN_PORT: u16 = 7002;
 /// The port of the demo's web page beside each member, allowed through tunnels.
 pub const APP_PORT: u16 = 8080;
+/// The zones a local mesh's members are spread over, round robin (as pods over a cluster's
+/// zones): links across them cost more, so traffic between members of one zone stays in it.
+pub const ZONES: [&str; 3] = ["zone-a", "zone-b", "zone-c"];
+
+/// Member `i`'s zone.
+pub fn zone_of(i: usize) -> &'static str {
+    ZONES[i % ZONES.len()]
+}
 
 /// What `mesh.json` says about one member.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -404,6 +412,7 @@ pub fn start_member(
         .args(["--listen", &member.peer, "--api-listen", &member.api])
         .args(["--admin-listen", &member.admin, "--app-host", &member.ip])
         .args(["--allowed-ports", &APP_PORT.to_string()])
+        .args(["--zone", zone_of(i)])
         .args(["--min-peers", &min_peers.to_string(), "--max-peers", &max_peers.to_string()])
         .args(["--max-hops", &hop_limit(spec.topology, spec.nodes)?.to_string()])
         .args(timers(spec.nodes))

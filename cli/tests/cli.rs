@@ -32,6 +32,7 @@ fn default_demo_runs_every_stage_cuts_the_revoked_member_off_and_leaves_nothing_
             "routes converged",
             "message across the mesh",
             "tunnelled HTTP request",
+            "service name, nearest member first",
             "certificate rotated, no link dropped",
             "member revoked and cut off everywhere",
             "forged control message refused",
