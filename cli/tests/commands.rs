@@ -131,6 +131,17 @@ fn status_peers_routes_control_revoke_check_and_audit_against_a_running_mesh() {
     }
     assert!(!dests.contains(&first_revoked.as_str()), "a route to the revoked member");
     assert!(stdout(&mesh.run(&["routes", a])).starts_with("DEST"));
+    // services: the demo's stage left `web` offered by two members; every live member knows
+    // the offers of the live ones, nearest first.
+    let (code, services) = mesh.json(&["services", a]);
+    assert_eq!(code, Some(0));
+    let web: Vec<&Value> =
+        services.as_array().unwrap().iter().filter(|s| s["name"] == "web").collect();
+    assert!(!web.is_empty(), "{services:#}");
+    assert!(web.iter().all(|s| s["port"] == 8080 && s["member"].is_string()), "{services:#}");
+    let metrics: Vec<u64> = web.iter().filter_map(|s| s["metric"].as_u64()).collect();
+    assert!(metrics.windows(2).all(|w| w[0] <= w[1]), "nearest first: {services:#}");
+    assert!(stdout(&mesh.run(&["services", a])).starts_with("NAME"));
 
     // A healthy mesh passes every check.
     let (code, report) = mesh.json(&["check"]);
@@ -164,9 +175,14 @@ fn status_peers_routes_control_revoke_check_and_audit_against_a_running_mesh() {
     assert_eq!(answer["accepted"], false);
     assert!(answer["answer"]["rule"].as_str().unwrap().starts_with("default-deny"), "{answer}");
     // Every everyday command answers the same document as JSON and as YAML.
-    for args in
-        [vec!["status"], vec!["peers", a], vec!["routes", a], vec!["check"], vec!["version"]]
-    {
+    for args in [
+        vec!["status"],
+        vec!["peers", a],
+        vec!["routes", a],
+        vec!["services", a],
+        vec!["check"],
+        vec!["version"],
+    ] {
         let (code, as_json) = mesh.json(&args);
         let mut yaml_args = args.clone();
         yaml_args.extend(["-o", "yaml"]);
