@@ -21,6 +21,9 @@ pub const SIDECAR_CONTAINER: &str = "genesis-sidecar";
 pub use crate::decide::network::INJECT_ANNOTATION;
 /// Set on injected pods: the network they were injected for.
 pub const INJECTED_ANNOTATION: &str = "genesis-mesh.io/injected";
+/// The pod annotation naming the services its sidecar offers the mesh: `name=port`, comma
+/// separated (the sidecar's `GENESIS_SERVICES`; docs/SIDECAR.md, "Service names").
+pub const SERVICES_ANNOTATION: &str = "genesis-mesh.io/services";
 /// The audience of the projected token sidecars present to the identity service.
 pub const TOKEN_AUDIENCE: &str = "genesis-mesh.io";
 /// The sidecar's admin port (health, metrics, CRL push).
@@ -56,6 +59,38 @@ pub enum Injection {
     Patch(Value),
     /// Refuse the pod; the message tells the user why and what to change.
     Refuse(String),
+}
+
+/// Checks a services annotation as the sidecar will (`name=port`, a DNS label and a port the
+/// network allows), so a mistake is refused at admission with the reason, not in a crash loop.
+fn check_services(value: &str, allowed: &[genesis_crds::mesh_network::Port]) -> Result<(), String> {
+    let mut names = std::collections::BTreeSet::new();
+    for entry in value.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let (name, port) = entry
+            .split_once('=')
+            .ok_or_else(|| format!("{entry:?} is not name=port (e.g. web=8080)"))?;
+        let label = !name.is_empty()
+            && name.len() <= 63
+            && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !name.starts_with('-')
+            && !name.ends_with('-');
+        if !label {
+            return Err(format!(
+                "{name:?} is not a service name: 1 to 63 of a-z, 0-9 and '-', beginning and ending with a letter or digit"
+            ));
+        }
+        let port: i32 = port.parse().map_err(|_| format!("{entry:?}: {port:?} is not a port"))?;
+        if !allowed.iter().any(|p| p.0 == port) {
+            let allowed: Vec<i32> = allowed.iter().map(|p| p.0).collect();
+            return Err(format!(
+                "{entry:?}: port {port} is not in the network's allowedPorts {allowed:?}"
+            ));
+        }
+        if !names.insert(name) {
+            return Err(format!("service {name:?} is named twice"));
+        }
+    }
+    Ok(())
 }
 
 /// JSON Pointer escaping of one path segment (RFC 6901).
@@ -125,6 +160,13 @@ pub fn injection(
         ));
     }
 
+    let services = match pod.annotations().get(SERVICES_ANNOTATION) {
+        Some(value) => match check_services(value, &network.spec.allowed_ports) {
+            Ok(()) => Some(value.clone()),
+            Err(e) => return Injection::Refuse(format!("annotation {SERVICES_ANNOTATION}: {e}")),
+        },
+        None => None,
+    };
     let role = decide_network::role(labels);
     let sidecar = &network.spec.sidecar;
     let env = |name: &str, value: &str| json!({"name": name, "value": value});
@@ -165,6 +207,10 @@ pub fn injection(
             {"name": "genesis-state", "mountPath": STATE_DIR},
         ],
     });
+    let mut container = container;
+    if let (Some(services), Some(env_list)) = (services, container["env"].as_array_mut()) {
+        env_list.push(env("GENESIS_SERVICES", &services));
+    }
     let volumes = [
         json!({"name": "genesis-config", "configMap": {
             "name": crate::controller::mesh_network::genesis_configmap_name(&network_name)}}),
@@ -173,7 +219,6 @@ pub fn injection(
             "path": "token"}}]}}),
         json!({"name": "genesis-state", "emptyDir": {}}),
     ];
-    let mut container = container;
     let mut ops = if config.native_sidecar {
         // Started before every other init container and the app, which wait until the startup
         // probe passes: the sidecar holds a certificate, a fresh CRL and a peer (LESSONS: the

@@ -369,3 +369,44 @@ fn replicas_starting_together_serve_one_certificate_and_a_replacement_keeps_the_
         assert_eq!(again, renewed, "replaced once, then read back");
     });
 }
+
+#[test]
+fn a_services_annotation_becomes_the_sidecars_services_or_a_refusal_with_the_reason() {
+    let mut net = network();
+    net.spec.allowed_ports = vec![genesis_crds::mesh_network::Port(8080)];
+    let annotated = |value: &str| {
+        let mut p = plain_pod();
+        p.metadata.annotations =
+            Some(BTreeMap::from([(SERVICES_ANNOTATION.to_owned(), value.to_owned())]));
+        p
+    };
+    let with = |value: &str| {
+        injection(&annotated(value), &labelled_namespace(), std::slice::from_ref(&net), &config())
+    };
+    let Injection::Patch(patch) = with("web=8080") else { panic!("expected a patch") };
+    let mut applied = serde_json::to_value(annotated("web=8080")).unwrap();
+    json_patch::patch(&mut applied, &serde_json::from_value::<json_patch::Patch>(patch).unwrap())
+        .unwrap();
+    let env = applied["spec"]["initContainers"][0]["env"].as_array().unwrap().clone();
+    let services = env.iter().find(|e| e["name"] == "GENESIS_SERVICES").unwrap();
+    assert_eq!(services["value"], "web=8080");
+    for (value, why) in [
+        ("web", "is not name=port"),
+        ("Web=8080", "is not a service name"),
+        ("web=http", "is not a port"),
+        ("web=9090", "not in the network's allowedPorts [8080]"),
+        ("web=8080,web=8080", "named twice"),
+    ] {
+        match with(value) {
+            Injection::Refuse(r) => {
+                assert!(r.contains(SERVICES_ANNOTATION) && r.contains(why), "{value}: {r}")
+            }
+            other => panic!("{value}: expected a refusal, got {other:?}"),
+        }
+    }
+    // Without the annotation the sidecar offers nothing (the golden patch has no such env).
+    let golden =
+        std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(GOLDEN))
+            .unwrap();
+    assert!(!golden.contains("GENESIS_SERVICES"));
+}
