@@ -116,14 +116,13 @@ struct Destination {
     /// Feasibility distances: per source, the best (seqno, metric) we have advertised. A
     /// member route has one source, itself; an area route one per member of the area it led
     /// to (Babel keeps them per source in the same way, RFC 8966 3.5.1), with when each was
-    /// last heard of. NB: a map: an area route has one per member of its area, and a linear
-    /// scan of them for every candidate of every reselect was ~4 % of a 10,000-member run.
-    fd: HashMap<String, (u32, u16, Time)>,
+    /// last heard of.
+    fd: Vec<(String, u32, u16, Time)>,
 }
 
 impl Destination {
     fn fd_of(&self, source: &str) -> Option<(u32, u16)> {
-        self.fd.get(source).map(|f| (f.0, f.1))
+        self.fd.iter().find(|f| f.0 == source).map(|f| (f.1, f.2))
     }
 
     fn feasible(&self, c: &Candidate) -> bool {
@@ -135,14 +134,14 @@ impl Destination {
 
     /// Records (seqno, metric) as advertised for `source` when it improves on the distance.
     fn improve_fd(&mut self, source: &str, seqno: u32, metric: u16, now: Time) {
-        match self.fd.get_mut(source) {
+        match self.fd.iter_mut().find(|f| f.0 == source) {
             Some(fd) => {
-                if seqno_newer(seqno, fd.0) || (seqno == fd.0 && metric < fd.1) {
-                    (fd.0, fd.1) = (seqno, metric);
+                if seqno_newer(seqno, fd.1) || (seqno == fd.1 && metric < fd.2) {
+                    (fd.1, fd.2) = (seqno, metric);
                 }
-                fd.2 = now;
+                fd.3 = now;
             }
-            None => drop(self.fd.insert(source.to_owned(), (seqno, metric, now))),
+            None => self.fd.push((source.to_owned(), seqno, metric, now)),
         }
     }
 
@@ -150,12 +149,12 @@ impl Destination {
     /// NB: never sooner: a source's distance forgotten while an old advert of it can still
     /// arrive lets that advert pass as feasible, and that is how loops form.
     fn collect_sources(&mut self, now: Time) {
-        for c in self.candidates.values() {
-            if let Some(f) = self.fd.get_mut(&c.source) {
-                f.2 = now;
+        for f in &mut self.fd {
+            if self.candidates.values().any(|c| c.source == f.0) {
+                f.3 = now;
             }
         }
-        self.fd.retain(|_, f| now.saturating_sub(f.2) < SOURCE_GC);
+        self.fd.retain(|f| now.saturating_sub(f.3) < SOURCE_GC);
     }
 
     /// The seqno to ask `source` for: one past its feasibility distance.
@@ -446,7 +445,7 @@ impl RouteTable {
         let key = self.key_of(dest);
         if let Some(d) = self.get_mut(&key) {
             d.candidates.retain(|_, c| c.source != dest);
-            d.fd.remove(dest);
+            d.fd.retain(|f| f.0 != dest);
             if d.selected_source == dest && d.selected.is_some() {
                 // NB: reselect withdraws with the selected source's name, so a route that led
                 // to the revoked member is withdrawn as such before another is chosen.
