@@ -102,7 +102,7 @@ fn refusals_are_clear_http_errors_and_readyz_names_its_checks() {
     let (s, e) = err(http(&a.api, "CONNECT", "b.api:22", b""));
     assert!(s == 403 && e.contains("port 22"), "{s} {e}");
     let (s, e) = err(http(&a.api, "CONNECT", "b.elsewhere:8080", b""));
-    assert!(s == 400 && e.contains("not a member of network api"), "{s} {e}");
+    assert!(s == 400 && e.contains("not a member or service of network api"), "{s} {e}");
     let (s, e) = err(http(&a.api, "CONNECT", "nobody.api:8080", b""));
     assert!(s == 502 && e.contains("no route to nobody"), "{s} {e}");
     // Allowed port, but nothing listens there in b's pod: the destination says so.
