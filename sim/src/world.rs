@@ -185,7 +185,7 @@ pub fn shared_proof_check(verifications: Arc<Mutex<u64>>) -> ProofCheck {
         }
         *verifications.lock().unwrap() += 1;
         let identity = genesis_trust::seqno::verify_seqno(store, cert, dest, seqno, proof, wall)?;
-        let serial = genesis_trust::CertInfo::parse(cert)?.serial;
+        let serial = genesis_trust::Serial::of_certificate(cert)?;
         cache.lock().unwrap().insert(key, (identity.clone(), serial));
         Ok(identity)
     })

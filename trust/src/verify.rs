@@ -201,6 +201,12 @@ impl TrustStore {
     pub fn install_crl(&self, crl: &Crl, now: SystemTime) -> Result<CrlUpdate> {
         let _writer = self.update.lock().unwrap_or_else(|p| p.into_inner());
         let state = self.state.load_full();
+        // The very CRL already held (a member hears each new one from every neighbour): its
+        // signature was checked when it was installed, and it is not newer.
+        if let Some(held) = state.crls.iter().find(|h| h.crl.der() == crl.der()) {
+            let current = held.crl.number();
+            return Err(Error::CrlNotNewer { current, offered: current });
+        }
         let mut reasons = Vec::new();
         let root = state.bundle.roots.iter().find(|root| match crl.verify_signed_by(root) {
             Ok(()) => true,

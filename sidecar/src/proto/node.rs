@@ -989,8 +989,8 @@ impl Node {
                     .iter()
                     .filter(|(_, kept)| {
                         kept.iter().any(|(_, _, cert)| {
-                            genesis_trust::CertInfo::parse(cert)
-                                .is_ok_and(|i| crl.is_revoked(&i.serial))
+                            genesis_trust::Serial::of_certificate(cert)
+                                .is_ok_and(|serial| crl.is_revoked(&serial))
                         })
                     })
                     .map(|(d, _)| d.clone())

@@ -248,3 +248,28 @@ fn short_lived_leaves_renew_in_the_future_not_at_once() {
     let leaf_secs = |t: SystemTime| t.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs();
     assert_eq!(leaf_secs(leaf.renewal_time), leaf_secs(now + Duration::from_secs(6)));
 }
+
+#[test]
+fn the_serial_read_alone_is_the_serial_the_full_parse_finds_and_junk_is_refused() {
+    let now = SystemTime::now();
+    for ca in [ca(now), ca_for(TD, KeyAlgorithm::Ed25519, now)] {
+        let (leaf, _key) = member(&ca, NET, Role::Client, "web-1", now);
+        for der in [leaf.leaf(), &ca.cert_der()[..]] {
+            let full = CertInfo::parse(der).unwrap().serial;
+            assert_eq!(Serial::of_certificate(der).unwrap(), full);
+        }
+        assert_eq!(Serial::of_certificate(leaf.leaf()).unwrap(), leaf.serial);
+        // Cut short anywhere inside the TBS header and serial: an error, never a panic or a
+        // wrong serial.
+        for cut in 0..24 {
+            let err = Serial::of_certificate(&leaf.leaf()[..cut]).unwrap_err();
+            assert!(matches!(err, Error::InvalidCertificate { .. }), "{cut}: {err}");
+        }
+    }
+    for junk in
+        [&b""[..], b"\x02\x01\x05", b"\x30\x03\x02\x01\x05", b"\x30\x05\x30\x03\x04\x01\x05"]
+    {
+        let err = Serial::of_certificate(junk).unwrap_err();
+        assert!(err.to_string().contains("certificate"), "{err}");
+    }
+}
