@@ -322,7 +322,28 @@ impl Frame {
     /// Encodes the frame with its header. Panics only if a field exceeds its bound, which is a
     /// bug in the caller (frames are built from validated state).
     pub fn encode(&self) -> Vec<u8> {
-        let mut w = Writer(Vec::with_capacity(64));
+        let body = self.body_len();
+        let mut out = Vec::with_capacity(HEADER_LEN + body);
+        out.extend_from_slice(&((body + 2) as u32).to_be_bytes());
+        out.push(PROTOCOL_VERSION);
+        out.push(self.frame_type() as u8);
+        self.write_body(&mut Writer(&mut out));
+        out
+    }
+
+    /// The length of [`Frame::encode`]'s bytes, without making them (the simulator counts
+    /// every frame's size).
+    pub fn encoded_len(&self) -> usize {
+        HEADER_LEN + self.body_len()
+    }
+
+    fn body_len(&self) -> usize {
+        let mut w = Writer(Counter(0));
+        self.write_body(&mut w);
+        w.0 .0
+    }
+
+    fn write_body<S: Sink>(&self, w: &mut Writer<S>) {
         match self {
             Frame::Hello { identity, listen, zone } => {
                 w.str(identity, MAX_URI);
@@ -390,13 +411,6 @@ impl Frame {
                 w.u8(a.ttl);
             }
         }
-        let body = w.0;
-        let mut out = Vec::with_capacity(HEADER_LEN + body.len());
-        out.extend_from_slice(&((body.len() + 2) as u32).to_be_bytes());
-        out.push(PROTOCOL_VERSION);
-        out.push(self.frame_type() as u8);
-        out.extend_from_slice(&body);
-        out
     }
 
     /// Decodes one frame body of type `ty` (the header already checked).
@@ -568,30 +582,50 @@ impl FrameDecoder {
     }
 }
 
-struct Writer(Vec<u8>);
+/// Where a [`Writer`] puts bytes: a buffer, or a [`Counter`] of them.
+trait Sink {
+    fn put(&mut self, b: &[u8]);
+}
 
-impl Writer {
+impl Sink for &mut Vec<u8> {
+    fn put(&mut self, b: &[u8]) {
+        self.extend_from_slice(b);
+    }
+}
+
+/// Counts the bytes put, keeping none.
+struct Counter(usize);
+
+impl Sink for Counter {
+    fn put(&mut self, b: &[u8]) {
+        self.0 += b.len();
+    }
+}
+
+struct Writer<S>(S);
+
+impl<S: Sink> Writer<S> {
     fn u8(&mut self, v: u8) {
-        self.0.push(v);
+        self.0.put(&[v]);
     }
     fn u16(&mut self, v: u16) {
-        self.0.extend_from_slice(&v.to_be_bytes());
+        self.0.put(&v.to_be_bytes());
     }
     fn u32(&mut self, v: u32) {
-        self.0.extend_from_slice(&v.to_be_bytes());
+        self.0.put(&v.to_be_bytes());
     }
     fn u64(&mut self, v: u64) {
-        self.0.extend_from_slice(&v.to_be_bytes());
+        self.0.put(&v.to_be_bytes());
     }
     fn bytes(&mut self, b: &[u8], max: usize) {
         assert!(b.len() <= max && max <= u16::MAX as usize, "field over its bound");
         self.u16(b.len() as u16);
-        self.0.extend_from_slice(b);
+        self.0.put(b);
     }
     fn long_bytes(&mut self, b: &[u8], max: usize) {
         assert!(b.len() <= max, "field over its bound");
         self.u32(b.len() as u32);
-        self.0.extend_from_slice(b);
+        self.0.put(b);
     }
     fn str(&mut self, s: &str, max: usize) {
         self.bytes(s.as_bytes(), max);

@@ -553,41 +553,52 @@ impl PeerSet {
     /// Addresses learned from a peer exchange. Our own name and over-the-bound entries are
     /// ignored.
     pub fn on_exchange(&mut self, peers: &[PeerAddr], now: Time) {
+        // With a full book, addresses known per area, counted once per exchange and kept as
+        // entries come and go (a count per offered address made a full book O(list × book)).
+        let mut known: Option<Vec<usize>> = None;
         for p in peers {
             if p.node == self.me || p.addr.is_empty() {
                 continue;
             }
+            let area = area_of(&p.node, self.areas);
             if self.dials.len() >= MAX_KNOWN && !self.dials.contains_key(&p.addr) {
+                let known = known.get_or_insert_with(|| self.known_per_area());
                 // With areas, a member of ours takes the place of one from another area:
                 // our own area's members are the ones we must be able to find.
-                let area = area_of(&p.node, self.areas);
                 let room = self.areas > 1
                     && if area == self.my_area {
-                        self.forget_one_foreign(None)
+                        self.forget_one_foreign(None, known)
                     } else {
                         // A few of every area, so that whoever asks us for members of its
                         // area finds some (see `exchange_list_for`).
-                        self.known_in(area) < PER_AREA_KEPT
-                            && self.forget_one_foreign(Some(PER_AREA_KEPT))
+                        known[usize::from(area)] < PER_AREA_KEPT
+                            && self.forget_one_foreign(Some(PER_AREA_KEPT), known)
                     };
                 if !room {
                     continue;
                 }
             }
-            let area = Some(area_of(&p.node, self.areas));
-            let d = self.dials.entry(p.addr.clone()).or_insert(Dial {
-                node: p.node.clone(),
-                area,
-                zone: p.zone.clone(),
-                failures: 0,
-                next: now,
-                anchor: false,
-                in_flight: false,
-                unreachable_since: None,
+            let d = self.dials.entry(p.addr.clone()).or_insert_with(|| {
+                if let Some(known) = known.as_mut() {
+                    known[usize::from(area)] += 1;
+                }
+                Dial {
+                    node: p.node.clone(),
+                    area: Some(area),
+                    zone: p.zone.clone(),
+                    failures: 0,
+                    next: now,
+                    anchor: false,
+                    in_flight: false,
+                    unreachable_since: None,
+                }
             });
             if d.node.is_empty() {
                 d.node = p.node.clone(); // an anchor, known by address until now
-                d.area = area;
+                d.area = Some(area);
+                if let Some(known) = known.as_mut() {
+                    known[usize::from(area)] += 1;
+                }
             }
             if d.zone.is_empty() {
                 d.zone.clone_from(&p.zone);
@@ -595,10 +606,20 @@ impl PeerSet {
         }
     }
 
+    /// Addresses known per area (indexed by area; addresses of unknown area not counted).
+    fn known_per_area(&self) -> Vec<usize> {
+        let mut known = vec![0; usize::from(self.areas)];
+        for a in self.dials.values().filter_map(|d| d.area) {
+            known[usize::from(a)] += 1;
+        }
+        known
+    }
+
     /// Forgets one address of another area that is neither an anchor nor being dialled nor
     /// linked; with `above`, only from the area we know most addresses of, and only if that is
-    /// more than `above`. Whether there was one.
-    fn forget_one_foreign(&mut self, above: Option<usize>) -> bool {
+    /// more than `above`. Whether there was one; `known` (see [`PeerSet::known_per_area`])
+    /// follows.
+    fn forget_one_foreign(&mut self, above: Option<usize>, known: &mut [usize]) -> bool {
         let linked = self.linked_addrs();
         let spare = |(a, d): &(&String, &Dial)| {
             !d.anchor && !d.in_flight && !self.dial_in_my_area(d) && !linked.contains(&a.as_str())
@@ -606,22 +627,23 @@ impl PeerSet {
         let victim = match above {
             None => self.dials.iter().find(|e| spare(e)).map(|(a, _)| a.clone()),
             Some(above) => {
-                let mut counts: BTreeMap<u16, usize> = BTreeMap::new();
-                for d in self.dials.values() {
-                    if let Some(x) = d.area.filter(|x| *x != self.my_area) {
-                        *counts.entry(x).or_default() += 1;
-                    }
-                }
-                let (crowded, n) = counts.into_iter().max_by_key(|(_, n)| *n).unwrap_or((0, 0));
-                (n > above)
-                    .then(|| {
-                        let pick = |e: &(&String, &Dial)| spare(e) && e.1.area == Some(crowded);
-                        self.dials.iter().find(|e| pick(e)).map(|(a, _)| a.clone())
-                    })
-                    .flatten()
+                let crowded = (0..self.areas)
+                    .filter(|x| *x != self.my_area)
+                    .max_by_key(|x| known[usize::from(*x)])
+                    .filter(|x| known[usize::from(*x)] > above);
+                crowded.and_then(|crowded| {
+                    let pick = |e: &(&String, &Dial)| spare(e) && e.1.area == Some(crowded);
+                    self.dials.iter().find(|e| pick(e)).map(|(a, _)| a.clone())
+                })
             }
         };
-        victim.is_some_and(|a| self.dials.remove(&a).is_some())
+        let Some(gone) = victim.and_then(|a| self.dials.remove(&a)) else {
+            return false;
+        };
+        if let Some(a) = gone.area {
+            known[usize::from(a)] -= 1;
+        }
+        true
     }
 
     /// The addresses of the peers we hold a link to.

@@ -65,6 +65,24 @@ fn the_same_seed_gives_the_same_run() {
 }
 
 #[test]
+fn one_thread_and_several_give_the_same_run() {
+    // Members of a window run in parallel; what they cause is merged in member order.
+    let s =
+        Scenario { members: 120, zones: 3, steady: Duration::from_secs(2), ..Scenario::default() };
+    let one = run(&Scenario { threads: 1, ..s.clone() });
+    let four = run(&Scenario { threads: 4, ..s });
+    assert!(one.invariants_ok, "{:#?}", one.violations);
+    let same = |r: &genesis_sim::Report| {
+        let mut v = serde_json::to_value(r).expect("a report");
+        let o = v.as_object_mut().expect("an object");
+        o.remove("wallSeconds");
+        o.remove("memoryPerMemberBytes");
+        v
+    };
+    assert_eq!(same(&one), same(&four));
+}
+
+#[test]
 fn five_hundred_members_in_five_routing_areas_and_three_zones_hold_every_invariant_and_rejoin() {
     // With areas, a member holds routes to its own area's members and one per other area; an
     // area split by the partition must find its halves again (peers.rs, `PeerSet::rejoin`:

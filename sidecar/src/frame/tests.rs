@@ -80,6 +80,14 @@ fn every_frame_type_round_trips_through_any_chunking() {
     }
     let types: std::collections::HashSet<_> = frames.iter().map(|f| f.frame_type() as u8).collect();
     assert_eq!(types.len(), FrameType::ALL.len(), "samples cover every frame type");
+    for f in &frames {
+        assert_eq!(
+            f.encoded_len(),
+            f.encode().len(),
+            "{}: the counted length",
+            f.frame_type().as_str()
+        );
+    }
 }
 
 #[test]
