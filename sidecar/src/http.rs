@@ -70,6 +70,8 @@ pub async fn serve<S, H, F>(
             },
         };
         backoff = Duration::from_millis(10);
+        // The API's CONNECT tunnels run on these sockets: small writes go out at once.
+        let _ = tcp.set_nodelay(true);
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             tracing::debug!(%peer, "connection limit reached: closing");
             continue;

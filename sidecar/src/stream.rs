@@ -484,6 +484,7 @@ async fn serve_tunnel(shared: Arc<Shared>, mut tls: ServerStream, port: u16) {
     let target = std::net::SocketAddr::new(shared.config.app_host, port);
     match tokio::net::TcpStream::connect(target).await {
         Ok(mut tcp) => {
+            let _ = tcp.set_nodelay(true);
             if tls.write_u8(0).await.is_err() || tls.flush().await.is_err() {
                 return;
             }
