@@ -35,8 +35,13 @@ const PROOFS_KEPT: usize = 3;
 /// The RTT a new link is costed at when its handshake gave no estimate: on the slow side for a
 /// cluster, so the first measurement lowers the cost (good news) rather than raising it.
 const INITIAL_RTT: Duration = Duration::from_millis(5);
-/// RTT samples a link's cost is taken from (the least of them).
-const RTT_WINDOW: usize = 8;
+/// A link's cost follows the least RTT seen over the last one to two of these. Queueing and a
+/// busy member only ever add to a round trip, so the least sample is the path's own delay (as
+/// BBR's min-RTT filter). NB: a window of minutes, not of samples: with the least of the last
+/// 8 pongs, members short of CPU for a while raised costs all over the mesh at once, and 200
+/// real members on two cores changed routes 847,009 times in 100 s with their links standing
+/// (converged in 52-78 s, and failed demo stages); with RTT left out of the cost, 7-11 s.
+const RTT_EPOCH: Duration = Duration::from_secs(150);
 /// Own sequence numbers per wall-clock second, when one is derived from the clock at start: a
 /// restarted member starts ahead of the proofs others still cache for its previous life, as
 /// long as it advanced its seqno fewer than this many times a second on average.
@@ -234,8 +239,11 @@ struct LinkState {
     id: u64,
     outbound: bool,
     ping: Option<(u64, Time)>,
-    /// The last RTT samples (at most [`RTT_WINDOW`]) and the link cost last given to routing.
-    rtts: VecDeque<Duration>,
+    /// The least RTT of the previous [`RTT_EPOCH`] and of the current one (since
+    /// `rtt_since`), and the link cost last given to routing.
+    rtt_prev: Duration,
+    rtt_cur: Duration,
+    rtt_since: Time,
     cost: u16,
     /// The peer's zone (empty: not known), and what crossing zones adds to the link's cost.
     zone: String,
@@ -533,14 +541,15 @@ impl Node {
         let first = rtt.unwrap_or(INITIAL_RTT);
         let penalty = self.zone_penalty(&zone);
         let cost = link_cost(first).saturating_add(penalty);
-        let rtts = VecDeque::from([first]);
         self.links.insert(
             node.clone(),
             LinkState {
                 id: link_id,
                 outbound,
                 ping: None,
-                rtts,
+                rtt_prev: first,
+                rtt_cur: first,
+                rtt_since: now,
                 cost,
                 zone,
                 penalty,
@@ -808,14 +817,17 @@ impl Node {
         }
         link.ping = None;
         let rtt = now.saturating_sub(sent);
-        link.rtts.push_back(rtt);
-        if link.rtts.len() > RTT_WINDOW {
-            link.rtts.pop_front();
+        if now.saturating_sub(link.rtt_since) >= RTT_EPOCH {
+            link.rtt_prev = link.rtt_cur;
+            link.rtt_cur = rtt;
+            link.rtt_since = now;
+        } else {
+            link.rtt_cur = link.rtt_cur.min(rtt);
         }
-        // NB: the least of the recent samples: a lost segment's retransmission, or a member
-        // busy for a moment, makes one sample late, not the path longer; a smoothed mean of
-        // such samples raised link costs by hundreds and moved routes all over the mesh.
-        let srtt = link.rtts.iter().min().copied().unwrap_or(rtt);
+        // NB: the least of the samples: a lost segment's retransmission, or a member busy for
+        // a moment, makes a sample late, not the path longer; a smoothed mean of such samples
+        // raised link costs by hundreds and moved routes all over the mesh.
+        let srtt = link.rtt_prev.min(link.rtt_cur);
         // Hysteresis: routing hears about a cost change only when it moved by a fifth, so
         // RTT jitter under load does not churn routes.
         let cost = link_cost(srtt).saturating_add(link.penalty);

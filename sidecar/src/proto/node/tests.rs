@@ -161,6 +161,36 @@ impl Line {
         }
         self.pump(now);
     }
+
+    /// As `tick`, with every ping member `i` sends answered `rtt` later (a busy peer, or a
+    /// slow path); everything else is carried at once.
+    fn tick_with_late_pongs(&mut self, now: Time, i: usize, rtt: Duration) {
+        for node in &mut self.nodes {
+            node.handle_tick(now, self.wall, &|_| Some(now));
+        }
+        loop {
+            let mut moved = false;
+            for a in 0..self.nodes.len() {
+                while let Some(out) = self.nodes[a].poll() {
+                    let Output::Send { to, frame } = out else { continue };
+                    moved = true;
+                    let b: usize = to[1..].parse().unwrap();
+                    match frame {
+                        Frame::Ping { nonce } if a == i => {
+                            let pong = Frame::Pong { nonce };
+                            let size = pong.encoded_len();
+                            let (wall, id) = (self.wall, Line::link_id(a, b));
+                            self.nodes[a].handle_frame(now + rtt, wall, &to, id, pong, size);
+                        }
+                        frame => self.deliver(now, a, b, frame.encode()),
+                    }
+                }
+            }
+            if !moved {
+                return;
+            }
+        }
+    }
 }
 
 #[test]
@@ -216,10 +246,10 @@ fn an_advert_naming_a_certificate_the_link_never_carried_closes_the_link() {
 
 #[test]
 fn a_cross_zone_penalty_keeps_traffic_between_members_of_one_zone_inside_it_while_a_path_exists() {
-    // m0 and m1 in zone a; m2 in zone b on the short path between them (1 ms links), m3 in
-    // zone a on a longer one (3 ms links).
+    // m0 and m1 in zone a; m2 in zone b on the short path between them (11 ms links), m3 in
+    // zone a on a longer one (13 ms links; round trips under 10 ms cost nothing).
     let zone = |i: usize| if i == 2 { "b" } else { "a" };
-    let edges = [(0, 2, 1), (2, 1, 1), (0, 3, 3), (3, 1, 3)];
+    let edges = [(0, 2, 11), (2, 1, 11), (0, 3, 13), (3, 1, 13)];
     let flat = Line::mesh(4, &edges, zone, 0);
     assert_eq!(flat.nodes[0].next_hop("m1"), Some("m2"), "without a penalty, the fastest path");
     let mut line = Line::mesh(4, &edges, zone, 500);
@@ -235,4 +265,25 @@ fn a_cross_zone_penalty_keeps_traffic_between_members_of_one_zone_inside_it_whil
     line.nodes[3].handle_link_down(Time::ZERO, "m0", id, true, "test");
     line.pump(Time::ZERO);
     assert_eq!(line.nodes[0].next_hop("m1"), Some("m2"));
+}
+
+#[test]
+fn a_link_costs_the_least_rtt_of_minutes_so_a_busy_peer_moves_no_route() {
+    let mut line = Line::mesh(2, &[(0, 1, 12)], |_| "", 0);
+    let metric =
+        |line: &Line| line.nodes[0].routes().into_iter().find(|r| r.dest == "m1").map(|r| r.metric);
+    let first = crate::routing::link_cost(Duration::from_millis(12));
+    assert_eq!(metric(&line), Some(first));
+    // The peer answers every ping 300 ms late for two minutes (short of CPU): the cost holds.
+    let late = Duration::from_millis(300);
+    for s in 1..=120 {
+        line.tick_with_late_pongs(Time::from_secs(s), 0, late);
+    }
+    assert_eq!(metric(&line), Some(first), "late pongs moved the route");
+    // Still late after two windows: the path itself is slower now, and the cost follows.
+    for s in 121..=2 * RTT_EPOCH.as_secs() + 1 {
+        line.tick_with_late_pongs(Time::from_secs(s), 0, late);
+    }
+    assert_eq!(metric(&line), Some(crate::routing::link_cost(late)));
+    assert!(line.closed.is_empty(), "no link closed: {:?}", line.closed);
 }
