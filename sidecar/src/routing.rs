@@ -1057,19 +1057,11 @@ fn switch_margin(best: u16) -> u32 {
     (u32::from(best) / 10).max(10)
 }
 
-/// Round trips up to this cost nothing beyond the hop (Babel's RTT extension has the same
-/// floor, rtt-min, RFC 9616 appendix A). Inside a cluster, hop count and the zone penalty
-/// decide; a member that waited milliseconds for a core must not move routes. NB: with 1 per
-/// 100 µs from zero, 200 real members on two cores (load average about 150) changed routes
-/// 847,009 times and sent 370,985 seqno requests in about 100 s with their links standing, and
-/// took 52-78 s to converge; with RTT left out of the cost, 7.7 s and every demo stage passed.
-pub const RTT_FREE: Duration = Duration::from_millis(10);
-
-/// Link cost from a measured round-trip time: 100 per hop plus 1 per 100 µs of RTT above
-/// [`RTT_FREE`], capped at 1000, so hop count dominates in a cluster and latency counts
-/// between distant sites (16 hops stay far below the 65535 metric ceiling).
+/// Link cost from a measured round-trip time: 100 per hop plus 1 per 100 µs of RTT, capped at
+/// 1000, so hop count dominates on a LAN and latency breaks ties (16 hops stay far below the
+/// 65535 metric ceiling).
 pub fn link_cost(rtt: Duration) -> u16 {
-    let extra = (rtt.saturating_sub(RTT_FREE).as_micros() / 100).min(900) as u16;
+    let extra = (rtt.as_micros() / 100).min(900) as u16;
     100 + extra
 }
 

@@ -246,10 +246,10 @@ fn an_advert_naming_a_certificate_the_link_never_carried_closes_the_link() {
 
 #[test]
 fn a_cross_zone_penalty_keeps_traffic_between_members_of_one_zone_inside_it_while_a_path_exists() {
-    // m0 and m1 in zone a; m2 in zone b on the short path between them (11 ms links), m3 in
-    // zone a on a longer one (13 ms links; round trips under 10 ms cost nothing).
+    // m0 and m1 in zone a; m2 in zone b on the short path between them (1 ms links), m3 in
+    // zone a on a longer one (3 ms links).
     let zone = |i: usize| if i == 2 { "b" } else { "a" };
-    let edges = [(0, 2, 11), (2, 1, 11), (0, 3, 13), (3, 1, 13)];
+    let edges = [(0, 2, 1), (2, 1, 1), (0, 3, 3), (3, 1, 3)];
     let flat = Line::mesh(4, &edges, zone, 0);
     assert_eq!(flat.nodes[0].next_hop("m1"), Some("m2"), "without a penalty, the fastest path");
     let mut line = Line::mesh(4, &edges, zone, 500);
