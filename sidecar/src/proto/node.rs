@@ -41,7 +41,7 @@ const INITIAL_RTT: Duration = Duration::from_millis(5);
 /// 8 pongs, members short of CPU for a while raised costs all over the mesh at once, and 200
 /// real members on two cores changed routes 847,009 times in 100 s with their links standing
 /// (converged in 52-78 s, and failed demo stages); with RTT left out of the cost, 7-11 s, and
-/// with this window 10-11 s.
+/// with this window 10-15 s.
 const RTT_EPOCH: Duration = Duration::from_secs(150);
 /// Own sequence numbers per wall-clock second, when one is derived from the clock at start: a
 /// restarted member starts ahead of the proofs others still cache for its previous life, as
