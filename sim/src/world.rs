@@ -376,16 +376,11 @@ impl World {
                 _ => groups.push((i, vec![(at, event)])),
             }
         }
-        let ctx = Ctx {
-            members: &self.members,
-            config: &self.config,
-            links: &self.links,
-            wall0: self.wall0,
-            proof_check: &self.proof_check,
-            tick_every: self.tick_every,
-        };
+        // The states leave the world for the window, so that the rest of it can be read.
+        let mut states = std::mem::take(&mut self.states);
+        let ctx = self.ctx();
         // Each member's state, borrowed apart from the others'.
-        let mut rest: &mut [MemberState] = &mut self.states;
+        let mut rest: &mut [MemberState] = &mut states;
         let mut base = 0;
         let mut picked = Vec::with_capacity(groups.len());
         for (i, events) in groups {
@@ -405,6 +400,7 @@ impl World {
         } else {
             picked.into_iter().map(run).collect()
         };
+        self.states = states;
         let mut last = Time::ZERO;
         for out in outs {
             last = last.max(out.last);
@@ -455,21 +451,32 @@ impl World {
         f: impl FnOnce(&mut Node, Time, SystemTime) -> R,
     ) -> Option<R> {
         let (now, wall) = (self.now, self.wall());
-        let ctx = Ctx {
+        let mut states = std::mem::take(&mut self.states);
+        let ctx = self.ctx();
+        let me = &mut states[i];
+        let result = me.node.as_mut().map(|node| f(node, now, wall));
+        let out = result.is_some().then(|| {
+            let mut step = Step::new(&ctx, i, me);
+            step.drain(now);
+            step.out
+        });
+        self.states = states;
+        if let Some(out) = out {
+            self.merge(out, now);
+        }
+        result
+    }
+
+    /// What every member's step reads (all but the members' states).
+    fn ctx(&self) -> Ctx<'_> {
+        Ctx {
             members: &self.members,
             config: &self.config,
             links: &self.links,
             wall0: self.wall0,
             proof_check: &self.proof_check,
             tick_every: self.tick_every,
-        };
-        let me = &mut self.states[i];
-        let result = f(me.node.as_mut()?, now, wall);
-        let mut step = Step::new(&ctx, i, me);
-        step.drain(now);
-        let out = step.out;
-        self.merge(out, now);
-        Some(result)
+        }
     }
 
     /// Injects `der` (a signed CRL) at member `i`, as the CRL publisher pushes it to an anchor.
