@@ -169,7 +169,7 @@ async fn connect(shared: Arc<Shared>, mut req: Request<Incoming>) -> Response<Bo
         };
         let copied = async {
             tunnel.write_all(&early).await?;
-            tokio::io::copy_bidirectional(&mut app, &mut tunnel).await
+            crate::stream::copy_tunnel(&mut app, &mut tunnel).await
         };
         match copied.await {
             Ok((up, down)) => {

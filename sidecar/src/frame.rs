@@ -7,6 +7,8 @@
 
 use std::fmt;
 
+use bytes::{Buf, Bytes, BytesMut};
+
 /// Version of the frame protocol; a frame of another version is refused.
 pub const PROTOCOL_VERSION: u8 = 2;
 /// Header: length (4), version (1), type (1).
@@ -161,7 +163,69 @@ pub struct Data {
     pub kind: DataKind,
     /// Stream or channel id, chosen by the stream's opener.
     pub flow: u64,
-    pub payload: Vec<u8>,
+    /// Shared with the buffer the frame was read into: delivering or relaying it copies
+    /// nothing.
+    pub payload: Bytes,
+}
+
+impl Data {
+    /// The encoded frame as a head (header and addressing, a small allocation) and the payload
+    /// itself, shared: what a link writer sends, with one vectored write for both.
+    pub fn encode_parts(&self) -> Encoded {
+        let mut counter = Writer(Counter(0));
+        self.write_head(&mut counter);
+        let body = counter.0 .0 + self.payload.len();
+        let mut head = Vec::with_capacity(HEADER_LEN + counter.0 .0);
+        head.extend_from_slice(&((body + 2) as u32).to_be_bytes());
+        head.push(PROTOCOL_VERSION);
+        head.push(FrameType::Data as u8);
+        self.write_head(&mut Writer(&mut head));
+        Encoded { head: Bytes::from(head), payload: self.payload.clone() }
+    }
+
+    /// The body up to the payload: addressing, then the payload's length.
+    fn write_head<S: Sink>(&self, w: &mut Writer<S>) {
+        assert!(self.payload.len() <= MAX_DATA_PAYLOAD, "field over its bound");
+        w.str(&self.src, MAX_NAME);
+        w.str(&self.dst, MAX_NAME);
+        w.u8(self.ttl);
+        w.u8(self.kind as u8);
+        w.u64(self.flow);
+        w.u32(self.payload.len() as u32);
+    }
+}
+
+/// One encoded frame queued for a link writer: `head` then `payload` on the wire. Only data
+/// frames have a separate payload; it is the very buffer the frame arrived in when relayed.
+#[derive(Debug, Clone, Default)]
+pub struct Encoded {
+    pub head: Bytes,
+    pub payload: Bytes,
+}
+
+impl Encoded {
+    /// Bytes on the wire.
+    pub fn len(&self) -> usize {
+        self.head.len() + self.payload.len()
+    }
+
+    /// Whether nothing is left to write.
+    pub fn is_empty(&self) -> bool {
+        self.head.is_empty() && self.payload.is_empty()
+    }
+
+    /// Drops the first `n` written bytes.
+    pub fn advance(&mut self, n: usize) {
+        let from_head = n.min(self.head.len());
+        self.head.advance(from_head);
+        self.payload.advance(n - from_head);
+    }
+}
+
+impl From<Vec<u8>> for Encoded {
+    fn from(v: Vec<u8>) -> Self {
+        Encoded { head: Bytes::from(v), payload: Bytes::new() }
+    }
 }
 
 impl fmt::Debug for Data {
@@ -384,12 +448,8 @@ impl Frame {
                 w.long_bytes(envelope, MAX_BODY - 4 - 2 - MAX_NAME);
             }
             Frame::Data(d) => {
-                w.str(&d.src, MAX_NAME);
-                w.str(&d.dst, MAX_NAME);
-                w.u8(d.ttl);
-                w.u8(d.kind as u8);
-                w.u64(d.flow);
-                w.long_bytes(&d.payload, MAX_DATA_PAYLOAD);
+                d.write_head(w);
+                w.0.put(&d.payload);
             }
             Frame::Broadcast(b) => {
                 w.str(&b.src, MAX_NAME);
@@ -468,17 +528,7 @@ impl Frame {
                 origin: r.name()?,
                 envelope: r.long_bytes(MAX_BODY - 4 - 2 - MAX_NAME)?,
             },
-            FrameType::Data => {
-                let src = r.name()?;
-                let dst = r.name()?;
-                let ttl = r.u8()?;
-                let kind_byte = r.u8()?;
-                let kind = DataKind::from_u8(kind_byte)
-                    .ok_or_else(|| r.err(format!("unknown data kind {kind_byte}")))?;
-                let flow = r.u64()?;
-                let payload = r.long_bytes(MAX_DATA_PAYLOAD)?;
-                Frame::Data(Data { src, dst, ttl, kind, flow, payload })
-            }
+            FrameType::Data => return Frame::decode_data(Bytes::copy_from_slice(body)),
             FrameType::Broadcast => Frame::Broadcast(Broadcast {
                 src: r.name()?,
                 id: r.u64()?,
@@ -510,6 +560,31 @@ impl Frame {
     }
 }
 
+impl Frame {
+    /// Decodes a data frame's body; its payload is a slice of `body`.
+    fn decode_data(body: Bytes) -> Result<Frame, FrameError> {
+        let mut r = Reader { buf: &body, kind: FrameType::Data.as_str() };
+        let src = r.name()?;
+        let dst = r.name()?;
+        let ttl = r.u8()?;
+        let kind_byte = r.u8()?;
+        let kind = DataKind::from_u8(kind_byte)
+            .ok_or_else(|| r.err(format!("unknown data kind {kind_byte}")))?;
+        let flow = r.u64()?;
+        let n = r.u32()? as usize;
+        if n > MAX_DATA_PAYLOAD {
+            return Err(r.err(format!("payload of {n} bytes exceeds {MAX_DATA_PAYLOAD}")));
+        }
+        r.take(n)?;
+        if !r.buf.is_empty() {
+            return Err(r.err(format!("{} trailing bytes", r.buf.len())));
+        }
+        let end = body.len();
+        let payload = body.slice(end - n..end);
+        Ok(Frame::Data(Data { src, dst, ttl, kind, flow, payload }))
+    }
+}
+
 fn truncate(s: &str, max: usize) -> &str {
     if s.len() <= max {
         return s;
@@ -521,10 +596,12 @@ fn truncate(s: &str, max: usize) -> &str {
     &s[..end]
 }
 
-/// Decodes frames from a byte stream.
+/// Decodes frames from a byte stream. Bytes are read straight into its buffer
+/// ([`FrameDecoder::read_buf`]); a data frame's payload is handed out as a shared slice of
+/// that buffer, never copied.
 #[derive(Debug, Default)]
 pub struct FrameDecoder {
-    buf: Vec<u8>,
+    buf: BytesMut,
     last_len: usize,
 }
 
@@ -537,6 +614,12 @@ impl FrameDecoder {
     /// Appends bytes read from the link.
     pub fn push(&mut self, bytes: &[u8]) {
         self.buf.extend_from_slice(bytes);
+    }
+
+    /// The buffer to read the link into, with room for at least `room` more bytes.
+    pub fn read_buf(&mut self, room: usize) -> &mut BytesMut {
+        self.buf.reserve(room);
+        &mut self.buf
     }
 
     /// Wire size of the frame `next_frame` returned last.
@@ -575,9 +658,16 @@ impl FrameDecoder {
         if self.buf.len() < HEADER_LEN + body_len {
             return Ok(None);
         }
-        let frame = Frame::decode_body(ty, &self.buf[HEADER_LEN..HEADER_LEN + body_len]);
-        self.buf.drain(..HEADER_LEN + body_len);
         self.last_len = HEADER_LEN + body_len;
+        let frame = if ty == FrameType::Data {
+            // The frame leaves the buffer as its own shared slice; the payload stays in it.
+            let raw = self.buf.split_to(HEADER_LEN + body_len).freeze();
+            Frame::decode_data(raw.slice(HEADER_LEN..))
+        } else {
+            let frame = Frame::decode_body(ty, &self.buf[HEADER_LEN..HEADER_LEN + body_len]);
+            self.buf.advance(HEADER_LEN + body_len);
+            frame
+        };
         frame.map(Some)
     }
 }

@@ -5,16 +5,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use bytes::Bytes;
+use std::io::IoSlice;
+
 use genesis_trust::{PeerIdentity, PeerRole};
 use rustls::pki_types::ServerName;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tokio_util::sync::CancellationToken;
 
-use crate::frame::{Data, DataKind, Frame, FrameDecoder};
+use crate::frame::{Data, DataKind, Encoded, Frame, FrameDecoder};
 use crate::proto::forward::{FlowPins, Forward};
 use crate::shared::{Command, LinkQueues, NewLink, Shared, CONTROL_QUEUE, DATA_QUEUE};
 
@@ -22,9 +23,18 @@ use crate::shared::{Command, LinkQueues, NewLink, Shared, CONTROL_QUEUE, DATA_QU
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The peer's hello must arrive within this after the handshake.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
-/// Read buffer per link: one TLS record's worth. Memory per link matters (a member with 100
-/// links holds 100 of these); a bigger buffer bought no throughput here.
+/// Room a link reader asks for before each read: one TLS record's worth. Memory per link
+/// matters (a member with 100 idle links holds 100 of these).
 const READ_CHUNK: usize = 16 * 1024;
+/// While reads keep filling the room they were given (a bulk transfer), the room doubles up to
+/// this, so a busy link reads several records per system call; it falls back to
+/// [`READ_CHUNK`] as soon as a read comes up short.
+const READ_CHUNK_BUSY: usize = 128 * 1024;
+/// A link writer gathers queued frames up to about this many bytes into one vectored write:
+/// rustls seals them into several records and hands them to the socket in one `writev`.
+const WRITE_BATCH: usize = 64 * 1024;
+/// Slices in one vectored write (two per frame: head and payload).
+const WRITE_SLICES: usize = 64;
 
 static LINK_IDS: AtomicU64 = AtomicU64::new(1);
 
@@ -96,7 +106,6 @@ pub async fn dial(shared: Arc<Shared>, addr: String) {
 async fn next_frame<R: AsyncRead + Unpin>(
     decoder: &mut FrameDecoder,
     reader: &mut R,
-    buf: &mut [u8],
 ) -> Result<Frame, String> {
     loop {
         match decoder.next_frame() {
@@ -104,12 +113,50 @@ async fn next_frame<R: AsyncRead + Unpin>(
             Ok(None) => {}
             Err(e) => return Err(e.to_string()),
         }
-        let n = reader.read(buf).await.map_err(|e| e.to_string())?;
+        let n = reader.read_buf(decoder.read_buf(READ_CHUNK)).await.map_err(|e| e.to_string())?;
         if n == 0 {
             return Err("closed before hello".into());
         }
-        decoder.push(&buf[..n]);
     }
+}
+
+/// Writes `batch` in order with vectored writes, then empties it.
+async fn write_batch<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    batch: &mut Vec<Encoded>,
+) -> std::io::Result<()> {
+    let mut first = 0;
+    while first < batch.len() {
+        let mut slices = [IoSlice::new(&[]); WRITE_SLICES];
+        let mut count = 0;
+        for part in batch[first..].iter().flat_map(|e| [&e.head, &e.payload]) {
+            if count == WRITE_SLICES {
+                break;
+            }
+            if !part.is_empty() {
+                slices[count] = IoSlice::new(part);
+                count += 1;
+            }
+        }
+        let mut n = writer.write_vectored(&slices[..count]).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        while n > 0 {
+            let e = &mut batch[first];
+            let step = n.min(e.len());
+            e.advance(step);
+            n -= step;
+            if e.is_empty() {
+                first += 1;
+            }
+        }
+        while batch.get(first).is_some_and(Encoded::is_empty) {
+            first += 1;
+        }
+    }
+    batch.clear();
+    Ok(())
 }
 
 async fn refused(shared: &Shared, node: Option<String>, addr: &str, reason: &str) {
@@ -146,8 +193,7 @@ async fn run_link<S>(
             Err(e) => return refused(&shared, None, &addr, &e).await,
         };
     let node = peer.identity.node().to_owned();
-    let (mut reader, writer) = tokio::io::split(stream);
-    let mut writer = BufWriter::new(writer);
+    let (mut reader, mut writer) = tokio::io::split(stream);
     if !outbound {
         // Ask the core before saying hello: a refused dialer then sees no link at all (no
         // link up and down, nothing for its routes to react to), only our peers and why.
@@ -183,9 +229,7 @@ async fn run_link<S>(
     let mut pins = FlowPins::default();
     let mut sweep = tokio::time::interval(PIN_SWEEP);
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut buf = vec![0u8; READ_CHUNK];
-    let first =
-        tokio::time::timeout(HELLO_TIMEOUT, next_frame(&mut decoder, &mut reader, &mut buf)).await;
+    let first = tokio::time::timeout(HELLO_TIMEOUT, next_frame(&mut decoder, &mut reader)).await;
     let (listen, zone) = match first {
         Ok(Ok(Frame::Hello { identity, listen, zone })) if identity == peer.identity.uri() => {
             (listen, zone)
@@ -197,7 +241,7 @@ async fn run_link<S>(
         }
         // A member that will not take the link answers with its peers and a goodbye.
         Ok(Ok(Frame::PeerExchange { peers })) if outbound => {
-            let reason = match next_frame(&mut decoder, &mut reader, &mut buf).await {
+            let reason = match next_frame(&mut decoder, &mut reader).await {
                 Ok(Frame::Close { reason }) => reason,
                 Ok(other) => format!("{:?} after a peer exchange, not hello", other.frame_type()),
                 Err(e) => e,
@@ -215,8 +259,8 @@ async fn run_link<S>(
     };
     // Outbound: we know the address we dialled. Inbound: the peer's advertised address.
     let peer_addr = if outbound { addr.clone() } else { listen };
-    let (control_tx, mut control_rx) = mpsc::channel::<Bytes>(CONTROL_QUEUE);
-    let (data_tx, mut data_rx) = mpsc::channel::<Bytes>(DATA_QUEUE);
+    let (control_tx, mut control_rx) = mpsc::channel::<Encoded>(CONTROL_QUEUE);
+    let (data_tx, mut data_rx) = mpsc::channel::<Encoded>(DATA_QUEUE);
     let heard = Arc::new(AtomicU64::new(shared.now().as_millis() as u64));
     let cancel = CancellationToken::new();
     let link_id = LINK_IDS.fetch_add(1, Ordering::Relaxed);
@@ -248,6 +292,7 @@ async fn run_link<S>(
     }
     let writer_cancel = cancel.clone();
     let writer_task = tokio::spawn(async move {
+        let mut batch = Vec::new();
         loop {
             // Control frames first: a ping must not wait behind megabytes of data.
             let frame = tokio::select! {
@@ -257,33 +302,39 @@ async fn run_link<S>(
                 f = data_rx.recv() => f,
             };
             let Some(frame) = frame else { break };
-            if writer.write_all(&frame).await.is_err() {
-                break;
-            }
-            // Batch what is already queued (control first), then flush once.
-            let mut ok = true;
-            while ok {
+            // Gather what is already queued (control first) into one write, then flush.
+            let mut size = frame.len();
+            batch.push(frame);
+            while size < WRITE_BATCH {
                 match control_rx.try_recv().or_else(|_| data_rx.try_recv()) {
-                    Ok(more) => ok = writer.write_all(&more).await.is_ok(),
+                    Ok(more) => {
+                        size += more.len();
+                        batch.push(more);
+                    }
                     Err(_) => break,
                 }
             }
-            if !ok || writer.flush().await.is_err() {
+            if write_batch(&mut writer, &mut batch).await.is_err() || writer.flush().await.is_err()
+            {
                 break;
+            }
+            if batch.capacity() > WRITE_SLICES {
+                batch = Vec::new();
             }
         }
         // Deliver a queued goodbye before closing.
+        batch.clear();
         while let Ok(frame) = control_rx.try_recv() {
-            if writer.write_all(&frame).await.is_err() {
-                break;
-            }
+            batch.push(frame);
         }
+        let _ = write_batch(&mut writer, &mut batch).await;
         let _ = writer.flush().await;
         let _ = writer.shutdown().await;
         writer_cancel.cancel();
     });
     let mut failure = true;
     let mut reason = String::from("closed");
+    let mut room = READ_CHUNK;
     // Frames decoded together with the hello.
     loop {
         loop {
@@ -336,9 +387,11 @@ async fn run_link<S>(
                 reset_broken_paths(&shared, &mut pins).await;
                 continue;
             }
-            r = reader.read(&mut buf) => match r {
+            r = reader.read_buf(decoder.read_buf(room)) => match r {
                 Ok(0) => { reason = "peer closed the connection".into(); break; }
-                Ok(n) => decoder.push(&buf[..n]),
+                Ok(n) => {
+                    room = if n >= room { (room * 2).min(READ_CHUNK_BUSY) } else { READ_CHUNK };
+                }
                 Err(e) => { reason = e.to_string(); break; }
             }
         }
@@ -422,12 +475,94 @@ async fn relay_or_deliver(
     d.ttl = ttl;
     shared.capture_relayed(&d.payload);
     shared.record_relayed(from, &d.src, size);
-    let frame = Frame::Data(d).encode();
+    // The payload goes on as it arrived, a slice of this link's read buffer.
+    let frame = d.encode_parts();
     m.forwarded.inc();
     m.frames.with_label_values(&["data", "out"]).inc();
     m.bytes.with_label_values(&["out"]).inc_by(frame.len() as u64);
-    if tx.send(Bytes::from(frame)).await.is_err() {
+    if tx.send(frame).await.is_err() {
         m.dropped.with_label_values(&["link_closed"]).inc();
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use super::*;
+
+    /// A socket that takes at most `step` bytes per write, vectored or not.
+    struct Trickle {
+        out: Vec<u8>,
+        step: usize,
+        writes: usize,
+    }
+
+    impl AsyncWrite for Trickle {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            self.poll_write_vectored(cx, &[IoSlice::new(buf)])
+        }
+        fn poll_write_vectored(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            bufs: &[IoSlice<'_>],
+        ) -> Poll<std::io::Result<usize>> {
+            self.writes += 1;
+            let mut left = self.step;
+            for b in bufs {
+                let n = b.len().min(left);
+                self.out.extend_from_slice(&b[..n]);
+                left -= n;
+            }
+            Poll::Ready(Ok(self.step - left))
+        }
+        fn is_write_vectored(&self) -> bool {
+            true
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_batch_goes_out_whole_and_in_order_however_the_socket_cuts_its_writes() {
+        let data = |flow, n| {
+            Data {
+                src: "a".into(),
+                dst: "b".into(),
+                ttl: 4,
+                kind: DataKind::StreamData,
+                flow,
+                payload: vec![flow as u8; n].into(),
+            }
+            .encode_parts()
+        };
+        let frames = vec![
+            data(1, 5000),
+            Encoded::from(Frame::Ping { nonce: 9 }.encode()),
+            data(2, 0),
+            data(3, 30_000),
+        ];
+        let expected: Vec<u8> =
+            frames.iter().flat_map(|e| [&e.head[..], &e.payload[..]].concat()).collect();
+        for step in [1, 7, 4096, 1 << 20] {
+            let mut socket = Trickle { out: Vec::new(), step, writes: 0 };
+            let mut batch = frames.clone();
+            write_batch(&mut socket, &mut batch).await.unwrap();
+            assert_eq!(socket.out, expected, "step {step}");
+            assert!(batch.is_empty());
+            if step == 1 << 20 {
+                assert_eq!(socket.writes, 1, "a socket that takes it all gets one write");
+            }
+        }
+    }
 }

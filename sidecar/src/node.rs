@@ -8,12 +8,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::frame::{Frame, FrameType};
+use crate::frame::{Encoded, Frame, FrameType};
 use crate::metrics::Metrics;
 use crate::peers::Level;
 use crate::proto::{Count, LinkUp, Node, NodeConfig, Output};
@@ -336,7 +335,7 @@ impl Core {
                     if let Some(link) = self.links.get(&link_id).filter(|l| l.node == node) {
                         if let Some(reason) = goodbye {
                             let bye = Frame::Close { reason }.encode();
-                            let _ = link.queues.control.try_send(Bytes::from(bye));
+                            let _ = link.queues.control.try_send(Encoded::from(bye));
                         }
                         link.cancel.cancel();
                     }
@@ -440,7 +439,10 @@ impl Core {
             }
         }
         let ty = frame.frame_type();
-        let bytes = Bytes::from(frame.encode());
+        let bytes = match &frame {
+            Frame::Data(d) => d.encode_parts(),
+            other => Encoded::from(other.encode()),
+        };
         let len = bytes.len() as u64;
         let queue = if ty == FrameType::Data { &link.queues.data } else { &link.queues.control };
         match queue.try_send(bytes) {
@@ -455,7 +457,7 @@ impl Core {
     }
 
     fn publish_links(&self) {
-        let links: HashMap<String, mpsc::Sender<Bytes>> = self
+        let links: HashMap<String, mpsc::Sender<Encoded>> = self
             .current
             .iter()
             .filter_map(|(n, id)| Some((n.clone(), self.links.get(id)?.queues.data.clone())))

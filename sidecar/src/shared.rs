@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::frame::{ControlAck, DataKind, Frame, FrameError, PeerAddr};
+use crate::frame::{ControlAck, DataKind, Encoded, Frame, FrameError, PeerAddr};
 use crate::metrics::Metrics;
 use crate::peers::{Conduct, PeerView};
 use crate::proto::seen::SeenSet;
@@ -36,8 +36,8 @@ pub const CONTROL_QUEUE: usize = 1024;
 /// A link's two queues.
 #[derive(Clone)]
 pub struct LinkQueues {
-    pub control: mpsc::Sender<Bytes>,
-    pub data: mpsc::Sender<Bytes>,
+    pub control: mpsc::Sender<Encoded>,
+    pub data: mpsc::Sender<Encoded>,
 }
 /// Streams in their end-to-end handshake at once (each holds a TLS state and a queue).
 pub const MAX_OPENING: usize = 256;
@@ -58,7 +58,7 @@ pub type FlowKey = (String, u64);
 #[derive(Debug)]
 pub enum FlowEvent {
     /// End-to-end TLS bytes.
-    Data(Vec<u8>),
+    Data(Bytes),
     /// The remote closed the stream.
     Close,
     /// The stream cannot be delivered (reason).
@@ -82,11 +82,11 @@ pub struct DataPlane {
     /// Destination → next hop.
     pub next_hops: ArcSwap<NextHops>,
     /// Neighbour → its link's frame queue.
-    pub links: ArcSwap<HashMap<String, mpsc::Sender<Bytes>>>,
+    pub links: ArcSwap<HashMap<String, mpsc::Sender<Encoded>>>,
     /// Open end-to-end streams.
     pub flows: Mutex<HashMap<FlowKey, mpsc::Sender<FlowEvent>>>,
     /// The link each of this member's own streams is pinned to (see `FlowTransport`).
-    pinned: Mutex<HashMap<FlowKey, mpsc::Sender<Bytes>>>,
+    pinned: Mutex<HashMap<FlowKey, mpsc::Sender<Encoded>>>,
     /// Room for streams in their end-to-end handshake (`stream::MAX_OPENING`).
     pub opening: Arc<tokio::sync::Semaphore>,
     /// Unknown streams already answered with a reset (each is answered once, so frames
@@ -114,7 +114,7 @@ impl DataPlane {
     }
 
     /// Records the link the stream `key` is pinned to.
-    pub fn pin(&self, key: &FlowKey, link: mpsc::Sender<Bytes>) {
+    pub fn pin(&self, key: &FlowKey, link: mpsc::Sender<Encoded>) {
         self.pinned.lock().unwrap_or_else(|p| p.into_inner()).insert(key.clone(), link);
     }
 
@@ -128,7 +128,7 @@ impl DataPlane {
     /// records are lost with it, so the stream cannot go on, and its app hears so now rather
     /// than at its next write. Matched by channel, not by the queue being closed yet: the core
     /// lets go of a link before its writer task has finished.
-    pub fn end_flows_pinned_to(&self, link: &mpsc::Sender<Bytes>) {
+    pub fn end_flows_pinned_to(&self, link: &mpsc::Sender<Encoded>) {
         let broken: Vec<FlowKey> = self
             .pinned
             .lock()

@@ -138,7 +138,7 @@ fn hostile_peers_are_refused_counted_and_penalised_while_the_mesh_keeps_deliveri
         ttl: 1,
         kind: DataKind::StreamData,
         flow: 1,
-        payload: b"x".to_vec(),
+        payload: b"x".to_vec().into(),
     };
     p.send(&Frame::Data(data)).unwrap();
     wait_for(Duration::from_secs(5), "the TTL drop to be counted", || {
@@ -246,7 +246,7 @@ fn a_flood_of_forged_stream_openings_costs_its_sender_and_little_else() {
                 ttl: 8,
                 kind: DataKind::StreamOpen,
                 flow,
-                payload: [&[2u8, 0, 0][..], b"not a client hello"].concat(),
+                payload: [&[2u8, 0, 0][..], b"not a client hello"].concat().into(),
             })
             .encode()
         })

@@ -38,7 +38,7 @@ fn samples() -> Vec<Frame> {
             ttl: 16,
             kind: DataKind::StreamData,
             flow: 99,
-            payload: vec![5; MAX_DATA_PAYLOAD],
+            payload: vec![5; MAX_DATA_PAYLOAD].into(),
         }),
         Frame::Broadcast(Broadcast {
             src: "a".into(),
@@ -206,7 +206,42 @@ fn small_data() -> Vec<u8> {
         ttl: 1,
         kind: DataKind::StreamClose,
         flow: 0,
-        payload: vec![],
+        payload: bytes::Bytes::new(),
     })
     .encode()
+}
+
+#[test]
+fn a_data_frame_in_parts_is_the_same_bytes_and_its_payload_is_never_copied_on_decode() {
+    let d = Data {
+        src: "a".into(),
+        dst: "b.x".into(),
+        ttl: 9,
+        kind: DataKind::StreamData,
+        flow: 77,
+        payload: vec![3; 20_000].into(),
+    };
+    let parts = d.encode_parts();
+    assert_eq!([&parts.head[..], &parts.payload[..]].concat(), Frame::Data(d.clone()).encode());
+    assert_eq!(parts.payload.as_ptr(), d.payload.as_ptr(), "encoding shares the payload");
+
+    // Two frames read straight into the decoder's buffer, as a link reader does.
+    let wire = [Frame::Data(d.clone()).encode(), Frame::Ping { nonce: 5 }.encode()].concat();
+    let mut dec = FrameDecoder::new();
+    let buf = dec.read_buf(wire.len());
+    buf.extend_from_slice(&wire);
+    let range = buf.as_ptr_range();
+    let Some(Frame::Data(got)) = dec.next_frame().unwrap() else { panic!("a data frame") };
+    assert_eq!(got, d);
+    assert!(range.contains(&got.payload.as_ptr()), "the payload is a slice of the read buffer");
+    assert_eq!(dec.next_frame().unwrap(), Some(Frame::Ping { nonce: 5 }));
+    assert_eq!(dec.buffered(), 0);
+
+    // A relay lowers the hop limit and sends the same payload on.
+    let relayed = Data { ttl: 8, ..got.clone() }.encode_parts();
+    assert_eq!(relayed.payload.as_ptr(), got.payload.as_ptr());
+    let mut back = FrameDecoder::new();
+    back.push(&relayed.head);
+    back.push(&relayed.payload);
+    assert_eq!(back.next_frame().unwrap(), Some(Frame::Data(Data { ttl: 8, ..d })));
 }

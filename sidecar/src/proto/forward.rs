@@ -126,7 +126,7 @@ mod tests {
             ttl,
             kind: DataKind::StreamData,
             flow: 1,
-            payload: vec![],
+            payload: bytes::Bytes::new(),
         }
     }
 

@@ -1245,7 +1245,7 @@ impl Node {
     /// Data sent by this member's app or streams.
     pub fn send_data(&mut self, dst: String, kind: DataKind, flow: u64, payload: Vec<u8>) {
         let ttl = self.config.routing.max_hops;
-        let data = Data { src: self.me.clone(), dst, ttl, kind, flow, payload };
+        let data = Data { src: self.me.clone(), dst, ttl, kind, flow, payload: payload.into() };
         self.route_data(data, false);
     }
 
@@ -1286,7 +1286,7 @@ impl Node {
             ttl: self.config.routing.max_hops,
             kind: DataKind::Unreachable,
             flow: d.flow,
-            payload: reason.as_bytes().to_vec(),
+            payload: reason.as_bytes().to_vec().into(),
         };
         if let Some(next) = self.routes.next_hop(&back.dst).map(str::to_owned) {
             self.send(&next, Frame::Data(back));
