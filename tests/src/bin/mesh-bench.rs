@@ -20,6 +20,8 @@ use genesis_trust::{Identity, KeyAlgorithm, LeafPolicy, Role};
 const NET: &str = "bench";
 const ECHO: u16 = 9001;
 const SINK: u16 = 9002;
+/// iperf3 servers listen here on b1 and b3.
+const IPERF: u16 = 5201;
 
 fn echo_server(addr: &str) {
     let l = TcpListener::bind(addr).unwrap();
@@ -252,7 +254,7 @@ fn stunnel(
     let ca_file = dir.join("ca.crt");
     let mut client = String::from("foreground = yes\npid =\nsyslog = no\n");
     let mut server = client.clone();
-    for port in [ECHO, SINK] {
+    for port in [ECHO, SINK, IPERF] {
         client += &format!(
             "[c{port}]\nclient = yes\naccept = {client_ip}:{}\nconnect = {server_ip}:{}\ncert = {}\nkey = {}\nCAfile = {}\nverifyChain = yes\ncheckHost = \nsslVersionMin = TLSv1.3\n",
             port + 100, port + 200, files[0].0.display(), files[0].1.display(), ca_file.display()
@@ -294,7 +296,7 @@ fn main() {
 
     let net = Subnet::new();
     let auth = Authority::start(&net, NET, "24h");
-    let ports = vec![ECHO, SINK];
+    let ports = vec![ECHO, SINK, IPERF];
     let line = |anchor: Option<u8>, max: usize| SidecarOptions {
         anchors: anchor.map(|i| vec![format!("{}:7000", net.ip(i))]).unwrap_or_default(),
         min_peers: 1,
@@ -354,6 +356,8 @@ fn main() {
     let per_hop_p99 = (rows[3].3 - rows[2].3) / 2.0;
     println!("- added per extra hop (64 B, from 1 to 3 hops): p50 {per_hop_p50:.0} µs, p99 {per_hop_p99:.0} µs");
 
+    iperf_paths(&net, &a, &[&a, &b1], &[&a, &r1, &r2, &b3], &_stunnel, if quick { 4 } else { 10 });
+
     let (rate3, fail3) = messages(&a, &b3, msgs, 32);
     let (rate1, fail1) = messages(&a, &b1, msgs, 32);
     println!();
@@ -390,6 +394,138 @@ fn main() {
     );
     drop(extra);
     drop((b1, r1, r2, b3));
+}
+
+/// A child process killed when dropped.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn_quiet(program: &str, args: &[String]) -> Option<Killed> {
+    Command::new(program)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()
+        .map(Killed)
+}
+
+/// CPU seconds a process has used, its reaped children included (socat forks one per
+/// connection), from /proc/PID/stat: utime, stime, cutime, cstime in clock ticks of 1/100 s.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> =
+        stat.rsplit_once(") ").map(|(_, rest)| rest.split(' ').collect()).unwrap_or_default();
+    (11..15).filter_map(|i| fields.get(i)?.parse::<u64>().ok()).sum::<u64>() as f64 / 100.0
+}
+
+/// One iperf3 client run: (Gbit/s received, bytes received), or why it failed.
+fn iperf_client(addr: &str, secs: u32, streams: u32) -> Result<(f64, f64), String> {
+    let (host, port) = addr.rsplit_once(':').unwrap();
+    let out = Command::new("iperf3")
+        .args(["-c", host, "-p", port, "-t", &secs.to_string(), "-P", &streams.to_string(), "-J"])
+        .output()
+        .map_err(|e| e.to_string())?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
+    let sum = &v["end"]["sum_received"];
+    match (sum["bits_per_second"].as_f64(), sum["bytes"].as_f64()) {
+        (Some(bps), Some(bytes)) => Ok((bps / 1e9, bytes)),
+        _ => Err(v["error"].as_str().unwrap_or("no result").to_owned()),
+    }
+}
+
+/// iperf3, an independent load generator, through every path: direct, stunnel4, socat alone
+/// (the cost of the harness), and socat's `PROXY:` into the first sidecar's CONNECT proxy over
+/// 1 and 3 hops; single stream and 4 streams. CPU per GB counts the path's own processes
+/// (the sidecars on it, both stunnel4 processes, socat), not iperf3.
+fn iperf_paths(
+    net: &Subnet,
+    a: &Sidecar,
+    one_hop: &[&Sidecar],
+    three_hops: &[&Sidecar],
+    stunnel: &Stunnel,
+    secs: u32,
+) {
+    let have = |p: &str| Command::new(p).arg("-V").output().is_ok();
+    if !have("iperf3") || !have("socat") {
+        println!();
+        println!("iperf3 paths SKIPPED: needs iperf3 and socat (apt-get install iperf3 socat)");
+        return;
+    }
+    let (b1, b3) = (one_hop.last().unwrap(), three_hops.last().unwrap());
+    let _servers: Vec<Killed> = [&b1.ip, &b3.ip]
+        .iter()
+        .filter_map(|ip| {
+            spawn_quiet(
+                "iperf3",
+                &["-s".into(), "-B".into(), ip.to_string(), "-p".into(), IPERF.to_string()],
+            )
+        })
+        .collect();
+    let (api_ip, api_port) = a.api.rsplit_once(':').unwrap();
+    let socat = |listen_ip: String, to: String| {
+        let args = [format!("TCP-LISTEN:{IPERF},bind={listen_ip},fork,reuseaddr"), to];
+        (spawn_quiet("socat", &args).expect("socat starts"), format!("{listen_ip}:{IPERF}"))
+    };
+    let proxy = |node: &str| format!("PROXY:{api_ip}:{node}.{NET}:{IPERF},proxyport={api_port}");
+    let (plain, plain_addr) = socat(net.ip(12), format!("TCP:{}:{IPERF}", b3.ip));
+    let (via1, via1_addr) = socat(net.ip(13), proxy(&b1.node));
+    let (via3, via3_addr) = socat(net.ip(14), proxy(&b3.node));
+    std::thread::sleep(Duration::from_millis(500));
+    let stunnel_pids: Vec<u32> = stunnel.0.iter().map(Child::id).collect();
+    let pids = |s: &[&Sidecar]| s.iter().filter_map(|s| s.pid()).collect::<Vec<u32>>();
+    let paths: Vec<(&str, String, Vec<u32>, Vec<u32>)> = vec![
+        ("direct TCP", format!("{}:{IPERF}", b3.ip), vec![], vec![]),
+        ("stunnel4 mTLS", format!("{}:{}", net.ip(10), IPERF + 100), stunnel_pids, vec![]),
+        ("socat alone", plain_addr, vec![], vec![plain.0.id()]),
+        ("mesh, 1 hop", via1_addr, pids(one_hop), vec![via1.0.id()]),
+        ("mesh, 3 hops", via3_addr, pids(three_hops), vec![via3.0.id()]),
+    ];
+    println!();
+    println!("iperf3 through each path ({secs} s per run; CPU per GB: the path's processes, then socat's):");
+    println!();
+    println!("| path | 1 stream Gbit/s | 4 streams Gbit/s | CPU s per GB, 1 stream | socat CPU s per GB |");
+    println!("|---|---:|---:|---:|---:|");
+    let mut rows = Vec::new();
+    for (name, addr, path_pids, socat_pids) in &paths {
+        let cpu = |p: &[u32]| p.iter().map(|&p| cpu_seconds(p)).sum::<f64>();
+        let (path0, socat0) = (cpu(path_pids), cpu(socat_pids));
+        let single = iperf_client(addr, secs, 1);
+        let (path_cpu, socat_cpu) = (cpu(path_pids) - path0, cpu(socat_pids) - socat0);
+        let four = iperf_client(addr, secs, 4);
+        match (&single, &four) {
+            (Ok((g1, bytes)), Ok((g4, _))) => {
+                let per_gb = |c: f64| c / (bytes / 1e9);
+                println!(
+                    "| {name} | {g1:.2} | {g4:.2} | {:.2} | {:.2} |",
+                    per_gb(path_cpu),
+                    per_gb(socat_cpu)
+                );
+                rows.push((name.to_string(), *g1, *g4, per_gb(path_cpu)));
+            }
+            (Err(e), _) | (_, Err(e)) => println!("| {name} | failed: {e} | | | |"),
+        }
+    }
+    let find = |n: &str| rows.iter().find(|r| r.0 == n);
+    if let Some(base) = find("stunnel4 mTLS") {
+        println!();
+        for name in ["mesh, 1 hop", "mesh, 3 hops"] {
+            if let Some(m) = find(name) {
+                println!(
+                    "- iperf3 {name} vs stunnel4: 1 stream {:.2}×, 4 streams {:.2}×, CPU per GB {:.2}× (socat not counted)",
+                    m.1 / base.1,
+                    m.2 / base.2,
+                    m.3 / base.3
+                );
+            }
+        }
+    }
 }
 
 fn rss_of(pid: u32) -> Option<u64> {
