@@ -42,7 +42,9 @@ pub fn binaries() -> &'static Binaries {
             .unwrap_or_else(|_| root.join("target"));
         let dir = target.join(if release { "release" } else { "debug" });
         Binaries {
-            sidecar: dir.join("genesis-sidecar"),
+            // A/B benchmarks of two builds in one session: point this at the other sidecar.
+            sidecar: std::env::var_os("GENESIS_E2E_SIDECAR")
+                .map_or_else(|| dir.join("genesis-sidecar"), PathBuf::from),
             operator: dir.join("genesis-operator"),
             genesisctl: dir.join("genesisctl"),
         }
