@@ -26,7 +26,7 @@ use tokio::sync::oneshot;
 use crate::error::Error;
 use crate::http::{error, json, Body};
 use crate::shared::{Command, Shared};
-use crate::stream::{open_tunnel, reset_tcp, send_message, MAX_MESSAGE};
+use crate::stream::{open_tunnel, reset_tcp, send_message, Tunnel, MAX_MESSAGE};
 
 /// Messages returned per receive call.
 const MAX_RECEIVE_BATCH: usize = 256;
@@ -101,10 +101,6 @@ enum Target {
     Service(String),
 }
 
-/// A tunnel's far side: an end-to-end stream to a member, or this member's own app.
-trait Tunnel: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
-impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Tunnel for T {}
-
 async fn connect(shared: Arc<Shared>, mut req: Request<Incoming>) -> Response<Body> {
     let network = &shared.config.network;
     let usage = format!("CONNECT <node>.{network}:<port> or <service>.svc.{network}:<port>");
@@ -143,7 +139,7 @@ async fn connect(shared: Arc<Shared>, mut req: Request<Incoming>) -> Response<Bo
                 );
             }
             match open_tunnel(&shared, &node, port).await {
-                Ok(t) => (node, Box::new(t) as Box<dyn Tunnel>),
+                Ok(t) => (node, t),
                 // NB: a port outside the network's list was refused above (403); the old check
                 // for "not allowed" in the text here only caught a destination configured
                 // differently.
@@ -240,7 +236,7 @@ async fn open_service(
             continue;
         }
         match open_tunnel(shared, member, port).await {
-            Ok(t) => return Ok((member.clone(), Box::new(t))),
+            Ok(t) => return Ok((member.clone(), t)),
             Err(e) => {
                 tracing::info!(service = name, %member, error = %e, "service member refused: trying the next");
                 tried.push(format!("{member}: {e}"));

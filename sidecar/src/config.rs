@@ -100,6 +100,12 @@ pub struct Settings {
     /// one with `CONNECT <name>.svc.<network>:<port>`. The port must also be allowed.
     #[arg(long = "service", env = "GENESIS_SERVICES", value_delimiter = ',')]
     pub services: Option<Vec<String>>,
+    /// Streams to a neighbour ride the link's mutual TLS without a second, end-to-end TLS
+    /// session inside it (default true): the link already authenticates and encrypts between
+    /// the same two members. Streams through relays always use end-to-end TLS. False: every
+    /// stream gets its own TLS session, as before (docs/SECURITY.md, "Direct streams").
+    #[arg(long, env = "GENESIS_DIRECT_STREAMS")]
+    pub direct_streams: Option<bool>,
     /// Send route updates as soon as a route changes (default true), not only periodically.
     #[arg(long, env = "GENESIS_TRIGGERED_UPDATES")]
     pub triggered_updates: Option<bool>,
@@ -202,6 +208,7 @@ impl Settings {
             zone_penalty,
             max_relay_share,
             services,
+            direct_streams,
             triggered_updates,
             periodic_update_interval,
             min_peers,
@@ -251,6 +258,8 @@ pub struct Config {
     pub max_relay_share: f64,
     /// Services offered: name → port (each port allowed).
     pub services: std::collections::BTreeMap<String, u16>,
+    /// Streams to a neighbour without end-to-end TLS inside the link's (`--direct-streams`).
+    pub direct_streams: bool,
     pub worker_threads: usize,
     pub audit_log: Option<PathBuf>,
     pub state_dir: Option<PathBuf>,
@@ -432,6 +441,7 @@ impl Config {
             zone_penalty,
             max_relay_share,
             services,
+            direct_streams: s.direct_streams.unwrap_or(true),
             worker_threads,
             audit_log: s.audit_log,
             state_dir: s.state_dir,

@@ -22,6 +22,7 @@ pub struct Metrics {
     pub invalid_frames: IntCounterVec,
     pub streams: IntCounterVec,
     pub streams_reset: IntCounterVec,
+    pub direct_streams: IntCounterVec,
     pub stream_bytes: IntCounterVec,
     pub messages: IntCounterVec,
     pub crl_number: IntGauge,
@@ -138,6 +139,14 @@ impl Metrics {
                     "streams_reset_total",
                     "End-to-end streams ended by a reset instead of a clean close (sent: this \
                      end gave up on one; received: the far end, a relay or a lost path ended it)"
+                ),
+                &["direction"]
+            )),
+            direct_streams: reg!(IntCounterVec::new(
+                opts(
+                    "direct_streams_total",
+                    "Tunnels to or from a neighbour opened direct: over the link's mutual TLS, \
+                     without an end-to-end TLS session inside it"
                 ),
                 &["direction"]
             )),

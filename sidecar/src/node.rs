@@ -17,7 +17,9 @@ use crate::metrics::Metrics;
 use crate::peers::Level;
 use crate::proto::{Count, LinkUp, Node, NodeConfig, Output};
 use crate::routing::Time;
-use crate::shared::{Command, FlowEvent, LinkQueues, NewLink, Received, Shared, Snapshot};
+use crate::shared::{
+    Command, FlowEntry, FlowEvent, LinkQueues, NewLink, Received, Shared, Snapshot,
+};
 
 /// Commands handled at most before the node's outputs are carried out (bounds the latency a
 /// batch adds).
@@ -298,7 +300,7 @@ impl Core {
             self.metrics().crl_expiry.set(signed_secs(crl.next_update(), sys_now));
         }
         self.metrics().trust_roots.set(self.shared.store.bundle().roots().len() as i64);
-        let flows = self.shared.data.flows.lock().unwrap_or_else(|p| p.into_inner()).len();
+        let flows = self.shared.data.flow_count();
         self.metrics().streams_active.set(flows as i64);
         let m = self.metrics();
         m.peer_reputation.reset();
@@ -347,6 +349,7 @@ impl Core {
                         }
                         self.publish_links();
                         self.shared.data.end_flows_pinned_to(&link.queues.data);
+                        self.shared.data.forget_direct_refusal(&node);
                     }
                 }
                 Output::Dial { addr } => {
@@ -365,7 +368,7 @@ impl Core {
                     tokio::spawn(crate::stream::deliver(self.shared.clone(), d, None));
                 }
                 Output::FlowUnreachable { dst, flow, reason } => {
-                    if let Some(tx) = self.shared.data.flow(&(dst, flow)) {
+                    if let Some(FlowEntry { tx, .. }) = self.shared.data.flow(&(dst, flow)) {
                         let _ = tx.try_send(FlowEvent::Unreachable(reason));
                     }
                 }

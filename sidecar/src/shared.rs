@@ -75,6 +75,16 @@ pub struct TlsConfigs {
     pub renewal_time: SystemTime,
 }
 
+/// One open end-to-end stream, as the data path sees it.
+#[derive(Clone)]
+pub struct FlowEntry {
+    /// Where its frames from the far end go.
+    pub tx: mpsc::Sender<FlowEvent>,
+    /// A direct stream: no end-to-end TLS inside the link's, so its frames are taken only
+    /// from the link to its far end itself (docs/SECURITY.md, "Direct streams").
+    pub direct: bool,
+}
+
 /// What the data path needs without going through the core: published by the core as
 /// snapshots, read by link readers (relaying) and stream writers (sending) so data frames get
 /// hop-by-hop backpressure instead of being dropped at a full queue.
@@ -84,7 +94,10 @@ pub struct DataPlane {
     /// Neighbour → its link's frame queue.
     pub links: ArcSwap<HashMap<String, mpsc::Sender<Encoded>>>,
     /// Open end-to-end streams.
-    pub flows: Mutex<HashMap<FlowKey, mpsc::Sender<FlowEvent>>>,
+    flows: Mutex<HashMap<FlowKey, FlowEntry>>,
+    /// Neighbours that refused a direct stream (an older release, or direct streams turned
+    /// off there): tunnels to them use end-to-end TLS until their link is replaced.
+    no_direct: Mutex<std::collections::HashSet<String>>,
     /// The link each of this member's own streams is pinned to (see `FlowTransport`).
     pinned: Mutex<HashMap<FlowKey, mpsc::Sender<Encoded>>>,
     /// Room for streams in their end-to-end handshake (`stream::MAX_OPENING`).
@@ -100,6 +113,7 @@ impl Default for DataPlane {
             next_hops: Default::default(),
             links: Default::default(),
             flows: Default::default(),
+            no_direct: Default::default(),
             pinned: Default::default(),
             opening: Arc::new(tokio::sync::Semaphore::new(MAX_OPENING)),
             answered: Mutex::new(SeenSet::new(4096)),
@@ -109,8 +123,39 @@ impl Default for DataPlane {
 
 impl DataPlane {
     /// The stream registered for `key`.
-    pub fn flow(&self, key: &FlowKey) -> Option<mpsc::Sender<FlowEvent>> {
+    pub fn flow(&self, key: &FlowKey) -> Option<FlowEntry> {
         self.flows.lock().unwrap_or_else(|p| p.into_inner()).get(key).cloned()
+    }
+
+    /// Registers a stream: its frames from the far end go to `tx`.
+    pub fn insert_flow(&self, key: FlowKey, tx: mpsc::Sender<FlowEvent>, direct: bool) {
+        self.flows.lock().unwrap_or_else(|p| p.into_inner()).insert(key, FlowEntry { tx, direct });
+    }
+
+    /// Streams open now.
+    pub fn flow_count(&self) -> usize {
+        self.flows.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// The streams with `flow` as their id, whoever their far end is.
+    pub fn flows_with_id(&self, flow: u64) -> Vec<mpsc::Sender<FlowEvent>> {
+        let flows = self.flows.lock().unwrap_or_else(|p| p.into_inner());
+        flows.iter().filter(|((_, id), _)| *id == flow).map(|(_, e)| e.tx.clone()).collect()
+    }
+
+    /// Whether `node` may be offered a direct stream (it has not refused one on its link).
+    pub fn direct_allowed(&self, node: &str) -> bool {
+        !self.no_direct.lock().unwrap_or_else(|p| p.into_inner()).contains(node)
+    }
+
+    /// `node` refused a direct stream: use end-to-end TLS towards it.
+    pub fn refuse_direct(&self, node: &str) {
+        self.no_direct.lock().unwrap_or_else(|p| p.into_inner()).insert(node.to_owned());
+    }
+
+    /// `node`'s link closed: the member on its next link may be another release.
+    pub fn forget_direct_refusal(&self, node: &str) {
+        self.no_direct.lock().unwrap_or_else(|p| p.into_inner()).remove(node);
     }
 
     /// Records the link the stream `key` is pinned to.
@@ -139,7 +184,7 @@ impl DataPlane {
             .collect();
         let flows = self.flows.lock().unwrap_or_else(|p| p.into_inner());
         for key in broken {
-            if let Some(tx) = flows.get(&key) {
+            if let Some(FlowEntry { tx, .. }) = flows.get(&key) {
                 let reason = format!("the stream's path to {} broke (a link closed)", key.0);
                 let _ = tx.try_send(FlowEvent::Unreachable(reason));
             }
@@ -155,7 +200,7 @@ impl DataPlane {
     /// within the hold time, not a hang.
     pub fn end_flows_where(&self, gone: impl Fn(&str) -> bool) {
         let flows = self.flows.lock().unwrap_or_else(|p| p.into_inner());
-        for ((remote, _), tx) in flows.iter().filter(|((r, _), _)| gone(r)) {
+        for ((remote, _), FlowEntry { tx, .. }) in flows.iter().filter(|((r, _), _)| gone(r)) {
             let _ = tx.try_send(FlowEvent::Unreachable(format!("{remote} became unreachable")));
         }
     }

@@ -27,12 +27,20 @@ use bytes::Bytes;
 use crate::error::Error;
 use crate::frame::{Data, DataKind, Encoded, MAX_DATA_PAYLOAD};
 use crate::peers::Conduct;
-use crate::shared::{Command, FlowEvent, FlowKey, Outgoing, Received, Shared, MAX_OPENING};
+use crate::shared::{
+    Command, FlowEntry, FlowEvent, FlowKey, Outgoing, Received, Shared, MAX_OPENING,
+};
 
 /// Service byte of a TCP tunnel stream.
 pub const SERVICE_TUNNEL: u8 = 1;
 /// Service byte of a message channel.
 pub const SERVICE_MESSAGES: u8 = 2;
+/// Set in the service byte of a direct stream's opening: no end-to-end TLS follows, the
+/// stream rides the link's mutual TLS (only between neighbours, only for tunnels).
+pub const DIRECT: u8 = 0x80;
+/// How a member refuses an opening whose service it does not know (releases before direct
+/// streams refuse a direct one so): the opener falls back to end-to-end TLS.
+const UNKNOWN_SERVICE: &str = "unknown stream service";
 /// Stream open header: service (1) + port (2).
 const OPEN_HEADER: usize = 3;
 /// The end-to-end handshake (across every hop) must finish within this.
@@ -58,6 +66,9 @@ pub struct FlowTransport {
     /// route change between equal paths cannot reorder its records. Its loss ends the stream.
     link: Option<(String, PollSender<Encoded>)>,
     open_header: Option<[u8; OPEN_HEADER]>,
+    /// A direct stream: its frames take only the link to the far end itself, never a relay
+    /// (they carry no end-to-end TLS).
+    direct: bool,
     eof: bool,
     /// This end said a clean goodbye (StreamClose).
     shut: bool,
@@ -72,6 +83,7 @@ impl FlowTransport {
         inbound: mpsc::Receiver<FlowEvent>,
         first: Bytes,
         open_header: Option<[u8; OPEN_HEADER]>,
+        direct: bool,
     ) -> Self {
         FlowTransport {
             shared,
@@ -80,6 +92,7 @@ impl FlowTransport {
             pending: first,
             link: None,
             open_header,
+            direct,
             eof: false,
             shut: false,
             ended: false,
@@ -94,7 +107,7 @@ impl FlowTransport {
         payload: Bytes,
     ) -> Poll<io::Result<()>> {
         let dst = &self.key.0;
-        if !self.shared.data.next_hops.load().contains_key(dst) {
+        if !self.direct && !self.shared.data.next_hops.load().contains_key(dst) {
             return Poll::Ready(Err(io::Error::new(
                 io::ErrorKind::ConnectionAborted,
                 format!("no route to {dst}"),
@@ -109,7 +122,11 @@ impl FlowTransport {
             }
             Some(_) => {}
             None => {
-                let next = self.shared.data.next_hops.load().get(dst).map(str::to_owned);
+                let next = if self.direct {
+                    Some(dst.clone())
+                } else {
+                    self.shared.data.next_hops.load().get(dst).map(str::to_owned)
+                };
                 let tx = next.as_ref().and_then(|n| self.shared.data.links.load().get(n).cloned());
                 let (Some(next), Some(tx)) = (next, tx) else {
                     return Poll::Ready(Err(io::Error::new(
@@ -267,10 +284,10 @@ pub async fn open(
     let flow = shared.next_id();
     let key = (dst.to_owned(), flow);
     let (tx, rx) = mpsc::channel(FLOW_QUEUE);
-    shared.data.flows.lock().unwrap_or_else(|p| p.into_inner()).insert(key.clone(), tx);
+    shared.data.insert_flow(key.clone(), tx, false);
     let mut header = [service, 0, 0];
     header[1..].copy_from_slice(&port.to_be_bytes());
-    let transport = FlowTransport::new(shared.clone(), key, rx, Bytes::new(), Some(header));
+    let transport = FlowTransport::new(shared.clone(), key, rx, Bytes::new(), Some(header), false);
     let connector = TlsConnector::from(shared.tls.load().client.clone());
     let name = ServerName::try_from("peer.genesis-mesh.invalid").expect("valid name");
     let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, connector.connect(name, transport))
@@ -293,22 +310,78 @@ pub async fn open(
     Ok(tls)
 }
 
-/// Opens a tunnel to `dst:port`: waits for the destination's verdict on the port.
+/// A tunnel's far side: a stream to a member (end-to-end TLS, or direct over the link's TLS),
+/// or this member's own app.
+pub trait Tunnel: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Tunnel for T {}
+
+/// Opens a tunnel to `dst:port`: waits for the destination's verdict on the port. To a
+/// neighbour (the route's next hop is `dst` itself) the tunnel is direct, unless direct
+/// streams are off here or `dst` refused one on this link; otherwise, and across relays, it
+/// is an end-to-end TLS session.
 pub async fn open_tunnel(
     shared: &Arc<Shared>,
     dst: &str,
     port: u16,
-) -> Result<ClientStream, Error> {
+) -> Result<Box<dyn Tunnel>, Error> {
+    let neighbour = shared.data.next_hops.load().get(dst).is_some_and(|next| next == dst)
+        && shared.data.links.load().contains_key(dst);
+    if shared.config.direct_streams && neighbour && shared.data.direct_allowed(dst) {
+        match open_direct(shared, dst, port).await {
+            Err(Error::Stream(reason)) if reason.contains(UNKNOWN_SERVICE) => {
+                tracing::info!(%dst, %reason, "direct stream refused: using end-to-end TLS");
+                shared.data.refuse_direct(dst);
+            }
+            Ok(stream) => return Ok(Box::new(stream)),
+            Err(e) => return Err(e),
+        }
+    }
     let mut tls = open(shared, dst, SERVICE_TUNNEL, port).await?;
-    let status =
-        tls.read_u8().await.map_err(|e| Error::Stream(format!("{dst} closed the tunnel: {e}")))?;
+    tunnel_verdict(shared, dst, &mut tls).await?;
+    Ok(Box::new(tls))
+}
+
+/// A direct tunnel to the neighbour `dst`: the opening (service and port, no TLS bytes) goes
+/// on the link to `dst`, and so does every later frame; the link's mutual TLS authenticated
+/// `dst` when it came up.
+async fn open_direct(shared: &Arc<Shared>, dst: &str, port: u16) -> Result<FlowTransport, Error> {
+    let flow = shared.next_id();
+    let key = (dst.to_owned(), flow);
+    let (tx, rx) = mpsc::channel(FLOW_QUEUE);
+    shared.data.insert_flow(key.clone(), tx, true);
+    let mut header = [SERVICE_TUNNEL | DIRECT, 0, 0];
+    header[1..].copy_from_slice(&port.to_be_bytes());
+    let mut transport = FlowTransport::new(shared.clone(), key, rx, Bytes::new(), None, true);
+    let opening = Bytes::copy_from_slice(&header);
+    std::future::poll_fn(|cx| transport.poll_send(cx, DataKind::StreamOpen, opening.clone()))
+        .await
+        .map_err(|e| Error::Stream(format!("opening a direct stream to {dst}: {e}")))?;
+    tokio::time::timeout(HANDSHAKE_TIMEOUT, tunnel_verdict(shared, dst, &mut transport))
+        .await
+        .map_err(|_| {
+        Error::Stream(format!("{dst} did not answer the tunnel in {HANDSHAKE_TIMEOUT:?}"))
+    })??;
+    shared.metrics.direct_streams.with_label_values(&["out"]).inc();
+    Ok(transport)
+}
+
+/// Reads the destination's verdict on a tunnel: 0, or 1 with its reason.
+async fn tunnel_verdict<S: AsyncRead + Unpin>(
+    shared: &Arc<Shared>,
+    dst: &str,
+    stream: &mut S,
+) -> Result<(), Error> {
+    let status = stream
+        .read_u8()
+        .await
+        .map_err(|e| Error::Stream(format!("{dst} closed the tunnel: {e}")))?;
     if status == 0 {
         shared.metrics.streams.with_label_values(&["out", "ok"]).inc();
-        return Ok(tls);
+        return Ok(());
     }
-    let len = tls.read_u16().await.unwrap_or(0) as usize;
+    let len = stream.read_u16().await.unwrap_or(0) as usize;
     let mut reason = vec![0u8; len.min(1024)];
-    let _ = tls.read_exact(&mut reason).await;
+    let _ = stream.read_exact(&mut reason).await;
     shared.metrics.streams.with_label_values(&["out", "refused"]).inc();
     // The destination could not reach its app on that port (the port itself was checked
     // against the network's list before the tunnel was opened).
@@ -349,7 +422,7 @@ pub fn accept(
             blame();
             return refuse_open(&shared, &key, "malformed stream open").await;
         }
-        let service = first[0];
+        let (service, direct) = (first[0] & !DIRECT, first[0] & DIRECT != 0);
         let port = u16::from_be_bytes([first[1], first[2]]);
         if service == SERVICE_TUNNEL && !shared.config.allowed_ports.contains(&port) {
             shared.metrics.streams.with_label_values(&["in", "port_not_allowed"]).inc();
@@ -362,10 +435,32 @@ pub fn accept(
         }
         if service != SERVICE_TUNNEL && service != SERVICE_MESSAGES {
             blame();
-            return refuse_open(&shared, &key, &format!("unknown stream service {service}")).await;
+            return refuse_open(&shared, &key, &format!("{UNKNOWN_SERVICE} {service}")).await;
         }
-        let transport =
-            FlowTransport::new(shared.clone(), key.clone(), rx, first.slice(OPEN_HEADER..), None);
+        if direct {
+            // `deliver` took the opening only from the link to its source itself.
+            drop(opening);
+            if service != SERVICE_TUNNEL || !shared.config.direct_streams {
+                let reason = format!(
+                    "{UNKNOWN_SERVICE} {} (direct streams are off on {}, or not for this service)",
+                    first[0],
+                    shared.identity.node()
+                );
+                return refuse_open(&shared, &key, &reason).await;
+            }
+            shared.metrics.direct_streams.with_label_values(&["in"]).inc();
+            let rest = first.slice(OPEN_HEADER..);
+            let transport = FlowTransport::new(shared.clone(), key, rx, rest, None, true);
+            return serve_tunnel(shared, transport, port).await;
+        }
+        let transport = FlowTransport::new(
+            shared.clone(),
+            key.clone(),
+            rx,
+            first.slice(OPEN_HEADER..),
+            None,
+            false,
+        );
         let acceptor = TlsAcceptor::from(shared.tls.load().server.clone());
         let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(transport)).await;
         drop(opening);
@@ -424,16 +519,44 @@ async fn refuse_open(shared: &Arc<Shared>, key: &FlowKey, reason: &str) {
 /// is full (backpressure); a `StreamOpen` for a new flow starts serving it.
 pub async fn deliver(shared: Arc<Shared>, d: Data, from: Option<&str>) {
     let key = (d.src.clone(), d.flow);
+    let flow = shared.data.flow(&key);
+    let direct = match &flow {
+        Some(f) => f.direct && d.kind != DataKind::Unreachable,
+        None => {
+            d.kind == DataKind::StreamOpen && d.payload.first().is_some_and(|s| s & DIRECT != 0)
+        }
+    };
+    if direct && from != Some(d.src.as_str()) {
+        // A direct stream has no end-to-end TLS to reject a forged frame: its frames count
+        // only from the link to its far end. Anything else claims a source it is not (or
+        // relays from one that does).
+        shared.metrics.dropped.with_label_values(&["direct_not_from_source"]).inc();
+        // Audited once per forged opening (a flood of forged data frames costs the link that
+        // carried them its standing, not the audit log its size).
+        if let Some(node) = from.filter(|_| d.kind == DataKind::StreamOpen) {
+            shared.audit(
+                "stream-refused",
+                &d.src,
+                serde_json::json!({"reason": format!("a direct stream's opening from {} came from {node}", d.src)}),
+            );
+        }
+        if let Some(node) = from {
+            let conduct = Conduct::RefusedStream;
+            let _ =
+                shared.commands.send(Command::Misconduct { node: node.to_owned(), conduct }).await;
+        }
+        return;
+    }
     match d.kind {
-        DataKind::StreamOpen | DataKind::StreamData => match shared.data.flow(&key) {
-            Some(tx) => {
+        DataKind::StreamOpen | DataKind::StreamData => match flow {
+            Some(FlowEntry { tx, .. }) => {
                 if tx.send(FlowEvent::Data(d.payload)).await.is_err() {
                     shared.metrics.dropped.with_label_values(&["stream_closed"]).inc();
                 }
             }
             None if d.kind == DataKind::StreamOpen => {
                 let (tx, rx) = mpsc::channel(FLOW_QUEUE);
-                shared.data.flows.lock().unwrap_or_else(|p| p.into_inner()).insert(key.clone(), tx);
+                shared.data.insert_flow(key.clone(), tx, direct);
                 accept(shared, key, d.payload, rx, from.map(str::to_owned));
             }
             None => {
@@ -458,7 +581,7 @@ pub async fn deliver(shared: Arc<Shared>, d: Data, from: Option<&str>) {
             }
         },
         DataKind::StreamClose => {
-            if let Some(tx) = shared.data.flow(&key) {
+            if let Some(FlowEntry { tx, .. }) = flow {
                 let _ = tx.send(FlowEvent::Close).await;
             }
         }
@@ -466,16 +589,9 @@ pub async fn deliver(shared: Arc<Shared>, d: Data, from: Option<&str>) {
             // From the far end itself (a reset): the flow is keyed by it. From a relay: our
             // flow is keyed by the destination, so match on the flow id.
             let reason = String::from_utf8_lossy(&d.payload).into_owned();
-            let flows: Vec<mpsc::Sender<FlowEvent>> = {
-                let flows = shared.data.flows.lock().unwrap_or_else(|p| p.into_inner());
-                match flows.get(&key) {
-                    Some(tx) => vec![tx.clone()],
-                    None => flows
-                        .iter()
-                        .filter(|((_, flow), _)| *flow == d.flow)
-                        .map(|(_, tx)| tx.clone())
-                        .collect(),
-                }
+            let flows = match flow {
+                Some(FlowEntry { tx, .. }) => vec![tx],
+                None => shared.data.flows_with_id(d.flow),
             };
             for tx in flows {
                 let _ = tx.try_send(FlowEvent::Unreachable(reason.clone()));
@@ -484,7 +600,11 @@ pub async fn deliver(shared: Arc<Shared>, d: Data, from: Option<&str>) {
     }
 }
 
-async fn serve_tunnel(shared: Arc<Shared>, mut tls: ServerStream, port: u16) {
+async fn serve_tunnel<S: AsyncRead + AsyncWrite + Unpin>(
+    shared: Arc<Shared>,
+    mut tls: S,
+    port: u16,
+) {
     let target = std::net::SocketAddr::new(shared.config.app_host, port);
     match tokio::net::TcpStream::connect(target).await {
         Ok(mut tcp) => {

@@ -1,12 +1,16 @@
 //! Hostile peers against a real three-member mesh: garbage, oversized and flooding frames, an
-//! exhausted TTL, a forged route, and certificates that are foreign, expired or revoked. Each
-//! is refused and counted, misbehaving peers lose reputation, and the mesh keeps delivering.
+//! exhausted TTL, a forged route, a forged direct stream, and certificates that are foreign,
+//! expired or revoked. Each is refused and counted, misbehaving peers lose reputation, and the
+//! mesh keeps delivering.
 
+use std::io::{Read, Write};
+use std::net::TcpListener;
 use std::time::{Duration, SystemTime};
 
-use genesis_e2e::{wait_for, Authority, RawPeer, Sidecar, SidecarOptions, Subnet};
+use genesis_e2e::{connect_tunnel, wait_for, Authority, RawPeer, Sidecar, SidecarOptions, Subnet};
 use genesis_operator::local::LocalAuthority;
 use genesis_sidecar::frame::{Data, DataKind, Frame, FrameType, RouteAdvert, PROTOCOL_VERSION};
+use genesis_sidecar::stream::{DIRECT, SERVICE_TUNNEL};
 use genesis_trust::{
     create_csr, CertificateAuthority, Identity, IssuedCertificate, KeyAlgorithm, LeafPolicy,
     PrivateKey, Role,
@@ -460,4 +464,68 @@ fn forged_malformed_and_replayed_service_records_are_refused_and_genuine_ones_ar
     });
     assert!(services(s0).as_array().unwrap().is_empty());
     assert!(s0.log_text().contains("refused a service record"), "the bad record is logged");
+}
+
+/// A direct stream carries no end-to-end TLS, so its opening counts only over the link to its
+/// source: one delivered in another member's name is refused (counted, audited, its deliverer
+/// blamed) and reaches no app, while a genuine direct tunnel between the two still works.
+#[test]
+fn a_direct_stream_opening_in_another_members_name_is_refused_and_a_genuine_one_works() {
+    let net = Subnet::new();
+    let auth = Authority::start(&net, NET, "24h");
+    let opts = SidecarOptions { allowed_ports: vec![9100], ..Default::default() };
+    let victim = Sidecar::start(&auth, "victim", &net.ip(1), &opts);
+    let innocent_opts =
+        SidecarOptions { anchors: vec![format!("{}:7000", net.ip(1))], ..opts.clone() };
+    let innocent = Sidecar::start(&auth, "innocent", &net.ip(2), &innocent_opts);
+    wait_for(Duration::from_secs(20), "the two to link", || victim.routes() == ["innocent"]);
+    // The app behind the victim: it must see no connection for the forged opening.
+    let app = TcpListener::bind(format!("{}:9100", net.ip(1))).unwrap();
+    app.set_nonblocking(true).unwrap();
+    let mint = Mint {
+        authority: LocalAuthority::open(auth.dir.path()).unwrap(),
+        bundle: std::fs::read_to_string(auth.bundle_path()).unwrap(),
+    };
+    let mut forger = mint.connect(&victim, &mint.member("h-direct")).unwrap();
+    let port = 9100u16.to_be_bytes();
+    forger
+        .send(&Frame::Data(Data {
+            src: "innocent".into(),
+            dst: "victim".into(),
+            ttl: 8,
+            kind: DataKind::StreamOpen,
+            flow: 7,
+            payload: vec![SERVICE_TUNNEL | DIRECT, port[0], port[1]].into(),
+        }))
+        .unwrap();
+    let refused = "reason=\"direct_not_from_source\"";
+    wait_for(Duration::from_secs(5), "the forged direct opening to be refused", || {
+        victim.metric("genesis_sidecar_dropped_frames_total", refused) >= 1.0
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(app.accept().is_err(), "the forged opening reached the app");
+    assert_eq!(victim.metric("genesis_sidecar_direct_streams_total", "direction=\"in\""), 0.0);
+    let audit =
+        std::fs::read_to_string(auth.dir.path().join("victim.audit.jsonl")).unwrap_or_default();
+    assert!(
+        audit.lines().any(|l| l.contains("\"stream-refused\"") && l.contains("came from h-direct")),
+        "no audit record names the deliverer:\n{audit}"
+    );
+
+    // The genuine member's tunnel to its neighbour is direct, and works.
+    app.set_nonblocking(false).unwrap();
+    std::thread::spawn(move || {
+        let (mut s, _) = app.accept().unwrap();
+        let mut b = [0u8; 5];
+        s.read_exact(&mut b).unwrap();
+        s.write_all(&b).unwrap();
+    });
+    let (mut s, head) = connect_tunnel(&innocent.api, &format!("victim.{NET}:9100")).unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    s.write_all(b"hello").unwrap();
+    let mut back = [0u8; 5];
+    s.read_exact(&mut back).unwrap();
+    assert_eq!(&back, b"hello");
+    assert_eq!(innocent.metric("genesis_sidecar_direct_streams_total", "direction=\"out\""), 1.0);
+    assert_eq!(victim.metric("genesis_sidecar_direct_streams_total", "direction=\"in\""), 1.0);
 }

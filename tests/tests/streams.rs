@@ -147,3 +147,33 @@ fn a_message_pair_keeps_working_after_the_far_end_restarts() {
     }
     assert!(b.inbox(2000).iter().any(|m| m["from"] == "a"));
 }
+
+/// A neighbour that takes no direct streams (turned off there, or an older release) refuses
+/// the direct opening; the opener falls back to end-to-end TLS, remembers the refusal for
+/// that link, and the app never notices.
+#[test]
+fn a_neighbour_that_refuses_direct_streams_gets_end_to_end_tls_and_the_app_never_notices() {
+    let net = Subnet::new();
+    let auth = Authority::start(&net, "e2e", "24h");
+    let opts = SidecarOptions { allowed_ports: vec![9100], ..Default::default() };
+    let a = Sidecar::start(&auth, "a", &net.ip(1), &opts);
+    let b_opts = SidecarOptions {
+        anchors: vec![format!("{}:7000", net.ip(1))],
+        extra: vec!["--direct-streams".into(), "false".into()],
+        ..opts
+    };
+    let b = Sidecar::start(&auth, "b", &net.ip(2), &b_opts);
+    wait_for(Duration::from_secs(20), "a to route to b", || a.routes() == ["b"]);
+    serve_echo(&format!("{}:9100", net.ip(2)));
+    let first = tunnel(&a, "b.e2e:9100");
+    let second = tunnel(&a, "b.e2e:9100");
+    drop((first, second));
+    let direct = |s: &Sidecar, dir: &str| {
+        s.metric("genesis_sidecar_direct_streams_total", &format!("direction=\"{dir}\""))
+    };
+    assert_eq!((direct(&a, "out"), direct(&b, "in")), (0.0, 0.0));
+    assert_eq!(b.metric("genesis_sidecar_streams_total", "direction=\"in\",result=\"ok\""), 2.0);
+    // One refusal, then end-to-end TLS straight away for the second tunnel.
+    let refusals = a.log_text().matches("direct stream refused").count();
+    assert_eq!(refusals, 1, "{}", a.log_text());
+}
