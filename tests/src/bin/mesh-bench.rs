@@ -1,6 +1,9 @@
 //! Data-plane benchmark, every figure beside its baselines from the same run: direct TCP, a
 //! stunnel4 mutual-TLS tunnel (Debian's stunnel4, certificates from the same CA), and Genesis
-//! Mesh tunnels over 1 and 3 hops (CONNECT proxy, end-to-end TLS inside hop-by-hop TLS).
+//! Mesh tunnels through the CONNECT proxy: 1 hop direct (the link's mutual TLS only), 1 hop
+//! with end-to-end TLS inside the link's (a neighbour with `--direct-streams false`), and 3
+//! hops (end-to-end TLS inside hop-by-hop TLS). Our own load generator, then iperf3 through
+//! socat's `PROXY:` (needs iperf3 and socat; skipped without).
 //!
 //! Run: `cargo run --release -p genesis-e2e --bin mesh-bench` (`-- --quick` for a short run,
 //! `-- --peers N` for the memory figure). Needs stunnel4 (`apt-get install stunnel4`).
@@ -304,9 +307,17 @@ fn main() {
         allowed_ports: ports.clone(),
         ..Default::default()
     };
-    // a — b1 (1 hop); a — r1 — r2 — b3 (3 hops).
+    // a — b1 (1 hop, direct); a — t1 (1 hop, end-to-end TLS: t1 takes no direct streams);
+    // a — r1 — r2 — b3 (3 hops).
     let a = Sidecar::start(&auth, "a", &net.ip(1), &line(None, peers + 8));
     let b1 = Sidecar::start(&auth, "b1", &net.ip(2), &line(Some(1), 2));
+    let no_direct = vec!["--direct-streams".to_owned(), "false".to_owned()];
+    let t1 = Sidecar::start(
+        &auth,
+        "t1",
+        &net.ip(6),
+        &SidecarOptions { extra: no_direct, ..line(Some(1), 2) },
+    );
     let r1 = Sidecar::start(&auth, "r1", &net.ip(3), &line(Some(1), 2));
     let r2 = Sidecar::start(&auth, "r2", &net.ip(4), &line(Some(3), 2));
     let b3 = Sidecar::start(&auth, "b3", &net.ip(5), &line(Some(4), 2));
@@ -315,9 +326,10 @@ fn main() {
         r.as_array().is_some_and(|r| {
             r.iter().any(|r| r["dest"] == "b3" && r["hops"] == 3)
                 && r.iter().any(|r| r["dest"] == "b1" && r["hops"] == 1)
+                && r.iter().any(|r| r["dest"] == "t1" && r["hops"] == 1)
         })
     });
-    for ip in [net.ip(2), net.ip(5)] {
+    for ip in [net.ip(2), net.ip(5), net.ip(6)] {
         echo_server(&format!("{ip}:{ECHO}"));
         sink_server(&format!("{ip}:{SINK}"));
     }
@@ -329,6 +341,7 @@ fn main() {
         ("direct TCP", Path::Direct(net.ip(5))),
         ("stunnel4 mTLS", Path::Stunnel(net.ip(10))),
         ("mesh, 1 hop", Path::Mesh { api: a.api.clone(), node: "b1".into() }),
+        ("mesh, 1 hop, end-to-end TLS", Path::Mesh { api: a.api.clone(), node: "t1".into() }),
         ("mesh, 3 hops", Path::Mesh { api: a.api.clone(), node: "b3".into() }),
     ];
     println!("| path | bulk MB/s | 64 B p50 µs | 64 B p99 µs | 1 KiB p50 µs | 1 KiB p99 µs |");
@@ -344,7 +357,7 @@ fn main() {
     println!();
     println!("Ratios (mesh ÷ baseline; throughput higher is better, latency lower is better):");
     for base in [0usize, 1] {
-        for mesh in [2usize, 3] {
+        for mesh in [2usize, 3, 4] {
             let (b, m) = (&rows[base], &rows[mesh]);
             println!(
                 "- {} vs {}: throughput {:.2}×, 64 B p50 {:.2}×, p99 {:.2}×, 1 KiB p50 {:.2}×, p99 {:.2}×",
@@ -352,11 +365,13 @@ fn main() {
             );
         }
     }
-    let per_hop_p50 = (rows[3].2 - rows[2].2) / 2.0;
-    let per_hop_p99 = (rows[3].3 - rows[2].3) / 2.0;
-    println!("- added per extra hop (64 B, from 1 to 3 hops): p50 {per_hop_p50:.0} µs, p99 {per_hop_p99:.0} µs");
+    // Both with end-to-end TLS, so the difference is the two relays.
+    let per_hop_p50 = (rows[4].2 - rows[3].2) / 2.0;
+    let per_hop_p99 = (rows[4].3 - rows[3].3) / 2.0;
+    println!("- added per extra hop (64 B, from 1 hop with end-to-end TLS to 3 hops): p50 {per_hop_p50:.0} µs, p99 {per_hop_p99:.0} µs");
 
-    iperf_paths(&net, &a, &[&a, &b1], &[&a, &r1, &r2, &b3], &_stunnel, if quick { 4 } else { 10 });
+    let secs = if quick { 4 } else { 10 };
+    iperf_paths(&net, &a, &[&[&a, &b1], &[&a, &t1], &[&a, &r1, &r2, &b3]], &_stunnel, secs);
 
     let (rate3, fail3) = messages(&a, &b3, msgs, 32);
     let (rate1, fail1) = messages(&a, &b1, msgs, 32);
@@ -393,7 +408,7 @@ fn main() {
         stunnel_rss as f64 / 1024.0
     );
     drop(extra);
-    drop((b1, r1, r2, b3));
+    drop((b1, t1, r1, r2, b3));
 }
 
 /// A child process killed when dropped.
@@ -444,23 +459,18 @@ fn iperf_client(addr: &str, secs: u32, streams: u32) -> Result<(f64, f64), Strin
 /// (the cost of the harness), and socat's `PROXY:` into the first sidecar's CONNECT proxy over
 /// 1 and 3 hops; single stream and 4 streams. CPU per GB counts the path's own processes
 /// (the sidecars on it, both stunnel4 processes, socat), not iperf3.
-fn iperf_paths(
-    net: &Subnet,
-    a: &Sidecar,
-    one_hop: &[&Sidecar],
-    three_hops: &[&Sidecar],
-    stunnel: &Stunnel,
-    secs: u32,
-) {
+fn iperf_paths(net: &Subnet, a: &Sidecar, lines: &[&[&Sidecar]; 3], stunnel: &Stunnel, secs: u32) {
     let have = |p: &str| Command::new(p).arg("-V").output().is_ok();
     if !have("iperf3") || !have("socat") {
         println!();
         println!("iperf3 paths SKIPPED: needs iperf3 and socat (apt-get install iperf3 socat)");
         return;
     }
-    let (b1, b3) = (one_hop.last().unwrap(), three_hops.last().unwrap());
-    let _servers: Vec<Killed> = [&b1.ip, &b3.ip]
+    let ends: Vec<&Sidecar> = lines.iter().map(|l| *l.last().unwrap()).collect();
+    let b3 = ends[2];
+    let _servers: Vec<Killed> = ends
         .iter()
+        .map(|s| &s.ip)
         .filter_map(|ip| {
             spawn_quiet(
                 "iperf3",
@@ -475,8 +485,9 @@ fn iperf_paths(
     };
     let proxy = |node: &str| format!("PROXY:{api_ip}:{node}.{NET}:{IPERF},proxyport={api_port}");
     let (plain, plain_addr) = socat(net.ip(12), format!("TCP:{}:{IPERF}", b3.ip));
-    let (via1, via1_addr) = socat(net.ip(13), proxy(&b1.node));
-    let (via3, via3_addr) = socat(net.ip(14), proxy(&b3.node));
+    let (via1, via1_addr) = socat(net.ip(13), proxy(&ends[0].node));
+    let (via1t, via1t_addr) = socat(net.ip(15), proxy(&ends[1].node));
+    let (via3, via3_addr) = socat(net.ip(14), proxy(&ends[2].node));
     std::thread::sleep(Duration::from_millis(500));
     let stunnel_pids: Vec<u32> = stunnel.0.iter().map(Child::id).collect();
     let pids = |s: &[&Sidecar]| s.iter().filter_map(|s| s.pid()).collect::<Vec<u32>>();
@@ -484,8 +495,9 @@ fn iperf_paths(
         ("direct TCP", format!("{}:{IPERF}", b3.ip), vec![], vec![]),
         ("stunnel4 mTLS", format!("{}:{}", net.ip(10), IPERF + 100), stunnel_pids, vec![]),
         ("socat alone", plain_addr, vec![], vec![plain.0.id()]),
-        ("mesh, 1 hop", via1_addr, pids(one_hop), vec![via1.0.id()]),
-        ("mesh, 3 hops", via3_addr, pids(three_hops), vec![via3.0.id()]),
+        ("mesh, 1 hop", via1_addr, pids(lines[0]), vec![via1.0.id()]),
+        ("mesh, 1 hop, end-to-end TLS", via1t_addr, pids(lines[1]), vec![via1t.0.id()]),
+        ("mesh, 3 hops", via3_addr, pids(lines[2]), vec![via3.0.id()]),
     ];
     println!();
     println!("iperf3 through each path ({secs} s per run; CPU per GB: the path's processes, then socat's):");
@@ -515,7 +527,7 @@ fn iperf_paths(
     let find = |n: &str| rows.iter().find(|r| r.0 == n);
     if let Some(base) = find("stunnel4 mTLS") {
         println!();
-        for name in ["mesh, 1 hop", "mesh, 3 hops"] {
+        for name in ["mesh, 1 hop", "mesh, 1 hop, end-to-end TLS", "mesh, 3 hops"] {
             if let Some(m) = find(name) {
                 println!(
                     "- iperf3 {name} vs stunnel4: 1 stream {:.2}×, 4 streams {:.2}×, CPU per GB {:.2}× (socat not counted)",
