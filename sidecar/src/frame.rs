@@ -616,8 +616,14 @@ impl FrameDecoder {
         self.buf.extend_from_slice(bytes);
     }
 
-    /// The buffer to read the link into, with room for at least `room` more bytes.
+    /// The buffer to read the link into, with room for at least `room` more bytes. An empty
+    /// buffer larger than that (grown by a burst, or the tail of an allocation whose frames
+    /// are still on their way) is let go first: an idle link holds `room` bytes, not its
+    /// largest burst.
     pub fn read_buf(&mut self, room: usize) -> &mut BytesMut {
+        if self.buf.is_empty() && self.buf.capacity() > room {
+            self.buf = BytesMut::new();
+        }
         self.buf.reserve(room);
         &mut self.buf
     }

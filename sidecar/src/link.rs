@@ -23,9 +23,9 @@ use crate::shared::{Command, LinkQueues, NewLink, Shared, CONTROL_QUEUE, DATA_QU
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The peer's hello must arrive within this after the handshake.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
-/// Room a link reader asks for before each read: one TLS record's worth. Memory per link
-/// matters (a member with 100 idle links holds 100 of these).
-const READ_CHUNK: usize = 16 * 1024;
+/// Room a link reader asks for before each read (what rustls reads from the socket at a time).
+/// Memory per link matters: a member with 100 idle links holds 100 of these.
+const READ_CHUNK: usize = 4 * 1024;
 /// While reads keep filling the room they were given (a bulk transfer), the room doubles up to
 /// this, so a busy link reads several records per system call; it falls back to
 /// [`READ_CHUNK`] as soon as a read comes up short.

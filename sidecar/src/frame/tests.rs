@@ -245,3 +245,18 @@ fn a_data_frame_in_parts_is_the_same_bytes_and_its_payload_is_never_copied_on_de
     back.push(&relayed.payload);
     assert_eq!(back.next_frame().unwrap(), Some(Frame::Data(Data { ttl: 8, ..d })));
 }
+
+#[test]
+fn an_idle_decoder_holds_the_room_it_is_asked_for_not_its_largest_burst() {
+    // A busy link asked for a large room; the read came up short and the link went idle: the
+    // decoder then holds only the room it is asked for next, not the large buffer.
+    let mut dec = FrameDecoder::new();
+    dec.read_buf(128 * 1024).extend_from_slice(&Frame::Ping { nonce: 6 }.encode());
+    assert_eq!(dec.next_frame().unwrap(), Some(Frame::Ping { nonce: 6 }));
+    assert!(dec.read_buf(4096).capacity() < 2 * 4096, "an idle link keeps its burst buffer");
+    // A partly read frame is kept, whatever the room.
+    let wire = Frame::Ping { nonce: 7 }.encode();
+    dec.read_buf(4096).extend_from_slice(&wire[..5]);
+    dec.read_buf(16).extend_from_slice(&wire[5..]);
+    assert_eq!(dec.next_frame().unwrap(), Some(Frame::Ping { nonce: 7 }));
+}

@@ -488,13 +488,17 @@ fn iperf_paths(net: &Subnet, a: &Sidecar, lines: &[&[&Sidecar]; 3], stunnel: &St
     let (via1, via1_addr) = socat(net.ip(13), proxy(&ends[0].node));
     let (via1t, via1t_addr) = socat(net.ip(15), proxy(&ends[1].node));
     let (via3, via3_addr) = socat(net.ip(14), proxy(&ends[2].node));
+    // stunnel4 behind the same harness cost as the mesh paths (one socat relay in front).
+    let stunnel_in = format!("TCP:{}:{}", net.ip(10), IPERF + 100);
+    let (via_stunnel, via_stunnel_addr) = socat(net.ip(16), stunnel_in);
     std::thread::sleep(Duration::from_millis(500));
     let stunnel_pids: Vec<u32> = stunnel.0.iter().map(Child::id).collect();
     let pids = |s: &[&Sidecar]| s.iter().filter_map(|s| s.pid()).collect::<Vec<u32>>();
     let paths: Vec<(&str, String, Vec<u32>, Vec<u32>)> = vec![
         ("direct TCP", format!("{}:{IPERF}", b3.ip), vec![], vec![]),
-        ("stunnel4 mTLS", format!("{}:{}", net.ip(10), IPERF + 100), stunnel_pids, vec![]),
+        ("stunnel4 mTLS", format!("{}:{}", net.ip(10), IPERF + 100), stunnel_pids.clone(), vec![]),
         ("socat alone", plain_addr, vec![], vec![plain.0.id()]),
+        ("socat + stunnel4", via_stunnel_addr, stunnel_pids.clone(), vec![via_stunnel.0.id()]),
         ("mesh, 1 hop", via1_addr, pids(lines[0]), vec![via1.0.id()]),
         ("mesh, 1 hop, end-to-end TLS", via1t_addr, pids(lines[1]), vec![via1t.0.id()]),
         ("mesh, 3 hops", via3_addr, pids(lines[2]), vec![via3.0.id()]),
@@ -525,12 +529,13 @@ fn iperf_paths(net: &Subnet, a: &Sidecar, lines: &[&[&Sidecar]; 3], stunnel: &St
         }
     }
     let find = |n: &str| rows.iter().find(|r| r.0 == n);
-    if let Some(base) = find("stunnel4 mTLS") {
+    for base_name in ["stunnel4 mTLS", "socat + stunnel4"] {
+        let Some(base) = find(base_name) else { continue };
         println!();
         for name in ["mesh, 1 hop", "mesh, 1 hop, end-to-end TLS", "mesh, 3 hops"] {
             if let Some(m) = find(name) {
                 println!(
-                    "- iperf3 {name} vs stunnel4: 1 stream {:.2}×, 4 streams {:.2}×, CPU per GB {:.2}× (socat not counted)",
+                    "- iperf3 {name} vs {base_name}: 1 stream {:.2}×, 4 streams {:.2}×, CPU per GB {:.2}× (socat not counted)",
                     m.1 / base.1,
                     m.2 / base.2,
                     m.3 / base.3
