@@ -513,6 +513,8 @@ fn iperf_paths(net: &Subnet, a: &Sidecar, lines: &[&[&Sidecar]; 3], stunnel: &St
         let cpu = |p: &[u32]| p.iter().map(|&p| cpu_seconds(p)).sum::<f64>();
         let (path0, socat0) = (cpu(path_pids), cpu(socat_pids));
         let single = iperf_client(addr, secs, 1);
+        // socat's connection children are counted once it has reaped them.
+        std::thread::sleep(Duration::from_millis(500));
         let (path_cpu, socat_cpu) = (cpu(path_pids) - path0, cpu(socat_pids) - socat0);
         let four = iperf_client(addr, secs, 4);
         match (&single, &four) {
