@@ -6,7 +6,8 @@
 //! socat's `PROXY:` (needs iperf3 and socat; skipped without).
 //!
 //! Run: `cargo run --release -p genesis-e2e --bin mesh-bench` (`-- --quick` for a short run,
-//! `-- --peers N` for the memory figure). Needs stunnel4 (`apt-get install stunnel4`).
+//! `-- --peers N` for the memory figure, `-- --messages N` for a longer message run to profile).
+//! Needs stunnel4 (`apt-get install stunnel4`).
 //! Results and the machine they came from go to docs/BENCHMARKS.md.
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -295,6 +296,12 @@ fn main() {
         .unwrap_or(if quick { 20 } else { 100 });
     let (iters, bulk, msgs) =
         if quick { (2_000, 64 << 20, 4_000) } else { (20_000, 512 << 20, 40_000) };
+    // A longer message run, to profile it.
+    let msgs: usize = std::env::args()
+        .skip_while(|a| a != "--messages")
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(msgs);
     std::env::set_var("GENESIS_SIDECAR_LOG", "warn");
 
     let net = Subnet::new();
