@@ -1,11 +1,10 @@
 //! Peer links: TCP + mutual TLS 1.3 (ALPN `genesis/1`), the hello exchange that binds the
 //! frame stream to the certificate's identity, then a reader and a writer task per link.
 
+use std::io::IoSlice;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
-
-use std::io::IoSlice;
 
 use genesis_trust::{PeerIdentity, PeerRole};
 use rustls::pki_types::ServerName;
