@@ -515,21 +515,29 @@ async fn refuse_open(shared: &Arc<Shared>, key: &FlowKey, reason: &str) {
     shared.data.remove_flow(key);
 }
 
+/// Whether `d` belongs to a direct stream (`flow_direct`: the stream it is for, if held here,
+/// is direct; or it opens a direct one) but did not come over the link to its source (`from`:
+/// the neighbour that delivered it, `None` when not from a link). A direct stream has no
+/// end-to-end TLS to reject a forged frame, so its opening, data and close count only from
+/// there; anything else claims a source it is not, or relays from one that does. An
+/// `Unreachable` may come from any relay on the path, as for any stream: it ends the stream
+/// with an error, never as a clean end.
+fn forged_direct(flow_direct: Option<bool>, d: &Data, from: Option<&str>) -> bool {
+    let direct = match flow_direct {
+        Some(direct) => direct && d.kind != DataKind::Unreachable,
+        None => {
+            d.kind == DataKind::StreamOpen && d.payload.first().is_some_and(|s| s & DIRECT != 0)
+        }
+    };
+    direct && from != Some(d.src.as_str())
+}
+
 /// Hands a data frame addressed to this member to its stream, waiting while the stream's queue
 /// is full (backpressure); a `StreamOpen` for a new flow starts serving it.
 pub async fn deliver(shared: Arc<Shared>, d: Data, from: Option<&str>) {
     let key = (d.src.clone(), d.flow);
     let flow = shared.data.flow(&key);
-    let direct = match &flow {
-        Some(f) => f.direct && d.kind != DataKind::Unreachable,
-        None => {
-            d.kind == DataKind::StreamOpen && d.payload.first().is_some_and(|s| s & DIRECT != 0)
-        }
-    };
-    if direct && from != Some(d.src.as_str()) {
-        // A direct stream has no end-to-end TLS to reject a forged frame: its frames count
-        // only from the link to its far end. Anything else claims a source it is not (or
-        // relays from one that does).
+    if forged_direct(flow.as_ref().map(|f| f.direct), &d, from) {
         shared.metrics.dropped.with_label_values(&["direct_not_from_source"]).inc();
         // Audited once per forged opening (a flood of forged data frames costs the link that
         // carried them its standing, not the audit log its size).
@@ -556,6 +564,7 @@ pub async fn deliver(shared: Arc<Shared>, d: Data, from: Option<&str>) {
             }
             None if d.kind == DataKind::StreamOpen => {
                 let (tx, rx) = mpsc::channel(FLOW_QUEUE);
+                let direct = d.payload.first().is_some_and(|s| s & DIRECT != 0);
                 shared.data.insert_flow(key.clone(), tx, direct);
                 accept(shared, key, d.payload, rx, from.map(str::to_owned));
             }
@@ -807,5 +816,42 @@ async fn run_channel(tls: ClientStream, mut rx: mpsc::Receiver<Outgoing>) {
     rx.close();
     for (_, (_, reply)) in waiting {
         let _ = reply.send(Err(why.clone()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(kind: DataKind, payload: &[u8]) -> Data {
+        Data {
+            src: "a".into(),
+            dst: "b".into(),
+            ttl: 8,
+            kind,
+            flow: 1,
+            payload: payload.to_vec().into(),
+        }
+    }
+
+    #[test]
+    fn a_direct_streams_frames_count_only_from_the_link_to_its_source() {
+        let open = frame(DataKind::StreamOpen, &[SERVICE_TUNNEL | DIRECT, 0x23, 0x8c]);
+        assert!(!forged_direct(None, &open, Some("a")), "an opening over the source's link");
+        assert!(forged_direct(None, &open, Some("m")), "an opening relayed in a's name");
+        assert!(forged_direct(None, &open, None), "an opening not from a link");
+        for kind in [DataKind::StreamData, DataKind::StreamClose] {
+            let f = frame(kind, b"x");
+            assert!(!forged_direct(Some(true), &f, Some("a")), "{kind:?} from the source");
+            assert!(forged_direct(Some(true), &f, Some("m")), "{kind:?} injected by m");
+            // End-to-end TLS streams are relayed; their TLS refuses what is forged.
+            assert!(!forged_direct(Some(false), &f, Some("m")), "{kind:?} relayed by m");
+        }
+        let unreachable = frame(DataKind::Unreachable, b"path broke");
+        assert!(!forged_direct(Some(true), &unreachable, Some("m")), "a relay's reset");
+        // Openings of end-to-end TLS streams, and malformed ones, are judged by `accept`.
+        let tls = frame(DataKind::StreamOpen, &[SERVICE_TUNNEL, 0x23, 0x8c]);
+        assert!(!forged_direct(None, &tls, Some("m")));
+        assert!(!forged_direct(None, &frame(DataKind::StreamOpen, &[]), Some("m")));
     }
 }
