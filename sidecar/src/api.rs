@@ -23,6 +23,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::oneshot;
 
+use crate::config::Target;
 use crate::error::Error;
 use crate::http::{error, json, Body};
 use crate::shared::{Command, Shared};
@@ -95,12 +96,6 @@ pub async fn handle(
     }
 }
 
-/// Where a CONNECT goes.
-enum Target {
-    Member(String),
-    Service(String),
-}
-
 async fn connect(shared: Arc<Shared>, mut req: Request<Incoming>) -> Response<Body> {
     let network = &shared.config.network;
     let usage = format!("CONNECT <node>.{network}:<port> or <service>.svc.{network}:<port>");
@@ -110,72 +105,26 @@ async fn connect(shared: Arc<Shared>, mut req: Request<Incoming>) -> Response<Bo
     let Some(port) = authority.port_u16() else {
         return error(StatusCode::BAD_REQUEST, &format!("missing port: use {usage}"));
     };
-    let host = authority.host();
-    let target = if let Some(name) = host.strip_suffix(&format!(".svc.{network}")) {
-        Target::Service(name.to_owned())
-    } else if let Some(node) = host.strip_suffix(&format!(".{network}")) {
-        Target::Member(node.to_owned())
-    } else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            &format!("{host} is not a member or service of network {network}: use {usage}"),
-        );
+    let target = match Target::parse(authority.host(), network) {
+        Ok(t) => t,
+        Err(e) => return error(StatusCode::BAD_REQUEST, &format!("{e}: use {usage}")),
     };
-    if !shared.config.allowed_ports.contains(&port) {
-        return error(
-            StatusCode::FORBIDDEN,
-            &format!(
-                "port {port} is not in the network's allowed ports {:?}",
-                shared.config.allowed_ports
-            ),
-        );
-    }
-    let (member, mut tunnel) = match target {
-        Target::Member(node) => {
-            if !has_route(&shared, &node).await {
-                return error(
-                    StatusCode::BAD_GATEWAY,
-                    &format!("no route to {node} (unknown member or unreachable)"),
-                );
-            }
-            match open_tunnel(&shared, &node, port).await {
-                Ok(t) => (node, t),
-                // NB: a port outside the network's list was refused above (403); the old check
-                // for "not allowed" in the text here only caught a destination configured
-                // differently.
-                Err(e) => return error(StatusCode::BAD_GATEWAY, &e.to_string()),
-            }
-        }
-        Target::Service(name) => match open_service(&shared, &name, port).await {
-            Ok(opened) => opened,
-            Err(response) => return response,
-        },
+    let (member, tunnel) = match open_target(&shared, &target, port).await {
+        Ok(opened) => opened,
+        Err((status, reason)) => return error(status, &reason),
     };
     let on_upgrade = hyper::upgrade::on(&mut req);
     let node = member.clone();
+    let shared = shared.clone();
     tokio::spawn(async move {
         let Ok(upgraded) = on_upgrade.await else { return };
         // Back to the app's own TCP socket, so a broken tunnel can reset it.
-        let (mut app, early) = match upgraded.downcast::<TokioIo<tokio::net::TcpStream>>() {
-            Ok(parts) => (parts.io.into_inner(), parts.read_buf),
-            Err(_) => {
-                tracing::error!(%node, port, "the upgraded connection is not a TCP socket");
-                return;
+        match upgraded.downcast::<TokioIo<tokio::net::TcpStream>>() {
+            Ok(parts) => {
+                let (app, early) = (parts.io.into_inner(), parts.read_buf);
+                carry(&shared, app, &early, tunnel, &node, port).await
             }
-        };
-        let copied = async {
-            tunnel.write_all(&early).await?;
-            crate::stream::copy_tunnel(&mut app, &mut tunnel).await
-        };
-        match copied.await {
-            Ok((up, down)) => {
-                shared.metrics.stream_bytes.with_label_values(&["out"]).inc_by(up);
-                shared.metrics.stream_bytes.with_label_values(&["in"]).inc_by(down);
-            }
-            Err(e) => {
-                tracing::warn!(%node, port, error = %e, "tunnel ended with an error: resetting");
-                reset_tcp(app);
-            }
+            Err(_) => tracing::error!(%node, port, "the upgraded connection is not a TCP socket"),
         }
     });
     Response::builder()
@@ -185,26 +134,82 @@ async fn connect(shared: Arc<Shared>, mut req: Request<Incoming>) -> Response<Bo
         .expect("valid")
 }
 
+/// Opens a tunnel to `target` on `port`: the member that took it and the tunnel, or the
+/// status and reason a CONNECT answers with (an upstream logs and counts them).
+pub async fn open_target(
+    shared: &Arc<Shared>,
+    target: &Target,
+    port: u16,
+) -> Result<(String, Box<dyn Tunnel>), (StatusCode, String)> {
+    if !shared.config.allowed_ports.contains(&port) {
+        return Err((
+            StatusCode::FORBIDDEN,
+            format!(
+                "port {port} is not in the network's allowed ports {:?}",
+                shared.config.allowed_ports
+            ),
+        ));
+    }
+    match target {
+        Target::Member(node) => {
+            if !has_route(shared, node).await {
+                return Err((
+                    StatusCode::BAD_GATEWAY,
+                    format!("no route to {node} (unknown member or unreachable)"),
+                ));
+            }
+            match open_tunnel(shared, node, port).await {
+                Ok(t) => Ok((node.clone(), t)),
+                Err(e) => Err((StatusCode::BAD_GATEWAY, e.to_string())),
+            }
+        }
+        Target::Service(name) => open_service(shared, name, port).await,
+    }
+}
+
+/// Copies between the app's socket (after `early`, bytes it sent before the tunnel was up) and
+/// the tunnel until both sides close; a tunnel that breaks resets the app's connection.
+pub async fn carry(
+    shared: &Shared,
+    mut app: tokio::net::TcpStream,
+    early: &[u8],
+    mut tunnel: Box<dyn Tunnel>,
+    node: &str,
+    port: u16,
+) {
+    let copied = async {
+        tunnel.write_all(early).await?;
+        crate::stream::copy_tunnel(&mut app, &mut tunnel).await
+    };
+    match copied.await {
+        Ok((up, down)) => {
+            shared.metrics.stream_bytes.with_label_values(&["out"]).inc_by(up);
+            shared.metrics.stream_bytes.with_label_values(&["in"]).inc_by(down);
+        }
+        Err(e) => {
+            tracing::warn!(%node, port, error = %e, "tunnel ended with an error: resetting");
+            reset_tcp(app);
+        }
+    }
+}
+
 /// Opens a tunnel to the nearest reachable member offering service `name` on `port`, failing
 /// over to the next when one refuses. This member's own app when it offers the service.
 async fn open_service(
     shared: &Arc<Shared>,
     name: &str,
     port: u16,
-) -> Result<(String, Box<dyn Tunnel>), Response<Body>> {
-    if let Err(e) = crate::services::valid_name(name) {
-        return Err(error(StatusCode::BAD_REQUEST, &e));
-    }
+) -> Result<(String, Box<dyn Tunnel>), (StatusCode, String)> {
     let (reply, answer) = oneshot::channel();
     let ask = Command::ResolveService { name: name.to_owned(), reply };
     if shared.commands.send(ask).await.is_err() {
-        return Err(error(StatusCode::SERVICE_UNAVAILABLE, "sidecar stopping"));
+        return Err((StatusCode::SERVICE_UNAVAILABLE, "sidecar stopping".into()));
     }
     let offers = answer.await.unwrap_or_default();
     if offers.is_empty() {
-        return Err(error(
+        return Err((
             StatusCode::BAD_GATEWAY,
-            &format!(
+            format!(
                 "no reachable member offers service {name} (genesisctl services lists those known)"
             ),
         ));
@@ -214,10 +219,10 @@ async fn open_service(
         let mut ports: Vec<u16> = offers.iter().map(|(_, p)| *p).collect();
         ports.sort_unstable();
         ports.dedup();
-        return Err(error(
+        return Err((
             StatusCode::BAD_REQUEST,
-            &format!(
-                "service {name} is offered on port {ports:?}, not {port}: CONNECT {name}.svc.{}:{}",
+            format!(
+                "service {name} is offered on port {ports:?}, not {port}: use {name}.svc.{}:{}",
                 shared.config.network, ports[0]
             ),
         ));
@@ -243,9 +248,9 @@ async fn open_service(
             }
         }
     }
-    Err(error(
+    Err((
         StatusCode::BAD_GATEWAY,
-        &format!("no member offering service {name} took the stream: {}", tried.join("; ")),
+        format!("no member offering service {name} took the stream: {}", tried.join("; ")),
     ))
 }
 

@@ -100,6 +100,12 @@ pub struct Settings {
     /// one with `CONNECT <name>.svc.<network>:<port>`. The port must also be allowed.
     #[arg(long = "service", env = "GENESIS_SERVICES", value_delimiter = ',')]
     pub services: Option<Vec<String>>,
+    /// Local ports that tunnel every connection to one fixed target, for apps that cannot
+    /// speak CONNECT: `LISTEN=TARGET:PORT` (comma separated), LISTEN a port on the API's
+    /// loopback address or a loopback `ip:port`, TARGET `<node>.<network>` or
+    /// `<service>.svc.<network>`, e.g. `--upstream 15432=db.svc.prod:5432`.
+    #[arg(long = "upstream", env = "GENESIS_UPSTREAMS", value_delimiter = ',')]
+    pub upstreams: Option<Vec<String>>,
     /// Streams to a neighbour ride the link's mutual TLS without a second, end-to-end TLS
     /// session inside it (default true): the link already authenticates and encrypts between
     /// the same two members. Streams through relays always use end-to-end TLS. False: every
@@ -170,9 +176,10 @@ impl Settings {
             || settings.advertise.is_some()
             || settings.zone.is_some()
             || settings.services.is_some()
+            || settings.upstreams.is_some()
         {
             return Err(format!(
-                "genesis document {} sets node, listen, advertise, zone or services, which are per member",
+                "genesis document {} sets node, listen, advertise, zone, services or upstreams, which are per member",
                 path.display()
             ));
         }
@@ -208,6 +215,7 @@ impl Settings {
             zone_penalty,
             max_relay_share,
             services,
+            upstreams,
             direct_streams,
             triggered_updates,
             periodic_update_interval,
@@ -258,6 +266,8 @@ pub struct Config {
     pub max_relay_share: f64,
     /// Services offered: name → port (each port allowed).
     pub services: std::collections::BTreeMap<String, u16>,
+    /// Local listeners that tunnel to one fixed target each (`--upstream`).
+    pub upstreams: Vec<Upstream>,
     /// Streams to a neighbour without end-to-end TLS inside the link's (`--direct-streams`).
     pub direct_streams: bool,
     pub worker_threads: usize,
@@ -293,6 +303,114 @@ fn parse_services(
         }
     }
     Ok(services)
+}
+
+/// A local listener whose connections all tunnel to one target (`--upstream`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    /// Where apps connect (loopback only: anything in the pod may use it, nothing outside).
+    pub listen: SocketAddr,
+    pub target: Target,
+    pub port: u16,
+}
+
+impl Upstream {
+    /// `listen → target:port`, as logs and errors name it.
+    pub fn describe(&self, network: &str) -> String {
+        format!("{} → {}:{}", self.listen, self.target.host(network), self.port)
+    }
+}
+
+/// Where a tunnel goes: a member, or the nearest member offering a service. CONNECT and
+/// `--upstream` name it the same way.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    Member(String),
+    Service(String),
+}
+
+impl Target {
+    /// `<node>.<network>` or `<service>.svc.<network>`.
+    pub fn parse(host: &str, network: &str) -> Result<Target, String> {
+        let target = if let Some(name) = host.strip_suffix(&format!(".svc.{network}")) {
+            Target::Service(name.to_owned())
+        } else if let Some(node) = host.strip_suffix(&format!(".{network}")) {
+            Target::Member(node.to_owned())
+        } else {
+            return Err(format!("{host} is not a member or service of network {network}"));
+        };
+        match &target {
+            Target::Member(n) | Target::Service(n) if n.is_empty() => {
+                Err(format!("{host} names no member or service of network {network}"))
+            }
+            Target::Service(name) => crate::services::valid_name(name).map(|()| target),
+            Target::Member(_) => Ok(target),
+        }
+    }
+
+    /// The host name CONNECT would use.
+    pub fn host(&self, network: &str) -> String {
+        match self {
+            Target::Member(node) => format!("{node}.{network}"),
+            Target::Service(name) => format!("{name}.svc.{network}"),
+        }
+    }
+}
+
+/// `LISTEN=TARGET:PORT` upstream entries. LISTEN is a port on `api_ip` or a loopback
+/// `ip:port`; TARGET names a member or a service of `network`; PORT is an allowed port.
+fn parse_upstreams(
+    entries: Vec<String>,
+    api_ip: IpAddr,
+    network: &str,
+    allowed: &[u16],
+) -> Result<Vec<Upstream>, String> {
+    let usage = format!(
+        "LISTEN=TARGET:PORT, e.g. --upstream 15432=db.svc.{network}:5432 or --upstream 127.0.0.1:15432=db-0.{network}:5432"
+    );
+    let mut upstreams: Vec<Upstream> = Vec::new();
+    for entry in entries.iter().filter(|e| !e.is_empty()) {
+        let bad = |why: String| format!("upstream {entry:?}: {why}");
+        let (listen, target) =
+            entry.split_once('=').ok_or_else(|| bad(format!("is not {usage}")))?;
+        let listen: SocketAddr = match listen.parse::<u16>() {
+            Ok(port) => SocketAddr::new(api_ip, port),
+            Err(_) => listen
+                .parse()
+                .map_err(|_| bad(format!("{listen:?} is neither a port nor ip:port ({usage})")))?,
+        };
+        if listen.port() == 0 {
+            return Err(bad("listen port 0 is not a port".into()));
+        }
+        if !listen.ip().is_loopback() {
+            return Err(bad(format!(
+                "{} is not a loopback address: an upstream is for apps in this pod, and anyone who reaches it speaks with this member's identity",
+                listen.ip()
+            )));
+        }
+        let (host, port) = target
+            .rsplit_once(':')
+            .ok_or_else(|| bad(format!("target {target:?} has no port ({usage})")))?;
+        let port: u16 = port
+            .parse()
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| bad(format!("{port:?} is not a port (1-65535)")))?;
+        let target = Target::parse(host, network).map_err(|e| bad(format!("{e} ({usage})")))?;
+        if !allowed.contains(&port) {
+            return Err(bad(format!(
+                "port {port} is not in allowed-ports {allowed:?}: the network refuses streams to it"
+            )));
+        }
+        if let Some(other) = upstreams.iter().find(|u| u.listen == listen) {
+            return Err(bad(format!(
+                "{listen} is already the upstream to {}",
+                other.describe(network)
+            )));
+        }
+        upstreams.push(Upstream { listen, target, port });
+    }
+    Ok(upstreams)
 }
 
 /// Whether `zone` is empty or a Kubernetes label value.
@@ -390,6 +508,20 @@ impl Config {
             ));
         }
         let services = parse_services(s.services.unwrap_or_default(), &allowed_ports)?;
+        let upstreams = parse_upstreams(
+            s.upstreams.unwrap_or_default(),
+            api_listen.ip(),
+            &network,
+            &allowed_ports,
+        )?;
+        if let Some(u) =
+            upstreams.iter().find(|u| [api_listen, admin_listen, listen].contains(&u.listen))
+        {
+            return Err(format!(
+                "upstream on {}: the sidecar's own listeners use that address",
+                u.listen
+            ));
+        }
         let min_peers = s.min_peers.unwrap_or(3);
         let max_peers = s.max_peers.unwrap_or(8);
         if min_peers == 0 || min_peers > max_peers || max_peers > 256 {
@@ -441,6 +573,7 @@ impl Config {
             zone_penalty,
             max_relay_share,
             services,
+            upstreams,
             direct_streams: s.direct_streams.unwrap_or(true),
             worker_threads,
             audit_log: s.audit_log,
@@ -493,7 +626,9 @@ mod tests {
         assert!(e.contains("does not match the document"), "{e}");
 
         // A per-member setting in the network's document is refused even when signed.
-        for member in [r#"{"node":"web-1"}"#, r#"{"zone":"eu-west-1a"}"#] {
+        for member in
+            [r#"{"node":"web-1"}"#, r#"{"zone":"eu-west-1a"}"#, r#"{"upstreams":["1=a.b:1"]}"#]
+        {
             let doc = SignedDocument::sign(&ca, member.into()).unwrap();
             let e = Settings::from_genesis(&write(&doc), &bundle).unwrap_err();
             assert!(e.contains("per member"), "{member}: {e}");
@@ -525,6 +660,24 @@ mod tests {
         let c = Config::resolve(offered).unwrap();
         assert_eq!(c.services.get("web"), Some(&80));
         assert_eq!(c.services.get("db"), Some(&5432));
+        assert!(c.upstreams.is_empty());
+        let upstreams = Settings {
+            upstreams: Some(vec![
+                "15432=db.svc.demo:5432".into(),
+                "127.0.0.2:8080=web-1.ns.demo:80".into(),
+            ]),
+            allowed_ports: Some(vec![80, 5432]),
+            ..minimal()
+        };
+        let c = Config::resolve(upstreams).unwrap();
+        let expected = [
+            ("127.0.0.1:15432", Target::Service("db".into()), 5432),
+            ("127.0.0.2:8080", Target::Member("web-1.ns".into()), 80),
+        ];
+        for (u, (listen, target, port)) in c.upstreams.iter().zip(expected) {
+            assert_eq!((u.listen.to_string().as_str(), &u.target, u.port), (listen, &target, port));
+        }
+        assert_eq!(c.upstreams.len(), 2);
     }
 
     #[test]
@@ -583,6 +736,28 @@ mod tests {
                 "named twice",
             ),
         ];
+        let upstream = |entries: &[&str]| Settings {
+            upstreams: Some(entries.iter().map(|e| e.to_string()).collect()),
+            allowed_ports: Some(vec![5432]),
+            ..minimal()
+        };
+        let cases = cases.into_iter().chain([
+            (upstream(&["db.svc.demo:5432"]), "is not LISTEN=TARGET:PORT"),
+            (upstream(&["db=db.svc.demo:5432"]), "\"db\" is neither a port nor ip:port"),
+            (upstream(&["0=db.svc.demo:5432"]), "listen port 0"),
+            (upstream(&["10.0.0.1:15432=db.svc.demo:5432"]), "not a loopback address"),
+            (upstream(&["15432=db.svc.demo"]), "has no port"),
+            (upstream(&["15432=db.svc.demo:pg"]), "\"pg\" is not a port"),
+            (upstream(&["15432=db.svc.prod:5432"]), "not a member or service of network demo"),
+            (upstream(&["15432=.demo:5432"]), "names no member or service"),
+            (upstream(&["15432=DB.svc.demo:5432"]), "not a service name"),
+            (upstream(&["15432=db.svc.demo:80"]), "port 80 is not in allowed-ports [5432]"),
+            (upstream(&["7001=db.svc.demo:5432"]), "the sidecar's own listeners"),
+            (
+                upstream(&["15432=db.svc.demo:5432", "127.0.0.1:15432=db-0.demo:5432"]),
+                "127.0.0.1:15432 is already the upstream to 127.0.0.1:15432 → db.svc.demo:5432",
+            ),
+        ]);
         for (settings, expected) in cases {
             let err = Config::resolve(settings).unwrap_err();
             assert!(err.contains(expected), "expected {expected:?} in {err:?}");

@@ -25,6 +25,7 @@ pub mod services;
 pub mod shared;
 pub mod state;
 pub mod stream;
+pub mod upstream;
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -90,10 +91,11 @@ pub struct Prepared {
     peer: TcpListener,
     api: TcpListener,
     admin: TcpListener,
+    upstreams: Vec<TcpListener>,
     audit: Option<AuditLog>,
 }
 
-/// Binds the three ports, opens the audit log (sealing a torn last record) and checks the
+/// Binds the three ports and the upstreams', opens the audit log (sealing a torn last record) and checks the
 /// state directory can be written.
 pub async fn prepare(config: &Config) -> Result<Prepared, String> {
     let audit = match &config.audit_log {
@@ -106,10 +108,16 @@ pub async fn prepare(config: &Config) -> Result<Prepared, String> {
             .and_then(|()| std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)))
             .map_err(|e| format!("state-dir {}: {e}", dir.display()))?;
     }
+    let mut upstreams = Vec::new();
+    for u in &config.upstreams {
+        let what = format!("the upstream {}", u.describe(&config.network));
+        upstreams.push(bind(&what, u.listen).await?);
+    }
     Ok(Prepared {
         peer: bind("peer links", config.listen).await?,
         api: bind("the app API", config.api_listen).await?,
         admin: bind("the admin API", config.admin_listen).await?,
+        upstreams,
         audit,
     })
 }
@@ -150,8 +158,13 @@ pub async fn start_prepared(
         .map_err(|e| format!("the CRL from the identity service: {e}"))?;
     let identity = creds.identity.clone();
     let tls = tls_configs(&store, creds)?;
-    let Prepared { peer: peer_listener, api: api_listener, admin: admin_listener, audit } =
-        prepared;
+    let Prepared {
+        peer: peer_listener,
+        api: api_listener,
+        admin: admin_listener,
+        upstreams: upstream_listeners,
+        audit,
+    } = prepared;
     let addrs = (
         peer_listener.local_addr().map_err(|e| e.to_string())?,
         api_listener.local_addr().map_err(|e| e.to_string())?,
@@ -165,7 +178,7 @@ pub async fn start_prepared(
         serde_json::json!({"listen": addrs.0.to_string()}),
     );
     let shutdown = CancellationToken::new();
-    let tasks = vec![
+    let mut tasks = vec![
         tokio::spawn(node::run_core(shared.clone(), rx, shutdown.clone())),
         tokio::spawn(link::listen(shared.clone(), peer_listener, shutdown.clone())),
         tokio::spawn(http::serve(
@@ -184,6 +197,10 @@ pub async fn start_prepared(
         )),
         tokio::spawn(renewal_loop(shared.clone(), shutdown.clone())),
     ];
+    for (listener, u) in upstream_listeners.into_iter().zip(shared.config.upstreams.clone()) {
+        tracing::info!(upstream = %u.describe(&shared.config.network), "upstream listening");
+        tasks.push(tokio::spawn(upstream::serve(shared.clone(), listener, u, shutdown.clone())));
+    }
     tracing::info!(identity = %shared.identity, peer = %addrs.0, api = %addrs.1, admin = %addrs.2, "sidecar started");
     Ok(Running {
         shared,

@@ -23,6 +23,7 @@ pub struct Metrics {
     pub streams: IntCounterVec,
     pub streams_reset: IntCounterVec,
     pub direct_streams: IntCounterVec,
+    pub upstream_connections: IntCounterVec,
     pub stream_bytes: IntCounterVec,
     pub messages: IntCounterVec,
     pub crl_number: IntGauge,
@@ -149,6 +150,14 @@ impl Metrics {
                      without an end-to-end TLS session inside it"
                 ),
                 &["direction"]
+            )),
+            upstream_connections: reg!(IntCounterVec::new(
+                opts(
+                    "upstream_connections_total",
+                    "Connections to an upstream port (--upstream) by result: ok, tunnelled to \
+                     its target; refused, reset because the target could not be reached"
+                ),
+                &["result"]
             )),
             stream_bytes: reg!(IntCounterVec::new(
                 opts("stream_bytes_total", "Application bytes through end-to-end streams"),

@@ -177,3 +177,59 @@ fn a_neighbour_that_refuses_direct_streams_gets_end_to_end_tls_and_the_app_never
     let refusals = a.log_text().matches("direct stream refused").count();
     assert_eq!(refusals, 1, "{}", a.log_text());
 }
+
+/// An app that only knows host and port (no CONNECT) reaches a member, or the nearest member
+/// offering a service, through an upstream port; a target that cannot be reached resets the
+/// app's connection, and the sidecar says why.
+#[test]
+fn an_upstream_port_tunnels_a_plain_tcp_app_and_resets_it_when_the_target_is_unreachable() {
+    let net = Subnet::new();
+    let auth = Authority::start(&net, "e2e", "24h");
+    let upstreams = ["15000=b.e2e:9100", "15001=echo.svc.e2e:9100", "15002=nobody.e2e:9100"];
+    let a_opts = SidecarOptions {
+        allowed_ports: vec![9100],
+        extra: vec!["--upstream".into(), upstreams.join(",")],
+        ..Default::default()
+    };
+    let a = Sidecar::start(&auth, "a", &net.ip(1), &a_opts);
+    let b_opts = SidecarOptions {
+        anchors: vec![format!("{}:7000", net.ip(1))],
+        allowed_ports: vec![9100],
+        extra: vec!["--service".into(), "echo=9100".into()],
+        ..Default::default()
+    };
+    let _b = Sidecar::start(&auth, "b", &net.ip(2), &b_opts);
+    serve_echo(&format!("{}:9100", net.ip(2)));
+    wait_for(Duration::from_secs(20), "a to route to b and know its service", || {
+        a.routes() == ["b"]
+            && a.admin_json("/admin/services").as_array().is_some_and(|s| !s.is_empty())
+    });
+    // A megabyte each way, byte for byte, through the member and the service upstreams.
+    let payload: Vec<u8> = (0..1 << 20).map(|i: u32| (i % 251) as u8).collect();
+    for port in [15000, 15001] {
+        let mut s = TcpStream::connect((net.ip(1).as_str(), port)).unwrap();
+        let writer = {
+            let (mut w, payload) = (s.try_clone().unwrap(), payload.clone());
+            std::thread::spawn(move || w.write_all(&payload).unwrap())
+        };
+        let mut back = vec![0u8; payload.len()];
+        s.read_exact(&mut back).unwrap();
+        writer.join().unwrap();
+        assert!(back == payload, "port {port}: the echo differs from what was sent");
+    }
+    // No such member: the app's connection is reset, not left hanging or closed cleanly.
+    let mut s = TcpStream::connect((net.ip(1).as_str(), 15002)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut buf = [0u8; 1];
+    let read = s.read(&mut buf);
+    assert!(
+        matches!(&read, Err(e) if e.kind() == ErrorKind::ConnectionReset),
+        "expected a reset, got {read:?}"
+    );
+    let count = |result: &str| {
+        a.metric("genesis_sidecar_upstream_connections_total", &format!("result=\"{result}\""))
+    };
+    assert_eq!((count("ok"), count("refused")), (2.0, 1.0));
+    let log = a.log_text();
+    assert!(log.contains("no route to nobody"), "{log}");
+}

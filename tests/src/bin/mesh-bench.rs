@@ -2,8 +2,9 @@
 //! stunnel4 mutual-TLS tunnel (Debian's stunnel4, certificates from the same CA), and Genesis
 //! Mesh tunnels through the CONNECT proxy: 1 hop direct (the link's mutual TLS only), 1 hop
 //! with end-to-end TLS inside the link's (a neighbour with `--direct-streams false`), and 3
-//! hops (end-to-end TLS inside hop-by-hop TLS). Our own load generator, then iperf3 through
-//! socat's `PROXY:` (needs iperf3 and socat; skipped without).
+//! hops (end-to-end TLS inside hop-by-hop TLS). Our own load generator, then iperf3 (needs
+//! iperf3 and socat; skipped without) through upstream ports (`--upstream`: host and port, as
+//! it reaches stunnel4) and, for the CONNECT proxy, through socat's `PROXY:`.
 //!
 //! Run: `cargo run --release -p genesis-e2e --bin mesh-bench` (`-- --quick` for a short run,
 //! `-- --peers N` for the memory figure, `-- --messages N` for a longer message run to profile).
@@ -24,8 +25,12 @@ use genesis_trust::{Identity, KeyAlgorithm, LeafPolicy, Role};
 const NET: &str = "bench";
 const ECHO: u16 = 9001;
 const SINK: u16 = 9002;
-/// iperf3 servers listen here on b1 and b3.
+/// iperf3 servers listen here on b1, t1 and b3.
 const IPERF: u16 = 5201;
+/// a's upstream ports (`--upstream`) to iperf3 on b1, t1 and b3.
+const UPSTREAM_1: u16 = 15201;
+const UPSTREAM_1_E2E: u16 = 15202;
+const UPSTREAM_3: u16 = 15203;
 
 fn echo_server(addr: &str) {
     let l = TcpListener::bind(addr).unwrap();
@@ -316,7 +321,17 @@ fn main() {
     };
     // a — b1 (1 hop, direct); a — t1 (1 hop, end-to-end TLS: t1 takes no direct streams);
     // a — r1 — r2 — b3 (3 hops).
-    let a = Sidecar::start(&auth, "a", &net.ip(1), &line(None, peers + 8));
+    // Upstream ports on a: iperf3 reaches each path's end as it reaches stunnel4, by host and
+    // port, with no CONNECT and no socat in front.
+    let upstreams = [("b1", UPSTREAM_1), ("t1", UPSTREAM_1_E2E), ("b3", UPSTREAM_3)]
+        .map(|(node, port)| format!("{port}={node}.{NET}:{IPERF}"))
+        .join(",");
+    let a = Sidecar::start(
+        &auth,
+        "a",
+        &net.ip(1),
+        &SidecarOptions { extra: vec!["--upstream".into(), upstreams], ..line(None, peers + 8) },
+    );
     let b1 = Sidecar::start(&auth, "b1", &net.ip(2), &line(Some(1), 2));
     let no_direct = vec!["--direct-streams".to_owned(), "false".to_owned()];
     let t1 = Sidecar::start(
@@ -462,10 +477,11 @@ fn iperf_client(addr: &str, secs: u32, streams: u32) -> Result<(f64, f64), Strin
     }
 }
 
-/// iperf3, an independent load generator, through every path: direct, stunnel4, socat alone
-/// (the cost of the harness), and socat's `PROXY:` into the first sidecar's CONNECT proxy over
-/// 1 and 3 hops; single stream and 4 streams. CPU per GB counts the path's own processes
-/// (the sidecars on it, both stunnel4 processes, socat), not iperf3.
+/// iperf3, an independent load generator, through every path: direct, stunnel4, the first
+/// sidecar's upstream ports over 1 and 3 hops, and socat's `PROXY:` into its CONNECT proxy
+/// beside socat alone (the cost of that harness) and socat in front of stunnel4; single stream
+/// and 4 streams. CPU per GB counts the path's own processes (the sidecars on it, both
+/// stunnel4 processes), then socat's, not iperf3.
 fn iperf_paths(net: &Subnet, a: &Sidecar, lines: &[&[&Sidecar]; 3], stunnel: &Stunnel, secs: u32) {
     let have = |p: &str| Command::new(p).arg("-V").output().is_ok();
     if !have("iperf3") || !have("socat") {
@@ -493,8 +509,6 @@ fn iperf_paths(net: &Subnet, a: &Sidecar, lines: &[&[&Sidecar]; 3], stunnel: &St
     let proxy = |node: &str| format!("PROXY:{api_ip}:{node}.{NET}:{IPERF},proxyport={api_port}");
     let (plain, plain_addr) = socat(net.ip(12), format!("TCP:{}:{IPERF}", b3.ip));
     let (via1, via1_addr) = socat(net.ip(13), proxy(&ends[0].node));
-    let (via1t, via1t_addr) = socat(net.ip(15), proxy(&ends[1].node));
-    let (via3, via3_addr) = socat(net.ip(14), proxy(&ends[2].node));
     // stunnel4 behind the same harness cost as the mesh paths (one socat relay in front).
     let stunnel_in = format!("TCP:{}:{}", net.ip(10), IPERF + 100);
     let (via_stunnel, via_stunnel_addr) = socat(net.ip(16), stunnel_in);
@@ -506,42 +520,61 @@ fn iperf_paths(net: &Subnet, a: &Sidecar, lines: &[&[&Sidecar]; 3], stunnel: &St
         ("stunnel4 mTLS", format!("{}:{}", net.ip(10), IPERF + 100), stunnel_pids.clone(), vec![]),
         ("socat alone", plain_addr, vec![], vec![plain.0.id()]),
         ("socat + stunnel4", via_stunnel_addr, stunnel_pids.clone(), vec![via_stunnel.0.id()]),
-        ("mesh, 1 hop", via1_addr, pids(lines[0]), vec![via1.0.id()]),
-        ("mesh, 1 hop, end-to-end TLS", via1t_addr, pids(lines[1]), vec![via1t.0.id()]),
-        ("mesh, 3 hops", via3_addr, pids(lines[2]), vec![via3.0.id()]),
+        ("mesh, 1 hop", format!("{}:{UPSTREAM_1}", a.ip), pids(lines[0]), vec![]),
+        (
+            "mesh, 1 hop, end-to-end TLS",
+            format!("{}:{UPSTREAM_1_E2E}", a.ip),
+            pids(lines[1]),
+            vec![],
+        ),
+        ("mesh, 3 hops", format!("{}:{UPSTREAM_3}", a.ip), pids(lines[2]), vec![]),
+        ("socat + CONNECT + mesh, 1 hop", via1_addr, pids(lines[0]), vec![via1.0.id()]),
     ];
     println!();
     println!("iperf3 through each path ({secs} s per run; CPU per GB: the path's processes, then socat's):");
     println!();
-    println!("| path | 1 stream Gbit/s | 4 streams Gbit/s | CPU s per GB, 1 stream | socat CPU s per GB |");
-    println!("|---|---:|---:|---:|---:|");
+    println!("| path | 1 stream Gbit/s | 4 streams Gbit/s | CPU s per GB, 1 stream | CPU s per GB, 4 streams | socat CPU s per GB | machine idle, 4 streams |");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
     let mut rows = Vec::new();
     for (name, addr, path_pids, socat_pids) in &paths {
         let cpu = |p: &[u32]| p.iter().map(|&p| cpu_seconds(p)).sum::<f64>();
-        let (path0, socat0) = (cpu(path_pids), cpu(socat_pids));
-        let single = iperf_client(addr, secs, 1);
-        // socat's connection children are counted once it has reaped them.
-        std::thread::sleep(Duration::from_millis(500));
-        let (path_cpu, socat_cpu) = (cpu(path_pids) - path0, cpu(socat_pids) - socat0);
-        let four = iperf_client(addr, secs, 4);
+        // One run with `streams`: its result, the path's and socat's CPU seconds, and the
+        // machine's idle share meanwhile (0: every core busy).
+        let run = |streams| {
+            let (path0, socat0, idle0) = (cpu(path_pids), cpu(socat_pids), machine_idle());
+            let result = iperf_client(addr, secs, streams);
+            // socat's connection children are counted once it has reaped them.
+            std::thread::sleep(Duration::from_millis(500));
+            let idle = machine_idle();
+            let idle_share = (idle.0 - idle0.0) / (idle.1 - idle0.1).max(1.0);
+            (result, cpu(path_pids) - path0, cpu(socat_pids) - socat0, idle_share)
+        };
+        let (single, path_cpu, socat_cpu, _) = run(1);
+        let (four, path_cpu4, _, idle4) = run(4);
         match (&single, &four) {
-            (Ok((g1, bytes)), Ok((g4, _))) => {
+            (Ok((g1, bytes)), Ok((g4, bytes4))) => {
                 let per_gb = |c: f64| c / (bytes / 1e9);
                 println!(
-                    "| {name} | {g1:.2} | {g4:.2} | {:.2} | {:.2} |",
+                    "| {name} | {g1:.2} | {g4:.2} | {:.2} | {:.2} | {:.2} | {:.0} % |",
                     per_gb(path_cpu),
-                    per_gb(socat_cpu)
+                    path_cpu4 / (bytes4 / 1e9),
+                    per_gb(socat_cpu),
+                    idle4 * 100.0
                 );
                 rows.push((name.to_string(), *g1, *g4, per_gb(path_cpu)));
             }
-            (Err(e), _) | (_, Err(e)) => println!("| {name} | failed: {e} | | | |"),
+            (Err(e), _) | (_, Err(e)) => println!("| {name} | failed: {e} | | | | | |"),
         }
     }
     let find = |n: &str| rows.iter().find(|r| r.0 == n);
-    for base_name in ["stunnel4 mTLS", "socat + stunnel4"] {
+    let compared = [
+        ("stunnel4 mTLS", &["mesh, 1 hop", "mesh, 1 hop, end-to-end TLS", "mesh, 3 hops"][..]),
+        ("socat + stunnel4", &["socat + CONNECT + mesh, 1 hop"][..]),
+    ];
+    for (base_name, names) in compared {
         let Some(base) = find(base_name) else { continue };
         println!();
-        for name in ["mesh, 1 hop", "mesh, 1 hop, end-to-end TLS", "mesh, 3 hops"] {
+        for &name in names {
             if let Some(m) = find(name) {
                 println!(
                     "- iperf3 {name} vs {base_name}: 1 stream {:.2}×, 4 streams {:.2}×, CPU per GB {:.2}× (socat not counted)",
@@ -552,6 +585,22 @@ fn iperf_paths(net: &Subnet, a: &Sidecar, lines: &[&[&Sidecar]; 3], stunnel: &St
             }
         }
     }
+}
+
+/// The machine's (idle, all) CPU time so far, in clock ticks, from /proc/stat.
+fn machine_idle() -> (f64, f64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let ticks: Vec<f64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal ...
+    let idle = ticks.get(3).copied().unwrap_or(0.0) + ticks.get(4).copied().unwrap_or(0.0);
+    (idle, ticks.iter().take(8).sum())
 }
 
 fn rss_of(pid: u32) -> Option<u64> {
