@@ -24,6 +24,10 @@ pub const INJECTED_ANNOTATION: &str = "genesis-mesh.io/injected";
 /// The pod annotation naming the services its sidecar offers the mesh: `name=port`, comma
 /// separated (the sidecar's `GENESIS_SERVICES`; docs/SIDECAR.md, "Service names").
 pub const SERVICES_ANNOTATION: &str = "genesis-mesh.io/services";
+/// The pod annotation naming its upstreams: local ports that tunnel to a fixed member or
+/// service, `LISTEN=TARGET:PORT`, comma separated (the sidecar's `GENESIS_UPSTREAMS`;
+/// docs/SIDECAR.md, "Upstreams").
+pub const UPSTREAMS_ANNOTATION: &str = "genesis-mesh.io/upstreams";
 /// The audience of the projected token sidecars present to the identity service.
 pub const TOKEN_AUDIENCE: &str = "genesis-mesh.io";
 /// The sidecar's admin port (health, metrics, CRL push).
@@ -69,16 +73,7 @@ fn check_services(value: &str, allowed: &[genesis_crds::mesh_network::Port]) -> 
         let (name, port) = entry
             .split_once('=')
             .ok_or_else(|| format!("{entry:?} is not name=port (e.g. web=8080)"))?;
-        let label = !name.is_empty()
-            && name.len() <= 63
-            && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-            && !name.starts_with('-')
-            && !name.ends_with('-');
-        if !label {
-            return Err(format!(
-                "{name:?} is not a service name: 1 to 63 of a-z, 0-9 and '-', beginning and ending with a letter or digit"
-            ));
-        }
+        genesis_trust::names::valid_service_name(name)?;
         let port: i32 = port.parse().map_err(|_| format!("{entry:?}: {port:?} is not a port"))?;
         if !allowed.iter().any(|p| p.0 == port) {
             let allowed: Vec<i32> = allowed.iter().map(|p| p.0).collect();
@@ -88,6 +83,31 @@ fn check_services(value: &str, allowed: &[genesis_crds::mesh_network::Port]) -> 
         }
         if !names.insert(name) {
             return Err(format!("service {name:?} is named twice"));
+        }
+    }
+    Ok(())
+}
+
+/// Checks an upstreams annotation as the sidecar will (`LISTEN=TARGET:PORT`, comma
+/// separated, targets in `network`, ports allowed), and that no listen port is one the
+/// sidecar or a container of the pod already takes.
+fn check_upstreams(
+    value: &str,
+    network: &str,
+    allowed: &[genesis_crds::mesh_network::Port],
+    taken: &[i32],
+) -> Result<(), String> {
+    let entries: Vec<&str> = value.split(',').collect();
+    let allowed: Vec<u16> = allowed.iter().filter_map(|p| u16::try_from(p.0).ok()).collect();
+    let loopback = std::net::Ipv4Addr::LOCALHOST.into();
+    for u in genesis_trust::names::Upstream::parse_all(&entries, loopback, network, &allowed)? {
+        let port = u.listen.port();
+        if SIDECAR_PORTS.contains(&port) || taken.contains(&i32::from(port)) {
+            return Err(format!(
+                "upstream {}: port {port} is taken in the pod (the sidecar takes {PEER_PORT}, \
+                 7001 and {ADMIN_PORT}; the containers {taken:?}); choose another local port",
+                u.describe(network)
+            ));
         }
     }
     Ok(())
@@ -167,6 +187,23 @@ pub fn injection(
         },
         None => None,
     };
+    let taken: Vec<i32> = spec
+        .containers
+        .iter()
+        .flat_map(|c| c.ports.iter().flatten())
+        .map(|p| p.container_port)
+        .collect();
+    let upstreams = match pod.annotations().get(UPSTREAMS_ANNOTATION) {
+        Some(value) => {
+            match check_upstreams(value, &network_name, &network.spec.allowed_ports, &taken) {
+                Ok(()) => Some(value.clone()),
+                Err(e) => {
+                    return Injection::Refuse(format!("annotation {UPSTREAMS_ANNOTATION}: {e}"))
+                }
+            }
+        }
+        None => None,
+    };
     let role = decide_network::role(labels);
     let sidecar = &network.spec.sidecar;
     let env = |name: &str, value: &str| json!({"name": name, "value": value});
@@ -208,8 +245,13 @@ pub fn injection(
         ],
     });
     let mut container = container;
-    if let (Some(services), Some(env_list)) = (services, container["env"].as_array_mut()) {
-        env_list.push(env("GENESIS_SERVICES", &services));
+    if let Some(env_list) = container["env"].as_array_mut() {
+        if let Some(services) = services {
+            env_list.push(env("GENESIS_SERVICES", &services));
+        }
+        if let Some(upstreams) = upstreams {
+            env_list.push(env("GENESIS_UPSTREAMS", &upstreams));
+        }
     }
     let volumes = [
         json!({"name": "genesis-config", "configMap": {

@@ -10,6 +10,8 @@ use genesis_trust::duration::parse_duration;
 use genesis_trust::{Identity, Role};
 use serde::Deserialize;
 
+pub use genesis_trust::names::{Target, Upstream};
+
 use crate::peers::PeerConfig;
 use crate::routing::RoutingConfig;
 
@@ -305,114 +307,6 @@ fn parse_services(
     Ok(services)
 }
 
-/// A local listener whose connections all tunnel to one target (`--upstream`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Upstream {
-    /// Where apps connect (loopback only: anything in the pod may use it, nothing outside).
-    pub listen: SocketAddr,
-    pub target: Target,
-    pub port: u16,
-}
-
-impl Upstream {
-    /// `listen → target:port`, as logs and errors name it.
-    pub fn describe(&self, network: &str) -> String {
-        format!("{} → {}:{}", self.listen, self.target.host(network), self.port)
-    }
-}
-
-/// Where a tunnel goes: a member, or the nearest member offering a service. CONNECT and
-/// `--upstream` name it the same way.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Target {
-    Member(String),
-    Service(String),
-}
-
-impl Target {
-    /// `<node>.<network>` or `<service>.svc.<network>`.
-    pub fn parse(host: &str, network: &str) -> Result<Target, String> {
-        let target = if let Some(name) = host.strip_suffix(&format!(".svc.{network}")) {
-            Target::Service(name.to_owned())
-        } else if let Some(node) = host.strip_suffix(&format!(".{network}")) {
-            Target::Member(node.to_owned())
-        } else {
-            return Err(format!("{host} is not a member or service of network {network}"));
-        };
-        match &target {
-            Target::Member(n) | Target::Service(n) if n.is_empty() => {
-                Err(format!("{host} names no member or service of network {network}"))
-            }
-            Target::Service(name) => crate::services::valid_name(name).map(|()| target),
-            Target::Member(_) => Ok(target),
-        }
-    }
-
-    /// The host name CONNECT would use.
-    pub fn host(&self, network: &str) -> String {
-        match self {
-            Target::Member(node) => format!("{node}.{network}"),
-            Target::Service(name) => format!("{name}.svc.{network}"),
-        }
-    }
-}
-
-/// `LISTEN=TARGET:PORT` upstream entries. LISTEN is a port on `api_ip` or a loopback
-/// `ip:port`; TARGET names a member or a service of `network`; PORT is an allowed port.
-fn parse_upstreams(
-    entries: Vec<String>,
-    api_ip: IpAddr,
-    network: &str,
-    allowed: &[u16],
-) -> Result<Vec<Upstream>, String> {
-    let usage = format!(
-        "LISTEN=TARGET:PORT, e.g. --upstream 15432=db.svc.{network}:5432 or --upstream 127.0.0.1:15432=db-0.{network}:5432"
-    );
-    let mut upstreams: Vec<Upstream> = Vec::new();
-    for entry in entries.iter().filter(|e| !e.is_empty()) {
-        let bad = |why: String| format!("upstream {entry:?}: {why}");
-        let (listen, target) =
-            entry.split_once('=').ok_or_else(|| bad(format!("is not {usage}")))?;
-        let listen: SocketAddr = match listen.parse::<u16>() {
-            Ok(port) => SocketAddr::new(api_ip, port),
-            Err(_) => listen
-                .parse()
-                .map_err(|_| bad(format!("{listen:?} is neither a port nor ip:port ({usage})")))?,
-        };
-        if listen.port() == 0 {
-            return Err(bad("listen port 0 is not a port".into()));
-        }
-        if !listen.ip().is_loopback() {
-            return Err(bad(format!(
-                "{} is not a loopback address: an upstream is for apps in this pod, and anyone who reaches it speaks with this member's identity",
-                listen.ip()
-            )));
-        }
-        let (host, port) = target
-            .rsplit_once(':')
-            .ok_or_else(|| bad(format!("target {target:?} has no port ({usage})")))?;
-        let port: u16 = port
-            .parse()
-            .ok()
-            .filter(|p| *p != 0)
-            .ok_or_else(|| bad(format!("{port:?} is not a port (1-65535)")))?;
-        let target = Target::parse(host, network).map_err(|e| bad(format!("{e} ({usage})")))?;
-        if !allowed.contains(&port) {
-            return Err(bad(format!(
-                "port {port} is not in allowed-ports {allowed:?}: the network refuses streams to it"
-            )));
-        }
-        if let Some(other) = upstreams.iter().find(|u| u.listen == listen) {
-            return Err(bad(format!(
-                "{listen} is already the upstream to {}",
-                other.describe(network)
-            )));
-        }
-        upstreams.push(Upstream { listen, target, port });
-    }
-    Ok(upstreams)
-}
-
 /// Whether `zone` is empty or a Kubernetes label value.
 pub fn valid_zone(zone: &str) -> bool {
     let b = zone.as_bytes();
@@ -508,8 +402,8 @@ impl Config {
             ));
         }
         let services = parse_services(s.services.unwrap_or_default(), &allowed_ports)?;
-        let upstreams = parse_upstreams(
-            s.upstreams.unwrap_or_default(),
+        let upstreams = Upstream::parse_all(
+            &s.upstreams.unwrap_or_default(),
             api_listen.ip(),
             &network,
             &allowed_ports,
@@ -751,7 +645,10 @@ mod tests {
             (upstream(&["15432=db.svc.prod:5432"]), "not a member or service of network demo"),
             (upstream(&["15432=.demo:5432"]), "names no member or service"),
             (upstream(&["15432=DB.svc.demo:5432"]), "not a service name"),
-            (upstream(&["15432=db.svc.demo:80"]), "port 80 is not in allowed-ports [5432]"),
+            (
+                upstream(&["15432=db.svc.demo:80"]),
+                "port 80 is not in the network's allowed ports [5432]",
+            ),
             (upstream(&["7001=db.svc.demo:5432"]), "the sidecar's own listeners"),
             (
                 upstream(&["15432=db.svc.demo:5432", "127.0.0.1:15432=db-0.demo:5432"]),

@@ -42,24 +42,7 @@ pub struct Record {
     pub services: BTreeMap<String, u16>,
 }
 
-/// Whether `name` can name a service: a DNS label (1 to 63 of a-z, 0-9 and '-', beginning and
-/// ending with a letter or digit).
-pub fn valid_name(name: &str) -> Result<(), String> {
-    let b = name.as_bytes();
-    let inner = |c: &u8| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-';
-    let ok = !b.is_empty()
-        && b.len() <= 63
-        && b.iter().all(inner)
-        && b[0] != b'-'
-        && b[b.len() - 1] != b'-';
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "{name:?} is not a service name: 1 to 63 of a-z, 0-9 and '-', beginning and ending with a letter or digit"
-        ))
-    }
-}
+pub use genesis_trust::names::valid_service_name as valid_name;
 
 impl Record {
     /// Checks the record's own sense (names, ports, size, lifetime).

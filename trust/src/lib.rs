@@ -16,6 +16,7 @@ pub mod error;
 pub mod genesis;
 pub mod identity;
 pub mod join;
+pub mod names;
 pub mod seqno;
 pub mod tls;
 pub mod verify;

@@ -410,3 +410,42 @@ fn a_services_annotation_becomes_the_sidecars_services_or_a_refusal_with_the_rea
             .unwrap();
     assert!(!golden.contains("GENESIS_SERVICES"));
 }
+
+#[test]
+fn an_upstreams_annotation_becomes_the_sidecars_upstreams_or_a_refusal_with_the_reason() {
+    let mut net = network();
+    net.spec.allowed_ports = vec![genesis_crds::mesh_network::Port(5432)];
+    let annotated = |value: &str| {
+        let mut p = plain_pod();
+        p.metadata.annotations =
+            Some(BTreeMap::from([(UPSTREAMS_ANNOTATION.to_owned(), value.to_owned())]));
+        p
+    };
+    let with = |value: &str| {
+        injection(&annotated(value), &labelled_namespace(), std::slice::from_ref(&net), &config())
+    };
+    let good = "15432=db.svc.payments:5432,127.0.0.2:5432=db-0.shop.payments:5432";
+    let Injection::Patch(patch) = with(good) else { panic!("expected a patch") };
+    let mut applied = serde_json::to_value(annotated(good)).unwrap();
+    json_patch::patch(&mut applied, &serde_json::from_value::<json_patch::Patch>(patch).unwrap())
+        .unwrap();
+    let env = applied["spec"]["initContainers"][0]["env"].as_array().unwrap().clone();
+    let upstreams = env.iter().find(|e| e["name"] == "GENESIS_UPSTREAMS").unwrap();
+    assert_eq!(upstreams["value"], good);
+    for (value, why) in [
+        ("db.svc.payments:5432", "is not LISTEN=TARGET:PORT"),
+        ("15432=db.svc.prod:5432", "not a member or service of network payments"),
+        ("15432=db.svc.payments:80", "port 80 is not in the network's allowed ports [5432]"),
+        ("10.1.2.3:15432=db.svc.payments:5432", "not a loopback address"),
+        ("8080=db.svc.payments:5432", "port 8080 is taken in the pod"),
+        ("7001=db.svc.payments:5432", "port 7001 is taken in the pod"),
+        ("1=db.svc.payments:5432,1=web.svc.payments:5432", "is already the upstream"),
+    ] {
+        match with(value) {
+            Injection::Refuse(r) => {
+                assert!(r.contains(UPSTREAMS_ANNOTATION) && r.contains(why), "{value}: {r}")
+            }
+            other => panic!("{value}: expected a refusal, got {other:?}"),
+        }
+    }
+}

@@ -7,7 +7,9 @@
 //! it reaches stunnel4) and, for the CONNECT proxy, through socat's `PROXY:`.
 //!
 //! Run: `cargo run --release -p genesis-e2e --bin mesh-bench` (`-- --quick` for a short run,
-//! `-- --peers N` for the memory figure, `-- --messages N` for a longer message run to profile).
+//! `-- --peers N` for the memory figure, `-- --messages N` for a longer message run to profile,
+//! `-- --seconds N` per iperf3 run, `-- --only iperf3,messages` for some of the sections
+//! bulk, iperf3, messages and memory).
 //! Needs stunnel4 (`apt-get install stunnel4`).
 //! Results and the machine they came from go to docs/BENCHMARKS.md.
 
@@ -294,19 +296,25 @@ fn stunnel(
 
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
-    let peers: usize = std::env::args()
-        .skip_while(|a| a != "--peers")
+    let flag = |name: &str| -> Option<usize> {
+        let value = std::env::args().skip_while(|a| a != name).nth(1)?;
+        Some(value.parse().unwrap_or_else(|_| panic!("{name} {value:?} is not a number")))
+    };
+    let only: Vec<String> = std::env::args()
+        .skip_while(|a| a != "--only")
         .nth(1)
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(if quick { 20 } else { 100 });
+        .map(|v| v.split(',').map(str::to_owned).collect())
+        .unwrap_or_default();
+    const SECTIONS: [&str; 4] = ["bulk", "iperf3", "messages", "memory"];
+    if let Some(bad) = only.iter().find(|s| !SECTIONS.contains(&s.as_str())) {
+        panic!("--only {bad:?}: the sections are {SECTIONS:?}");
+    }
+    let section = |name: &str| only.is_empty() || only.iter().any(|s| s == name);
+    let peers = flag("--peers").unwrap_or(if quick { 20 } else { 100 });
     let (iters, bulk, msgs) =
         if quick { (2_000, 64 << 20, 4_000) } else { (20_000, 512 << 20, 40_000) };
     // A longer message run, to profile it.
-    let msgs: usize = std::env::args()
-        .skip_while(|a| a != "--messages")
-        .nth(1)
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(msgs);
+    let msgs = flag("--messages").unwrap_or(msgs);
     std::env::set_var("GENESIS_SIDECAR_LOG", "warn");
 
     let net = Subnet::new();
@@ -359,6 +367,27 @@ fn main() {
     let _stunnel = stunnel(auth.dir.path(), &ca, &net.ip(10), &net.ip(11), &net.ip(5));
     let idle_rss = a.rss_kib().unwrap();
 
+    if section("bulk") {
+        bulk_and_latency(&net, &a, bulk, iters);
+    }
+    let secs = flag("--seconds").unwrap_or(if quick { 4 } else { 10 });
+    if section("iperf3") {
+        iperf_paths(&net, &a, &[&[&a, &b1], &[&a, &t1], &[&a, &r1, &r2, &b3]], &_stunnel, secs);
+    }
+    if section("messages") {
+        let (rate3, fail3) = messages(&a, &b3, msgs, 32);
+        let (rate1, fail1) = messages(&a, &b1, msgs, 32);
+        println!();
+        println!("Messages (64 B, receipt awaited, 32 senders): 1 hop {rate1:.0}/s ({fail1} failed), 3 hops {rate3:.0}/s ({fail3} failed)");
+    }
+    if section("memory") {
+        memory(&net, &auth, &a, &b3, &_stunnel, peers, msgs, idle_rss);
+    }
+    drop((b1, t1, r1, r2, b3));
+}
+
+/// Our own load generator through every path: bulk MB/s, then 64 B and 1 KiB round trips.
+fn bulk_and_latency(net: &Subnet, a: &Sidecar, bulk: usize, iters: usize) {
     let paths = [
         ("direct TCP", Path::Direct(net.ip(5))),
         ("stunnel4 mTLS", Path::Stunnel(net.ip(10))),
@@ -391,20 +420,31 @@ fn main() {
     let per_hop_p50 = (rows[4].2 - rows[3].2) / 2.0;
     let per_hop_p99 = (rows[4].3 - rows[3].3) / 2.0;
     println!("- added per extra hop (64 B, from 1 hop with end-to-end TLS to 3 hops): p50 {per_hop_p50:.0} µs, p99 {per_hop_p99:.0} µs");
+}
 
-    let secs = if quick { 4 } else { 10 };
-    iperf_paths(&net, &a, &[&[&a, &b1], &[&a, &t1], &[&a, &r1, &r2, &b3]], &_stunnel, secs);
-
-    let (rate3, fail3) = messages(&a, &b3, msgs, 32);
-    let (rate1, fail1) = messages(&a, &b1, msgs, 32);
-    println!();
-    println!("Messages (64 B, receipt awaited, 32 senders): 1 hop {rate1:.0}/s ({fail1} failed), 3 hops {rate3:.0}/s ({fail3} failed)");
-
-    // Memory: the hub `a` with `peers` more sidecars linked to it, under message load.
+/// The hub `a` with `peers` more sidecars linked to it, under message load: its peak RSS.
+#[allow(clippy::too_many_arguments)]
+fn memory(
+    net: &Subnet,
+    auth: &Authority,
+    a: &Sidecar,
+    b3: &Sidecar,
+    stunnel: &Stunnel,
+    peers: usize,
+    msgs: usize,
+    idle_rss: u64,
+) {
+    let line = SidecarOptions {
+        anchors: vec![format!("{}:7000", net.ip(1))],
+        min_peers: 1,
+        max_peers: 2,
+        allowed_ports: vec![ECHO, SINK, IPERF],
+        ..Default::default()
+    };
     let extra: Vec<Sidecar> = (0..peers)
         .map(|i| {
             let ip = format!("{}.{}", net.ip(0).rsplit_once('.').unwrap().0, 20 + i);
-            Sidecar::start(&auth, &format!("p{i}"), &ip, &line(Some(1), 2))
+            Sidecar::start(auth, &format!("p{i}"), &ip, &line)
         })
         .collect();
     wait_for(Duration::from_secs(120), "the hub to link every extra peer", || {
@@ -412,7 +452,7 @@ fn main() {
     });
     let links = a.metric("genesis_sidecar_links", "");
     let loaded = std::thread::scope(|s| {
-        let load = s.spawn(|| messages(&a, &b3, msgs / 4, 16));
+        let load = s.spawn(|| messages(a, b3, msgs / 4, 16));
         let mut max_rss = 0;
         while !load.is_finished() {
             max_rss = max_rss.max(a.rss_kib().unwrap_or(0));
@@ -420,7 +460,7 @@ fn main() {
         }
         max_rss
     });
-    let stunnel_rss: u64 = _stunnel.0.iter().filter_map(|c| rss_of(c.id())).max().unwrap_or(0);
+    let stunnel_rss: u64 = stunnel.0.iter().filter_map(|c| rss_of(c.id())).max().unwrap_or(0);
     println!();
     println!(
         "Sidecar RSS: idle (2 links, 4 routes) {:.1} MiB; with {links} links and {} routes under message load (peak) {:.1} MiB; stunnel4 process for comparison {:.1} MiB",
@@ -430,7 +470,6 @@ fn main() {
         stunnel_rss as f64 / 1024.0
     );
     drop(extra);
-    drop((b1, t1, r1, r2, b3));
 }
 
 /// A child process killed when dropped.
@@ -463,7 +502,7 @@ fn cpu_seconds(pid: u32) -> f64 {
 }
 
 /// One iperf3 client run: (Gbit/s received, bytes received), or why it failed.
-fn iperf_client(addr: &str, secs: u32, streams: u32) -> Result<(f64, f64), String> {
+fn iperf_client(addr: &str, secs: usize, streams: u32) -> Result<(f64, f64), String> {
     let (host, port) = addr.rsplit_once(':').unwrap();
     let out = Command::new("iperf3")
         .args(["-c", host, "-p", port, "-t", &secs.to_string(), "-P", &streams.to_string(), "-J"])
@@ -482,7 +521,13 @@ fn iperf_client(addr: &str, secs: u32, streams: u32) -> Result<(f64, f64), Strin
 /// beside socat alone (the cost of that harness) and socat in front of stunnel4; single stream
 /// and 4 streams. CPU per GB counts the path's own processes (the sidecars on it, both
 /// stunnel4 processes), then socat's, not iperf3.
-fn iperf_paths(net: &Subnet, a: &Sidecar, lines: &[&[&Sidecar]; 3], stunnel: &Stunnel, secs: u32) {
+fn iperf_paths(
+    net: &Subnet,
+    a: &Sidecar,
+    lines: &[&[&Sidecar]; 3],
+    stunnel: &Stunnel,
+    secs: usize,
+) {
     let have = |p: &str| Command::new(p).arg("-V").output().is_ok();
     if !have("iperf3") || !have("socat") {
         println!();
