@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tokio_util::sync::PollSender;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 use crate::error::Error;
 use crate::frame::{Data, DataKind, Encoded, MAX_DATA_PAYLOAD};
@@ -685,22 +685,45 @@ async fn write_record<W: AsyncWrite + Unpin>(
     w.flush().await
 }
 
-async fn read_record<R: AsyncRead + Unpin>(r: &mut R) -> io::Result<(u8, u64, Vec<u8>)> {
-    let ty = r.read_u8().await?;
-    let id = r.read_u64().await?;
-    let len = r.read_u32().await? as usize;
-    if len > MAX_MESSAGE {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("record of {len} bytes")));
+/// Reads message-channel records (type, id, length, body). Cancel safe: bytes read stay in its
+/// buffer until a whole record is there, so `next` can lose a `select!` without losing a byte
+/// (read field by field, a record cut across two reads would lose its first part that way).
+#[derive(Default)]
+struct RecordReader {
+    buf: BytesMut,
+}
+
+impl RecordReader {
+    async fn next<R: AsyncRead + Unpin>(&mut self, r: &mut R) -> io::Result<(u8, u64, Bytes)> {
+        loop {
+            let mut want = 13;
+            if self.buf.len() >= 13 {
+                let len = u32::from_be_bytes(self.buf[9..13].try_into().expect("4 bytes")) as usize;
+                if len > MAX_MESSAGE {
+                    let e = format!("record of {len} bytes, above {MAX_MESSAGE}");
+                    return Err(io::Error::new(io::ErrorKind::InvalidData, e));
+                }
+                if self.buf.len() >= 13 + len {
+                    let head = self.buf.split_to(13);
+                    let id = u64::from_be_bytes(head[1..9].try_into().expect("8 bytes"));
+                    return Ok((head[0], id, self.buf.split_to(len).freeze()));
+                }
+                want += len;
+            }
+            // Room for the rest of this record at least, so a large one takes few reads.
+            self.buf.reserve(want.saturating_sub(self.buf.len()).max(256));
+            if r.read_buf(&mut self.buf).await? == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+        }
     }
-    let mut body = vec![0u8; len];
-    r.read_exact(&mut body).await?;
-    Ok((ty, id, body))
 }
 
 /// Destination side of a message channel: queue each message for the app, answer a receipt.
 async fn serve_messages(shared: Arc<Shared>, tls: ServerStream, from: String) {
     let (mut r, mut w) = tokio::io::split(tls);
-    while let Ok((ty, id, body)) = read_record(&mut r).await {
+    let mut records = RecordReader::default();
+    while let Ok((ty, id, body)) = records.next(&mut r).await {
         if ty != RECORD_MESSAGE {
             break;
         }
@@ -782,6 +805,7 @@ async fn channel(shared: &Arc<Shared>, dst: &str) -> Result<mpsc::Sender<Outgoin
 /// torn down (the far end hears a reset) and the next message opens a fresh one.
 async fn run_channel(tls: ClientStream, mut rx: mpsc::Receiver<Outgoing>) {
     let (mut r, mut w) = tokio::io::split(tls);
+    let mut records = RecordReader::default();
     let mut waiting: HashMap<u64, (Instant, oneshot::Sender<Result<(), String>>)> = HashMap::new();
     let mut check = tokio::time::interval(Duration::from_secs(1));
     let why = loop {
@@ -794,7 +818,7 @@ async fn run_channel(tls: ClientStream, mut rx: mpsc::Receiver<Outgoing>) {
                 }
                 waiting.insert(out.id, (Instant::now(), out.reply));
             }
-            rec = read_record(&mut r) => match rec {
+            rec = records.next(&mut r) => match rec {
                 Ok((RECORD_RECEIPT, id, status)) => {
                     if let Some((_, reply)) = waiting.remove(&id) {
                         let _ = reply.send(match status.first() {
@@ -832,6 +856,29 @@ mod tests {
             flow: 1,
             payload: payload.to_vec().into(),
         }
+    }
+
+    #[tokio::test]
+    async fn a_record_cut_across_reads_survives_a_read_that_lost_a_select() {
+        let (mut far, mut near) = tokio::io::duplex(1024);
+        let mut rec = Vec::new();
+        write_record(&mut rec, RECORD_RECEIPT, 7, b"ok").await.unwrap();
+        let mut records = RecordReader::default();
+        // The first five bytes arrive, then the read is dropped, as in a `select!` where a
+        // message to send won.
+        far.write_all(&rec[..5]).await.unwrap();
+        let lost = tokio::time::timeout(Duration::from_millis(20), records.next(&mut near));
+        assert!(lost.await.is_err(), "no whole record yet");
+        far.write_all(&rec[5..]).await.unwrap();
+        let (ty, id, body) = records.next(&mut near).await.unwrap();
+        assert_eq!((ty, id, &body[..]), (RECORD_RECEIPT, 7, &b"ok"[..]));
+        // A length above the limit is refused before its body is awaited.
+        let mut huge = vec![RECORD_MESSAGE];
+        huge.extend_from_slice(&8u64.to_be_bytes());
+        huge.extend_from_slice(&(MAX_MESSAGE as u32 + 1).to_be_bytes());
+        far.write_all(&huge).await.unwrap();
+        let e = records.next(&mut near).await.unwrap_err();
+        assert!(e.to_string().contains("above"), "{e}");
     }
 
     #[test]

@@ -8,7 +8,7 @@
 //!
 //! Run: `cargo run --release -p genesis-e2e --bin mesh-bench` (`-- --quick` for a short run,
 //! `-- --peers N` for the memory figure, `-- --messages N` for a longer message run to profile,
-//! `-- --seconds N` per iperf3 run, `-- --only iperf3,messages` for some of the sections
+//! `-- --seconds N` per iperf3 run, `-- --senders N` concurrent message senders (32), `-- --only iperf3,messages` for some of the sections
 //! bulk, iperf3, messages and memory).
 //! Needs stunnel4 (`apt-get install stunnel4`).
 //! Results and the machine they came from go to docs/BENCHMARKS.md.
@@ -375,10 +375,11 @@ fn main() {
         iperf_paths(&net, &a, &[&[&a, &b1], &[&a, &t1], &[&a, &r1, &r2, &b3]], &_stunnel, secs);
     }
     if section("messages") {
-        let (rate3, fail3) = messages(&a, &b3, msgs, 32);
-        let (rate1, fail1) = messages(&a, &b1, msgs, 32);
+        let senders = flag("--senders").unwrap_or(32);
+        let (rate3, fail3) = messages(&a, &b3, msgs, senders);
+        let (rate1, fail1) = messages(&a, &b1, msgs, senders);
         println!();
-        println!("Messages (64 B, receipt awaited, 32 senders): 1 hop {rate1:.0}/s ({fail1} failed), 3 hops {rate3:.0}/s ({fail3} failed)");
+        println!("Messages (64 B, receipt awaited, {senders} senders): 1 hop {rate1:.0}/s ({fail1} failed), 3 hops {rate3:.0}/s ({fail3} failed)");
     }
     if section("memory") {
         memory(&net, &auth, &a, &b3, &_stunnel, peers, msgs, idle_rss);
