@@ -115,7 +115,6 @@ async fn connect(shared: Arc<Shared>, mut req: Request<Incoming>) -> Response<Bo
     };
     let on_upgrade = hyper::upgrade::on(&mut req);
     let node = member.clone();
-    let shared = shared.clone();
     tokio::spawn(async move {
         let Ok(upgraded) = on_upgrade.await else { return };
         // Back to the app's own TCP socket, so a broken tunnel can reset it.
