@@ -11,7 +11,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
@@ -41,6 +41,29 @@ impl Default for Limits {
     }
 }
 
+/// The next connection on `listener`, or `None` once `shutdown` is cancelled. After a failed
+/// accept (out of file descriptors, say) it backs off, doubling up to
+/// [`MAX_ACCEPT_BACKOFF`], instead of spinning a core.
+pub async fn accept(
+    listener: &TcpListener,
+    shutdown: &CancellationToken,
+) -> Option<(TcpStream, SocketAddr)> {
+    let mut backoff = Duration::from_millis(10);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            r = listener.accept() => match r {
+                Ok(a) => return Some(a),
+                Err(e) => {
+                    tracing::warn!(addr = ?listener.local_addr().ok(), error = %e, ?backoff, "accept failed; backing off");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_ACCEPT_BACKOFF);
+                }
+            },
+        }
+    }
+}
+
 /// Serves HTTP/1.1 (with CONNECT upgrades) on `listener` until `shutdown`, within `limits`;
 /// the handler is told the client's address.
 pub async fn serve<S, H, F>(
@@ -55,21 +78,8 @@ pub async fn serve<S, H, F>(
     F: Future<Output = Response<Body>> + Send + 'static,
 {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
-    let mut backoff = Duration::from_millis(10);
     loop {
-        let (tcp, peer) = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            r = listener.accept() => match r {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, ?backoff, "accept failed; backing off");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(MAX_ACCEPT_BACKOFF);
-                    continue;
-                }
-            },
-        };
-        backoff = Duration::from_millis(10);
+        let Some((tcp, peer)) = accept(&listener, &shutdown).await else { return };
         // The API's CONNECT tunnels run on these sockets: small writes go out at once.
         let _ = tcp.set_nodelay(true);
         let Ok(slot) = slots.clone().try_acquire_owned() else {
@@ -112,7 +122,6 @@ pub fn error(status: StatusCode, message: &str) -> Response<Body> {
 mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::TcpStream;
 
     async fn ok(_: Arc<()>, _: SocketAddr, _: Request<Incoming>) -> Response<Body> {
         json(StatusCode::OK, &"ok")

@@ -6,7 +6,6 @@
 //! say why), logs the reason and counts it.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -14,12 +13,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{carry, open_target};
 use crate::config::Upstream;
-use crate::http::MAX_CONNECTIONS;
+use crate::http::{accept, MAX_CONNECTIONS};
 use crate::shared::Shared;
 use crate::stream::reset_tcp;
-
-/// Longest pause after failed accepts (out of file descriptors, say).
-const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 
 /// Accepts on `listener` until `shutdown`, tunnelling each connection to `upstream`'s target.
 /// At most [`MAX_CONNECTIONS`] at once; past it, new ones are reset at once.
@@ -32,21 +28,8 @@ pub async fn serve(
     let name = upstream.describe(&shared.config.network);
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let upstream = Arc::new(upstream);
-    let mut backoff = Duration::from_millis(10);
     loop {
-        let app = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            r = listener.accept() => match r {
-                Ok((tcp, _)) => tcp,
-                Err(e) => {
-                    tracing::warn!(upstream = %name, error = %e, ?backoff, "accept failed; backing off");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(MAX_ACCEPT_BACKOFF);
-                    continue;
-                }
-            },
-        };
-        backoff = Duration::from_millis(10);
+        let Some((app, _)) = accept(&listener, &shutdown).await else { return };
         let _ = app.set_nodelay(true);
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             tracing::warn!(upstream = %name, "{MAX_CONNECTIONS} connections open: resetting a new one");

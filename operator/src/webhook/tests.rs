@@ -370,40 +370,57 @@ fn replicas_starting_together_serve_one_certificate_and_a_replacement_keeps_the_
     });
 }
 
-#[test]
-fn a_services_annotation_becomes_the_sidecars_services_or_a_refusal_with_the_reason() {
+/// A pod annotated `annotation: good` (in a network allowing port `allowed`) gets `good` as its
+/// sidecar's `env_name`; each of `bad` is refused, naming the annotation and saying why.
+fn annotation_becomes_env_or_refusal(
+    annotation: &str,
+    allowed: i32,
+    good: &str,
+    env_name: &str,
+    bad: &[(&str, &str)],
+) {
     let mut net = network();
-    net.spec.allowed_ports = vec![genesis_crds::mesh_network::Port(8080)];
+    net.spec.allowed_ports = vec![genesis_crds::mesh_network::Port(allowed)];
     let annotated = |value: &str| {
         let mut p = plain_pod();
-        p.metadata.annotations =
-            Some(BTreeMap::from([(SERVICES_ANNOTATION.to_owned(), value.to_owned())]));
+        p.metadata.annotations = Some(BTreeMap::from([(annotation.to_owned(), value.to_owned())]));
         p
     };
     let with = |value: &str| {
         injection(&annotated(value), &labelled_namespace(), std::slice::from_ref(&net), &config())
     };
-    let Injection::Patch(patch) = with("web=8080") else { panic!("expected a patch") };
-    let mut applied = serde_json::to_value(annotated("web=8080")).unwrap();
+    let Injection::Patch(patch) = with(good) else { panic!("expected a patch") };
+    let mut applied = serde_json::to_value(annotated(good)).unwrap();
     json_patch::patch(&mut applied, &serde_json::from_value::<json_patch::Patch>(patch).unwrap())
         .unwrap();
     let env = applied["spec"]["initContainers"][0]["env"].as_array().unwrap().clone();
-    let services = env.iter().find(|e| e["name"] == "GENESIS_SERVICES").unwrap();
-    assert_eq!(services["value"], "web=8080");
-    for (value, why) in [
-        ("web", "is not name=port"),
-        ("Web=8080", "is not a service name"),
-        ("web=http", "is not a port"),
-        ("web=9090", "not in the network's allowedPorts [8080]"),
-        ("web=8080,web=8080", "named twice"),
-    ] {
+    let set = env.iter().find(|e| e["name"] == env_name).unwrap();
+    assert_eq!(set["value"], good);
+    for (value, why) in bad {
         match with(value) {
             Injection::Refuse(r) => {
-                assert!(r.contains(SERVICES_ANNOTATION) && r.contains(why), "{value}: {r}")
+                assert!(r.contains(annotation) && r.contains(why), "{value}: {r}")
             }
             other => panic!("{value}: expected a refusal, got {other:?}"),
         }
     }
+}
+
+#[test]
+fn a_services_annotation_becomes_the_sidecars_services_or_a_refusal_with_the_reason() {
+    annotation_becomes_env_or_refusal(
+        SERVICES_ANNOTATION,
+        8080,
+        "web=8080",
+        "GENESIS_SERVICES",
+        &[
+            ("web", "is not name=port"),
+            ("Web=8080", "is not a service name"),
+            ("web=http", "is not a port"),
+            ("web=9090", "not in the network's allowedPorts [8080]"),
+            ("web=8080,web=8080", "named twice"),
+        ],
+    );
     // Without the annotation the sidecar offers nothing (the golden patch has no such env).
     let golden =
         std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(GOLDEN))
@@ -413,39 +430,23 @@ fn a_services_annotation_becomes_the_sidecars_services_or_a_refusal_with_the_rea
 
 #[test]
 fn an_upstreams_annotation_becomes_the_sidecars_upstreams_or_a_refusal_with_the_reason() {
-    let mut net = network();
-    net.spec.allowed_ports = vec![genesis_crds::mesh_network::Port(5432)];
-    let annotated = |value: &str| {
-        let mut p = plain_pod();
-        p.metadata.annotations =
-            Some(BTreeMap::from([(UPSTREAMS_ANNOTATION.to_owned(), value.to_owned())]));
-        p
-    };
-    let with = |value: &str| {
-        injection(&annotated(value), &labelled_namespace(), std::slice::from_ref(&net), &config())
-    };
-    let good = "15432=db.svc.payments:5432,127.0.0.2:5432=db-0.shop.payments:5432";
-    let Injection::Patch(patch) = with(good) else { panic!("expected a patch") };
-    let mut applied = serde_json::to_value(annotated(good)).unwrap();
-    json_patch::patch(&mut applied, &serde_json::from_value::<json_patch::Patch>(patch).unwrap())
-        .unwrap();
-    let env = applied["spec"]["initContainers"][0]["env"].as_array().unwrap().clone();
-    let upstreams = env.iter().find(|e| e["name"] == "GENESIS_UPSTREAMS").unwrap();
-    assert_eq!(upstreams["value"], good);
-    for (value, why) in [
-        ("db.svc.payments:5432", "is not LISTEN=TARGET:PORT"),
-        ("15432=db.svc.prod:5432", "not a member or service of network payments"),
-        ("15432=db.svc.payments:80", "port 80 is not in the network's allowed ports [5432]"),
-        ("10.1.2.3:15432=db.svc.payments:5432", "not a loopback address"),
-        ("8080=db.svc.payments:5432", "port 8080 is taken in the pod"),
-        ("7001=db.svc.payments:5432", "port 7001 is taken in the pod"),
-        ("1=db.svc.payments:5432,1=web.svc.payments:5432", "is already the upstream"),
-    ] {
-        match with(value) {
-            Injection::Refuse(r) => {
-                assert!(r.contains(UPSTREAMS_ANNOTATION) && r.contains(why), "{value}: {r}")
-            }
-            other => panic!("{value}: expected a refusal, got {other:?}"),
-        }
-    }
+    annotation_becomes_env_or_refusal(
+        UPSTREAMS_ANNOTATION,
+        5432,
+        "15432=db.svc.payments:5432,127.0.0.2:5432=db-0.shop.payments:5432",
+        "GENESIS_UPSTREAMS",
+        &[
+            ("db.svc.payments:5432", "is not LISTEN=TARGET:PORT"),
+            ("15432=db.svc.prod:5432", "not a member or service of network payments"),
+            ("15432=db.svc.payments:80", "port 80 is not in the network's allowed ports [5432]"),
+            ("10.1.2.3:15432=db.svc.payments:5432", "not a loopback address"),
+            ("8080=db.svc.payments:5432", "port 8080 is taken in the pod"),
+            ("7001=db.svc.payments:5432", "port 7001 is taken in the pod"),
+            ("1=db.svc.payments:5432,1=web.svc.payments:5432", "is already the upstream"),
+        ],
+    );
+    let golden =
+        std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(GOLDEN))
+            .unwrap();
+    assert!(!golden.contains("GENESIS_UPSTREAMS"), "no upstreams without the annotation");
 }
