@@ -408,8 +408,13 @@ impl Config {
             &network,
             &allowed_ports,
         )?;
-        if let Some(u) =
-            upstreams.iter().find(|u| [api_listen, admin_listen, listen].contains(&u.listen))
+        // An own listener on 0.0.0.0 takes its port on every address, loopback included.
+        let clash = |own: SocketAddr, u: SocketAddr| {
+            own.port() == u.port() && (own.ip().is_unspecified() || own.ip() == u.ip())
+        };
+        if let Some(u) = upstreams
+            .iter()
+            .find(|u| [api_listen, admin_listen, listen].iter().any(|&own| clash(own, u.listen)))
         {
             return Err(format!(
                 "upstream on {}: the sidecar's own listeners use that address",
@@ -650,6 +655,8 @@ mod tests {
                 "port 80 is not in the network's allowed ports [5432]",
             ),
             (upstream(&["7001=db.svc.demo:5432"]), "the sidecar's own listeners"),
+            (upstream(&["127.0.0.1:7000=db.svc.demo:5432"]), "the sidecar's own listeners"),
+            (upstream(&["127.0.0.3:7002=db.svc.demo:5432"]), "the sidecar's own listeners"),
             (
                 upstream(&["15432=db.svc.demo:5432", "127.0.0.1:15432=db-0.demo:5432"]),
                 "127.0.0.1:15432 is already the upstream to 127.0.0.1:15432 → db.svc.demo:5432",
