@@ -8,8 +8,8 @@
 //!
 //! Run: `cargo run --release -p genesis-e2e --bin mesh-bench` (`-- --quick` for a short run,
 //! `-- --peers N` for the memory figure, `-- --messages N` for a longer message run to profile,
-//! `-- --seconds N` per iperf3 run, `-- --senders N` concurrent message senders (32), `-- --only iperf3,messages` for some of the sections
-//! bulk, iperf3, messages and memory).
+//! `-- --seconds N` per iperf3 run, `-- --senders N` concurrent message senders (32),
+//! `-- --only iperf3,messages` for some of the sections bulk, iperf3, messages and memory).
 //! Needs stunnel4 (`apt-get install stunnel4`).
 //! Results and the machine they came from go to docs/BENCHMARKS.md.
 
@@ -382,7 +382,8 @@ fn main() {
         println!("Messages (64 B, receipt awaited, {senders} senders): 1 hop {rate1:.0}/s ({fail1} failed), 3 hops {rate3:.0}/s ({fail3} failed)");
     }
     if section("memory") {
-        memory(&net, &auth, &a, &b3, &_stunnel, peers, msgs, idle_rss);
+        let extra = (peers, line(Some(1), 2));
+        memory(&net, &auth, &a, &b3, &_stunnel, extra, msgs, idle_rss);
     }
     drop((b1, t1, r1, r2, b3));
 }
@@ -423,7 +424,8 @@ fn bulk_and_latency(net: &Subnet, a: &Sidecar, bulk: usize, iters: usize) {
     println!("- added per extra hop (64 B, from 1 hop with end-to-end TLS to 3 hops): p50 {per_hop_p50:.0} µs, p99 {per_hop_p99:.0} µs");
 }
 
-/// The hub `a` with `peers` more sidecars linked to it, under message load: its peak RSS.
+/// The hub `a` with `peers` more sidecars (started with `options`) linked to it, under message
+/// load: its peak RSS.
 #[allow(clippy::too_many_arguments)]
 fn memory(
     net: &Subnet,
@@ -431,21 +433,14 @@ fn memory(
     a: &Sidecar,
     b3: &Sidecar,
     stunnel: &Stunnel,
-    peers: usize,
+    (peers, options): (usize, SidecarOptions),
     msgs: usize,
     idle_rss: u64,
 ) {
-    let line = SidecarOptions {
-        anchors: vec![format!("{}:7000", net.ip(1))],
-        min_peers: 1,
-        max_peers: 2,
-        allowed_ports: vec![ECHO, SINK, IPERF],
-        ..Default::default()
-    };
     let extra: Vec<Sidecar> = (0..peers)
         .map(|i| {
             let ip = format!("{}.{}", net.ip(0).rsplit_once('.').unwrap().0, 20 + i);
-            Sidecar::start(auth, &format!("p{i}"), &ip, &line)
+            Sidecar::start(auth, &format!("p{i}"), &ip, &options)
         })
         .collect();
     wait_for(Duration::from_secs(120), "the hub to link every extra peer", || {
