@@ -95,8 +95,8 @@ pub struct Prepared {
     audit: Option<AuditLog>,
 }
 
-/// Binds the three ports and the upstreams', opens the audit log (sealing a torn last record) and checks the
-/// state directory can be written.
+/// Binds the three ports and every upstream's, opens the audit log (sealing a torn last
+/// record) and checks the state directory can be written.
 pub async fn prepare(config: &Config) -> Result<Prepared, String> {
     let audit = match &config.audit_log {
         Some(path) => Some(AuditLog::open(path).map_err(|e| e.to_string())?),
