@@ -51,7 +51,7 @@ pub async fn handle(
                 Ok(b) => b,
                 Err(r) => return r,
             };
-            if !has_route(&shared, &node).await {
+            if !has_route(&shared, &node) {
                 return error(
                     StatusCode::NOT_FOUND,
                     &format!("no route to {node} (unknown member or unreachable)"),
@@ -151,7 +151,7 @@ pub async fn open_target(
     }
     match target {
         Target::Member(node) => {
-            if !has_route(shared, node).await {
+            if !has_route(shared, node) {
                 return Err((
                     StatusCode::BAD_GATEWAY,
                     format!("no route to {node} (unknown member or unreachable)"),
@@ -307,12 +307,11 @@ async fn offer(
     }
 }
 
-async fn has_route(shared: &Shared, node: &str) -> bool {
-    let (reply, answer) = oneshot::channel();
-    if shared.commands.send(Command::HasRoute { dst: node.to_owned(), reply }).await.is_err() {
-        return false;
-    }
-    answer.await.unwrap_or(false)
+/// Whether `node` is this member or has a route, from the data plane's snapshot of the routing
+/// table (the one its streams route by): no round trip to the core, where every message would
+/// wait its turn behind the core's other work.
+fn has_route(shared: &Shared, node: &str) -> bool {
+    node == shared.identity.node() || shared.data.next_hops.load().contains_key(node)
 }
 
 async fn read_body(req: Request<Incoming>) -> Result<Vec<u8>, Response<Body>> {

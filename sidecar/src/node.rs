@@ -223,9 +223,6 @@ impl Core {
             Command::Broadcast { topic, payload, reply } => {
                 let _ = reply.send(self.node.broadcast(topic, payload));
             }
-            Command::HasRoute { dst, reply } => {
-                let _ = reply.send(self.node.has_route(&dst));
-            }
             Command::OfferService { name, port, reply } => {
                 let _ = reply.send(self.node.offer_service(now, wall, &name, port));
             }

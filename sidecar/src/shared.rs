@@ -469,10 +469,6 @@ pub enum Command {
         payload: Vec<u8>,
         reply: oneshot::Sender<Result<u64, crate::error::Error>>,
     },
-    HasRoute {
-        dst: String,
-        reply: oneshot::Sender<bool>,
-    },
     /// Offers service `name` on `port` (`None`: withdraws it), published at once.
     OfferService {
         name: String,

@@ -432,10 +432,6 @@ impl Node {
         self.routes.next_hop(dst)
     }
 
-    pub fn has_route(&self, dst: &str) -> bool {
-        dst == self.me || self.routes.next_hop(dst).is_some()
-    }
-
     pub fn routes(&self) -> Vec<RouteView> {
         let mut routes = self.routes.routes();
         for r in &mut routes {
