@@ -178,7 +178,7 @@ pub async fn carry(
 ) {
     let copied = async {
         tunnel.write_all(early).await?;
-        crate::stream::copy_tunnel(&mut app, &mut tunnel).await
+        crate::stream::carry_app(&mut app, &mut *tunnel).await
     };
     match copied.await {
         Ok((up, down)) => {

@@ -180,28 +180,19 @@ impl Drop for FlowTransport {
 /// How a stream reset from its far end reads (an `Unreachable` frame from the far end itself).
 const RESET_PREFIX: &str = "stream reset by ";
 
-impl AsyncRead for FlowTransport {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
+impl FlowTransport {
+    /// The next payload the far end sent, as it arrived (empty at the end of the stream).
+    fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Bytes>> {
         loop {
-            if !this.pending.is_empty() {
-                let n = buf.remaining().min(this.pending.len());
-                buf.put_slice(&this.pending.split_to(n));
-                return Poll::Ready(Ok(()));
+            if !self.pending.is_empty() || self.eof {
+                return Poll::Ready(Ok(std::mem::take(&mut self.pending)));
             }
-            if this.eof {
-                return Poll::Ready(Ok(()));
-            }
-            match ready!(this.inbound.poll_recv(cx)) {
-                Some(FlowEvent::Data(v)) => this.pending = v,
-                Some(FlowEvent::Close) | None => this.eof = true,
+            match ready!(self.inbound.poll_recv(cx)) {
+                Some(FlowEvent::Data(v)) => self.pending = v,
+                Some(FlowEvent::Close) | None => self.eof = true,
                 Some(FlowEvent::Unreachable(reason)) => {
-                    this.ended = true;
-                    this.shared.metrics.streams_reset.with_label_values(&["received"]).inc();
+                    self.ended = true;
+                    self.shared.metrics.streams_reset.with_label_values(&["received"]).inc();
                     return Poll::Ready(Err(io::Error::new(
                         io::ErrorKind::ConnectionReset,
                         reason,
@@ -209,6 +200,21 @@ impl AsyncRead for FlowTransport {
                 }
             }
         }
+    }
+}
+
+impl AsyncRead for FlowTransport {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let mut chunk = ready!(this.poll_chunk(cx))?;
+        let n = buf.remaining().min(chunk.len());
+        buf.put_slice(&chunk.split_to(n));
+        this.pending = chunk;
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -312,8 +318,22 @@ pub async fn open(
 
 /// A tunnel's far side: a stream to a member (end-to-end TLS, or direct over the link's TLS),
 /// or this member's own app.
-pub trait Tunnel: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Tunnel for T {}
+pub trait Tunnel: AsyncRead + AsyncWrite + Unpin + Send {
+    /// The direct stream this tunnel is, if it is one: [`carry_app`] then moves its frames to
+    /// and from the app's socket without copying them through buffers of its own.
+    fn direct(&mut self) -> Option<&mut FlowTransport> {
+        None
+    }
+}
+
+impl Tunnel for FlowTransport {
+    fn direct(&mut self) -> Option<&mut FlowTransport> {
+        (self.direct && self.open_header.is_none()).then_some(self)
+    }
+}
+impl Tunnel for ClientStream {}
+impl Tunnel for ServerStream {}
+impl Tunnel for tokio::net::TcpStream {}
 
 /// Opens a tunnel to `dst:port`: waits for the destination's verdict on the port. To a
 /// neighbour (the route's next hop is `dst` itself) the tunnel is direct, unless direct
@@ -609,11 +629,7 @@ pub async fn deliver(shared: Arc<Shared>, d: Data, from: Option<&str>) {
     }
 }
 
-async fn serve_tunnel<S: AsyncRead + AsyncWrite + Unpin>(
-    shared: Arc<Shared>,
-    mut tls: S,
-    port: u16,
-) {
+async fn serve_tunnel<S: Tunnel>(shared: Arc<Shared>, mut tls: S, port: u16) {
     let target = std::net::SocketAddr::new(shared.config.app_host, port);
     match tokio::net::TcpStream::connect(target).await {
         Ok(mut tcp) => {
@@ -622,10 +638,10 @@ async fn serve_tunnel<S: AsyncRead + AsyncWrite + Unpin>(
                 return;
             }
             shared.metrics.streams.with_label_values(&["in", "ok"]).inc();
-            match copy_tunnel(&mut tls, &mut tcp).await {
-                Ok((up, down)) => {
-                    shared.metrics.stream_bytes.with_label_values(&["in"]).inc_by(up);
-                    shared.metrics.stream_bytes.with_label_values(&["out"]).inc_by(down);
+            match carry_app(&mut tcp, &mut tls).await {
+                Ok((from_app, to_app)) => {
+                    shared.metrics.stream_bytes.with_label_values(&["in"]).inc_by(to_app);
+                    shared.metrics.stream_bytes.with_label_values(&["out"]).inc_by(from_app);
                 }
                 Err(e) => {
                     tracing::warn!(port, error = %e, "tunnel ended with an error: resetting");
@@ -650,14 +666,143 @@ async fn serve_tunnel<S: AsyncRead + AsyncWrite + Unpin>(
 /// Bytes a tunnel moves per read, each way: one full data frame's payload. tokio's default
 /// (8 KiB) cut every transfer into quarter-size frames and four times the system calls.
 const TUNNEL_BUFFER: usize = MAX_DATA_PAYLOAD;
+/// What a direct stream's pump first reads from its app at a time; while reads fill it, the
+/// room doubles up to [`PUMP_READ_BUSY`] (several frames per system call, split off the read
+/// buffer without copying), and falls back as soon as a read comes up short, so an idle
+/// tunnel holds a small buffer.
+const PUMP_READ: usize = 16 * 1024;
+const PUMP_READ_BUSY: usize = 4 * MAX_DATA_PAYLOAD;
 
-/// Copies both ways between an app's socket and a tunnel until both ends finish.
-pub async fn copy_tunnel<A, B>(a: &mut A, b: &mut B) -> io::Result<(u64, u64)>
+/// Copies both ways between an app's socket and a tunnel until both ends finish: (bytes from
+/// the app, bytes to the app). A direct stream is pumped without copy buffers
+/// ([`pump_direct`]); anything else goes through tokio's bidirectional copy.
+pub async fn carry_app<T>(app: &mut tokio::net::TcpStream, tunnel: &mut T) -> io::Result<(u64, u64)>
 where
-    A: AsyncRead + AsyncWrite + Unpin + ?Sized,
-    B: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    T: Tunnel + ?Sized,
 {
-    tokio::io::copy_bidirectional_with_sizes(a, b, TUNNEL_BUFFER, TUNNEL_BUFFER).await
+    if tunnel.direct().is_some() {
+        let flow = tunnel.direct().expect("checked above");
+        return pump_direct(app, flow).await;
+    }
+    tokio::io::copy_bidirectional_with_sizes(app, tunnel, TUNNEL_BUFFER, TUNNEL_BUFFER).await
+}
+
+/// The app's side of a direct stream, one way.
+#[derive(Default)]
+struct FromApp {
+    /// Read from the app, not yet framed.
+    buf: BytesMut,
+    /// Room for the next read.
+    room: usize,
+    /// A frame's payload split off `buf`, waiting for room on the link.
+    frame: Option<Bytes>,
+    eof: bool,
+    done: bool,
+    bytes: u64,
+}
+
+/// The far end's side of a direct stream, one way.
+#[derive(Default)]
+struct ToApp {
+    /// A received payload, not yet all written to the app.
+    pending: Bytes,
+    done: bool,
+    bytes: u64,
+}
+
+/// Moves a direct stream's bytes between the app's socket and the link with one copy each way
+/// in user space fewer than a copy loop: the app's bytes are read into a buffer that is split
+/// into frame payloads as they are (the link seals them from there), and received payloads
+/// are written to the app's socket as they arrived. Same ends as tokio's bidirectional copy:
+/// the app's end of stream closes the stream cleanly, the stream's closes the app's write
+/// side, an error on either side ends both.
+async fn pump_direct(
+    app: &mut tokio::net::TcpStream,
+    flow: &mut FlowTransport,
+) -> io::Result<(u64, u64)> {
+    let mut up = FromApp { room: PUMP_READ, ..FromApp::default() };
+    let mut down = ToApp::default();
+    std::future::poll_fn(|cx| {
+        let up_done = pump_from_app(cx, app, flow, &mut up)?;
+        let down_done = pump_to_app(cx, app, flow, &mut down)?;
+        match (up_done, down_done) {
+            (Poll::Ready(()), Poll::Ready(())) => Poll::Ready(Ok((up.bytes, down.bytes))),
+            _ => Poll::Pending,
+        }
+    })
+    .await
+}
+
+fn pump_from_app(
+    cx: &mut Context<'_>,
+    app: &mut tokio::net::TcpStream,
+    flow: &mut FlowTransport,
+    up: &mut FromApp,
+) -> Poll<io::Result<()>> {
+    loop {
+        if up.done {
+            return Poll::Ready(Ok(()));
+        }
+        if let Some(frame) = &up.frame {
+            ready!(flow.poll_send(cx, DataKind::StreamData, frame.clone()))?;
+            up.bytes += frame.len() as u64;
+            up.frame = None;
+            continue;
+        }
+        if !up.buf.is_empty() {
+            let n = up.buf.len().min(MAX_DATA_PAYLOAD);
+            up.frame = Some(up.buf.split_to(n).freeze());
+            continue;
+        }
+        if up.eof {
+            ready!(Pin::new(&mut *flow).poll_shutdown(cx))?;
+            up.done = true;
+            continue;
+        }
+        // The last buffer went out in frames: a fresh one, sized to how reads have been going
+        // (an app that went quiet leaves the tunnel a small one, not the tail of a big one).
+        if up.buf.capacity() < up.room || (up.room == PUMP_READ && up.buf.capacity() > PUMP_READ) {
+            up.buf = BytesMut::with_capacity(up.room);
+        }
+        let room = up.buf.capacity();
+        let n = ready!(tokio_util::io::poll_read_buf(Pin::new(&mut *app), cx, &mut up.buf))?;
+        if n == 0 {
+            up.eof = true;
+        } else if n >= room {
+            up.room = (up.room * 2).min(PUMP_READ_BUSY);
+        } else {
+            up.room = PUMP_READ;
+        }
+    }
+}
+
+fn pump_to_app(
+    cx: &mut Context<'_>,
+    app: &mut tokio::net::TcpStream,
+    flow: &mut FlowTransport,
+    down: &mut ToApp,
+) -> Poll<io::Result<()>> {
+    loop {
+        if down.done {
+            return Poll::Ready(Ok(()));
+        }
+        if !down.pending.is_empty() {
+            let n = ready!(Pin::new(&mut *app).poll_write(cx, &down.pending))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            let _ = down.pending.split_to(n);
+            down.bytes += n as u64;
+            continue;
+        }
+        let chunk = ready!(flow.poll_chunk(cx))?;
+        if chunk.is_empty() {
+            ready!(Pin::new(&mut *app).poll_shutdown(cx))?;
+            down.done = true;
+        } else {
+            down.pending = chunk;
+        }
+    }
 }
 
 /// Closes `tcp` with a reset (RST), not a clean end of stream: an app must never take a

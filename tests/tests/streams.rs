@@ -148,6 +148,95 @@ fn a_message_pair_keeps_working_after_the_far_end_restarts() {
     assert!(b.inbox(2000).iter().any(|m| m["from"] == "a"));
 }
 
+/// The pattern both ends of the bulk test send: not a repeat of any buffer size, so a byte
+/// moved, dropped or doubled changes the checksum.
+fn pattern(len: usize, seed: usize) -> Vec<u8> {
+    (0..len).map(|i| ((i * 7 + seed) % 251) as u8).collect()
+}
+
+fn checksum(sum: u64, bytes: &[u8]) -> u64 {
+    bytes.iter().fold(sum, |a, b| a.wrapping_mul(31).wrapping_add(u64::from(*b)))
+}
+
+/// Reads `s` to its end: (bytes, checksum). An end that never comes fails the test.
+fn drain(s: &mut TcpStream) -> (usize, u64) {
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut buf = vec![0u8; 100_000];
+    let (mut total, mut sum) = (0, 0);
+    loop {
+        match s.read(&mut buf).unwrap_or_else(|e| panic!("after {total} bytes: {e}")) {
+            0 => return (total, sum),
+            n => {
+                total += n;
+                sum = checksum(sum, &buf[..n]);
+            }
+        }
+    }
+}
+
+/// A direct stream (neighbours, no end-to-end TLS) carries bulk both ways at once intact, and
+/// passes each side's half-close on, whichever side finishes first: the app that closes its
+/// sending side still receives all the other side sends after it.
+#[test]
+fn a_direct_tunnel_carries_bulk_both_ways_intact_and_passes_each_half_close_on() {
+    let net = Subnet::new();
+    let auth = Authority::start(&net, "bulk", "24h");
+    let opts = SidecarOptions { allowed_ports: vec![9100], ..Default::default() };
+    let a = Sidecar::start(&auth, "a", &net.ip(1), &opts);
+    let b_opts = SidecarOptions { anchors: vec![format!("{}:7000", net.ip(1))], ..opts };
+    let b = Sidecar::start(&auth, "b", &net.ip(2), &b_opts);
+    wait_for(Duration::from_secs(20), "a to route to b", || a.routes() == ["b"]);
+    let (small, large) = (4 << 20, 32 << 20);
+    // The app behind b. First connection: it sends `small` bytes and closes its sending side
+    // at once, then reads until the client's half-close, while the client is still sending.
+    // Second: it answers only after the client's half-close reached it.
+    let server = std::net::TcpListener::bind(format!("{}:9100", net.ip(2))).unwrap();
+    let served = std::thread::spawn(move || {
+        let mut got = Vec::new();
+        for answer_after_eof in [false, true] {
+            let (mut s, _) = server.accept().unwrap();
+            if !answer_after_eof {
+                s.write_all(&pattern(small, 3)).unwrap();
+                s.shutdown(std::net::Shutdown::Write).unwrap();
+            }
+            got.push(drain(&mut s));
+            if answer_after_eof {
+                s.write_all(&pattern(small, 3)).unwrap();
+                s.shutdown(std::net::Shutdown::Write).unwrap();
+            }
+        }
+        got
+    });
+    let dump = || format!("--- a\n{}--- b\n{}", a.log_text(), b.log_text());
+    let expected = (small, checksum(0, &pattern(small, 3)));
+    // Both ways at once.
+    let (mut s, head) = genesis_e2e::connect_tunnel(&a.api, "b.bulk:9100").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let mut w = s.try_clone().unwrap();
+    let writer = std::thread::spawn(move || {
+        w.write_all(&pattern(large, 5)).unwrap();
+        w.shutdown(std::net::Shutdown::Write).unwrap();
+    });
+    assert_eq!(drain(&mut s), expected, "{}", dump());
+    writer.join().unwrap();
+    // The client first, then the answer.
+    let (mut s, head) = genesis_e2e::connect_tunnel(&a.api, "b.bulk:9100").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    s.write_all(&pattern(large / 4, 5)).unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    assert_eq!(drain(&mut s), expected, "{}", dump());
+    let at_server = served.join().unwrap();
+    let sent = |len| (len, checksum(0, &pattern(len, 5)));
+    assert_eq!(at_server, [sent(large), sent(large / 4)], "{}", dump());
+    let direct = |s: &Sidecar, dir: &str| {
+        s.metric("genesis_sidecar_direct_streams_total", &format!("direction=\"{dir}\""))
+    };
+    assert_eq!((direct(&a, "out"), direct(&b, "in")), (2.0, 2.0), "the streams went direct");
+    // Every end closed cleanly: nobody was reset.
+    assert_eq!(a.metric("genesis_sidecar_streams_reset_total", "direction=\"sent\""), 0.0);
+    assert_eq!(b.metric("genesis_sidecar_streams_reset_total", "direction=\"sent\""), 0.0);
+}
+
 /// A neighbour that takes no direct streams (turned off there, or an older release) refuses
 /// the direct opening; the opener falls back to end-to-end TLS, remembers the refusal for
 /// that link, and the app never notices.
