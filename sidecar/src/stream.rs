@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tokio_util::sync::PollSender;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 
 use crate::error::Error;
 use crate::frame::{Data, DataKind, Encoded, MAX_DATA_PAYLOAD};
@@ -791,7 +791,7 @@ fn pump_to_app(
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
-            let _ = down.pending.split_to(n);
+            down.pending.advance(n);
             down.bytes += n as u64;
             continue;
         }
