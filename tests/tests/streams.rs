@@ -26,15 +26,31 @@ fn signal(node: &Sidecar, sig: &str) {
     assert!(Command::new("kill").args([sig, &pid]).status().unwrap().success());
 }
 
+/// Neighbours a and b (b anchored at a), both allowing port 9100, once a routes to b; `b_extra`
+/// goes on b's command line.
+fn neighbours(net: &Subnet, auth: &Authority, b_extra: &[&str]) -> (Sidecar, Sidecar) {
+    let opts = SidecarOptions { allowed_ports: vec![9100], ..Default::default() };
+    let a = Sidecar::start(auth, "a", &net.ip(1), &opts);
+    let b_opts = SidecarOptions {
+        anchors: vec![format!("{}:7000", net.ip(1))],
+        extra: b_extra.iter().map(|s| s.to_string()).collect(),
+        ..opts
+    };
+    let b = Sidecar::start(auth, "b", &net.ip(2), &b_opts);
+    wait_for(Duration::from_secs(20), "a to route to b", || a.routes() == ["b"]);
+    (a, b)
+}
+
+/// Direct streams `s` opened (`dir` "out") or accepted ("in").
+fn direct_streams(s: &Sidecar, dir: &str) -> f64 {
+    s.metric("genesis_sidecar_direct_streams_total", &format!("direction=\"{dir}\""))
+}
+
 #[test]
 fn a_tunnel_whose_far_end_dies_is_reset_for_the_app_within_the_hold_time() {
     let net = Subnet::new();
     let auth = Authority::start(&net, "rst", "24h");
-    let opts = SidecarOptions { allowed_ports: vec![9100], ..Default::default() };
-    let a = Sidecar::start(&auth, "a", &net.ip(1), &opts);
-    let b_opts = SidecarOptions { anchors: vec![format!("{}:7000", net.ip(1))], ..opts };
-    let mut b = Sidecar::start(&auth, "b", &net.ip(2), &b_opts);
-    wait_for(Duration::from_secs(20), "a to route to b", || a.routes() == ["b"]);
+    let (a, mut b) = neighbours(&net, &auth, &[]);
     serve_echo(&format!("{}:9100", net.ip(2)));
     let mut app = tunnel(&a, "b.rst:9100");
 
@@ -181,11 +197,7 @@ fn drain(s: &mut TcpStream) -> (usize, u64) {
 fn a_direct_tunnel_carries_bulk_both_ways_intact_and_passes_each_half_close_on() {
     let net = Subnet::new();
     let auth = Authority::start(&net, "bulk", "24h");
-    let opts = SidecarOptions { allowed_ports: vec![9100], ..Default::default() };
-    let a = Sidecar::start(&auth, "a", &net.ip(1), &opts);
-    let b_opts = SidecarOptions { anchors: vec![format!("{}:7000", net.ip(1))], ..opts };
-    let b = Sidecar::start(&auth, "b", &net.ip(2), &b_opts);
-    wait_for(Duration::from_secs(20), "a to route to b", || a.routes() == ["b"]);
+    let (a, b) = neighbours(&net, &auth, &[]);
     let (small, large) = (4 << 20, 32 << 20);
     // The app behind b. First connection: it sends `small` bytes and closes its sending side
     // at once, then reads until the client's half-close, while the client is still sending.
@@ -228,10 +240,11 @@ fn a_direct_tunnel_carries_bulk_both_ways_intact_and_passes_each_half_close_on()
     let at_server = served.join().unwrap();
     let sent = |len| (len, checksum(0, &pattern(len, 5)));
     assert_eq!(at_server, [sent(large), sent(large / 4)], "{}", dump());
-    let direct = |s: &Sidecar, dir: &str| {
-        s.metric("genesis_sidecar_direct_streams_total", &format!("direction=\"{dir}\""))
-    };
-    assert_eq!((direct(&a, "out"), direct(&b, "in")), (2.0, 2.0), "the streams went direct");
+    assert_eq!(
+        (direct_streams(&a, "out"), direct_streams(&b, "in")),
+        (2.0, 2.0),
+        "the streams went direct"
+    );
     // Every end closed cleanly: nobody was reset.
     assert_eq!(a.metric("genesis_sidecar_streams_reset_total", "direction=\"sent\""), 0.0);
     assert_eq!(b.metric("genesis_sidecar_streams_reset_total", "direction=\"sent\""), 0.0);
@@ -244,23 +257,12 @@ fn a_direct_tunnel_carries_bulk_both_ways_intact_and_passes_each_half_close_on()
 fn a_neighbour_that_refuses_direct_streams_gets_end_to_end_tls_and_the_app_never_notices() {
     let net = Subnet::new();
     let auth = Authority::start(&net, "e2e", "24h");
-    let opts = SidecarOptions { allowed_ports: vec![9100], ..Default::default() };
-    let a = Sidecar::start(&auth, "a", &net.ip(1), &opts);
-    let b_opts = SidecarOptions {
-        anchors: vec![format!("{}:7000", net.ip(1))],
-        extra: vec!["--direct-streams".into(), "false".into()],
-        ..opts
-    };
-    let b = Sidecar::start(&auth, "b", &net.ip(2), &b_opts);
-    wait_for(Duration::from_secs(20), "a to route to b", || a.routes() == ["b"]);
+    let (a, b) = neighbours(&net, &auth, &["--direct-streams", "false"]);
     serve_echo(&format!("{}:9100", net.ip(2)));
     let first = tunnel(&a, "b.e2e:9100");
     let second = tunnel(&a, "b.e2e:9100");
     drop((first, second));
-    let direct = |s: &Sidecar, dir: &str| {
-        s.metric("genesis_sidecar_direct_streams_total", &format!("direction=\"{dir}\""))
-    };
-    assert_eq!((direct(&a, "out"), direct(&b, "in")), (0.0, 0.0));
+    assert_eq!((direct_streams(&a, "out"), direct_streams(&b, "in")), (0.0, 0.0));
     assert_eq!(b.metric("genesis_sidecar_streams_total", "direction=\"in\",result=\"ok\""), 2.0);
     // One refusal, then end-to-end TLS straight away for the second tunnel.
     let refusals = a.log_text().matches("direct stream refused").count();
