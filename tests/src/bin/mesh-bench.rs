@@ -4,7 +4,8 @@
 //! with end-to-end TLS inside the link's (a neighbour with `--direct-streams false`), and 3
 //! hops (end-to-end TLS inside hop-by-hop TLS). Our own load generator, then iperf3 (needs
 //! iperf3 and socat; skipped without) through upstream ports (`--upstream`: host and port, as
-//! it reaches stunnel4) and, for the CONNECT proxy, through socat's `PROXY:`.
+//! it reaches stunnel4) and, for the CONNECT proxy, through socat's `PROXY:`. iperf3 also runs
+//! through three chained stunnel4 hops, the baseline for what TLS relays cost without the mesh.
 //!
 //! Run: `cargo run --release -p genesis-e2e --bin mesh-bench` (`-- --quick` for a short run,
 //! `-- --peers N` for the memory figure, `-- --messages N` for a longer message run to profile,
@@ -241,18 +242,24 @@ impl Drop for Stunnel {
     }
 }
 
-/// stunnel4 client (plain in at `client_ip:port+100`) → mutual TLS → stunnel4 server
-/// (`server_ip:port+200`) → target `target_ip:port`, for the echo and sink ports.
+/// A chain of stunnel4 processes on `ips`, each on its own address: the first takes plain TCP
+/// at `ips[0]:port+100` and opens mutual TLS to the next at `port+200`; each one in between is a
+/// relay that ends that TLS and opens its own to the next (two services in one process, joined
+/// by a loopback connection at `port+300`: stunnel4 has no TLS-to-TLS service); the last ends
+/// the TLS and connects to `target_ip:port`. Two addresses make the plain stunnel4 tunnel.
 fn stunnel(
     dir: &std::path::Path,
     ca: &LocalAuthority,
-    client_ip: &str,
-    server_ip: &str,
+    ips: &[String],
     target_ip: &str,
+    ports: &[u16],
 ) -> Stunnel {
-    let mut files = Vec::new();
-    for node in ["stunnel-client", "stunnel-server"] {
-        let id = Identity::new("test.local", NET, Role::Client, node).unwrap();
+    let ca_file = dir.join("ca.crt");
+    let mut children = Vec::new();
+    // Last first, so that each one's next hop listens before it is started.
+    for (i, ip) in ips.iter().enumerate().rev() {
+        let node = format!("stunnel-{}", ip.replace('.', "-"));
+        let id = Identity::new("test.local", NET, Role::Client, &node).unwrap();
         let (leaf, key) = ca
             .ca()
             .issue_with_generated_key(
@@ -266,25 +273,34 @@ fn stunnel(
         let key_path = dir.join(format!("{node}.key"));
         std::fs::write(&crt, leaf.chain_pem()).unwrap();
         std::fs::write(&key_path, key.to_pem()).unwrap();
-        files.push((crt, key_path));
-    }
-    let ca_file = dir.join("ca.crt");
-    let mut client = String::from("foreground = yes\npid =\nsyslog = no\n");
-    let mut server = client.clone();
-    for port in [ECHO, SINK, IPERF] {
-        client += &format!(
-            "[c{port}]\nclient = yes\naccept = {client_ip}:{}\nconnect = {server_ip}:{}\ncert = {}\nkey = {}\nCAfile = {}\nverifyChain = yes\ncheckHost = \nsslVersionMin = TLSv1.3\n",
-            port + 100, port + 200, files[0].0.display(), files[0].1.display(), ca_file.display()
+        let tls = format!(
+            "cert = {}\nkey = {}\nCAfile = {}\nverifyChain = yes\nsslVersionMin = TLSv1.3\n",
+            crt.display(),
+            key_path.display(),
+            ca_file.display()
         );
-        server += &format!(
-            "[s{port}]\naccept = {server_ip}:{}\nconnect = {target_ip}:{port}\ncert = {}\nkey = {}\nCAfile = {}\nverifyChain = yes\nsslVersionMin = TLSv1.3\n",
-            port + 200, files[1].0.display(), files[1].1.display(), ca_file.display()
-        );
-    }
-    let client = client.replace("checkHost = \n", "");
-    let mut children = Vec::new();
-    for (name, conf) in [("server", server), ("client", client)] {
-        let path = dir.join(format!("stunnel-{name}.conf"));
+        let mut conf = String::from("foreground = yes\npid =\nsyslog = no\n");
+        for &port in ports {
+            let (plain_in, tls_in, hand_off) = (port + 100, port + 200, port + 300);
+            if i > 0 {
+                // Ends the TLS from the one before.
+                let to = if i + 1 == ips.len() {
+                    format!("{target_ip}:{port}")
+                } else {
+                    format!("{ip}:{hand_off}")
+                };
+                conf += &format!("[s{port}]\naccept = {ip}:{tls_in}\nconnect = {to}\n{tls}");
+            }
+            if i + 1 < ips.len() {
+                // Opens TLS to the next.
+                let from = if i == 0 { plain_in } else { hand_off };
+                let next = &ips[i + 1];
+                conf += &format!(
+                    "[c{port}]\nclient = yes\naccept = {ip}:{from}\nconnect = {next}:{tls_in}\n{tls}"
+                );
+            }
+        }
+        let path = dir.join(format!("{node}.conf"));
         std::fs::write(&path, conf).unwrap();
         let child = Command::new("stunnel4")
             .arg(&path)
@@ -293,10 +309,11 @@ fn stunnel(
             .spawn()
             .expect("stunnel4 is installed (apt-get install stunnel4)");
         children.push(child);
+        let listen = format!("{ip}:{}", ports[0] + if i == 0 { 100 } else { 200 });
+        wait_for(Duration::from_secs(10), "stunnel to listen", || {
+            TcpStream::connect(&listen).is_ok()
+        });
     }
-    wait_for(Duration::from_secs(10), "stunnel to listen", || {
-        TcpStream::connect(format!("{client_ip}:{}", ECHO + 100)).is_ok()
-    });
     Stunnel(children)
 }
 
@@ -370,7 +387,7 @@ fn main() {
         sink_server(&format!("{ip}:{SINK}"));
     }
     let ca = LocalAuthority::open(auth.dir.path()).unwrap();
-    let _stunnel = stunnel(auth.dir.path(), &ca, &net.ip(10), &net.ip(11), &net.ip(5));
+    let _stunnel = stunnel(auth.dir.path(), &ca, &[net.ip(10), net.ip(11)], &net.ip(5), &ports);
     let idle_rss = a.rss_kib().unwrap();
 
     if section("bulk") {
@@ -378,7 +395,11 @@ fn main() {
     }
     let secs = flag("--seconds").unwrap_or(if quick { 4 } else { 10 });
     if section("iperf3") {
-        iperf_paths(&net, &a, &[&[&a, &b1], &[&a, &t1], &[&a, &r1, &r2, &b3]], &_stunnel, secs);
+        // stunnel4 through 3 hops: what hop-by-hop TLS relays cost without the mesh.
+        let chain: Vec<String> = (200..=203).map(|i| net.ip(i)).collect();
+        let chain = stunnel(auth.dir.path(), &ca, &chain, &b3.ip, &[IPERF]);
+        let lines = [&[&a, &b1][..], &[&a, &t1], &[&a, &r1, &r2, &b3]];
+        iperf_paths(&net, &a, &lines, [&_stunnel, &chain], secs);
     }
     if section("messages") {
         let senders = flag("--senders").unwrap_or(32);
@@ -518,16 +539,19 @@ fn iperf_client(addr: &str, secs: usize, streams: u32) -> Result<(f64, f64), Str
     }
 }
 
-/// iperf3, an independent load generator, through every path: direct, stunnel4, the first
-/// sidecar's upstream ports over 1 and 3 hops, and socat's `PROXY:` into its CONNECT proxy
+/// iperf3, an independent load generator, through every path: direct, stunnel4 (one tunnel,
+/// and a chain of three hops whose relays end and reopen TLS), the first sidecar's upstream
+/// ports over 1 and 3 hops, and socat's `PROXY:` into its CONNECT proxy
 /// beside socat alone (the cost of that harness) and socat in front of stunnel4; single stream
-/// and 4 streams. CPU per GB counts the path's own processes (the sidecars on it, both
-/// stunnel4 processes), then socat's, not iperf3.
+/// and 4 streams. CPU per GB counts the path's own processes (the sidecars on it, the
+/// stunnel4 processes), then socat's, not iperf3. The busiest process's CPU per GB bounds what
+/// the path could carry with a core per process, as a cluster's pods have and this machine's
+/// two shared cores do not: a projection, printed as one.
 fn iperf_paths(
     net: &Subnet,
     a: &Sidecar,
     lines: &[&[&Sidecar]; 3],
-    stunnel: &Stunnel,
+    [stunnel, chain]: [&Stunnel; 2],
     secs: usize,
 ) {
     let have = |p: &str| Command::new(p).arg("-V").output().is_ok();
@@ -559,12 +583,15 @@ fn iperf_paths(
     // stunnel4 behind the same harness cost as the mesh paths (one socat relay in front).
     let stunnel_in = format!("TCP:{}:{}", net.ip(10), IPERF + 100);
     let (via_stunnel, via_stunnel_addr) = socat(net.ip(16), stunnel_in);
+    let chain_in = net.ip(200);
     std::thread::sleep(Duration::from_millis(500));
     let stunnel_pids: Vec<u32> = stunnel.0.iter().map(Child::id).collect();
+    let chain_pids: Vec<u32> = chain.0.iter().map(Child::id).collect();
     let pids = |s: &[&Sidecar]| s.iter().filter_map(|s| s.pid()).collect::<Vec<u32>>();
     let paths: Vec<(&str, String, Vec<u32>, Vec<u32>)> = vec![
         ("direct TCP", format!("{}:{IPERF}", b3.ip), vec![], vec![]),
         ("stunnel4 mTLS", format!("{}:{}", net.ip(10), IPERF + 100), stunnel_pids.clone(), vec![]),
+        ("stunnel4 mTLS, 3 hops", format!("{}:{}", chain_in, IPERF + 100), chain_pids, vec![]),
         ("socat alone", plain_addr, vec![], vec![plain.0.id()]),
         ("socat + stunnel4", via_stunnel_addr, stunnel_pids.clone(), vec![via_stunnel.0.id()]),
         ("mesh, 1 hop", format!("{}:{UPSTREAM_1}", a.ip), pids(lines[0]), vec![]),
@@ -580,44 +607,59 @@ fn iperf_paths(
     println!();
     println!("iperf3 through each path ({secs} s per run; CPU per GB: the path's processes, then socat's):");
     println!();
-    println!("| path | 1 stream Gbit/s | 4 streams Gbit/s | CPU s per GB, 1 stream | CPU s per GB, 4 streams | socat CPU s per GB | machine idle, 4 streams |");
-    println!("|---|---:|---:|---:|---:|---:|---:|");
+    println!("| path | 1 stream Gbit/s | 4 streams Gbit/s | CPU s per GB, 1 stream | CPU s per GB, 4 streams | busiest process CPU s per GB, 1 stream | socat CPU s per GB | machine idle, 4 streams |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
     let mut rows = Vec::new();
     for (name, addr, path_pids, socat_pids) in &paths {
         let cpu = |p: &[u32]| p.iter().map(|&p| cpu_seconds(p)).sum::<f64>();
-        // One run with `streams`: its result, the path's and socat's CPU seconds, and the
-        // machine's idle share meanwhile (0: every core busy).
+        let each = |p: &[u32]| p.iter().map(|&p| cpu_seconds(p)).collect::<Vec<f64>>();
+        // One run with `streams`: its result, the path's, its busiest process's and socat's CPU
+        // seconds, and the machine's idle share meanwhile (0: every core busy).
         let run = |streams| {
-            let (path0, socat0, idle0) = (cpu(path_pids), cpu(socat_pids), machine_idle());
+            let (path0, socat0, idle0) = (each(path_pids), cpu(socat_pids), machine_idle());
             let result = iperf_client(addr, secs, streams);
             // socat's connection children are counted once it has reaped them.
             std::thread::sleep(Duration::from_millis(500));
             let idle = machine_idle();
             let idle_share = (idle.0 - idle0.0) / (idle.1 - idle0.1).max(1.0);
-            (result, cpu(path_pids) - path0, cpu(socat_pids) - socat0, idle_share)
+            let used: Vec<f64> = each(path_pids).iter().zip(&path0).map(|(b, a)| b - a).collect();
+            let busiest = used.iter().copied().fold(0.0, f64::max);
+            // A path with no processes of its own used 0 s, not the empty sum's -0.
+            let total = used.iter().fold(0.0, |sum, c| sum + c);
+            (result, total, busiest, cpu(socat_pids) - socat0, idle_share)
         };
-        let (single, path_cpu, socat_cpu, _) = run(1);
-        let (four, path_cpu4, _, idle4) = run(4);
+        let (single, path_cpu, busiest, socat_cpu, _) = run(1);
+        let (four, path_cpu4, _, _, idle4) = run(4);
         match (&single, &four) {
             (Ok((g1, bytes)), Ok((g4, bytes4))) => {
                 let per_gb = |c: f64| c / (bytes / 1e9);
                 println!(
-                    "| {name} | {g1:.2} | {g4:.2} | {:.2} | {:.2} | {:.2} | {:.0} % |",
+                    "| {name} | {g1:.2} | {g4:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.0} % |",
                     per_gb(path_cpu),
                     path_cpu4 / (bytes4 / 1e9),
+                    per_gb(busiest),
                     per_gb(socat_cpu),
                     idle4 * 100.0
                 );
-                rows.push((name.to_string(), *g1, *g4, per_gb(path_cpu)));
+                rows.push((name.to_string(), *g1, *g4, per_gb(path_cpu), per_gb(busiest)));
             }
-            (Err(e), _) | (_, Err(e)) => println!("| {name} | failed: {e} | | | | | |"),
+            (Err(e), _) | (_, Err(e)) => println!("| {name} | failed: {e} | | | | | | |"),
         }
     }
     let find = |n: &str| rows.iter().find(|r| r.0 == n);
     let compared = [
         ("stunnel4 mTLS", &["mesh, 1 hop", "mesh, 1 hop, end-to-end TLS", "mesh, 3 hops"][..]),
+        ("stunnel4 mTLS", &["stunnel4 mTLS, 3 hops"][..]),
+        ("stunnel4 mTLS, 3 hops", &["mesh, 3 hops"][..]),
         ("socat + stunnel4", &["socat + CONNECT + mesh, 1 hop"][..]),
     ];
+    println!();
+    println!("Projected, not measured: with a core of its own for each process on the path (as pods in a cluster have), its busiest process would bound 1 stream at:");
+    for name in ["stunnel4 mTLS", "stunnel4 mTLS, 3 hops", "mesh, 1 hop", "mesh, 3 hops"] {
+        if let Some(r) = find(name).filter(|r| r.4 > 0.0) {
+            println!("- {name}: {:.1} Gbit/s ({:.2} CPU s per GB)", 8.0 / r.4, r.4);
+        }
+    }
     for (base_name, names) in compared {
         let Some(base) = find(base_name) else { continue };
         println!();
