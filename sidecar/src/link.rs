@@ -32,6 +32,11 @@ const READ_CHUNK_BUSY: usize = 128 * 1024;
 /// A link writer gathers queued frames up to about this many bytes into one vectored write:
 /// rustls seals them into several records and hands them to the socket in one `writev`.
 const WRITE_BATCH: usize = 64 * 1024;
+/// How much rustls may hold sealed and unsent on a link. Its default (64 KiB) is less than a
+/// full batch (up to [`WRITE_BATCH`] plus one frame), and rustls takes no more from a write than
+/// fits: the rest of the batch went out in a second `writev` with a record of a few dozen bytes
+/// (two of every three writes of a 1-hop bulk transfer were such pairs).
+const TLS_BUFFER_LIMIT: usize = 2 * WRITE_BATCH;
 /// Slices in one vectored write (two per frame: head and payload).
 const WRITE_SLICES: usize = 64;
 
@@ -60,7 +65,8 @@ pub async fn listen(shared: Arc<Shared>, listener: TcpListener, shutdown: Cancel
             let _ = tcp.set_nodelay(true);
             let acceptor = TlsAcceptor::from(shared.tls.load().server.clone());
             match tokio::time::timeout(CONNECT_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(tls)) => {
+                Ok(Ok(mut tls)) => {
+                    tls.get_mut().1.set_buffer_limit(Some(TLS_BUFFER_LIMIT));
                     let chain = tls.get_ref().1.peer_certificates().map(|c| c.to_vec());
                     run_link(shared, tls, chain, false, addr.to_string(), started).await;
                 }
@@ -87,7 +93,8 @@ pub async fn dial(shared: Arc<Shared>, addr: String) {
     let connector = TlsConnector::from(shared.tls.load().client.clone());
     let name = ServerName::try_from("peer.genesis-mesh.invalid").expect("valid name");
     match tokio::time::timeout(CONNECT_TIMEOUT, connector.connect(name, tcp)).await {
-        Ok(Ok(tls)) => {
+        Ok(Ok(mut tls)) => {
+            tls.get_mut().1.set_buffer_limit(Some(TLS_BUFFER_LIMIT));
             shared.metrics.dials.with_label_values(&["ok"]).inc();
             let chain = tls.get_ref().1.peer_certificates().map(|c| c.to_vec());
             run_link(shared, tls, chain, true, addr, started).await;

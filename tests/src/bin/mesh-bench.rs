@@ -10,7 +10,8 @@
 //! Run: `cargo run --release -p genesis-e2e --bin mesh-bench` (`-- --quick` for a short run,
 //! `-- --peers N` for the memory figure, `-- --messages N` for a longer message run to profile,
 //! `-- --seconds N` per iperf3 run, `-- --senders N` concurrent message senders (32),
-//! `-- --only iperf3,messages` for some of the sections bulk, iperf3, messages and memory).
+//! `-- --only iperf3,messages` for some of the sections bulk, iperf3, messages and memory,
+//! `-- --paths "stunnel4 mTLS;mesh, 1 hop"` for some of the iperf3 paths, by name).
 //! Needs stunnel4 (`apt-get install stunnel4`).
 //! Results and the machine they came from go to docs/BENCHMARKS.md.
 
@@ -399,7 +400,13 @@ fn main() {
         let chain: Vec<String> = (200..=203).map(|i| net.ip(i)).collect();
         let chain = stunnel(auth.dir.path(), &ca, &chain, &b3.ip, &[IPERF]);
         let lines = [&[&a, &b1][..], &[&a, &t1], &[&a, &r1, &r2, &b3]];
-        iperf_paths(&net, &a, &lines, [&_stunnel, &chain], secs);
+        // `--paths "stunnel4 mTLS;mesh, 1 hop"`: only these iperf3 paths, to profile or A/B one.
+        let picked: Vec<String> = std::env::args()
+            .skip_while(|a| a != "--paths")
+            .nth(1)
+            .map(|v| v.split(';').map(str::to_owned).collect())
+            .unwrap_or_default();
+        iperf_paths(&net, &a, &lines, [&_stunnel, &chain], secs, &picked);
     }
     if section("messages") {
         let senders = flag("--senders").unwrap_or(32);
@@ -553,6 +560,7 @@ fn iperf_paths(
     lines: &[&[&Sidecar]; 3],
     [stunnel, chain]: [&Stunnel; 2],
     secs: usize,
+    picked: &[String],
 ) {
     let have = |p: &str| Command::new(p).arg("-V").output().is_ok();
     if !have("iperf3") || !have("socat") {
@@ -610,7 +618,12 @@ fn iperf_paths(
     println!("| path | 1 stream Gbit/s | 4 streams Gbit/s | CPU s per GB, 1 stream | CPU s per GB, 4 streams | busiest process CPU s per GB, 1 stream | socat CPU s per GB | machine idle, 4 streams |");
     println!("|---|---:|---:|---:|---:|---:|---:|---:|");
     let mut rows = Vec::new();
-    for (name, addr, path_pids, socat_pids) in &paths {
+    let names: Vec<&str> = paths.iter().map(|p| p.0).collect();
+    if let Some(bad) = picked.iter().find(|p| !names.contains(&p.as_str())) {
+        panic!("--paths {bad:?}: the iperf3 paths are {names:?}");
+    }
+    let paths = paths.iter().filter(|p| picked.is_empty() || picked.iter().any(|n| n == p.0));
+    for (name, addr, path_pids, socat_pids) in paths {
         let cpu = |p: &[u32]| p.iter().map(|&p| cpu_seconds(p)).sum::<f64>();
         let each = |p: &[u32]| p.iter().map(|&p| cpu_seconds(p)).collect::<Vec<f64>>();
         // One run with `streams`: its result, the path's, its busiest process's and socat's CPU
