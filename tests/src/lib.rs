@@ -518,6 +518,9 @@ pub fn serve_echo(addr: &str) {
         for s in listener.incoming().flatten() {
             std::thread::spawn(move || {
                 let mut s = s;
+                // An echo answers at once: Nagle's algorithm would hold a reply's tail until
+                // the last one is acknowledged, a delayed ACK away.
+                let _ = s.set_nodelay(true);
                 let mut buf = [0u8; 16384];
                 while let Ok(n) = s.read(&mut buf) {
                     if n == 0 || s.write_all(&buf[..n]).is_err() {

@@ -44,7 +44,14 @@ enum Tunnel {
     Corrupt(String),
 }
 
-/// Sends 256 KiB through a tunnel to an echo server and reads it back.
+/// Bytes a tunnel carries, and how many go out before they are read back.
+const TUNNEL_BYTES: usize = 256 * 1024;
+const TUNNEL_CHUNK: usize = 32 * 1024;
+
+/// Sends 256 KiB through a tunnel to an echo server and reads it back, a chunk at a time, from
+/// one thread. One thread, because a reset is reported to one system call only: with a writer
+/// thread beside the reader, a reset that lands while the writer is blocked goes to the writer,
+/// and the reader then reads an end of stream that looks clean (the socket is already closed).
 fn one_tunnel(via: &str, target: &str, seed: u8) -> Tunnel {
     let err = |e: std::io::Error| Tunnel::Error(e.to_string());
     let (mut s, head) = match connect_tunnel(via, target) {
@@ -52,30 +59,48 @@ fn one_tunnel(via: &str, target: &str, seed: u8) -> Tunnel {
         Err(e) => return err(e),
     };
     s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    s.set_write_timeout(Some(Duration::from_secs(15))).unwrap();
+    // Each chunk waits for its echo: Nagle's algorithm would hold its tail for a delayed ACK.
+    s.set_nodelay(true).unwrap();
     if !head.starts_with("HTTP/1.1 200") {
         return Tunnel::Error(head.lines().next().unwrap_or("").into());
     }
-    let data: Vec<u8> = (0..256 * 1024u32).map(|i| (i as u8).wrapping_mul(31) ^ seed).collect();
-    let mut writer = s.try_clone().unwrap();
-    let sent = data.clone();
-    let send = std::thread::spawn(move || writer.write_all(&sent));
-    let mut back = vec![0u8; data.len()];
-    let mut got = 0;
-    while got < back.len() {
-        match s.read(&mut back[got..]) {
-            Ok(0) => {
-                return Tunnel::Corrupt(format!("a clean end after {got} of {} bytes", data.len()))
-            }
-            Ok(n) => got += n,
-            Err(e) if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::TimedOut => {
-                return Tunnel::Corrupt(format!("a hang after {got} of {} bytes", data.len()))
+    let stalled =
+        |e: &std::io::Error| matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut);
+    let data: Vec<u8> =
+        (0..TUNNEL_BYTES as u32).map(|i| (i as u8).wrapping_mul(31) ^ seed).collect();
+    let mut back = vec![0u8; TUNNEL_CHUNK];
+    for (i, chunk) in data.chunks(TUNNEL_CHUNK).enumerate() {
+        let done = i * TUNNEL_CHUNK;
+        match s.write_all(chunk) {
+            Ok(()) => {}
+            Err(e) if stalled(&e) => {
+                return Tunnel::Corrupt(format!(
+                    "a write hang after {done} of {TUNNEL_BYTES} bytes"
+                ))
             }
             Err(e) => return err(e),
         }
-    }
-    let _ = send.join();
-    if back != data {
-        return Tunnel::Corrupt("the bytes came back changed".into());
+        let mut got = 0;
+        while got < chunk.len() {
+            match s.read(&mut back[got..chunk.len()]) {
+                Ok(0) => {
+                    let at = done + got;
+                    return Tunnel::Corrupt(format!(
+                        "a clean end after {at} of {TUNNEL_BYTES} bytes"
+                    ));
+                }
+                Ok(n) => got += n,
+                Err(e) if stalled(&e) => {
+                    let at = done + got;
+                    return Tunnel::Corrupt(format!("a hang after {at} of {TUNNEL_BYTES} bytes"));
+                }
+                Err(e) => return err(e),
+            }
+        }
+        if back[..chunk.len()] != *chunk {
+            return Tunnel::Corrupt("the bytes came back changed".into());
+        }
     }
     Tunnel::Intact
 }
